@@ -1,0 +1,310 @@
+//! `convoy agent`: enrols, reports inventory, long-polls for work, stages
+//! releases into `ROOT/releases/APP/VERSION/`, switches `ROOT/current/APP`,
+//! runs hooks and health checks, and reports what it finds on its own disk.
+//!
+//! Invariants: nothing is installed that was not verified by hash; the live
+//! link `ROOT/current/APP` only ever changes by an atomic rename; every
+//! report is journaled before it is sent, so a restart re-sends, not redoes.
+
+mod activate;
+
+mod hooks;
+mod inventory;
+mod journal;
+mod prune;
+mod stage;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use convoy_wire::{EnrollRequest, EnrollResponse, Labels, Phase, Report, ReportKind, Work, WorkResponse};
+use serde::{Deserialize, Serialize};
+
+use convoy_client::{self as client, Client};
+
+/// The agent's configuration (flags and `CONVOY_*` environment variables).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server base URL, e.g. `http://127.0.0.1:7420`.
+    pub server: String,
+    /// Enrolment token; only needed until the agent has its own credential.
+    pub token: Option<String>,
+    /// PEM certificate authorities to trust for an `https://` server.
+    pub ca_cert: Option<PathBuf>,
+    /// Root directory: `releases/`, `current/`, and the agent's `.convoy/` state.
+    pub root: PathBuf,
+    pub labels: Labels,
+    /// Name reported instead of the machine's hostname.
+    pub name: Option<String>,
+    /// Download rate limit in bytes per second.
+    pub max_rate: Option<u64>,
+    /// Seconds a work poll is held open by the server.
+    pub poll_wait: u64,
+    /// Releases kept on disk per app (besides the live one and its rollback target).
+    pub keep_releases: usize,
+}
+
+/// The agent's own credential, kept in `ROOT/.convoy/agent.json` (mode 0600).
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    server: String,
+    target_id: String,
+    token: String,
+}
+
+pub(crate) fn state_dir(root: &Path) -> PathBuf {
+    root.join(".convoy")
+}
+
+/// Test hooks for fault injection, read from `CONVOY_AGENT_FAULT`:
+/// `tamper-once` alters one staged file once, after assembly and before
+/// hashing, as silent disk corruption would; the consistency gate must catch it.
+/// `tamper-always` does so on every staging, so the gate must give up on the target.
+pub(crate) fn fault(name: &str) -> bool {
+    std::env::var("CONVOY_AGENT_FAULT").is_ok_and(|v| v.split(',').any(|f| f == name))
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    client: Client,
+    target_id: String,
+    /// Work taken up and still under way (`journal::key`s); told to the
+    /// server with each poll so it is not sent again.
+    held: std::sync::Mutex<HashSet<String>>,
+    /// One lock per app: work on an app never overlaps (a rollback waits
+    /// for an activation that has begun), work on different apps may.
+    app_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Activations planned further ahead than this wait in their own task, so
+/// the agent keeps staging and serving other work meanwhile.
+const DEFER_MS: i64 = 1_000;
+/// How long before go-live an activation re-checks that it still stands.
+const CHECK_BEFORE_MS: i64 = 2_000;
+
+impl Agent {
+    /// Loads the agent's credential or enrols with the enrolment token.
+    pub async fn start(mut cfg: AgentConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir(&cfg.root)).with_context(|| format!("creating {}", cfg.root.display()))?;
+        // hooks run inside release directories: give them an absolute root
+        cfg.root = std::fs::canonicalize(&cfg.root).with_context(|| format!("resolving {}", cfg.root.display()))?;
+        let cred_path = state_dir(&cfg.root).join("agent.json");
+        let base = Client::new(&cfg.server, cfg.token.as_deref().unwrap_or(""), cfg.ca_cert.as_deref())?;
+        let creds = match std::fs::read(&cred_path) {
+            Ok(b) => {
+                serde_json::from_slice::<Credentials>(&b).with_context(|| format!("reading {}", cred_path.display()))?
+            }
+            Err(_) => {
+                let Some(token) = cfg.token.as_deref() else {
+                    anyhow::bail!("this agent is not enrolled yet: pass --token with the server's enrolment token");
+                };
+                let inv = inventory::collect(&cfg);
+                let enrol = base.with_token(token);
+                let req = EnrollRequest { inventory: inv };
+                let resp: EnrollResponse =
+                    retry("enrolling", || enrol.send_json(reqwest::Method::POST, "/agent/enroll", &req)).await?;
+                let creds = Credentials { server: cfg.server.clone(), target_id: resp.target_id, token: resp.token };
+                journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
+                creds
+            }
+        };
+        tracing::info!(target_id = %creds.target_id, root = %cfg.root.display(), "agent ready");
+        println!("convoy: agent {} serving {} from {}", creds.target_id, cfg.root.display(), cfg.server);
+        let agent = Self {
+            client: base.with_token(&creds.token),
+            target_id: creds.target_id,
+            cfg,
+            held: Default::default(),
+            app_locks: Default::default(),
+        };
+        let inv = inventory::collect(&agent.cfg);
+        retry("reporting inventory", || {
+            agent.client.send_json::<_, serde_json::Value>(reqwest::Method::PUT, "/agent/inventory", &inv)
+        })
+        .await?;
+        Ok(agent)
+    }
+
+    /// Polls for work and does it, forever.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let holding: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
+            let path = format!("/agent/work?wait={}&holding={}", self.cfg.poll_wait, holding.join(","));
+            match self.client.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
+                Ok(resp) => {
+                    backoff = Duration::from_millis(200);
+                    for w in resp.work {
+                        let key = journal::key(&w);
+                        if !self.held.lock().expect("held lock").insert(key.clone()) {
+                            continue;
+                        }
+                        let deferred = w.phase == Phase::Activate
+                            && w.go_live_at.is_some_and(|at| at - activate::now_ms() > DEFER_MS);
+                        let me = self.clone();
+                        let task = async move {
+                            me.handle(w).await;
+                            me.held.lock().expect("held lock").remove(&key);
+                        };
+                        if deferred {
+                            tokio::spawn(task);
+                        } else {
+                            task.await;
+                        }
+                    }
+                }
+                Err(e) if e.downcast_ref::<client::ServerError>().is_some_and(|s| s.status == 401) => {
+                    tracing::error!(
+                        error = %client::short(&e),
+                        "the server no longer accepts this agent's credential; to enrol again, remove {} and restart with --token",
+                        state_dir(&self.cfg.root).join("agent.json").display()
+                    );
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %client::short(&e), "polling the server failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.app_locks.lock().expect("app locks").entry(app.to_owned()).or_default().clone()
+    }
+
+    async fn handle(&self, w: Work) {
+        // A planned activation waits for its time without holding the app,
+        // so a rollback or other work on it is not held up meanwhile.
+        if w.phase == Phase::Activate {
+            self.until_shortly_before_go_live(&w).await;
+        }
+        let lock = self.app_lock(&w.app);
+        let _app = lock.lock().await;
+        let key = journal::key(&w);
+        if let Some(report) = journal::load(&self.cfg.root, &key) {
+            tracing::info!(instruction = %w.instruction_id, "re-sending the journaled report");
+            self.send(report).await;
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (kind, metrics, output) = match w.phase {
+            Phase::Stage => {
+                self.send(Report {
+                    instruction_id: w.instruction_id.clone(),
+                    phase: w.phase,
+                    attempt: w.attempt,
+                    report: ReportKind::Received,
+                    metrics: Default::default(),
+                    output: String::new(),
+                    inventory: None,
+                })
+                .await;
+                stage::stage(&self.cfg, &self.client, &w).await
+            }
+            Phase::Activate => {
+                if !self.still_current_at_go_live(&w).await {
+                    tracing::info!(instruction = %w.instruction_id, "work was withdrawn before go-live; not switching");
+                    return;
+                }
+                activate::activate(&self.cfg, &w).await
+            }
+            Phase::Rollback => activate::rollback(&self.cfg, &w).await,
+        };
+        tracing::info!(target_id = %self.target_id, instruction = %w.instruction_id, phase = w.phase.as_str(), ms = started.elapsed().as_millis() as u64, "work done: {kind:?}");
+        let report = Report {
+            instruction_id: w.instruction_id.clone(),
+            phase: w.phase,
+            attempt: w.attempt,
+            report: kind,
+            metrics,
+            output,
+            inventory: Some(inventory::collect(&self.cfg)),
+        };
+        if let Err(e) = journal::save(&self.cfg.root, &key, &report) {
+            tracing::warn!(error = %e, "could not journal the report");
+        }
+        self.send(report).await;
+    }
+
+    async fn until_shortly_before_go_live(&self, w: &Work) {
+        let Some(at) = w.go_live_at else { return };
+        let wait = at - CHECK_BEFORE_MS - activate::now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+    }
+
+    /// Asks the server, shortly before go-live, whether the activation still
+    /// stands (an operator may have rolled back meanwhile).
+    async fn still_current_at_go_live(&self, w: &Work) -> bool {
+        if w.go_live_at.is_none_or(|at| at - activate::now_ms() <= 0) {
+            return true;
+        }
+        match self.client.get_json::<WorkResponse>("/agent/work?wait=0", Duration::from_secs(10)).await {
+            Ok(r) => r
+                .work
+                .iter()
+                .any(|x| x.instruction_id == w.instruction_id && x.phase == w.phase && x.attempt == w.attempt),
+            // Unreachable server: the plan stands; go live as planned.
+            Err(_) => true,
+        }
+    }
+
+    /// Sends a report until the server has it (or refuses it for good).
+    async fn send(&self, report: Report) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self
+                .client
+                .send_json::<_, convoy_wire::ReportResponse>(reqwest::Method::POST, "/agent/report", &report)
+                .await
+            {
+                Ok(r) => {
+                    if !r.accepted {
+                        tracing::debug!(note = %r.note, "report not applied");
+                    }
+                    return;
+                }
+                Err(e) if client::is_permanent(&e) => {
+                    tracing::warn!(error = %client::short(&e), "server refused the report; dropping it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %client::short(&e), "sending the report failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Retries a request through network failures (not through refusals).
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if client::is_permanent(&e) => return Err(e.context(what.to_owned())),
+            Err(e) => {
+                tracing::warn!(error = %client::short(&e), "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    Arc::new(Agent::start(cfg).await?).run().await
+}

@@ -1,0 +1,316 @@
+//! Staging: fetch what the chunk cache lacks, verify every chunk, assemble
+//! the release beside the live one, and hash what ended up on disk.
+//!
+//! Resumable: verified chunks land in `ROOT/.convoy/cache` one by one (atomic
+//! writes), so a killed agent fetches only what it did not have yet. The tree
+//! is assembled in `releases/APP/.VERSION.partial` and renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use convoy_pack::{
+    pack_tree, unpack, ChunkId, ChunkStore, Entry, FrameDecoder, Manifest, PackError, VerifiedChunk, CHUNK_MAX,
+};
+use convoy_wire::{ChunkIds, Progress, ProgressReport, ReportKind, Work};
+
+use crate::AgentConfig;
+use convoy_client::Client;
+
+/// Retries of one batch through network trouble before the attempt fails.
+const FETCH_RETRIES: u32 = 5;
+
+/// A download cut short: worth retrying, unlike a chunk that fails its hash.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Interrupted(String);
+
+/// Network failures and server-side (5xx) errors pass; refusals and bad
+/// bytes do not.
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<reqwest::Error>().is_some()
+            || c.downcast_ref::<Interrupted>().is_some()
+            || c.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status >= 500)
+    })
+}
+
+/// Chunks asked for in one request, and about how many bytes.
+const BATCH_CHUNKS: usize = 128;
+const BATCH_BYTES: u64 = 8 << 20;
+
+pub fn release_dir(root: &Path, app: &str, version: &str) -> PathBuf {
+    root.join("releases").join(app).join(version)
+}
+
+/// Computes the root digest of a tree on disk.
+pub fn digest_of(dir: &Path) -> Result<String, PackError> {
+    Ok(pack_tree(dir, |_| Ok(()))?.digest())
+}
+
+pub async fn stage(cfg: &AgentConfig, client: &Client, w: &Work) -> (ReportKind, BTreeMap<String, String>, String) {
+    match stage_inner(cfg, client, w).await {
+        Ok((digest, metrics)) => (ReportKind::Staged { digest }, metrics, String::new()),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "staging failed");
+            (ReportKind::Failed { message: format!("{e:#}") }, BTreeMap::new(), String::new())
+        }
+    }
+}
+
+async fn stage_inner(
+    cfg: &AgentConfig,
+    client: &Client,
+    w: &Work,
+) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    let started = Instant::now();
+    let dest = release_dir(&cfg.root, &w.app, &w.version);
+    let mut metrics = BTreeMap::new();
+
+    // A copy already on disk that hashes right is kept as it is (first try only:
+    // a re-stage means the server saw this copy differ).
+    if w.attempt == 0 && dest.is_dir() {
+        let d = dest.clone();
+        if let Ok(digest) = tokio::task::spawn_blocking(move || digest_of(&d)).await? {
+            if digest == w.digest {
+                metrics.insert("bytes_fetched".into(), "0".into());
+                metrics.insert("stage_ms".into(), started.elapsed().as_millis().to_string());
+                return Ok((digest, metrics));
+            }
+        }
+    }
+
+    let bytes = client.get_bytes(&format!("/releases/{}/{}/manifest", w.app, w.version)).await?;
+    let got = blake3::hash(&bytes).to_hex().to_string();
+    if got != w.digest {
+        bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
+    }
+    let manifest = Manifest::from_slice(&bytes)?;
+
+    let cache = ChunkStore::open(crate::state_dir(&cfg.root).join("cache"))?;
+    let sizes: BTreeMap<ChunkId, u32> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| if let Entry::File { chunks, .. } = e { Some(chunks) } else { None })
+        .flatten()
+        .map(|c| (c.id, c.len))
+        .collect();
+    let c2 = cache.clone();
+    let ids = manifest.chunk_ids();
+    let missing: Vec<ChunkId> =
+        tokio::task::spawn_blocking(move || ids.into_iter().filter(|id| !c2.contains(id)).collect()).await?;
+    metrics.insert("chunks_total".into(), sizes.len().to_string());
+    metrics.insert("chunks_cached".into(), (sizes.len() - missing.len()).to_string());
+
+    // Room for the assembled tree plus the chunks still to fetch (at most
+    // their raw size), with 5% to spare; refuse early rather than fill the disk.
+    let to_fetch: u64 = missing.iter().map(|id| sizes.get(id).copied().unwrap_or(0) as u64).sum();
+    let need = (manifest.total_size() + to_fetch) / 20 * 21;
+    let free = rustix::fs::statvfs(&cfg.root).map(|s| s.f_bavail * s.f_frsize).unwrap_or(u64::MAX);
+    if free < need {
+        bail!("not enough disk: {} free under {}, staging needs about {need} bytes", free, cfg.root.display());
+    }
+
+    // everything this attempt moved: the manifest and the chunk frames
+    let mut fetched_bytes = bytes.len() as u64;
+    let mut limiter = RateLimit::new(cfg.max_rate);
+    let done = Arc::new(AtomicU64::new(0));
+    let reporter = tokio::spawn(report_progress(client.clone(), w.instruction_id.clone(), done.clone(), to_fetch));
+    let mut batch: Vec<ChunkId> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut result = Ok(());
+    for (n, id) in missing.iter().enumerate() {
+        batch.push(*id);
+        batch_bytes += sizes.get(id).copied().unwrap_or(CHUNK_MAX) as u64;
+        if batch.len() >= BATCH_CHUNKS || batch_bytes >= BATCH_BYTES || n + 1 == missing.len() {
+            let mut tries = 0;
+            let outcome = loop {
+                // what an interrupted try already cached is not asked for again
+                let todo: Vec<ChunkId> = batch.iter().filter(|id| !cache.contains(id)).copied().collect();
+                match fetch_batch(client, &cache, &todo, &mut limiter, &done).await {
+                    Ok(n) => break Ok(n),
+                    Err(e) if tries < FETCH_RETRIES && transient(&e) => {
+                        tries += 1;
+                        tracing::warn!(error = %format!("{e:#}"), tries, "fetching chunks failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1 << tries.min(4))).await;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match outcome {
+                Ok(n) => fetched_bytes += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            batch.clear();
+            batch_bytes = 0;
+        }
+    }
+    reporter.abort();
+    result?;
+    metrics.insert("chunks_fetched".into(), missing.len().to_string());
+    metrics.insert("bytes_fetched".into(), fetched_bytes.to_string());
+
+    let root = cfg.root.clone();
+    let (app, version) = (w.app.clone(), w.version.clone());
+    let digest = tokio::task::spawn_blocking(move || assemble(&root, &app, &version, &manifest, &cache)).await??;
+    metrics.insert("stage_ms".into(), started.elapsed().as_millis().to_string());
+    Ok((digest, metrics))
+}
+
+/// Fetches a batch of chunks in one request, verifying and caching each as
+/// it arrives. Returns the bytes received.
+async fn fetch_batch(
+    client: &Client,
+    cache: &ChunkStore,
+    ids: &[ChunkId],
+    limiter: &mut RateLimit,
+    done: &AtomicU64,
+) -> anyhow::Result<u64> {
+    let body = ChunkIds { ids: ids.iter().map(|i| i.to_hex()).collect() };
+    let mut resp = Client::check(
+        client
+            .request(reqwest::Method::POST, "/chunks/fetch")
+            .timeout(Duration::from_secs(600))
+            .json(&body)
+            .send()
+            .await
+            .context("fetching chunks")?,
+    )
+    .await?;
+    let mut frames = FrameDecoder::default();
+    let mut total = 0u64;
+    let mut expected = ids.iter();
+    while let Some(piece) = resp.chunk().await.context("reading chunks")? {
+        total += piece.len() as u64;
+        limiter.consumed(piece.len() as u64).await;
+        frames.push(&piece);
+        while let Some((id, compressed)) = frames.next_frame()? {
+            if expected.next() != Some(&id) {
+                bail!("server sent chunk {id} out of order");
+            }
+            let chunk = VerifiedChunk::from_compressed(id, &compressed)
+                .map_err(|e| anyhow::anyhow!("chunk from the server failed verification: {e}"))?;
+            cache.put(&chunk, Some(&compressed))?;
+            done.fetch_add(chunk.data().len() as u64, Ordering::Relaxed);
+        }
+    }
+    if expected.next().is_some() || frames.pending() > 0 {
+        return Err(Interrupted("the chunk download ended early".into()).into());
+    }
+    Ok(total)
+}
+
+/// Tells the server every few seconds how far the download has come, for
+/// operators watching a slow link. Best effort: failures are ignored.
+async fn report_progress(client: Client, instruction_id: String, done: Arc<AtomicU64>, total: u64) {
+    const EVERY: Duration = Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let p = ProgressReport {
+            instruction_id: instruction_id.clone(),
+            progress: Progress { done_bytes: done.load(Ordering::Relaxed).min(total), total_bytes: total },
+        };
+        let _ = client.send_json::<_, serde_json::Value>(reqwest::Method::POST, "/agent/progress", &p).await;
+    }
+}
+
+/// Writes the release from verified cached chunks into a fresh partial
+/// directory, moves it into place, and returns the digest of what is on disk.
+fn assemble(root: &Path, app: &str, version: &str, m: &Manifest, cache: &ChunkStore) -> anyhow::Result<String> {
+    let app_dir = root.join("releases").join(app);
+    std::fs::create_dir_all(&app_dir)?;
+    let partial = app_dir.join(format!(".{version}.partial"));
+    remove_tree(&partial)?;
+    unpack(m, &partial, |c| {
+        cache
+            .get(&c.id)
+            .map_err(|e| PackError::Chunk(e.to_string()))?
+            .ok_or_else(|| PackError::Chunk(format!("chunk {} missing from the cache", c.id)))
+    })?;
+    let dest = app_dir.join(version);
+    if dest.exists() {
+        let old = app_dir.join(format!(".{version}.old"));
+        remove_tree(&old)?;
+        std::fs::rename(&dest, &old)?;
+        std::fs::rename(&partial, &dest)?;
+        remove_tree(&old)?;
+    } else {
+        std::fs::rename(&partial, &dest)?;
+    }
+    let mp = crate::prune::manifest_path(root, app, version);
+    std::fs::create_dir_all(mp.parent().expect("manifest path has a parent"))?;
+    crate::journal::write_private(&mp, &m.canonical_bytes())?;
+    if crate::fault("tamper-once") || crate::fault("tamper-always") {
+        tamper(root, &dest, m)?;
+    }
+    Ok(digest_of(&dest)?)
+}
+
+fn tamper(root: &Path, dest: &Path, m: &Manifest) -> anyhow::Result<()> {
+    let marker = crate::state_dir(root).join("fault-tampered");
+    if marker.exists() && !crate::fault("tamper-always") {
+        return Ok(());
+    }
+    if let Some(Entry::File { path, .. }) = m.entries.iter().find(|e| matches!(e, Entry::File { .. })) {
+        use std::io::Write;
+        let p = dest.join(path.as_str());
+        let mut perms = std::fs::metadata(&p)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        std::fs::set_permissions(&p, perms)?;
+        std::fs::OpenOptions::new().append(true).open(&p)?.write_all(b"tampered")?;
+        std::fs::write(marker, path.as_str())?;
+        tracing::warn!(file = %p.display(), "fault injection: tampered with a staged file");
+    }
+    Ok(())
+}
+
+/// Removes a directory tree, first making read-only directories writable.
+pub fn remove_tree(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => return std::fs::remove_file(p),
+        Ok(_) => {}
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_tree(&e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    std::fs::remove_dir(p)
+}
+
+/// Keeps the average download rate under a limit.
+struct RateLimit {
+    rate: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateLimit {
+    fn new(rate: Option<u64>) -> Self {
+        Self { rate, start: Instant::now(), bytes: 0 }
+    }
+    async fn consumed(&mut self, n: u64) {
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}

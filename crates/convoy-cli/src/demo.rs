@@ -1,0 +1,269 @@
+//! `convoy demo`: a server and three agents as separate processes on
+//! loopback, in a temporary directory; v1 → v2 → a v3 whose health check
+//! fails on one target and is rolled back everywhere. Exits 0 only if every
+//! step ended as expected.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use convoy_client::Client;
+use convoy_wire::{DeployRequest, DeploymentDetail, DeploymentInfo, TargetInfo};
+use tokio::process::{Child, Command};
+
+use crate::output::{self, line};
+use crate::{publish, watch};
+
+const APP: &str = "shop-web";
+const AGENTS: [(&str, &str); 3] =
+    [("web-1", "site=sh,role=web"), ("web-2", "site=sh,role=web"), ("web-3", "site=bj,role=web")];
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+fn spawn(exe: &Path, args: &[&str], log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let mut c = Command::new(exe);
+    c.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes version `v` of the sample web app. `fragile` adds a health check
+/// that fails on machines where `$CONVOY_ROOT/simulate-outage` exists.
+fn write_app(dir: &Path, v: &str, edit: usize, fragile: bool) -> anyhow::Result<()> {
+    let w = |p: &str, data: &[u8]| -> anyhow::Result<()> {
+        let full = dir.join(p);
+        std::fs::create_dir_all(full.parent().expect("parent"))?;
+        std::fs::write(&full, data).with_context(|| format!("writing {}", full.display()))
+    };
+    let timeout = if fragile { 3 } else { 10 };
+    w(
+        "convoy.toml",
+        format!(
+            "config_files = [\"config/app.env\"]\n[hooks]\nstop = \"sh hooks/stop.sh\"\nstart = \"sh hooks/start.sh\"\nhealth = \"sh hooks/health.sh\"\n[health]\ntimeout_secs = {timeout}\ninterval_ms = 200\n"
+        )
+        .as_bytes(),
+    )?;
+    w(
+        "index.html",
+        format!("<!doctype html><title>shop</title><h1>shop-web {v}</h1><script src=assets/app.js></script>\n")
+            .as_bytes(),
+    )?;
+    // A 2 MB bundle in which each version changes a few functions.
+    let mut js = String::new();
+    for i in 0..40_000u32 {
+        let k = if i % 9_973 == 0 { i + edit as u32 } else { i };
+        js.push_str(&format!("function f{i}(x) {{ return x * {k} + {}; }}\n", k % 97));
+    }
+    w("assets/app.js", js.as_bytes())?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let logo: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    w("assets/logo.bin", &logo)?;
+    w("config/app.env", b"GREETING=hello\n")?;
+    w(
+        "hooks/start.sh",
+        b"mkdir -p \"$CONVOY_ROOT/run\" && echo \"$CONVOY_VERSION\" > \"$CONVOY_ROOT/run/$CONVOY_APP.running\"\n",
+    )?;
+    w("hooks/stop.sh", b"rm -f \"$CONVOY_ROOT/run/$CONVOY_APP.running\"\n")?;
+    let outage = if fragile {
+        "if [ -e \"$CONVOY_ROOT/simulate-outage\" ]; then echo 'GET /healthz -> 503: database unreachable'; exit 1; fi\n"
+    } else {
+        ""
+    };
+    w(
+        "hooks/health.sh",
+        format!(
+            "{outage}test \"$(cat \"$CONVOY_ROOT/run/$CONVOY_APP.running\" 2>/dev/null)\" = \"$CONVOY_VERSION\" || {{ echo 'not running'; exit 1; }}\necho version=$CONVOY_VERSION\necho requests_ok=100\necho p99_ms=12\n"
+        )
+        .as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn moved(d: &DeploymentDetail) -> u64 {
+    d.instructions.iter().filter_map(|i| i.metrics.get("bytes_fetched")?.parse::<u64>().ok()).sum()
+}
+
+async fn deploy(c: &Client, version: &str, at: Option<i64>) -> anyhow::Result<DeploymentDetail> {
+    let req = DeployRequest {
+        app: APP.into(),
+        version: version.into(),
+        selector: "role=web".into(),
+        at,
+        max_failures: 0,
+        stage_timeout_secs: None,
+        activate_timeout_secs: None,
+    };
+    let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
+    line(format!("deployment {} created; staging to {}", d.id, convoy_domain::targets(d.counts.total)));
+    let fin = watch::watch(c, &d.id, false).await?;
+    line("");
+    watch::print_summary(&fin);
+    Ok(fin)
+}
+
+async fn publish_step(c: &Client, src: &Path, version: &str) -> anyhow::Result<()> {
+    let s = publish::publish(c, src, APP, version).await?;
+    line(format!(
+        "published {APP}@{version}: digest {}…, uploaded {} of {} chunks ({})",
+        &s.digest[..16],
+        s.chunks_uploaded,
+        s.chunks_total,
+        output::bytes(s.bytes_uploaded)
+    ));
+    Ok(())
+}
+
+fn step(n: u32, s: &str) {
+    line(format!("\n== {n}. {s}"));
+}
+
+pub async fn run(keep: bool) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe().context("finding the convoy binary")?;
+    let tmp = tempfile::Builder::new().prefix("convoy-demo-").tempdir()?;
+    let base: PathBuf = tmp.path().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = crate::output::random_token();
+    let enrol = crate::output::random_token();
+    std::fs::create_dir_all(base.join("logs"))?;
+
+    step(1, &format!("starting a server on {url} and three agents (work dir {})", base.display()));
+    let mut procs = Procs(Vec::new());
+    let data = base.join("server");
+    let listen = format!("127.0.0.1:{port}");
+    procs.0.push(spawn(
+        &exe,
+        &["server", "--listen", &listen, "--data-dir", data.to_str().context("path")?],
+        &base.join("logs/server.log"),
+        &[("CONVOY_ADMIN_TOKEN", &admin), ("CONVOY_ENROL_TOKEN", &enrol)],
+    )?);
+    let c = Client::new(&url, &admin, None)?;
+    wait_for("the server", Duration::from_secs(30), || async {
+        c.get_json::<serde_json::Value>("/health", Duration::from_secs(2)).await.ok()
+    })
+    .await?;
+    for (name, labels) in AGENTS {
+        let root = base.join("agents").join(name);
+        procs.0.push(spawn(
+            &exe,
+            &[
+                "agent",
+                "--server",
+                &url,
+                "--root",
+                root.to_str().context("path")?,
+                "--labels",
+                labels,
+                "--name",
+                name,
+                "--poll-wait",
+                "20",
+            ],
+            &base.join(format!("logs/{name}.log")),
+            &[("CONVOY_TOKEN", &enrol)],
+        )?);
+    }
+    wait_for("three agents to enrol", Duration::from_secs(30), || async {
+        c.get_json::<Vec<TargetInfo>>("/targets", Duration::from_secs(2)).await.ok().filter(|t| t.len() == AGENTS.len())
+    })
+    .await?;
+    crate::targets(&c, "", output::Format::Table).await?;
+
+    step(2, "publishing and deploying v1.0 of the sample web app (role=web)");
+    let src = base.join("src");
+    write_app(&src.join("1.0"), "1.0", 0, false)?;
+    publish_step(&c, &src.join("1.0"), "1.0").await?;
+    let d1 = deploy(&c, "1.0", None).await?;
+    ensure!(d1.deployment.state == "succeeded", "v1.0 ended {}", d1.deployment.state);
+    let v1_bytes = moved(&d1);
+    line(format!("v1.0 moved {} to {} targets (a first install)", output::bytes(v1_bytes), d1.instructions.len()));
+
+    let edited = base.join("agents/web-1/current").join(APP).join("config/app.env");
+    std::fs::write(&edited, "GREETING=hello from web-1's operator\n")?;
+    line("web-1's operator edits its own config/app.env (declared machine-owned in convoy.toml)");
+
+    step(3, "publishing v2.0 (a few functions changed) and deploying it with go-live in 4 s");
+    write_app(&src.join("2.0"), "2.0", 1, false)?;
+    publish_step(&c, &src.join("2.0"), "2.0").await?;
+    let at = chrono::Utc::now().timestamp_millis() + 4_000;
+    line(format!("go-live planned at {}", output::time(at)));
+    let d2 = deploy(&c, "2.0", Some(at)).await?;
+    ensure!(d2.deployment.state == "succeeded", "v2.0 ended {}", d2.deployment.state);
+    let v2_bytes = moved(&d2);
+    line(format!(
+        "v2.0 moved {} to {} targets: {:.1}% of v1.0's bytes (only changed chunks travel)",
+        output::bytes(v2_bytes),
+        d2.instructions.len(),
+        100.0 * v2_bytes as f64 / v1_bytes.max(1) as f64
+    ));
+    let kept = std::fs::read_to_string(&edited)?;
+    ensure!(kept.contains("web-1's operator"), "web-1's config was not kept: {kept}");
+    line("web-1 kept its own config/app.env across the upgrade");
+
+    step(4, "publishing v3.0, whose health check fails on web-3 (simulated database outage)");
+    std::fs::write(base.join("agents/web-3/simulate-outage"), b"")?;
+    write_app(&src.join("3.0"), "3.0", 2, true)?;
+    publish_step(&c, &src.join("3.0"), "3.0").await?;
+    let d3 = deploy(&c, "3.0", None).await?;
+    ensure!(d3.deployment.state == "rolled_back", "v3.0 ended {} (expected rolled_back)", d3.deployment.state);
+
+    step(5, "every target is back on v2.0");
+    let targets: Vec<TargetInfo> = c.get_json("/targets", Duration::from_secs(5)).await?;
+    crate::targets(&c, "", output::Format::Table).await?;
+    for t in &targets {
+        ensure!(
+            t.inventory.current.get(APP).map(String::as_str) == Some("2.0"),
+            "{} is on {:?}",
+            t.hostname,
+            t.inventory.current.get(APP)
+        );
+    }
+    line(format!(
+        "\ndemo passed: v1.0 moved {}, v2.0 moved {}, v3.0 moved {} and was rolled back on every target",
+        output::bytes(v1_bytes),
+        output::bytes(v2_bytes),
+        output::bytes(moved(&d3))
+    ));
+    drop(procs);
+    if keep {
+        let kept = tmp.keep();
+        line(format!("work directory kept at {}", kept.display()));
+    }
+    Ok(0)
+}

@@ -1,0 +1,311 @@
+//! `convoy watch` and `convoy status`: progress bars while a deployment
+//! runs, then one line per target.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use convoy_client::Client;
+use convoy_domain::DeploymentState;
+use convoy_wire::{DeploymentDetail, InstructionInfo};
+
+use crate::output::{self, line};
+
+pub async fn detail(client: &Client, id: &str) -> anyhow::Result<DeploymentDetail> {
+    client.get_json(&format!("/deployments/{id}"), Duration::from_secs(30)).await
+}
+
+pub fn settled(d: &DeploymentDetail) -> bool {
+    DeploymentState::parse(&d.deployment.state).is_some_and(|s| s.is_settled())
+}
+
+fn fill(n: u32, total: u32) -> String {
+    const W: u32 = 24;
+    let filled = (n * W).checked_div(total).unwrap_or(0).min(W);
+    format!("[{}{}]", "#".repeat(filled as usize), "-".repeat((W - filled) as usize))
+}
+
+fn bar(n: u32, total: u32) -> String {
+    format!("{} {n}/{total}", fill(n, total))
+}
+
+fn progress(d: &DeploymentDetail) -> Vec<String> {
+    let c = &d.deployment.counts;
+    let extra = if c.failed + c.rolled_back > 0 {
+        format!("   failed {}  rolled back {}", c.failed, c.rolled_back)
+    } else {
+        String::new()
+    };
+    let mut lines = vec![
+        format!("  staged {}   {}", bar(c.staged, c.total), d.deployment.state),
+        format!("  live   {}{extra}", bar(c.live, c.total)),
+    ];
+    // bytes still on their way to targets that are fetching
+    let (done, total) = d
+        .instructions
+        .iter()
+        .filter_map(|i| i.progress)
+        .fold((0u64, 0u64), |(d, t), p| (d + p.done_bytes, t + p.total_bytes));
+    if let Some(pct) = (done * 100).checked_div(total).map(|p| p as u32) {
+        lines.push(format!("  bytes  {} {pct}% of {}", fill(pct, 100), output::bytes(total)));
+    }
+    lines
+}
+
+/// Polls until the deployment settles, drawing progress. Returns the final view.
+pub async fn watch(client: &Client, id: &str, quiet: bool) -> anyhow::Result<DeploymentDetail> {
+    let tty = std::io::stdout().is_terminal() && !quiet;
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        let d = detail(client, id).await?;
+        let p = progress(&d);
+        if !quiet && last.as_ref() != Some(&p) {
+            if let (true, Some(prev)) = (tty, &last) {
+                // move back over the previous drawing and clear what it left
+                print!("\x1b[{}A\x1b[J", prev.len());
+            }
+            for l in &p {
+                line(if tty { format!("\x1b[2K{l}") } else { l.clone() });
+            }
+            last = Some(p);
+        }
+        if settled(&d) {
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn metric_summary(i: &InstructionInfo) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = i.metrics.get("bytes_fetched").and_then(|b| b.parse::<u64>().ok()) {
+        parts.push(format!("fetched={}", output::bytes(b).replace(' ', "")));
+    }
+    for k in ["switch_ms", "golive_lag_ms", "health_ms"] {
+        if let Some(v) = i.metrics.get(k) {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    // what the health hook reported: every metric convoy does not set itself
+    const OWN: [&str; 9] = [
+        "bytes_fetched",
+        "switch_ms",
+        "golive_lag_ms",
+        "health_ms",
+        "stage_ms",
+        "activate_ms",
+        "chunks_total",
+        "chunks_cached",
+        "chunks_fetched",
+    ];
+    parts.extend(i.metrics.iter().filter(|(k, _)| !OWN.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")));
+    parts.join(" ")
+}
+
+/// The per-target summary printed by `status` and at the end of `watch`.
+pub fn print_summary(d: &DeploymentDetail) {
+    line(summary(d, chrono::Utc::now().timestamp_millis()));
+}
+
+/// [`print_summary`]'s text, as of `now`.
+pub fn summary(d: &DeploymentDetail, now: i64) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut line = |s: String| out.push(s);
+    let dep = &d.deployment;
+    line(format!("deployment {}  {}@{}  {}", dep.id, dep.app, dep.version, dep.state));
+    line(format!("  digest   {}", dep.digest));
+    if let Some(at) = dep.go_live_at {
+        line(format!("  go-live  {}", output::time(at)));
+    }
+    line(format!("  note     {}", dep.note));
+    let waiting: Vec<String> = d
+        .instructions
+        .iter()
+        .filter(|i| matches!(i.state.as_str(), "created" | "sent" | "received" | "activating" | "rolling_back"))
+        .map(|i| format!("{} ({}, last seen {}s ago)", i.hostname, i.state, (now - i.last_seen).max(0) / 1000))
+        .collect();
+    if !waiting.is_empty() && !settled(d) {
+        line(format!("  waiting  for {}", waiting.join(", ")));
+    }
+    if let (Some(at), "scheduled") = (dep.go_live_at, dep.state.as_str()) {
+        line(format!("  go-live  in {}s", ((at - now).max(0) + 999) / 1000));
+    }
+    let rows: Vec<Vec<String>> = d
+        .instructions
+        .iter()
+        .map(|i| {
+            let digest = match &i.reported_digest {
+                Some(r) if *r == dep.digest => "match".to_owned(),
+                Some(r) => format!("MISMATCH {}", &r[..r.len().min(16)]),
+                None => "-".into(),
+            };
+            vec![
+                i.hostname.clone(),
+                i.target_id.clone(),
+                i.labels.to_string(),
+                match i.progress {
+                    Some(p) if p.total_bytes > 0 => format!("{} {}%", i.state, p.done_bytes * 100 / p.total_bytes),
+                    _ => i.state.clone(),
+                },
+                digest,
+                i.previous_version.clone().unwrap_or_else(|| "-".into()),
+                metric_summary(i),
+            ]
+        })
+        .collect();
+    line(String::new());
+    line(output::render_table(&["HOST", "TARGET", "LABELS", "STATE", "DIGEST", "PREVIOUS", "METRICS"], &rows));
+    let troubled = d.instructions.iter().filter(|i| i.state == "failed" || i.note.contains("failed") || i.attempt > 0);
+    for i in troubled {
+        let tries = if i.attempt > 0 { format!(" (after {} stagings)", i.attempt + 1) } else { String::new() };
+        line(format!("\n{} ({}, {}): {}{tries}", i.hostname, i.target_id, i.labels, i.note));
+        let said: Vec<&str> = i.output.lines().filter(|l| !l.trim().is_empty()).collect();
+        for l in &said[said.len().saturating_sub(8)..] {
+            line(format!("    {l}"));
+        }
+    }
+    out.join("\n")
+}
+
+/// The deployment's audit trail: every state change, oldest first.
+pub fn print_events(d: &DeploymentDetail) {
+    line(events(d));
+}
+
+/// [`print_events`]'s text.
+pub fn events(d: &DeploymentDetail) -> String {
+    let host: std::collections::HashMap<&str, &str> =
+        d.instructions.iter().map(|i| (i.id.as_str(), i.hostname.as_str())).collect();
+    let rows: Vec<Vec<String>> = d
+        .events
+        .iter()
+        .map(|e| {
+            let subject = match &e.instruction_id {
+                Some(i) => host.get(i.as_str()).map(|h| h.to_string()).unwrap_or_else(|| i.clone()),
+                None => "deployment".into(),
+            };
+            let from = if e.from.is_empty() { "·" } else { e.from.as_str() };
+            vec![output::time(e.at), subject, format!("{from} → {}", e.to), e.actor.clone(), e.note.clone()]
+        })
+        .collect();
+    output::render_table(&["TIME", "SUBJECT", "CHANGE", "ACTOR", "NOTE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use convoy_wire::{Counts, DeploymentInfo, EventInfo, Labels, Progress};
+    use expect_test::expect;
+
+    use super::*;
+
+    fn instr(host: &str, state: &str, digest: Option<&str>) -> InstructionInfo {
+        InstructionInfo {
+            id: format!("i-{host}"),
+            target_id: format!("t-{host}"),
+            hostname: host.into(),
+            labels: Labels::parse("role=web,site=sh").unwrap(),
+            state: state.into(),
+            attempt: 0,
+            previous_version: Some("1.0".into()),
+            reported_digest: digest.map(str::to_owned),
+            metrics: Default::default(),
+            output: String::new(),
+            note: String::new(),
+            updated_at: 0,
+            last_seen: 1_000_000,
+            progress: None,
+        }
+    }
+
+    fn fixture() -> DeploymentDetail {
+        let mut live = instr("web-1", "staged", Some("aaaa"));
+        live.metrics = [("bytes_fetched", "48162"), ("stage_ms", "80"), ("requests_ok", "100")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let mut bad = instr("web-2", "failed", Some("bbbbbbbbbbbbbbbbbbbbbbbb"));
+        bad.attempt = 2;
+        bad.note = "consistency gate: target reported digest bbbb, release is aaaa; gave up after 3 attempts".into();
+        bad.output = "first line\n\nlast line".into();
+        let mut slow = instr("web-3", "received", None);
+        slow.progress = Some(Progress { done_bytes: 450, total_bytes: 1000 });
+        DeploymentDetail {
+            deployment: DeploymentInfo {
+                id: "d-1".into(),
+                app: "shop-web".into(),
+                version: "2.0".into(),
+                digest: "aaaa".into(),
+                selector: "role=web".into(),
+                state: "staging".into(),
+                go_live_at: Some(1_790_000_000_000),
+                max_failures: 1,
+                stage_deadline: None,
+                activate_timeout_secs: 900,
+                created_by: "admin".into(),
+                created_at: 0,
+                updated_at: 0,
+                note: "staging shop-web@2.0 to 3 targets".into(),
+                counts: Counts { total: 3, staged: 1, live: 0, failed: 1, rolled_back: 0 },
+            },
+            instructions: vec![live, bad, slow],
+            events: vec![
+                EventInfo {
+                    at: 0,
+                    deployment_id: "d-1".into(),
+                    instruction_id: None,
+                    from: String::new(),
+                    to: "staging".into(),
+                    actor: "user:admin".into(),
+                    note: "staging shop-web@2.0 to 3 targets".into(),
+                },
+                EventInfo {
+                    at: 61_000,
+                    deployment_id: "d-1".into(),
+                    instruction_id: Some("i-web-2".into()),
+                    from: "received".into(),
+                    to: "failed".into(),
+                    actor: "agent:t-web-2".into(),
+                    note: "gave up".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_summary() {
+        expect![[r#"
+            deployment d-1  shop-web@2.0  staging
+              digest   aaaa
+              go-live  2026-09-21T14:13:20Z
+              note     staging shop-web@2.0 to 3 targets
+              waiting  for web-3 (received, last seen 12s ago)
+
+            HOST   TARGET   LABELS            STATE         DIGEST                     PREVIOUS  METRICS
+            web-1  t-web-1  role=web,site=sh  staged        match                      1.0       fetched=47.0KiB requests_ok=100
+            web-2  t-web-2  role=web,site=sh  failed        MISMATCH bbbbbbbbbbbbbbbb  1.0
+            web-3  t-web-3  role=web,site=sh  received 45%  -                          1.0
+
+            web-2 (t-web-2, role=web,site=sh): consistency gate: target reported digest bbbb, release is aaaa; gave up after 3 attempts (after 3 stagings)
+                first line
+                last line"#]].assert_eq(&summary(&fixture(), 1_012_000));
+    }
+
+    #[test]
+    fn audit_trail() {
+        expect![[r#"
+            TIME                  SUBJECT     CHANGE             ACTOR          NOTE
+            1970-01-01T00:00:00Z  deployment  · → staging        user:admin     staging shop-web@2.0 to 3 targets
+            1970-01-01T00:01:01Z  web-2       received → failed  agent:t-web-2  gave up"#]]
+        .assert_eq(&events(&fixture()));
+    }
+
+    #[test]
+    fn progress_lines() {
+        // `|` keeps the leading spaces visible to the snapshot
+        let lines: Vec<String> = progress(&fixture()).iter().map(|l| format!("|{l}")).collect();
+        expect![[r#"
+            |  staged [########----------------] 1/3   staging
+            |  live   [------------------------] 0/3   failed 1  rolled back 0
+            |  bytes  [##########--------------] 45% of 1000 B"#]]
+        .assert_eq(&lines.join("\n"));
+    }
+}

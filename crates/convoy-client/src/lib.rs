@@ -1,0 +1,117 @@
+//! HTTP client of the convoy API, shared by the agent and the operator CLI:
+//! bearer token, JSON errors decoded into [`ServerError`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use convoy_wire::{ErrorBody, API};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// An error the server answered with (4xx/5xx), as opposed to a network error.
+#[derive(Debug, thiserror::Error)]
+#[error("server said {status}: {message}")]
+pub struct ServerError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Client {
+    /// A client of `server` (`http://` or `https://`). `ca_cert` is a PEM
+    /// file of certificate authorities to trust besides the system's, for
+    /// servers with a private or self-signed certificate.
+    pub fn new(server: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(server)
+            .with_context(|| format!("invalid server URL {server:?}: expected http(s)://HOST:PORT"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!("invalid server URL {server:?}: expected http(s)://HOST:PORT");
+        }
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("reading CA certificate {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing CA certificate {}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().context("building HTTP client")?;
+        Ok(Self { http, base: format!("{}{API}", server.trim_end_matches('/')), token: token.to_owned() })
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        Self { token: token.to_owned(), ..self.clone() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error.message).unwrap_or(text);
+        Err(ServerError { status: status.as_u16(), message }.into())
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .timeout(timeout)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        Self::check(resp).await?.json().await.with_context(|| format!("decoding answer of GET {path}"))
+    }
+
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .request(method.clone(), path)
+            .timeout(Duration::from_secs(120))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        Self::check(resp).await?.json().await.with_context(|| format!("decoding answer of {method} {path}"))
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        Ok(Self::check(resp).await?.bytes().await?.to_vec())
+    }
+}
+
+/// True when retrying cannot help (the server refused the request itself).
+pub fn is_permanent(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ServerError>()
+        .is_some_and(|s| (400..500).contains(&s.status) && s.status != 408 && s.status != 429)
+}
+
+pub fn short(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}

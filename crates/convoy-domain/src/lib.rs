@@ -1,0 +1,12 @@
+//! convoy's pure core: names, labels, and the state machines of instructions
+//! and deployments. No I/O, no async, no clock: callers pass `now` in.
+
+mod deployment;
+mod instruction;
+mod names;
+
+pub use deployment::{
+    advance, overdue, request_rollback, Advance, Deadlines, DeploymentState, DeploymentView, InstrAction, Tally,
+};
+pub use instruction::{on_report, InstructionState, InstructionView, Outcome, Phase, ReportKind, MAX_STAGE_ATTEMPTS};
+pub use names::{parse_reference, targets, AppName, Labels, NameError, Selector, Version};

@@ -1,0 +1,22 @@
+//! Packing a directory into a release: content-defined chunks addressed by
+//! BLAKE3, a canonical versioned manifest whose hash is the root digest, the
+//! package descriptor, a chunk store on disk, and unpacking with path checks.
+//!
+//! Invariant: nothing here trusts bytes it did not hash. A [`VerifiedChunk`]
+//! can only be made by hashing, and the [`ChunkStore`] only accepts those.
+
+mod chunk;
+mod descriptor;
+mod frames;
+mod manifest;
+mod path;
+mod store;
+mod tree;
+
+pub use chunk::{ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE};
+pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FRAME};
+pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
+pub use path::{PathError, RelPath};
+pub use store::ChunkStore;
+pub use tree::{chunk_file, pack_tree, unpack, PackError};

@@ -1,0 +1,253 @@
+//! Walking a directory into a [`Manifest`], and writing a manifest back out.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{
+    ChunkRef, Descriptor, Entry, Manifest, RelPath, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, DESCRIPTOR_FILE,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Path(#[from] crate::PathError),
+    #[error(transparent)]
+    Descriptor(#[from] crate::DescriptorError),
+    #[error("{0}: only regular files, directories and symlinks can be packed")]
+    Unsupported(PathBuf),
+    #[error("{0}: file name is not UTF-8")]
+    NonUtf8(PathBuf),
+    #[error("{0}")]
+    Chunk(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+    move |source| PackError::Io { path: path.to_owned(), source }
+}
+
+/// Cuts a file into content-defined chunks, calling `f` for each.
+pub fn chunk_file(path: &Path, mut f: impl FnMut(VerifiedChunk) -> Result<(), PackError>) -> Result<u64, PackError> {
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let mut size = 0;
+    for c in fastcdc::v2020::StreamCDC::new(file, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+        let c = c.map_err(|e| PackError::Io { path: path.to_owned(), source: io::Error::other(e.to_string()) })?;
+        size += c.length as u64;
+        f(VerifiedChunk::from_data(c.data))?;
+    }
+    Ok(size)
+}
+
+/// Packs the tree under `root`. `on_chunk` sees every chunk (repeats
+/// included) so the caller can store or upload it. A `convoy.toml` in the
+/// root is validated.
+pub fn pack_tree(
+    root: &Path,
+    mut on_chunk: impl FnMut(&VerifiedChunk) -> Result<(), PackError>,
+) -> Result<Manifest, PackError> {
+    let desc = root.join(DESCRIPTOR_FILE);
+    if desc.is_file() {
+        Descriptor::parse(&fs::read_to_string(&desc).map_err(io_err(&desc))?)?;
+    }
+    let mut entries = Vec::new();
+    walk(root, None, &mut entries, &mut on_chunk)?;
+    Ok(Manifest::new(entries))
+}
+
+fn walk(
+    dir: &Path,
+    prefix: Option<&str>,
+    out: &mut Vec<Entry>,
+    on_chunk: &mut impl FnMut(&VerifiedChunk) -> Result<(), PackError>,
+) -> Result<(), PackError> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name().into_string().map_err(|_| PackError::NonUtf8(e.path()))?;
+        names.push(name);
+    }
+    names.sort();
+    for name in names {
+        let full = dir.join(&name);
+        let rel = match prefix {
+            Some(p) => format!("{p}/{name}"),
+            None => name,
+        };
+        let path = RelPath::parse(&rel)?;
+        let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
+        let mode = meta.permissions().mode() & 0o777;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(&full).map_err(io_err(&full))?;
+            let target = target.into_os_string().into_string().map_err(|_| PackError::NonUtf8(full.clone()))?;
+            path.check_link_target(&target)?;
+            out.push(Entry::Symlink { path, target });
+        } else if ft.is_dir() {
+            out.push(Entry::Dir { path, mode });
+            walk(&full, Some(&rel), out, on_chunk)?;
+        } else if ft.is_file() {
+            let mut chunks = Vec::new();
+            let size = chunk_file(&full, |c| {
+                chunks.push(ChunkRef { id: c.id(), len: c.data().len() as u32 });
+                on_chunk(&c)
+            })?;
+            out.push(Entry::File { path, mode, size, chunks });
+        } else {
+            return Err(PackError::Unsupported(full));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the release into `dest`, which must not exist yet. `chunk` gives
+/// each chunk, verified. The manifest must have been validated, so no path
+/// can leave `dest`; files are created new, never through existing links.
+pub fn unpack(
+    manifest: &Manifest,
+    dest: &Path,
+    mut chunk: impl FnMut(&ChunkRef) -> Result<VerifiedChunk, PackError>,
+) -> Result<(), PackError> {
+    manifest.validate().map_err(|e| PackError::Chunk(e.to_string()))?;
+    fs::create_dir(dest).map_err(io_err(dest))?;
+    let mut dirs = Vec::new();
+    for e in &manifest.entries {
+        let full = dest.join(e.path().as_str());
+        match e {
+            Entry::Dir { mode, .. } => {
+                fs::create_dir(&full).map_err(io_err(&full))?;
+                dirs.push((full, *mode));
+            }
+            Entry::Symlink { target, .. } => symlink(target, &full).map_err(io_err(&full))?,
+            Entry::File { mode, chunks, .. } => {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&full)
+                    .map_err(io_err(&full))?;
+                for c in chunks {
+                    let data = chunk(c)?;
+                    if data.id() != c.id {
+                        return Err(PackError::Chunk(format!("chunk source returned {} for {}", data.id(), c.id)));
+                    }
+                    f.write_all(data.data()).map_err(io_err(&full))?;
+                }
+                f.sync_data().map_err(io_err(&full))?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(*mode)).map_err(io_err(&full))?;
+            }
+        }
+    }
+    for (dir, mode) in dirs.into_iter().rev() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_err(&dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Node {
+        File(Vec<u8>, u32),
+        Dir,
+        Link(String),
+    }
+
+    fn content() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            (any::<u64>(), 1usize..300_000).prop_map(|(seed, len)| {
+                let mut x = seed | 1;
+                (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 24) as u8
+                    })
+                    .collect()
+            }),
+        ]
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        prop_oneof![
+            4 => (content(), prop_oneof![Just(0o644u32), Just(0o755), Just(0o600)]).prop_map(|(c, m)| Node::File(c, m)),
+            1 => Just(Node::Dir),
+            1 => "[a-z]{1,3}".prop_map(Node::Link),
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = Vec<(String, Node)>> {
+        proptest::collection::vec(("[a-z]{1,3}(/[a-z]{1,3}){0,2}", node()), 0..8)
+    }
+
+    /// Builds the tree; returns the files actually written (first of a path wins).
+    fn build(root: &Path, nodes: &[(String, Node)]) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        for (path, node) in nodes {
+            let full = root.join(path);
+            if full.symlink_metadata().is_ok() || full.ancestors().skip(1).any(|a| a.is_file() || a.is_symlink()) {
+                continue;
+            }
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            match node {
+                Node::File(data, mode) => {
+                    fs::write(&full, data).unwrap();
+                    files.push((path.clone(), data.clone()));
+                    fs::set_permissions(&full, fs::Permissions::from_mode(*mode)).unwrap();
+                }
+                Node::Dir => fs::create_dir(&full).unwrap(),
+                Node::Link(t) => symlink(t, &full).unwrap(),
+            }
+        }
+        files
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        /// Packing any tree, unpacking it elsewhere and packing again gives
+        /// the same manifest; packing twice gives the same digest.
+        #[test]
+        fn pack_unpack_round_trips(nodes in tree()) {
+            let src = tempfile::tempdir().unwrap();
+            let files = build(src.path(), &nodes);
+            let mut chunks = HashMap::new();
+            let m = pack_tree(src.path(), |c| { chunks.insert(c.id(), c.clone()); Ok(()) }).unwrap();
+            prop_assert_eq!(pack_tree(src.path(), |_| Ok(())).unwrap().digest(), m.digest());
+            let again = Manifest::from_slice(&m.canonical_bytes()).unwrap();
+            prop_assert_eq!(&again, &m);
+
+            let out = tempfile::tempdir().unwrap();
+            let dest = out.path().join("r");
+            unpack(&m, &dest, |c| Ok(chunks[&c.id].clone())).unwrap();
+            let m2 = pack_tree(&dest, |_| Ok(())).unwrap();
+            prop_assert_eq!(m2.digest(), m.digest());
+            for (path, data) in &files {
+                prop_assert_eq!(&fs::read(dest.join(path)).unwrap(), data);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_escaping_links_when_packing() {
+        let src = tempfile::tempdir().unwrap();
+        symlink("/etc/passwd", src.path().join("evil")).unwrap();
+        assert!(matches!(pack_tree(src.path(), |_| Ok(())), Err(PackError::Path(_))));
+    }
+
+    #[test]
+    fn unpack_never_writes_into_existing_dest() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a"), b"x").unwrap();
+        let m = pack_tree(src.path(), |_| Ok(())).unwrap();
+        assert!(unpack(&m, src.path(), |_| unreachable!()).is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! `/metrics` in the Prometheus text format: process counters plus the
+//! fleet's state read from the store at scrape time. Unauthenticated, like
+//! most scrape targets; it names no target, release or secret.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+#[derive(Default)]
+pub struct Counters {
+    pub polls: AtomicU64,
+    pub reports_accepted: AtomicU64,
+    pub reports_stale: AtomicU64,
+    pub chunks_uploaded: AtomicU64,
+    pub chunk_bytes_uploaded: AtomicU64,
+    pub chunk_bytes_served: AtomicU64,
+    pub scheduler_transitions: AtomicU64,
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let counts = st.store.state_counts().await?;
+    let c = &st.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let by_state = |rows: &[(String, i64)]| -> Vec<(String, u64)> {
+        rows.iter().map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n as u64)).collect()
+    };
+    metric("convoy_targets", "gauge", "Enrolled targets.", &[(String::new(), counts.targets as u64)]);
+    metric("convoy_deployments", "gauge", "Deployments by state.", &by_state(&counts.deployments));
+    metric("convoy_instructions", "gauge", "Instructions by state.", &by_state(&counts.instructions));
+    metric("convoy_agent_polls_total", "counter", "Work polls answered.", &[(String::new(), get(&c.polls))]);
+    metric(
+        "convoy_agent_reports_total",
+        "counter",
+        "Agent reports, by whether they moved an instruction.",
+        &[
+            ("{result=\"accepted\"}".into(), get(&c.reports_accepted)),
+            ("{result=\"stale\"}".into(), get(&c.reports_stale)),
+        ],
+    );
+    metric(
+        "convoy_chunks_uploaded_total",
+        "counter",
+        "Chunks accepted by upload.",
+        &[(String::new(), get(&c.chunks_uploaded))],
+    );
+    metric(
+        "convoy_chunk_bytes_total",
+        "counter",
+        "Compressed chunk bytes, by direction.",
+        &[
+            ("{direction=\"in\"}".into(), get(&c.chunk_bytes_uploaded)),
+            ("{direction=\"out\"}".into(), get(&c.chunk_bytes_served)),
+        ],
+    );
+    metric(
+        "convoy_scheduler_transitions_total",
+        "counter",
+        "Deployment transitions made by the scheduler.",
+        &[(String::new(), get(&c.scheduler_transitions))],
+    );
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

@@ -1,0 +1,258 @@
+//! The agent side of the API: enrolment, long-polled work, reports.
+//! An agent sees only its own instructions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use convoy_domain::{on_report, InstructionState, InstructionView, Outcome, ReportKind};
+use convoy_store::{hash_token, new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
+use convoy_wire::{
+    EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work, WorkResponse,
+};
+use serde::Deserialize;
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, AppState};
+
+/// Longest a poll is held open.
+const MAX_WAIT_SECS: u64 = 60;
+
+fn check_inventory(inv: &Inventory) -> ApiResult<()> {
+    inv.labels.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if inv.hostname.is_empty() || inv.hostname.len() > 253 {
+        return Err(ApiError::bad_request("hostname must be 1-253 characters"));
+    }
+    Ok(())
+}
+
+pub async fn enroll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> ApiResult<Json<EnrollResponse>> {
+    match auth::authenticate(&st, &headers).await? {
+        Caller::Enrol | Caller::Operator(_) => {}
+        Caller::Agent(_) => {
+            return Err(ApiError::forbidden("an enrolled agent cannot enrol again; use the enrolment token"))
+        }
+    }
+    let Json(req) = body?;
+    check_inventory(&req.inventory)?;
+    let now = now_ms();
+    let id = new_id("t");
+    let token = new_secret();
+    st.store
+        .insert_target(&TargetRecord {
+            id: id.clone(),
+            hostname: req.inventory.hostname.clone(),
+            labels_json: serde_json::to_string(&req.inventory.labels).map_err(ApiError::internal)?,
+            inventory_json: serde_json::to_string(&req.inventory).map_err(ApiError::internal)?,
+            enrolled_at: now,
+            last_seen: now,
+        })
+        .await?;
+    st.store
+        .put_token(&TokenRecord {
+            hash: hash_token(&token),
+            kind: TokenKind::Agent,
+            subject: id.clone(),
+            created_at: now,
+        })
+        .await?;
+    tracing::info!(target_id = %id, hostname = %req.inventory.hostname, "agent enrolled");
+    Ok(Json(EnrollResponse { target_id: id, token }))
+}
+
+pub async fn inventory(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Inventory>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let target = auth::agent(&st, &headers).await?;
+    let Json(inv) = body?;
+    check_inventory(&inv)?;
+    save_inventory(&st, &target, &inv).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn save_inventory(st: &AppState, target: &str, inv: &Inventory) -> ApiResult<()> {
+    let labels = serde_json::to_string(&inv.labels).map_err(ApiError::internal)?;
+    let json = serde_json::to_string(inv).map_err(ApiError::internal)?;
+    st.store.update_target(target, &inv.hostname, &labels, &json, now_ms()).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct WorkQuery {
+    #[serde(default)]
+    wait: u64,
+    /// Work the agent already has under way, as `INSTRUCTION-PHASE-ATTEMPT`
+    /// keys, comma-separated; it is not sent again.
+    #[serde(default)]
+    holding: String,
+}
+
+/// Most held keys a poll may name.
+const MAX_HOLDING: usize = 1_000;
+
+/// Returns the target's pending work, holding the request open up to
+/// `wait` seconds while there is none.
+pub async fn work(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<WorkQuery>, QueryRejection>,
+) -> ApiResult<Json<WorkResponse>> {
+    let target = auth::agent(&st, &headers).await?;
+    let Query(q) = q?;
+    let holding: std::collections::HashSet<&str> = q.holding.split(',').filter(|k| !k.is_empty()).collect();
+    if holding.len() > MAX_HOLDING {
+        return Err(ApiError::bad_request(format!("at most {MAX_HOLDING} held work items per poll")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+    let mut changes = st.watch_target(&target);
+    let mut stopping = st.stopping.subscribe();
+    st.saw(&target);
+    crate::metrics::add(&st.counters.polls, 1);
+    loop {
+        changes.borrow_and_update();
+        let mut work = pending_work(&st, &target).await?;
+        work.retain(|w| !holding.contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str()));
+        if !work.is_empty() {
+            return Ok(Json(WorkResponse { work }));
+        }
+        if *stopping.borrow() {
+            return Ok(Json(WorkResponse { work: Vec::new() }));
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, changes.changed()) => match r {
+                Ok(Ok(())) => continue,
+                _ => return Ok(Json(WorkResponse { work: Vec::new() })),
+            },
+            _ = stopping.changed() => return Ok(Json(WorkResponse { work: Vec::new() })),
+        }
+    }
+}
+
+async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
+    let mut out = Vec::new();
+    for i in st.store.pending_instructions(target).await? {
+        let Some(phase) = i.state.phase() else {
+            continue;
+        };
+        let Some(d) = st.store.get_deployment(&i.deployment_id).await? else {
+            continue;
+        };
+        if i.state == InstructionState::Created {
+            let up = InstructionUpdate {
+                to: Some(InstructionState::Sent),
+                note: "delivered to agent".into(),
+                ..Default::default()
+            };
+            st.store.transition_instruction(&i.id, i.state, i.attempt, &up, "server", now_ms()).await?;
+        }
+        out.push(Work {
+            instruction_id: i.id,
+            deployment_id: d.id,
+            phase,
+            attempt: i.attempt,
+            app: d.app,
+            version: d.version,
+            digest: d.digest,
+            go_live_at: i.go_live_at,
+            previous_version: i.previous_version,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn report(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Report>, JsonRejection>,
+) -> ApiResult<Json<ReportResponse>> {
+    let target = auth::agent(&st, &headers).await?;
+    let Json(r) = body?;
+    if r.metrics.len() > 100
+        || r.metrics.iter().any(|(k, v)| k.len() > 64 || v.len() > 256)
+        || r.output.len() > 64 * 1024
+    {
+        return Err(ApiError::bad_request(
+            "report too large: at most 100 metrics (keys ≤ 64, values ≤ 256 bytes) and 64 KiB of output",
+        ));
+    }
+    if let Some(inv) = &r.inventory {
+        check_inventory(inv)?;
+        save_inventory(&st, &target, inv).await?;
+    }
+    let i = st.store.get_instruction(&r.instruction_id).await?.filter(|i| i.target_id == target);
+    let Some(i) = i else {
+        return Err(ApiError::not_found(format!("instruction {} not found for this target", r.instruction_id)));
+    };
+    let d = st
+        .store
+        .get_deployment(&i.deployment_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("instruction without deployment"))?;
+    let outcome =
+        on_report(InstructionView { state: i.state, attempt: i.attempt }, r.phase, r.attempt, &r.report, &d.digest);
+    let (to, attempt, note) = match outcome {
+        Outcome::Stale(note) => {
+            crate::metrics::add(&st.counters.reports_stale, 1);
+            return Ok(Json(ReportResponse { accepted: false, note }));
+        }
+        Outcome::Move { to, attempt, note } => (to, attempt, note),
+    };
+    let mut metrics: BTreeMap<String, String> = serde_json::from_str(&i.metrics_json).unwrap_or_default();
+    metrics.extend(r.metrics.clone());
+    let up = InstructionUpdate {
+        to: Some(to),
+        attempt: Some(attempt),
+        reported_digest: match &r.report {
+            ReportKind::Staged { digest } => Some(digest.clone()),
+            _ => None,
+        },
+        metrics_json: Some(serde_json::to_string(&metrics).map_err(ApiError::internal)?),
+        output: (!r.output.is_empty()).then(|| r.output.clone()),
+        note: note.clone(),
+        ..Default::default()
+    };
+    let moved =
+        st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &format!("agent:{target}"), now_ms()).await?;
+    crate::metrics::add(if moved { &st.counters.reports_accepted } else { &st.counters.reports_stale }, 1);
+    if moved && to != InstructionState::Received {
+        st.progress.lock().expect("progress lock").remove(&i.id);
+    }
+    if moved {
+        tracing::info!(deployment = %d.id, instruction = %i.id, target_id = %target, from = i.state.as_str(), to = to.as_str(), "{note}");
+        st.changed([target.as_str()]);
+    }
+    Ok(Json(ReportResponse { accepted: moved, note }))
+}
+
+/// Most instructions whose progress is remembered at once.
+const MAX_PROGRESS: usize = 100_000;
+
+/// Staging progress, kept in memory for `status` and `watch`; never persisted.
+pub async fn progress(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ProgressReport>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let target = auth::agent(&st, &headers).await?;
+    let Json(p) = body?;
+    if p.progress.done_bytes > p.progress.total_bytes || p.instruction_id.len() > 64 {
+        return Err(ApiError::bad_request(
+            "progress: done_bytes exceeds total_bytes, or the instruction id is malformed",
+        ));
+    }
+    let mut map = st.progress.lock().expect("progress lock");
+    if map.len() < MAX_PROGRESS || map.contains_key(&p.instruction_id) {
+        map.insert(p.instruction_id, (target, p.progress));
+    }
+    Ok(Json(serde_json::json!({"ok": true})))
+}

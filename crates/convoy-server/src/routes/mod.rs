@@ -1,0 +1,25 @@
+//! HTTP routes, one module per resource.
+
+pub mod agent;
+pub mod chunks;
+pub mod deployments;
+pub mod releases;
+pub mod targets;
+
+use convoy_store::TargetRecord;
+use convoy_wire::{Inventory, Labels, TargetInfo};
+
+use crate::error::ApiError;
+
+pub fn target_info(t: &TargetRecord) -> Result<TargetInfo, ApiError> {
+    let labels: Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
+    let inventory: Inventory = serde_json::from_str(&t.inventory_json).map_err(ApiError::internal)?;
+    Ok(TargetInfo {
+        id: t.id.clone(),
+        hostname: t.hostname.clone(),
+        labels,
+        inventory,
+        enrolled_at: t.enrolled_at,
+        last_seen: t.last_seen,
+    })
+}

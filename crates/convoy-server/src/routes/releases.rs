@@ -1,0 +1,106 @@
+//! Publishing and reading releases. A release is accepted only when its
+//! manifest is valid and every chunk it names is in the store (each chunk
+//! was hash-checked on upload). Releases are immutable.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::Json;
+use convoy_domain::{AppName, Version};
+use convoy_pack::{Entry, Manifest};
+use convoy_store::ReleaseRecord;
+use convoy_wire::{PublishRequest, PublishResponse, ReleaseInfo};
+
+use crate::auth;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, AppState};
+
+pub fn info(r: &ReleaseRecord) -> ReleaseInfo {
+    ReleaseInfo {
+        app: r.app.clone(),
+        version: r.version.clone(),
+        digest: r.digest.clone(),
+        files: r.files as u64,
+        total_size: r.total_size as u64,
+        chunks: r.chunks as u64,
+        created_at: r.created_at,
+    }
+}
+
+pub async fn publish(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PublishRequest>, JsonRejection>,
+) -> ApiResult<Json<PublishResponse>> {
+    let user = auth::operator(&st, &headers).await?;
+    let Json(req) = body?;
+    let app = AppName::parse(&req.app).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let version = Version::parse(&req.version).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_value(req.manifest)
+        .map_err(|e| ApiError::bad_request(format!("manifest is not valid: {e}")))?;
+    manifest.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ids = manifest.chunk_ids();
+    let chunks = st.chunks.clone();
+    let absent: Vec<String> = tokio::task::spawn_blocking(move || {
+        ids.iter().filter(|id| !chunks.contains(id)).map(|id| id.to_hex()).collect()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    if !absent.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} chunks named by the manifest were not uploaded (first: {}); upload them first",
+            absent.len(),
+            absent[0]
+        )));
+    }
+    let rec = ReleaseRecord {
+        app: app.to_string(),
+        version: version.to_string(),
+        digest: manifest.digest(),
+        manifest: manifest.canonical_bytes(),
+        files: manifest.entries.iter().filter(|e| matches!(e, Entry::File { .. })).count() as i64,
+        total_size: manifest.total_size() as i64,
+        chunks: manifest.chunk_ids().len() as i64,
+        created_at: now_ms(),
+    };
+    let created = st.store.insert_release(&rec).await?;
+    if created {
+        tracing::info!(app = %app, version = %version, digest = %rec.digest, %user, "release published");
+    }
+    let stored =
+        st.store.get_release(&rec.app, &rec.version).await?.ok_or_else(|| ApiError::internal("release vanished"))?;
+    Ok(Json(PublishResponse { release: info(&stored), created }))
+}
+
+pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<ReleaseInfo>>> {
+    auth::operator(&st, &headers).await?;
+    Ok(Json(st.store.list_releases().await?.iter().map(info).collect()))
+}
+
+async fn find(st: &AppState, app: &str, version: &str) -> ApiResult<ReleaseRecord> {
+    st.store
+        .get_release(app, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("release {app}@{version} not found")))
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((app, version)): Path<(String, String)>,
+) -> ApiResult<Json<ReleaseInfo>> {
+    auth::reader(&st, &headers).await?;
+    Ok(Json(info(&find(&st, &app, &version).await?)))
+}
+
+/// The canonical manifest bytes; their BLAKE3 is the root digest.
+pub async fn manifest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((app, version)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    auth::reader(&st, &headers).await?;
+    let r = find(&st, &app, &version).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], r.manifest))
+}

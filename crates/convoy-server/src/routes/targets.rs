@@ -1,0 +1,27 @@
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use convoy_wire::TargetInfo;
+
+use crate::auth;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TargetInfo>>> {
+    auth::operator(&st, &headers).await?;
+    st.store.list_targets().await?.iter().map(super::target_info).collect::<ApiResult<Vec<_>>>().map(Json)
+}
+
+/// Forgets a decommissioned target and revokes its credential.
+pub async fn remove(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = auth::operator(&st, &headers).await?;
+    if !st.store.remove_target(&id).await? {
+        return Err(ApiError::not_found(format!("target {id} not found")));
+    }
+    tracing::info!(target_id = %id, %user, "target removed");
+    Ok(Json(serde_json::json!({"removed": id})))
+}

@@ -1,0 +1,83 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use convoy_pack::ChunkStore;
+use convoy_store::Store;
+use tokio::sync::{watch, Notify};
+
+/// Shared by every handler and the scheduler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub chunks: ChunkStore,
+    /// One generation counter per target, bumped when its instructions
+    /// change; a target's long poll waits on its own only.
+    changes: Arc<std::sync::Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// Wakes the scheduler early (after a report).
+    pub wake: Arc<Notify>,
+    pub counters: Arc<crate::metrics::Counters>,
+    /// Set when the server is stopping: long polls end at once.
+    pub stopping: watch::Sender<bool>,
+    /// When targets last polled, written to the store in batches.
+    pub seen: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Staging progress by instruction: (target, progress). Memory only.
+    pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, chunks: ChunkStore) -> Self {
+        Self {
+            store,
+            chunks,
+            changes: Default::default(),
+            wake: Arc::new(Notify::new()),
+            counters: Default::default(),
+            stopping: watch::channel(false).0,
+            progress: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Notes that a target polled; [`AppState::flush_seen`] writes it.
+    pub fn saw(&self, target: &str) {
+        self.seen.lock().expect("seen lock").insert(target.to_owned(), now_ms());
+    }
+
+    /// Writes the last-seen times noted since the previous flush, in one
+    /// transaction, so polls themselves never write to the database.
+    pub async fn flush_seen(&self) -> Result<(), convoy_store::StoreError> {
+        let batch: Vec<(String, i64)> =
+            std::mem::take(&mut *self.seen.lock().expect("seen lock")).into_iter().collect();
+        self.store.touch_targets(&batch).await
+    }
+
+    /// Subscribes to changes of one target's instructions.
+    pub fn watch_target(&self, target: &str) -> watch::Receiver<u64> {
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .entry(target.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the long polls of these targets, and the scheduler.
+    pub fn changed<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
+        let mut map = self.changes.lock().expect("changes lock");
+        for t in targets {
+            if let Some(tx) = map.get(t) {
+                tx.send_modify(|g| *g += 1);
+                // nobody polls for it any more: forget it
+                if tx.receiver_count() == 0 {
+                    map.remove(t);
+                }
+            }
+        }
+        drop(map);
+        self.wake.notify_one();
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,79 @@
+//! PostgreSQL backend of [`convoy_store::Store`], chosen by a
+//! `postgres://` database URL. Several servers may share one database.
+
+use std::str::FromStr;
+
+use convoy_store::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+/// Schema migrations, applied in order at start-up under an advisory lock.
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_deadlines.sql"))];
+
+/// Advisory lock key taken while migrating, so two servers never race.
+const MIGRATION_LOCK: i64 = 0x636f_6e76_6f79; // "convoy"
+
+pub struct PgStore {
+    pool: PgPool,
+    /// The same pool: PostgreSQL needs no split between readers and writers.
+    read: PgPool,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl PgStore {
+    /// Connects and migrates. `schema`, if given, is created and used as the
+    /// search path (tests use one schema each).
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let mut opts = PgConnectOptions::from_str(url).map_err(db)?;
+        if let Some(schema) = schema {
+            if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::Backend(format!("invalid schema name {schema:?}")));
+            }
+            let admin = PgPoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(db)?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&admin).await.map_err(db)?;
+            admin.close().await;
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await.map_err(db)?;
+        let store = Self { read: pool.clone(), pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(db)?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?
+            .try_get("v")
+            .map_err(db)?;
+        for (version, sql) in convoy_store::pending_migrations(current, MIGRATIONS)? {
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Drops a schema made by [`PgStore::connect`] (test clean-up).
+    pub async fn drop_schema(self, schema: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.pool).await.map_err(db)?;
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+convoy_store::impl_sql_store!(PgStore, "postgres", ::sqlx::postgres::PgRow);

@@ -1,0 +1,37 @@
+#[tokio::test]
+async fn sqlite_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = convoy_store_sqlite::SqliteStore::open(&dir.path().join("convoy.db")).await.unwrap();
+    convoy_store::conformance::run(&store).await;
+    drop(store);
+    // reopening runs no migration twice and keeps the data
+    let again = convoy_store_sqlite::SqliteStore::open(&dir.path().join("convoy.db")).await.unwrap();
+    use convoy_store::Store;
+    assert_eq!(again.list_releases().await.unwrap().len(), 1);
+}
+
+/// A database made by the first schema, with data, upgrades in place.
+#[tokio::test]
+async fn schema_1_databases_upgrade() {
+    use convoy_store::Store;
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let mut c =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+        sqlx::raw_sql(include_str!("../migrations/0001_init.sql")).execute(&mut c).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);
+             INSERT INTO releases VALUES ('web', '1', 'aa', x'7b7d', 1, 1, 1, 1);
+             INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, created_by, created_at, updated_at, note)
+             VALUES ('d-old', 'web', '1', 'aa', '', 'succeeded', NULL, 0, 'admin', 1, 1, 'done');",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
+    let d = store.get_deployment("d-old").await.unwrap().unwrap();
+    assert_eq!((d.stage_deadline, d.activate_timeout_ms), (None, 900_000));
+}

@@ -1,0 +1,278 @@
+//! The conformance suite every backend runs (`cargo test` in each backend
+//! crate). Written once against the trait, so backends cannot drift.
+
+use convoy_domain::{DeploymentState as D, InstructionState as S};
+
+use crate::*;
+
+fn check<T: std::fmt::Debug + PartialEq>(what: &str, got: T, want: T) {
+    assert_eq!(got, want, "{what}");
+}
+
+/// Runs every check against a fresh, empty store.
+pub async fn run(store: &dyn Store) {
+    tokens(store).await;
+    targets(store).await;
+    releases(store).await;
+    deployments(store).await;
+}
+
+async fn tokens(s: &dyn Store) {
+    let t = TokenRecord { hash: hash_token("secret"), kind: TokenKind::Admin, subject: "admin".into(), created_at: 1 };
+    s.put_token(&t).await.unwrap();
+    s.put_token(&t).await.unwrap();
+    check("token found", s.find_token(&t.hash).await.unwrap(), Some(t.clone()));
+    check("unknown token", s.find_token(&hash_token("nope")).await.unwrap(), None);
+    check("count admin", s.count_tokens(TokenKind::Admin).await.unwrap(), 1);
+    check("count agent", s.count_tokens(TokenKind::Agent).await.unwrap(), 0);
+    assert_ne!(t.hash, "secret", "tokens are stored hashed");
+}
+
+async fn targets(s: &dyn Store) {
+    let t = TargetRecord {
+        id: "t-1".into(),
+        hostname: "web1".into(),
+        labels_json: r#"{"site":"sh"}"#.into(),
+        inventory_json: "{}".into(),
+        enrolled_at: 10,
+        last_seen: 10,
+    };
+    s.insert_target(&t).await.unwrap();
+    assert!(s.insert_target(&t).await.is_err(), "duplicate target id refused");
+    s.update_target("t-1", "web1b", r#"{"site":"bj"}"#, r#"{"x":1}"#, 20).await.unwrap();
+    s.touch_targets(&[("t-1".into(), 30), ("t-unknown".into(), 31)]).await.unwrap();
+    s.touch_targets(&[("t-1".into(), 25)]).await.unwrap(); // never goes back in time
+    let got = s.get_target("t-1").await.unwrap().unwrap();
+    check("updated hostname", got.hostname.as_str(), "web1b");
+    check("updated labels", got.labels_json.as_str(), r#"{"site":"bj"}"#);
+    check("last seen", got.last_seen, 30);
+    check("enrolled_at kept", got.enrolled_at, 10);
+    check("list", s.list_targets().await.unwrap().len(), 1);
+    check("missing target", s.get_target("t-x").await.unwrap(), None);
+}
+
+async fn releases(s: &dyn Store) {
+    let r = ReleaseRecord {
+        app: "web".into(),
+        version: "1".into(),
+        digest: "aa".into(),
+        manifest: b"{\"m\":1}".to_vec(),
+        files: 2,
+        total_size: 3_000_000_000,
+        chunks: 4,
+        created_at: 5,
+    };
+    check("insert new", s.insert_release(&r).await.unwrap(), true);
+    check("same content again", s.insert_release(&r).await.unwrap(), false);
+    let other = ReleaseRecord { digest: "bb".into(), ..r.clone() };
+    assert!(
+        matches!(s.insert_release(&other).await, Err(StoreError::Conflict(_))),
+        "other content under same version refused"
+    );
+    check("stored unchanged", s.get_release("web", "1").await.unwrap(), Some(r.clone()));
+    let listed = s.list_releases().await.unwrap();
+    check("listing omits manifest", listed[0].manifest.len(), 0);
+    check("large sizes survive", listed[0].total_size, 3_000_000_000);
+    check("unknown release", s.get_release("web", "9").await.unwrap(), None);
+}
+
+fn instruction(id: &str, target: &str, state: S) -> InstructionRecord {
+    InstructionRecord {
+        id: id.into(),
+        deployment_id: "d-1".into(),
+        target_id: target.into(),
+        state,
+        attempt: 0,
+        previous_version: Some("0.9".into()),
+        go_live_at: None,
+        reported_digest: None,
+        metrics_json: "{}".into(),
+        output: String::new(),
+        note: "planned".into(),
+        updated_at: 100,
+    }
+}
+
+async fn deployments(s: &dyn Store) {
+    let d = DeploymentRecord {
+        id: "d-1".into(),
+        app: "web".into(),
+        version: "1".into(),
+        digest: "aa".into(),
+        selector: "site=sh".into(),
+        state: D::Staging,
+        go_live_at: Some(5000),
+        max_failures: 1,
+        stage_deadline: Some(9_000_000_000_000),
+        activate_timeout_ms: 600_000,
+        created_by: "admin".into(),
+        created_at: 100,
+        updated_at: 100,
+        note: "created".into(),
+    };
+    let instrs = [instruction("i-1", "t-1", S::Created), instruction("i-2", "t-2", S::Created)];
+    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    check("get", s.get_deployment("d-1").await.unwrap(), Some(d.clone()));
+    check("active", s.active_deployments().await.unwrap().len(), 1);
+    check("list", s.list_deployments(10).await.unwrap().len(), 1);
+    check("instructions", s.list_instructions("d-1").await.unwrap(), instrs.to_vec());
+    check("pending for t-1", s.pending_instructions("t-1").await.unwrap().len(), 1);
+    check("busy", s.busy_targets("web").await.unwrap().len(), 2);
+    check("not busy for other app", s.busy_targets("api").await.unwrap().len(), 0);
+
+    // compare-and-set on instructions
+    let up = InstructionUpdate { to: Some(S::Sent), note: "delivered".into(), ..Default::default() };
+    check("created -> sent", s.transition_instruction("i-1", S::Created, 0, &up, "server", 110).await.unwrap(), true);
+    check(
+        "stale from-state refused",
+        s.transition_instruction("i-1", S::Created, 0, &up, "server", 111).await.unwrap(),
+        false,
+    );
+    let staged = InstructionUpdate {
+        to: Some(S::Staged),
+        reported_digest: Some("aa".into()),
+        metrics_json: Some(r#"{"bytes":"10"}"#.into()),
+        note: "staged".into(),
+        ..Default::default()
+    };
+    check(
+        "stale attempt refused",
+        s.transition_instruction("i-1", S::Sent, 1, &staged, "agent:t-1", 120).await.unwrap(),
+        false,
+    );
+    check(
+        "sent -> staged",
+        s.transition_instruction("i-1", S::Sent, 0, &staged, "agent:t-1", 120).await.unwrap(),
+        true,
+    );
+    let restage =
+        InstructionUpdate { to: Some(S::Created), attempt: Some(1), note: "mismatch".into(), ..Default::default() };
+    check(
+        "created -> created, attempt 1",
+        s.transition_instruction("i-2", S::Created, 0, &restage, "server", 121).await.unwrap(),
+        true,
+    );
+    let i1 = s.get_instruction("i-1").await.unwrap().unwrap();
+    check("digest kept", i1.reported_digest.as_deref(), Some("aa"));
+    check("metrics kept", i1.metrics_json.as_str(), r#"{"bytes":"10"}"#);
+    check("previous version kept", i1.previous_version.as_deref(), Some("0.9"));
+    check("attempt", s.get_instruction("i-2").await.unwrap().unwrap().attempt, 1);
+
+    // a deployment transition moves matching instructions with it
+    let bulk = BulkMove { from: vec![S::Staged], to: S::Activating, go_live_at: Some(5000), note: "go live".into() };
+    check(
+        "stale deployment state refused",
+        s.transition_deployment(
+            "d-1",
+            &DeploymentMove {
+                from: D::Scheduled,
+                to: D::Activating,
+                note: "x",
+                bulk: Some(&bulk),
+                actor: "scheduler",
+                now: 130,
+            },
+        )
+        .await
+        .unwrap(),
+        false,
+    );
+    check(
+        "staging -> scheduled",
+        s.transition_deployment(
+            "d-1",
+            &DeploymentMove {
+                from: D::Staging,
+                to: D::Scheduled,
+                note: "gate passed",
+                bulk: Some(&bulk),
+                actor: "scheduler",
+                now: 130,
+            },
+        )
+        .await
+        .unwrap(),
+        true,
+    );
+    let after = s.list_instructions("d-1").await.unwrap();
+    check("staged one activates", (after[0].state, after[0].go_live_at), (S::Activating, Some(5000)));
+    check("others untouched", after[1].state, S::Created);
+    let dep = s.get_deployment("d-1").await.unwrap().unwrap();
+    check("deployment state", (dep.state, dep.note.as_str(), dep.updated_at), (D::Scheduled, "gate passed", 130));
+
+    let counts = s.state_counts().await.unwrap();
+    check("target count", counts.targets, 1);
+    check("deployments by state", counts.deployments, vec![("scheduled".to_owned(), 1)]);
+    check("instructions by state", counts.instructions, vec![("activating".to_owned(), 1), ("created".to_owned(), 1)]);
+
+    let ev = s.events("d-1").await.unwrap();
+    let seen: Vec<(Option<&str>, &str, &str, &str)> = ev
+        .iter()
+        .map(|e| (e.instruction_id.as_deref(), e.from_state.as_str(), e.to_state.as_str(), e.actor.as_str()))
+        .collect();
+    check(
+        "events in order with actors",
+        seen,
+        vec![
+            (None, "", "staging", "admin"),
+            (Some("i-1"), "", "created", "admin"),
+            (Some("i-2"), "", "created", "admin"),
+            (Some("i-1"), "created", "sent", "server"),
+            (Some("i-1"), "sent", "staged", "agent:t-1"),
+            (Some("i-2"), "created", "created", "server"),
+            (None, "staging", "scheduled", "scheduler"),
+            (Some("i-1"), "staged", "activating", "scheduler"),
+        ],
+    );
+    assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    // a target with work under way cannot be removed; others can, with their credential
+    assert!(matches!(s.remove_target("t-1").await, Err(StoreError::Conflict(_))), "t-1 is activating");
+    s.put_token(&TokenRecord {
+        hash: hash_token("t2-secret"),
+        kind: TokenKind::Agent,
+        subject: "t-2".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    s.insert_target(&TargetRecord {
+        id: "t-2".into(),
+        hostname: "old".into(),
+        labels_json: "{}".into(),
+        inventory_json: "{}".into(),
+        enrolled_at: 1,
+        last_seen: 1,
+    })
+    .await
+    .unwrap();
+    s.transition_instruction(
+        "i-2",
+        S::Created,
+        1,
+        &InstructionUpdate { to: Some(S::Canceled), note: "x".into(), ..Default::default() },
+        "test",
+        135,
+    )
+    .await
+    .unwrap();
+    check("remove idle target", s.remove_target("t-2").await.unwrap(), true);
+    check("credential revoked", s.find_token(&hash_token("t2-secret")).await.unwrap(), None);
+    check("remove unknown target", s.remove_target("t-2").await.unwrap(), false);
+
+    s.transition_deployment(
+        "d-1",
+        &DeploymentMove {
+            from: D::Scheduled,
+            to: D::Succeeded,
+            note: "done",
+            bulk: None,
+            actor: "scheduler",
+            now: 140,
+        },
+    )
+    .await
+    .unwrap();
+    check("settled is not active", s.active_deployments().await.unwrap().len(), 0);
+    check("settled frees targets", s.busy_targets("web").await.unwrap().len(), 0);
+}

@@ -1,0 +1,129 @@
+//! The `Store` trait: convoy's persistence at the level of its operations.
+//! Backends live in their own crates (`convoy-store-sqlite`,
+//! `convoy-store-postgres`) and share their SQL through [`impl_sql_store!`];
+//! [`conformance`] is the one test suite every backend must pass.
+//!
+//! Invariant: every state change of a deployment or instruction is written
+//! together with its event (time, actor, note) in one transaction, and only
+//! if the row is still in the state the caller saw (compare-and-set).
+
+pub mod conformance;
+mod records;
+mod sql;
+
+pub use records::*;
+
+use async_trait::async_trait;
+use convoy_domain::InstructionState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The migrations a database at schema `current` still needs, in order;
+/// an error if the database is newer than this build.
+pub fn pending_migrations(current: i64, all: &'static [(i64, &'static str)]) -> Result<&'static [(i64, &'static str)]> {
+    let latest = all.last().map_or(0, |(v, _)| *v);
+    if current > latest {
+        return Err(StoreError::Backend(format!(
+            "database schema version {current} is newer than this build knows ({latest}); upgrade convoy"
+        )));
+    }
+    Ok(&all[all.iter().take_while(|(v, _)| *v <= current).count()..])
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A name for logs: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    async fn put_token(&self, t: &TokenRecord) -> Result<()>;
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    async fn count_tokens(&self, kind: TokenKind) -> Result<u64>;
+
+    async fn insert_target(&self, t: &TargetRecord) -> Result<()>;
+    async fn update_target(
+        &self,
+        id: &str,
+        hostname: &str,
+        labels_json: &str,
+        inventory_json: &str,
+        now: i64,
+    ) -> Result<()>;
+    /// Records when targets were last seen (batched by the caller).
+    async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()>;
+    async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>>;
+    async fn list_targets(&self) -> Result<Vec<TargetRecord>>;
+    /// Removes a target and revokes its credential, unless it has work in an
+    /// unsettled deployment (`Conflict`). Its history stays in the events.
+    /// Returns false if there was no such target.
+    async fn remove_target(&self, id: &str) -> Result<bool>;
+
+    /// Inserts a release; an existing `app@version` with the same digest is
+    /// `Ok(false)`, with another digest a `Conflict`.
+    async fn insert_release(&self, r: &ReleaseRecord) -> Result<bool>;
+    async fn get_release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>>;
+    /// Releases without their manifests, newest first.
+    async fn list_releases(&self) -> Result<Vec<ReleaseRecord>>;
+
+    /// Writes a deployment, its instructions and their creation events at once.
+    async fn create_deployment(
+        &self,
+        d: &DeploymentRecord,
+        instructions: &[InstructionRecord],
+        actor: &str,
+    ) -> Result<()>;
+    async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>>;
+    /// Newest first.
+    async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>>;
+    /// Deployments not yet settled (the scheduler's work list).
+    async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>>;
+    async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>>;
+    async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>>;
+    /// Instructions with agent work pending for a target, oldest first.
+    async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>>;
+    /// Targets with an unsettled instruction for `app` in an unsettled deployment.
+    async fn busy_targets(&self, app: &str) -> Result<Vec<String>>;
+
+    /// Moves one instruction if it is still in `(from, from_attempt)`.
+    /// Returns false (and writes nothing) if it was not.
+    async fn transition_instruction(
+        &self,
+        id: &str,
+        from: InstructionState,
+        from_attempt: u32,
+        up: &InstructionUpdate,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Moves a deployment if it is still in `from`, and with it every
+    /// instruction in one of `bulk.from` states.
+    async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool>;
+
+    async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>>;
+
+    /// `(state, count)` of deployments and of instructions, for metrics.
+    async fn state_counts(&self) -> Result<StateCounts>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_pending_and_newer_databases() {
+        const ALL: &[(i64, &str)] = &[(1, "a"), (2, "b")];
+        assert_eq!(super::pending_migrations(0, ALL).unwrap().len(), 2);
+        assert_eq!(super::pending_migrations(1, ALL).unwrap(), &[(2, "b")]);
+        assert!(super::pending_migrations(2, ALL).unwrap().is_empty());
+        let e = super::pending_migrations(3, ALL).unwrap_err().to_string();
+        assert!(e.contains("newer than this build"), "{e}");
+    }
+}

@@ -1,0 +1,350 @@
+//! The SQL both backends share. SQLite and PostgreSQL accept the same
+//! statements here (`$n` parameters in first-use order, BIGINT times,
+//! TEXT JSON); only the DDL differs and lives in each backend's migrations.
+//! A macro, not generics over `sqlx::Database`, keeps each backend's types
+//! concrete (sqlx's `Any` driver would lose them).
+
+/// Implements [`crate::Store`] for a struct with two sqlx pools: `pool`
+/// for writes and `read` for plain reads (SQLite: one writer, several
+/// readers on WAL; PostgreSQL: the same pool twice). Used by the backend
+/// crates only.
+#[macro_export]
+macro_rules! impl_sql_store {
+    ($ty:ty, $backend:literal, $row:ty) => {
+        mod __sql_store_impl {
+            use super::*;
+            use ::sqlx::Row as _;
+            use $crate::{
+                BulkMove, DeploymentMove, DeploymentRecord, EventRecord, InstructionRecord, InstructionUpdate, ReleaseRecord, Result, StateCounts, StoreError,
+                TargetRecord, TokenKind, TokenRecord,
+            };
+            use ::convoy_domain::{DeploymentState, InstructionState};
+
+            fn db(e: ::sqlx::Error) -> StoreError {
+                StoreError::Backend(e.to_string())
+            }
+
+            const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at";
+            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note";
+            const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen";
+
+            fn instr(r: &$row) -> Result<InstructionRecord> {
+                let state: String = r.try_get("state").map_err(db)?;
+                Ok(InstructionRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    deployment_id: r.try_get("deployment_id").map_err(db)?,
+                    target_id: r.try_get("target_id").map_err(db)?,
+                    state: InstructionState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("instruction state {state:?}")))?,
+                    attempt: r.try_get::<i64, _>("attempt").map_err(db)? as u32,
+                    previous_version: r.try_get("previous_version").map_err(db)?,
+                    go_live_at: r.try_get("go_live_at").map_err(db)?,
+                    reported_digest: r.try_get("reported_digest").map_err(db)?,
+                    metrics_json: r.try_get("metrics").map_err(db)?,
+                    output: r.try_get("output").map_err(db)?,
+                    note: r.try_get("note").map_err(db)?,
+                    updated_at: r.try_get("updated_at").map_err(db)?,
+                })
+            }
+
+            fn dep(r: &$row) -> Result<DeploymentRecord> {
+                let state: String = r.try_get("state").map_err(db)?;
+                Ok(DeploymentRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    app: r.try_get("app").map_err(db)?,
+                    version: r.try_get("version").map_err(db)?,
+                    digest: r.try_get("digest").map_err(db)?,
+                    selector: r.try_get("selector").map_err(db)?,
+                    state: DeploymentState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("deployment state {state:?}")))?,
+                    go_live_at: r.try_get("go_live_at").map_err(db)?,
+                    max_failures: r.try_get::<i64, _>("max_failures").map_err(db)? as u32,
+                    stage_deadline: r.try_get("stage_deadline").map_err(db)?,
+                    activate_timeout_ms: r.try_get("activate_timeout_ms").map_err(db)?,
+                    created_by: r.try_get("created_by").map_err(db)?,
+                    created_at: r.try_get("created_at").map_err(db)?,
+                    updated_at: r.try_get("updated_at").map_err(db)?,
+                    note: r.try_get("note").map_err(db)?,
+                })
+            }
+
+            fn target(r: &$row) -> Result<TargetRecord> {
+                Ok(TargetRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    hostname: r.try_get("hostname").map_err(db)?,
+                    labels_json: r.try_get("labels").map_err(db)?,
+                    inventory_json: r.try_get("inventory").map_err(db)?,
+                    enrolled_at: r.try_get("enrolled_at").map_err(db)?,
+                    last_seen: r.try_get("last_seen").map_err(db)?,
+                })
+            }
+
+            fn release(r: &$row, with_manifest: bool) -> Result<ReleaseRecord> {
+                Ok(ReleaseRecord {
+                    app: r.try_get("app").map_err(db)?,
+                    version: r.try_get("version").map_err(db)?,
+                    digest: r.try_get("digest").map_err(db)?,
+                    manifest: if with_manifest { r.try_get("manifest").map_err(db)? } else { Vec::new() },
+                    files: r.try_get("files").map_err(db)?,
+                    total_size: r.try_get("total_size").map_err(db)?,
+                    chunks: r.try_get("chunks").map_err(db)?,
+                    created_at: r.try_get("created_at").map_err(db)?,
+                })
+            }
+
+            fn event(r: &$row) -> Result<EventRecord> {
+                Ok(EventRecord {
+                    seq: r.try_get("seq").map_err(db)?,
+                    deployment_id: r.try_get("deployment_id").map_err(db)?,
+                    instruction_id: r.try_get("instruction_id").map_err(db)?,
+                    from_state: r.try_get("from_state").map_err(db)?,
+                    to_state: r.try_get("to_state").map_err(db)?,
+                    actor: r.try_get("actor").map_err(db)?,
+                    note: r.try_get("note").map_err(db)?,
+                    at: r.try_get("at").map_err(db)?,
+                })
+            }
+
+            const INSERT_EVENT: &str = "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+            #[::async_trait::async_trait]
+            impl $crate::Store for $ty {
+                fn backend(&self) -> &'static str {
+                    $backend
+                }
+
+                async fn put_token(&self, t: &TokenRecord) -> Result<()> {
+                    ::sqlx::query("INSERT INTO tokens (hash, kind, subject, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
+                        .bind(&t.hash).bind(t.kind.as_str()).bind(&t.subject).bind(t.created_at)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+                    let row = ::sqlx::query("SELECT hash, kind, subject, created_at FROM tokens WHERE hash = $1")
+                        .bind(hash).fetch_optional(&self.read).await.map_err(db)?;
+                    let Some(r) = row else { return Ok(None) };
+                    let kind: String = r.try_get("kind").map_err(db)?;
+                    Ok(Some(TokenRecord {
+                        hash: r.try_get("hash").map_err(db)?,
+                        kind: TokenKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("token kind {kind:?}")))?,
+                        subject: r.try_get("subject").map_err(db)?,
+                        created_at: r.try_get("created_at").map_err(db)?,
+                    }))
+                }
+
+                async fn count_tokens(&self, kind: TokenKind) -> Result<u64> {
+                    let n: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1")
+                        .bind(kind.as_str()).fetch_one(&self.read).await.map_err(db)?.try_get("n").map_err(db)?;
+                    Ok(n as u64)
+                }
+
+                async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
+                    ::sqlx::query("INSERT INTO targets (id, hostname, labels, inventory, enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(&t.id).bind(&t.hostname).bind(&t.labels_json).bind(&t.inventory_json).bind(t.enrolled_at).bind(t.last_seen)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn update_target(&self, id: &str, hostname: &str, labels_json: &str, inventory_json: &str, now: i64) -> Result<()> {
+                    ::sqlx::query("UPDATE targets SET hostname = $1, labels = $2, inventory = $3, last_seen = $4 WHERE id = $5")
+                        .bind(hostname).bind(labels_json).bind(inventory_json).bind(now).bind(id)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()> {
+                    if seen.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    for (id, at) in seen {
+                        ::sqlx::query("UPDATE targets SET last_seen = $1 WHERE id = $2 AND last_seen < $1").bind(at).bind(id)
+                            .execute(&mut *tx).await.map_err(db)?;
+                    }
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>> {
+                    let q = format!("SELECT {TARGET_COLS} FROM targets WHERE id = $1");
+                    ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(target).transpose()
+                }
+
+                async fn list_targets(&self) -> Result<Vec<TargetRecord>> {
+                    let q = format!("SELECT {TARGET_COLS} FROM targets ORDER BY hostname, id");
+                    ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(target).collect()
+                }
+
+                async fn remove_target(&self, id: &str) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let gone = ::sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+                    if gone.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    let busy: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE i.target_id = $1 AND d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'succeeded')")
+                        .bind(id).fetch_one(&mut *tx).await.map_err(db)?.try_get("n").map_err(db)?;
+                    if busy > 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Err(StoreError::Conflict(format!("target {id} has work in an unfinished deployment; wait for it or roll it back first")));
+                    }
+                    ::sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND subject = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn insert_release(&self, r: &ReleaseRecord) -> Result<bool> {
+                    let done = ::sqlx::query("INSERT INTO releases (app, version, digest, manifest, files, total_size, chunks, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app, version) DO NOTHING")
+                        .bind(&r.app).bind(&r.version).bind(&r.digest).bind(&r.manifest).bind(r.files).bind(r.total_size).bind(r.chunks).bind(r.created_at)
+                        .execute(&self.pool).await.map_err(db)?;
+                    if done.rows_affected() == 1 {
+                        return Ok(true);
+                    }
+                    let existing: String = ::sqlx::query("SELECT digest FROM releases WHERE app = $1 AND version = $2")
+                        .bind(&r.app).bind(&r.version).fetch_one(&self.read).await.map_err(db)?.try_get("digest").map_err(db)?;
+                    if existing == r.digest {
+                        Ok(false)
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "{}@{} already exists with digest {existing}; releases are immutable, publish a new version",
+                            r.app, r.version
+                        )))
+                    }
+                }
+
+                async fn get_release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
+                    ::sqlx::query("SELECT app, version, digest, manifest, files, total_size, chunks, created_at FROM releases WHERE app = $1 AND version = $2")
+                        .bind(app).bind(version).fetch_optional(&self.read).await.map_err(db)?
+                        .as_ref().map(|r| release(r, true)).transpose()
+                }
+
+                async fn list_releases(&self) -> Result<Vec<ReleaseRecord>> {
+                    ::sqlx::query("SELECT app, version, digest, files, total_size, chunks, created_at FROM releases ORDER BY created_at DESC, app, version")
+                        .fetch_all(&self.read).await.map_err(db)?.iter().map(|r| release(r, false)).collect()
+                }
+
+                async fn create_deployment(&self, d: &DeploymentRecord, instructions: &[InstructionRecord], actor: &str) -> Result<()> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
+                        .bind(&d.id).bind(&d.app).bind(&d.version).bind(&d.digest).bind(&d.selector).bind(d.state.as_str())
+                        .bind(d.go_live_at).bind(d.max_failures as i64).bind(d.stage_deadline).bind(d.activate_timeout_ms).bind(&d.created_by).bind(d.created_at).bind(d.updated_at).bind(&d.note)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(None::<String>).bind("").bind(d.state.as_str()).bind(actor).bind(&d.note).bind(d.created_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    for i in instructions {
+                        ::sqlx::query("INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+                            .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)
+                            .bind(&i.previous_version).bind(i.go_live_at).bind(&i.reported_digest).bind(&i.metrics_json).bind(&i.output).bind(&i.note).bind(i.updated_at)
+                            .execute(&mut *tx).await.map_err(db)?;
+                        ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(Some(&i.id)).bind("").bind(i.state.as_str()).bind(actor).bind(&i.note).bind(i.updated_at)
+                            .execute(&mut *tx).await.map_err(db)?;
+                    }
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
+                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE id = $1");
+                    ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(dep).transpose()
+                }
+
+                async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>> {
+                    let q = format!("SELECT {DEP_COLS} FROM deployments ORDER BY created_at DESC, id LIMIT $1");
+                    ::sqlx::query(&q).bind(limit as i64).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
+                }
+
+                async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE state IN ('staging', 'scheduled', 'activating', 'rolling_back') ORDER BY created_at, id");
+                    ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
+                }
+
+                async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>> {
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE deployment_id = $1 ORDER BY id");
+                    ::sqlx::query(&q).bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
+                }
+
+                async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>> {
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE id = $1");
+                    ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(instr).transpose()
+                }
+
+                async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND state IN ('created', 'sent', 'received', 'activating', 'rolling_back') ORDER BY updated_at, id");
+                    ::sqlx::query(&q).bind(target_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
+                }
+
+                async fn busy_targets(&self, app: &str) -> Result<Vec<String>> {
+                    let rows = ::sqlx::query("SELECT DISTINCT i.target_id AS target_id FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE d.app = $1 AND d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back')")
+                        .bind(app).fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter().map(|r| r.try_get("target_id").map_err(db)).collect()
+                }
+
+                async fn transition_instruction(&self, id: &str, from: InstructionState, from_attempt: u32, up: &InstructionUpdate, actor: &str, now: i64) -> Result<bool> {
+                    let to = up.to.unwrap_or(from);
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE instructions SET state = $1, attempt = $2, go_live_at = COALESCE($3, go_live_at), reported_digest = COALESCE($4, reported_digest), metrics = COALESCE($5, metrics), output = COALESCE($6, output), note = $7, updated_at = $8 WHERE id = $9 AND state = $10 AND attempt = $11")
+                        .bind(to.as_str()).bind(up.attempt.unwrap_or(from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
+                        .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(now).bind(id).bind(from.as_str()).bind(from_attempt as i64)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    let dep_id: String = ::sqlx::query("SELECT deployment_id FROM instructions WHERE id = $1").bind(id)
+                        .fetch_one(&mut *tx).await.map_err(db)?.try_get("deployment_id").map_err(db)?;
+                    ::sqlx::query(INSERT_EVENT).bind(&dep_id).bind(Some(id)).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(&up.note).bind(now)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
+                    let (from, to, note, bulk, actor, now) = (m.from, m.to, m.note, m.bulk, m.actor, m.now);
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE deployments SET state = $1, note = $2, updated_at = $3 WHERE id = $4 AND state = $5")
+                        .bind(to.as_str()).bind(note).bind(now).bind(id).bind(from.as_str())
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    ::sqlx::query(INSERT_EVENT).bind(id).bind(None::<String>).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(note).bind(now)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if let Some(b) = bulk {
+                        let rows = ::sqlx::query("SELECT id, state FROM instructions WHERE deployment_id = $1 ORDER BY id").bind(id)
+                            .fetch_all(&mut *tx).await.map_err(db)?;
+                        for r in rows {
+                            let iid: String = r.try_get("id").map_err(db)?;
+                            let st: String = r.try_get("state").map_err(db)?;
+                            if !b.from.iter().any(|f| f.as_str() == st) {
+                                continue;
+                            }
+                            ::sqlx::query("UPDATE instructions SET state = $1, go_live_at = COALESCE($2, go_live_at), note = $3, updated_at = $4 WHERE id = $5")
+                                .bind(b.to.as_str()).bind(b.go_live_at).bind(&b.note).bind(now).bind(&iid)
+                                .execute(&mut *tx).await.map_err(db)?;
+                            ::sqlx::query(INSERT_EVENT).bind(id).bind(Some(&iid)).bind(&st).bind(b.to.as_str()).bind(actor).bind(&b.note).bind(now)
+                                .execute(&mut *tx).await.map_err(db)?;
+                        }
+                    }
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>> {
+                    ::sqlx::query("SELECT seq, deployment_id, instruction_id, from_state, to_state, actor, note, at FROM events WHERE deployment_id = $1 ORDER BY seq")
+                        .bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect()
+                }
+
+                async fn state_counts(&self) -> Result<StateCounts> {
+                    let targets: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM targets")
+                        .fetch_one(&self.read).await.map_err(db)?.try_get("n").map_err(db)?;
+                    let mut out = StateCounts { targets, ..Default::default() };
+                    for (table, into) in [("deployments", &mut out.deployments), ("instructions", &mut out.instructions)] {
+                        let q = format!("SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state");
+                        for r in ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)? {
+                            into.push((r.try_get("state").map_err(db)?, r.try_get("n").map_err(db)?));
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+        }
+    };
+}

@@ -1,0 +1,243 @@
+//! Types that cross the wire between CLI, server and agent. Only these are
+//! serialised on the HTTP API; all times are unix milliseconds (UTC).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use convoy_domain::{Labels, Phase, ReportKind};
+
+/// API version prefix of every route.
+pub const API: &str = "/api/v1";
+
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `conflict`.
+    pub code: String,
+    pub message: String,
+}
+
+/// What an agent tells about its machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub free_disk_bytes: u64,
+    pub labels: Labels,
+    /// Staged or installed releases per app.
+    pub installed: BTreeMap<String, Vec<String>>,
+    /// The live release per app.
+    pub current: BTreeMap<String, String>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub target_id: String,
+    /// The agent's own credential; shown once, stored hashed by the server.
+    pub token: String,
+}
+
+/// One piece of work for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Work {
+    pub instruction_id: String,
+    pub deployment_id: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub app: String,
+    pub version: String,
+    /// The release's root digest the staged copy must have.
+    pub digest: String,
+    /// When to switch (activate phase).
+    pub go_live_at: Option<i64>,
+    /// The release live before this deployment (rollback target).
+    pub previous_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkResponse {
+    pub work: Vec<Work>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub instruction_id: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub report: ReportKind,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, String>,
+    /// Hook output (tail), for failures.
+    #[serde(default)]
+    pub output: String,
+    pub inventory: Option<Inventory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportResponse {
+    /// False when the report was for work no longer current (nothing changed).
+    pub accepted: bool,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkIds {
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub app: String,
+    pub version: String,
+    pub manifest: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub app: String,
+    pub version: String,
+    pub digest: String,
+    pub files: u64,
+    pub total_size: u64,
+    pub chunks: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub release: ReleaseInfo,
+    /// False when the same content was already published under this version.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub inventory: Inventory,
+    pub enrolled_at: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub app: String,
+    pub version: String,
+    /// `k=v,...`; empty selects every target.
+    #[serde(default)]
+    pub selector: String,
+    /// Planned go-live; none means as soon as every copy is verified.
+    pub at: Option<i64>,
+    #[serde(default)]
+    pub max_failures: u32,
+    /// Targets not staged within this many seconds count as failed; none waits.
+    #[serde(default)]
+    pub stage_timeout_secs: Option<u64>,
+    /// How long after go-live a target may stay silent (default 900).
+    #[serde(default)]
+    pub activate_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: u32,
+    pub staged: u32,
+    pub live: u32,
+    pub failed: u32,
+    pub rolled_back: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    pub id: String,
+    pub app: String,
+    pub version: String,
+    pub digest: String,
+    pub selector: String,
+    pub state: String,
+    pub go_live_at: Option<i64>,
+    pub max_failures: u32,
+    pub stage_deadline: Option<i64>,
+    pub activate_timeout_secs: u64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub note: String,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstructionInfo {
+    pub id: String,
+    pub target_id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub state: String,
+    pub attempt: u32,
+    pub previous_version: Option<String>,
+    pub reported_digest: Option<String>,
+    pub metrics: BTreeMap<String, String>,
+    pub output: String,
+    pub note: String,
+    pub updated_at: i64,
+    /// When the target last polled or reported.
+    pub last_seen: i64,
+    /// Download progress while staging, as the agent last told it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a target's download has come (uncompressed bytes of the chunks
+/// it had to fetch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// `POST /agent/progress`: sent every few seconds while fetching; kept in
+/// the server's memory only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    pub instruction_id: String,
+    pub progress: Progress,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventInfo {
+    pub at: i64,
+    pub deployment_id: String,
+    pub instruction_id: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub actor: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentDetail {
+    pub deployment: DeploymentInfo,
+    pub instructions: Vec<InstructionInfo>,
+    pub events: Vec<EventInfo>,
+}

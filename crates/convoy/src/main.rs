@@ -1,0 +1,296 @@
+//! The `convoy` binary: glue from the command line to the library crates.
+//!
+//! Exit codes: 0 success; 1 error; 2 bad usage; 3 a deployment that was
+//! waited for (`--wait`, `watch`) did not succeed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use convoy_cli::output::Format;
+
+mod config;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
+
+#[derive(Parser)]
+#[command(name = "convoy", version, about = "Release orchestrator for fleets of machines")]
+struct Cli {
+    /// Server URL for operator commands and agents [default: http://127.0.0.1:7420].
+    #[arg(long, global = true, env = "CONVOY_SERVER")]
+    server: Option<String>,
+    /// API token: an operator token for commands, the enrolment token for a new agent.
+    #[arg(long, global = true, env = "CONVOY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of certificate authorities to trust for an https:// server.
+    #[arg(long, global = true, env = "CONVOY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Output format of listings and results.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane (HTTP API, chunk store, scheduler).
+    Server {
+        /// TOML file with any of the settings below (flags and CONVOY_* win over it).
+        #[arg(long, env = "CONVOY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7420].
+        #[arg(long, env = "CONVOY_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Directory for the SQLite database and the chunk store [default: convoy-data].
+        #[arg(long, env = "CONVOY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// postgres://... or sqlite://...; default: SQLite in the data dir.
+        #[arg(long, env = "CONVOY_DATABASE")]
+        database: Option<String>,
+        /// Admin token to accept (otherwise one is made and printed on first start).
+        #[arg(long, env = "CONVOY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Agent enrolment token to accept (otherwise one is made and printed on first start).
+        #[arg(long, env = "CONVOY_ENROL_TOKEN", hide_env_values = true)]
+        enrol_token: Option<String>,
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long, env = "CONVOY_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, env = "CONVOY_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Run the agent on a target machine.
+    Agent {
+        /// TOML file with any of the settings below (flags and CONVOY_* win over it).
+        #[arg(long, env = "CONVOY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory holding releases/, current/ and the agent's state.
+        #[arg(long, env = "CONVOY_ROOT")]
+        root: Option<PathBuf>,
+        /// Labels, e.g. site=sh,role=web.
+        #[arg(long, env = "CONVOY_LABELS")]
+        labels: Option<String>,
+        /// Name to report instead of the hostname.
+        #[arg(long, env = "CONVOY_NAME")]
+        name: Option<String>,
+        /// Download rate limit in bytes per second.
+        #[arg(long, env = "CONVOY_MAX_RATE")]
+        max_rate: Option<u64>,
+        /// Seconds a work poll stays open [default: 25].
+        #[arg(long)]
+        poll_wait: Option<u64>,
+        /// Releases kept on disk per app, besides the live one and its rollback target [default: 5].
+        #[arg(long, env = "CONVOY_KEEP_RELEASES")]
+        keep_releases: Option<usize>,
+    },
+    /// Pack a directory and print its root digest.
+    Pack {
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: String,
+    },
+    /// Pack a directory and publish it, uploading only chunks the server lacks.
+    Publish {
+        dir: PathBuf,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: String,
+    },
+    /// Deploy APP@VERSION to the targets a label selector picks.
+    Deploy {
+        /// The release to deploy.
+        #[arg(value_name = "APP@VERSION")]
+        release: String,
+        /// Labels the targets must have, e.g. site=sh,role=web.
+        #[arg(long, required_unless_present = "all")]
+        selector: Option<String>,
+        /// Deploy to every enrolled target.
+        #[arg(long, conflicts_with = "selector")]
+        all: bool,
+        /// Go-live time: RFC 3339, or +90s / +5m; default: as soon as all copies match.
+        #[arg(long)]
+        at: Option<String>,
+        /// Targets that may fail before the deployment fails and rolls back.
+        #[arg(long, default_value_t = 0)]
+        max_failures: u32,
+        /// Targets not staged within this time (90s, 5m, 2h) count as failed; default: wait.
+        #[arg(long)]
+        stage_timeout: Option<String>,
+        /// How long after go-live a silent target is given before it counts as failed [default: 15m].
+        #[arg(long)]
+        activate_timeout: Option<String>,
+        /// Watch until the deployment settles.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a deployment with one line per target.
+    Status {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+        /// Also list every state change with its time, actor and note.
+        #[arg(long)]
+        events: bool,
+    },
+    /// Follow a deployment with progress bars until it settles.
+    Watch {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+    },
+    /// Bring every target of a deployment back to the release it had before.
+    Rollback {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List enrolled targets, or remove one.
+    Targets {
+        /// Only targets with these labels, e.g. site=sh.
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[command(subcommand)]
+        action: Option<TargetsCmd>,
+    },
+    /// List published releases.
+    Releases,
+    /// List recent deployments.
+    Deployments,
+    /// Run a server and three agents locally and walk through v1 → v2 → failed v3.
+    Demo {
+        /// Keep the temporary work directory.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCmd {
+    /// Forget a decommissioned target and revoke its credential.
+    Remove {
+        #[arg(value_name = "TARGET")]
+        id: String,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVOY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Long-running processes exit on a panic so their supervisor restarts them
+/// from a known state.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!("panic: {info}; exiting");
+        std::process::exit(101);
+    }));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let fmt = cli.output;
+    let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let api = || convoy_cli::client(&server, cli.token.as_deref(), cli.ca_cert.as_deref());
+    match &cli.cmd {
+        Cmd::Server { config, listen, data_dir, database, admin_token, enrol_token, tls_cert, tls_key } => {
+            init_tracing("info");
+            exit_on_panic();
+            let file: config::ServerFile = config::load(config.as_deref())?;
+            let secret =
+                |flag: &Option<String>, file: &Option<String>| flag.clone().or(file.clone()).map(convoy_server::Secret);
+            convoy_server::run(convoy_server::ServerConfig {
+                listen: listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7420".parse().expect("valid address")),
+                data_dir: data_dir.clone().or(file.data_dir).unwrap_or_else(|| "convoy-data".into()),
+                database: database.clone().or(file.database),
+                admin_token: secret(admin_token, &file.admin_token),
+                enrol_token: secret(enrol_token, &file.enrol_token),
+                tls: match (tls_cert.clone().or(file.tls_cert), tls_key.clone().or(file.tls_key)) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => anyhow::bail!("HTTPS needs both a TLS certificate and its key"),
+                },
+            })
+            .await?;
+        }
+        Cmd::Agent { config, root, labels, name, max_rate, poll_wait, keep_releases } => {
+            init_tracing("info");
+            exit_on_panic();
+            let file: config::AgentFile = config::load(config.as_deref())?;
+            let labels = match (labels, file.labels) {
+                (Some(flag), _) => convoy_wire::Labels::parse(flag)?,
+                (None, Some(map)) => {
+                    let l = convoy_wire::Labels(map);
+                    l.validate()?;
+                    l
+                }
+                (None, None) => convoy_wire::Labels::default(),
+            };
+            convoy_agent::run(convoy_agent::AgentConfig {
+                server: cli.server.clone().or(file.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+                token: cli.token.clone().or(file.token),
+                ca_cert: cli.ca_cert.clone().or(file.ca_cert),
+                root: root.clone().or(file.root).context("the agent needs --root (or root in its config file)")?,
+                labels,
+                name: name.clone().or(file.name),
+                max_rate: max_rate.or(file.max_rate),
+                poll_wait: poll_wait.or(file.poll_wait).unwrap_or(25).clamp(1, 60),
+                keep_releases: keep_releases.or(file.keep_releases).unwrap_or(5).max(1),
+            })
+            .await?;
+        }
+        Cmd::Pack { dir, app, version } => convoy_cli::pack(dir, app, version, fmt).await?,
+        Cmd::Publish { dir, app, version } => convoy_cli::publish(&api()?, dir, app, version, fmt).await?,
+        Cmd::Deploy { release, selector, all: _, at, max_failures, stage_timeout, activate_timeout, wait } => {
+            let args = convoy_cli::DeployArgs {
+                reference: release,
+                selector: selector.as_deref().unwrap_or(""),
+                at: at.as_deref(),
+                max_failures: *max_failures,
+                stage_timeout: stage_timeout.as_deref(),
+                activate_timeout: activate_timeout.as_deref(),
+                wait: *wait,
+            };
+            return convoy_cli::deploy(&api()?, args, fmt).await;
+        }
+        Cmd::Status { id, events } => convoy_cli::status(&api()?, id, *events, fmt).await?,
+        Cmd::Watch { id } => return convoy_cli::watch_cmd(&api()?, id, fmt).await,
+        Cmd::Rollback { id, wait } => return convoy_cli::rollback(&api()?, id, *wait, fmt).await,
+        Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
+            convoy_cli::remove_target(&api()?, id, fmt).await?
+        }
+        Cmd::Targets { selector, action: None } => convoy_cli::targets(&api()?, selector, fmt).await?,
+        Cmd::Releases => convoy_cli::releases(&api()?, fmt).await?,
+        Cmd::Deployments => convoy_cli::deployments(&api()?, fmt).await?,
+        Cmd::Demo { keep } => {
+            init_tracing("warn");
+            return convoy_cli::demo::run(*keep).await;
+        }
+    }
+    Ok(0)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

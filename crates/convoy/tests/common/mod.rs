@@ -1,0 +1,273 @@
+//! A harness that runs the real `convoy` binary: a server, agents and CLI
+//! commands, each in its own temporary directory, on loopback ports.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_convoy");
+pub const ADMIN: &str = "test-admin-token-0123456789";
+pub const ENROL: &str = "test-enrol-token-0123456789";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        let f = std::fs::File::create(&log).unwrap();
+        let mut c = Command::new(EXE);
+        c.args(args).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).env_remove("CONVOY_TOKEN");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Self { child: c.spawn().unwrap(), log }
+    }
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+    pub server: Option<Proc>,
+    pub agents: Vec<(String, Proc)>,
+    /// `--database` for the server; `None` is the embedded SQLite.
+    pub database: Option<String>,
+    /// PEM certificate and key: the server speaks HTTPS; clients trust the cert.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Fleet {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    pub fn start_with(database: Option<String>) -> Self {
+        Self::start_full(database, None)
+    }
+
+    pub fn start_full(database: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database, tls };
+        f.start_server();
+        f
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn start_server(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let data = self.path("server");
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let mut args = vec!["server", "--listen", &listen, "--data-dir", data.to_str().unwrap()];
+        if let Some(db) = &self.database {
+            args.extend_from_slice(&["--database", db]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            args.extend_from_slice(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+        }
+        let p = Proc::spawn(
+            &args,
+            &[("CONVOY_ADMIN_TOKEN", ADMIN), ("CONVOY_ENROL_TOKEN", ENROL)],
+            self.path(&format!("server-{n}.log")),
+        );
+        self.server = Some(p);
+        wait_until("the server to answer", Duration::from_secs(30), || match self.tls {
+            None => http(self.port, "GET", "/api/v1/health", None, b"").ok().filter(|(s, _)| *s == 200).map(|_| ()),
+            Some(_) => self.cli(&["releases"]).status.success().then_some(()),
+        });
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().child.id()
+    }
+
+    /// `Some` once the server process has exited.
+    pub fn server_exited(&mut self) -> Option<()> {
+        self.server.as_mut().unwrap().child.try_wait().unwrap().map(|_| ())
+    }
+
+    pub fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+    }
+
+    pub fn agent_root(&self, name: &str) -> PathBuf {
+        self.path(&format!("agents/{name}"))
+    }
+
+    /// Starts (or restarts) an agent and waits until it has enrolled.
+    pub fn start_agent(&mut self, name: &str, labels: &str, env: &[(&str, &str)], extra: &[&str]) {
+        let root = self.agent_root(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let ca = self.tls.as_ref().map(|(c, _)| c.to_str().unwrap().to_owned());
+        let mut args =
+            vec!["agent", "--server", &self.url, "--root", root.to_str().unwrap(), "--labels", labels, "--name", name];
+        if !extra.contains(&"--poll-wait") {
+            args.extend_from_slice(&["--poll-wait", "5"]);
+        }
+        args.extend_from_slice(extra);
+        if let Some(ca) = &ca {
+            args.extend_from_slice(&["--ca-cert", ca]);
+        }
+        let mut env = env.to_vec();
+        env.push(("CONVOY_TOKEN", ENROL));
+        let n = self.agents.len();
+        let p = Proc::spawn(&args, &env, self.path(&format!("agent-{name}-{n}.log")));
+        self.agents.retain(|(n, _)| n != name);
+        self.agents.push((name.to_owned(), p));
+        wait_until(&format!("agent {name} to enrol"), Duration::from_secs(30), || {
+            root.join(".convoy/agent.json").exists().then_some(())
+        });
+    }
+
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some((_, p)) = self.agents.iter_mut().find(|(n, _)| n == name) {
+            p.kill();
+        }
+    }
+
+    /// Runs a CLI command as the admin.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(EXE);
+        c.args(args).env("CONVOY_SERVER", &self.url).env("CONVOY_TOKEN", ADMIN).env_remove("CONVOY_CA_CERT");
+        if let Some((cert, _)) = &self.tls {
+            c.env("CONVOY_CA_CERT", cert);
+        }
+        c.output().unwrap()
+    }
+
+    /// Runs a CLI command that must succeed, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "convoy {args:?} failed ({:?}):\n{}\n{}\n--- server log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.server.as_ref().map(|s| s.log_text()).unwrap_or_default()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn deployment(&self, id: &str) -> serde_json::Value {
+        self.json(&["status", id])
+    }
+
+    pub fn wait_state(&self, id: &str, states: &[&str], limit: Duration) -> serde_json::Value {
+        wait_until(&format!("deployment {id} to reach {states:?}"), limit, || {
+            let d = self.deployment(id);
+            states.contains(&d["deployment"]["state"].as_str().unwrap()).then_some(d)
+        })
+    }
+
+    /// The live version of `app` per target hostname.
+    pub fn live(&self, app: &str) -> Vec<(String, Option<String>)> {
+        let t = self.json(&["targets"]);
+        let mut v: Vec<(String, Option<String>)> = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (t["hostname"].as_str().unwrap().to_owned(), t["inventory"]["current"][app].as_str().map(str::to_owned))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// One raw HTTP/1.1 request on loopback: (status, body).
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A small app: `convoy.toml` with hooks that record the running version
+/// under `$CONVOY_ROOT/run`, and a health check that fails where
+/// `$CONVOY_ROOT/simulate-outage` exists.
+pub fn write_app(dir: &Path, version: &str, extra_bytes: usize) {
+    let w = |p: &str, data: &[u8]| {
+        let full = dir.join(p);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, data).unwrap();
+    };
+    w(
+        "convoy.toml",
+        b"config_files = [\"config/app.env\"]\n[hooks]\nstop = \"rm -f $CONVOY_ROOT/run/app\"\nstart = \"mkdir -p $CONVOY_ROOT/run && echo $CONVOY_VERSION > $CONVOY_ROOT/run/app && env > $CONVOY_ROOT/run/env\"\nhealth = \"sh health.sh\"\n[health]\ntimeout_secs = 2\ninterval_ms = 100\n",
+    );
+    w(
+        "health.sh",
+        b"if [ -e \"$CONVOY_ROOT/simulate-outage\" ]; then echo 'service unavailable'; exit 1; fi\ntest \"$(cat $CONVOY_ROOT/run/app)\" = \"$CONVOY_VERSION\" || exit 1\necho served_version=$CONVOY_VERSION\n",
+    );
+    w("index.html", format!("<h1>{version}</h1>\n").as_bytes());
+    w("config/app.env", b"PORT=8080\n");
+    std::fs::create_dir_all(dir.join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("../index.html", dir.join("empty/link")).ok();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..extra_bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    w("data.bin", &data);
+}
