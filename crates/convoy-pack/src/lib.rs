@@ -6,6 +6,7 @@
 //! can only be made by hashing, and the [`ChunkStore`] only accepts those.
 
 mod chunk;
+mod delta;
 mod descriptor;
 mod frames;
 mod manifest;
@@ -14,6 +15,9 @@ mod store;
 mod tree;
 
 pub use chunk::{ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+pub use delta::{
+    decode_delta, delta_memory, encode_delta, release_stream, split_stream, DeltaError, DELTA_FORMAT,
+};
 pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE};
 pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FRAME};
 pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};

@@ -60,6 +60,11 @@ impl ChunkStore {
         }
     }
 
+    /// Size of the stored compressed chunk, if present.
+    pub fn compressed_len(&self, id: &ChunkId) -> Option<u64> {
+        fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
     /// The stored compressed bytes, unverified (for serving).
     pub fn get_compressed(&self, id: &ChunkId) -> io::Result<Option<Vec<u8>>> {
         match fs::read(self.path(id)) {

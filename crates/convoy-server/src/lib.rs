@@ -75,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/releases", post(releases::publish).get(releases::list).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
         .route("/releases/{app}/{version}", get(releases::get))
         .route("/releases/{app}/{version}/manifest", get(releases::manifest))
+        .route("/releases/{app}/{version}/manifest.zst", get(deltas::manifest_zst))
+        .route("/releases/{app}/{version}/delta", get(deltas::get))
         .route("/targets", get(targets::list))
         .route("/targets/{id}", delete(targets::remove))
         .route("/deployments", post(deployments::create).get(deployments::list))
@@ -194,7 +196,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         store.backend(),
         config.data_dir.display()
     );
-    serve(listener, AppState::new(store, chunks), tls, shutdown_signal()).await
+    let deltas = routes::deltas::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
+    serve(listener, AppState::new(store, chunks, deltas), tls, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

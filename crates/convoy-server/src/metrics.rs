@@ -19,6 +19,8 @@ pub struct Counters {
     pub chunks_uploaded: AtomicU64,
     pub chunk_bytes_uploaded: AtomicU64,
     pub chunk_bytes_served: AtomicU64,
+    /// Delta and compressed-manifest bytes sent to agents.
+    pub delta_bytes_served: AtomicU64,
     pub scheduler_transitions: AtomicU64,
 }
 
@@ -67,6 +69,12 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
             ("{direction=\"in\"}".into(), get(&c.chunk_bytes_uploaded)),
             ("{direction=\"out\"}".into(), get(&c.chunk_bytes_served)),
         ],
+    );
+    metric(
+        "convoy_delta_bytes_served_total",
+        "counter",
+        "Release delta and compressed manifest bytes sent.",
+        &[(String::new(), get(&c.delta_bytes_served))],
     );
     metric(
         "convoy_scheduler_transitions_total",

@@ -16,6 +16,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/releases"),
     ("get", "/releases/{app}/{version}"),
     ("get", "/releases/{app}/{version}/manifest"),
+    ("get", "/releases/{app}/{version}/manifest.zst"),
+    ("get", "/releases/{app}/{version}/delta"),
     ("get", "/targets"),
     ("delete", "/targets/{id}"),
     ("post", "/deployments"),
@@ -101,6 +103,8 @@ pub fn document() -> Value {
             },
             "/releases/{app}/{version}": {"parameters": path_params(&["app", "version"]), "get": op("One release", "operator or agent token", None, json_ok("ReleaseInfo"))},
             "/releases/{app}/{version}/manifest": {"parameters": path_params(&["app", "version"]), "get": op("The canonical manifest; its BLAKE3 is the root digest", "operator or agent token", None, bytes_ok("application/json"))},
+            "/releases/{app}/{version}/manifest.zst": {"parameters": path_params(&["app", "version"]), "get": op("The canonical manifest, zstd-compressed; with ?base=VERSION a zstd patch against that release's manifest (named by x-convoy-manifest-base)", "operator or agent token", None, bytes_ok("application/zstd"))},
+            "/releases/{app}/{version}/delta": {"parameters": path_params(&["app", "version"]), "get": op("The release delta from ?from=VERSION: the new release stream (its files in manifest order) as a zstd patch against the old (x-convoy-delta-format, x-convoy-delta-from); 204 with x-convoy-delta-skip when the missing chunks cost less", "operator or agent token", None, bytes_ok("application/zstd"))},
             "/targets": {"get": op("Enrolled targets with inventory", op_, None, list_ok("TargetInfo"))},
             "/targets/{id}": {"parameters": path_params(&["id"]), "delete": op("Forget a decommissioned target and revoke its credential; refused while it has unfinished work", op_, None, json!({"description": "Removed"}))},
             "/deployments": {
@@ -176,7 +180,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = convoy_store_sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap();
         let chunks = convoy_pack::ChunkStore::open(dir.path().join("chunks")).unwrap();
-        let app = crate::router(crate::AppState::new(std::sync::Arc::new(store), chunks));
+        let deltas = crate::routes::deltas::Deltas::open(dir.path().join("deltas")).unwrap();
+        let app = crate::router(crate::AppState::new(std::sync::Arc::new(store), chunks, deltas));
         for (method, path) in super::ROUTES {
             let uri = format!(
                 "{}{}",

@@ -10,6 +10,8 @@ use tokio::sync::{watch, Notify};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub chunks: ChunkStore,
+    /// Release deltas and compressed manifests, made once each.
+    pub deltas: Arc<crate::routes::deltas::Deltas>,
     /// One generation counter per target, bumped when its instructions
     /// change; a target's long poll waits on its own only.
     changes: Arc<std::sync::Mutex<HashMap<String, watch::Sender<u64>>>>,
@@ -25,10 +27,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, chunks: ChunkStore) -> Self {
+    pub fn new(store: Arc<dyn Store>, chunks: ChunkStore, deltas: crate::routes::deltas::Deltas) -> Self {
         Self {
             store,
             chunks,
+            deltas: Arc::new(deltas),
             changes: Default::default(),
             wake: Arc::new(Notify::new()),
             counters: Default::default(),

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod chunks;
+pub mod deltas;
 pub mod deployments;
 pub mod releases;
 pub mod targets;
