@@ -12,6 +12,7 @@ mod hooks;
 mod inventory;
 mod journal;
 mod prune;
+mod seed;
 mod stage;
 
 use std::collections::{HashMap, HashSet};
@@ -45,7 +46,13 @@ pub struct AgentConfig {
     pub poll_wait: u64,
     /// Releases kept on disk per app (besides the live one and its rollback target).
     pub keep_releases: usize,
+    /// Memory staging may use, in bytes: a release delta needing more
+    /// (`convoy_pack::delta_memory`) is fetched as chunks; 0 turns deltas off.
+    pub max_memory: u64,
 }
+
+/// Default of [`AgentConfig::max_memory`].
+pub const DEFAULT_MAX_MEMORY: u64 = 512 << 20;
 
 /// The agent's own credential, kept in `ROOT/.convoy/agent.json` (mode 0600).
 #[derive(Serialize, Deserialize)]

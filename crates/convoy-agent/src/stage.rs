@@ -5,7 +5,7 @@
 //! writes), so a killed agent fetches only what it did not have yet. The tree
 //! is assembled in `releases/APP/.VERSION.partial` and renamed into place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,7 +83,16 @@ async fn stage_inner(
         }
     }
 
-    let bytes = client.get_bytes(&format!("/releases/{}/{}/manifest", w.app, w.version)).await?;
+    let (bytes, manifest_wire) = match crate::seed::fetch_manifest(cfg, client, w).await {
+        Ok(got) => got,
+        Err(e) if transient(&e) => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "compressed manifest refused; fetching it plain");
+            let b = client.get_bytes(&format!("/releases/{}/{}/manifest", w.app, w.version)).await?;
+            let n = b.len() as u64;
+            (b, n)
+        }
+    };
     let got = blake3::hash(&bytes).to_hex().to_string();
     if got != w.digest {
         bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
@@ -100,10 +109,50 @@ async fn stage_inner(
         .collect();
     let c2 = cache.clone();
     let ids = manifest.chunk_ids();
-    let missing: Vec<ChunkId> =
-        tokio::task::spawn_blocking(move || ids.into_iter().filter(|id| !c2.contains(id)).collect()).await?;
+    let (root, app) = (cfg.root.clone(), w.app.clone());
+    let (missing, cached, seeded): (Vec<ChunkId>, usize, usize) = tokio::task::spawn_blocking(move || {
+        let wanted: HashSet<ChunkId> = ids.iter().filter(|id| !c2.contains(id)).copied().collect();
+        let cached = ids.len() - wanted.len();
+        // chunks the files of installed releases still hold, verified
+        let seeded = if wanted.is_empty() { 0 } else { crate::seed::seed_from_installed(&root, &app, &wanted, &c2) };
+        (ids.into_iter().filter(|id| !c2.contains(id)).collect(), cached, seeded)
+    })
+    .await?;
     metrics.insert("chunks_total".into(), sizes.len().to_string());
-    metrics.insert("chunks_cached".into(), (sizes.len() - missing.len()).to_string());
+    metrics.insert("chunks_cached".into(), cached.to_string());
+    metrics.insert("chunks_seeded".into(), seeded.to_string());
+
+    // everything this attempt moved: the manifest, a delta, the chunk frames
+    let mut fetched_bytes = manifest_wire;
+    let mut limiter = RateLimit::new(cfg.max_rate);
+    limiter.consumed(manifest_wire).await;
+    // the release delta from the installed release, when it is worth it
+    let mut mode = "chunks";
+    let missing = if !missing.is_empty() && cfg.max_memory > 0 && w.previous_version.is_some() {
+        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
+        match crate::seed::apply_delta(cfg, client, w, &manifest, &wanted, &cache).await {
+            Ok(d) => {
+                fetched_bytes += d.bytes;
+                limiter.consumed(d.bytes).await;
+                metrics.insert("delta_bytes".into(), d.bytes.to_string());
+                metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
+                if let Some(why) = d.skipped {
+                    tracing::info!(reason = %why, "no release delta; fetching chunks");
+                } else {
+                    mode = "delta";
+                }
+            }
+            Err(e) if transient(&e) => return Err(e),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; fetching chunks"),
+        }
+        let c2 = cache.clone();
+        tokio::task::spawn_blocking(move || missing.into_iter().filter(|id| !c2.contains(id)).collect::<Vec<_>>())
+            .await?
+    } else {
+        missing
+    };
+    let transfer = if mode == "delta" || !missing.is_empty() { mode } else { "local" };
+    metrics.insert("transfer".into(), transfer.into());
 
     // Room for the assembled tree plus the chunks still to fetch (at most
     // their raw size), with 5% to spare; refuse early rather than fill the disk.
@@ -114,9 +163,6 @@ async fn stage_inner(
         bail!("not enough disk: {} free under {}, staging needs about {need} bytes", free, cfg.root.display());
     }
 
-    // everything this attempt moved: the manifest and the chunk frames
-    let mut fetched_bytes = bytes.len() as u64;
-    let mut limiter = RateLimit::new(cfg.max_rate);
     let done = Arc::new(AtomicU64::new(0));
     let reporter = tokio::spawn(report_progress(client.clone(), w.instruction_id.clone(), done.clone(), to_fetch));
     let mut batch: Vec<ChunkId> = Vec::new();

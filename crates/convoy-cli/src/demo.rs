@@ -115,6 +115,16 @@ fn write_app(dir: &Path, v: &str, edit: usize, fragile: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// How the targets got the release: by delta, by chunks, or both.
+fn transfer_note(d: &DeploymentDetail) -> &'static str {
+    let delta = d.instructions.iter().filter(|i| i.metrics.get("transfer").is_some_and(|t| t == "delta")).count();
+    match delta {
+        0 => "only the changed chunks travelled",
+        n if n == d.instructions.len() => "each target got a binary delta from the release it runs",
+        _ => "binary deltas where targets held the old release intact, chunks elsewhere",
+    }
+}
+
 fn moved(d: &DeploymentDetail) -> u64 {
     d.instructions.iter().filter_map(|i| i.metrics.get("bytes_fetched")?.parse::<u64>().ok()).sum()
 }
@@ -227,10 +237,11 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     ensure!(d2.deployment.state == "succeeded", "v2.0 ended {}", d2.deployment.state);
     let v2_bytes = moved(&d2);
     line(format!(
-        "v2.0 moved {} to {} targets: {:.1}% of v1.0's bytes (only changed chunks travel)",
+        "v2.0 moved {} to {} targets: {:.2}% of v1.0's bytes ({})",
         output::bytes(v2_bytes),
         d2.instructions.len(),
-        100.0 * v2_bytes as f64 / v1_bytes.max(1) as f64
+        100.0 * v2_bytes as f64 / v1_bytes.max(1) as f64,
+        transfer_note(&d2)
     ));
     let kept = std::fs::read_to_string(&edited)?;
     ensure!(kept.contains("web-1's operator"), "web-1's config was not kept: {kept}");

@@ -91,16 +91,22 @@ pub fn encode_delta(old: &[u8], new: &[u8], level: i32) -> io::Result<Vec<u8>> {
 
 /// Decodes a delta against `old`; the result must be exactly `want` bytes.
 pub fn decode_delta(old: &[u8], delta: &[u8], want: u64) -> Result<Vec<u8>, DeltaError> {
+    let out = decode_bounded(old, delta, want)?;
+    if out.len() as u64 != want {
+        return Err(DeltaError::Length { got: out.len() as u64, want });
+    }
+    Ok(out)
+}
+
+/// Decodes a delta against `old` into at most `max` bytes.
+pub fn decode_bounded(old: &[u8], delta: &[u8], max: u64) -> Result<Vec<u8>, DeltaError> {
     let err = |e: io::Error| DeltaError::Decode(e.to_string());
     let mut dec = zstd::stream::read::Decoder::with_ref_prefix(delta, old).map_err(err)?;
     dec.window_log_max(31).map_err(err)?;
-    let mut out = Vec::with_capacity(want as usize);
-    let n = dec.take(want + 1).read_to_end(&mut out).map_err(err)? as u64;
-    if n > want {
-        return Err(DeltaError::TooLong(want));
-    }
-    if n != want {
-        return Err(DeltaError::Length { got: n, want });
+    let mut out = Vec::with_capacity(max.min(64 << 20) as usize);
+    let n = dec.take(max + 1).read_to_end(&mut out).map_err(err)? as u64;
+    if n > max {
+        return Err(DeltaError::TooLong(max));
     }
     Ok(out)
 }

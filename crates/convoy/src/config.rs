@@ -51,6 +51,8 @@ pub struct AgentFile {
     pub poll_wait: Option<u64>,
     /// Releases kept per app besides the live one and its rollback target (default 5).
     pub keep_releases: Option<usize>,
+    /// Memory staging may use, in bytes; larger deltas are fetched as chunks (0: no deltas).
+    pub max_memory: Option<u64>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {

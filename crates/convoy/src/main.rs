@@ -82,6 +82,10 @@ enum Cmd {
         /// Seconds a work poll stays open [default: 25].
         #[arg(long)]
         poll_wait: Option<u64>,
+        /// Memory staging may use, in bytes; release deltas above it are
+        /// fetched as chunks instead (0 turns deltas off) [default: 512 MiB].
+        #[arg(long, env = "CONVOY_MAX_MEMORY")]
+        max_memory: Option<u64>,
         /// Releases kept on disk per app, besides the live one and its rollback target [default: 5].
         #[arg(long, env = "CONVOY_KEEP_RELEASES")]
         keep_releases: Option<usize>,
@@ -225,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await?;
         }
-        Cmd::Agent { config, root, labels, name, max_rate, poll_wait, keep_releases } => {
+        Cmd::Agent { config, root, labels, name, max_rate, poll_wait, max_memory, keep_releases } => {
             init_tracing("info");
             exit_on_panic();
             let file: config::AgentFile = config::load(config.as_deref())?;
@@ -248,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 max_rate: max_rate.or(file.max_rate),
                 poll_wait: poll_wait.or(file.poll_wait).unwrap_or(25).clamp(1, 60),
                 keep_releases: keep_releases.or(file.keep_releases).unwrap_or(5).max(1),
+                max_memory: max_memory.or(file.max_memory).unwrap_or(convoy_agent::DEFAULT_MAX_MEMORY),
             })
             .await?;
         }

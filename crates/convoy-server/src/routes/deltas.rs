@@ -77,7 +77,11 @@ impl Deltas {
 
     /// The cached result for `key`, or the result of `make` (run once even
     /// when many ask at the same time), stored for next time.
-    async fn cached(&self, key: String, make: impl FnOnce() -> Result<Made, String> + Send + 'static) -> ApiResult<Made> {
+    async fn cached(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<Made, String> + Send + 'static,
+    ) -> ApiResult<Made> {
         if let Some(m) = self.read(&key) {
             return Ok(m);
         }

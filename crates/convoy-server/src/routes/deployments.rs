@@ -142,6 +142,17 @@ pub async fn create(
     st.store.create_deployment(&dep, &instrs, &format!("user:{user}")).await?;
     tracing::info!(deployment = %dep.id, app = %app, version = %version, targets = instrs.len(), "deployment created");
     st.changed(instrs.iter().map(|i| i.target_id.as_str()));
+    // make the deltas this fleet will ask for while agents read manifests
+    let pairs: std::collections::BTreeSet<String> =
+        instrs.iter().filter_map(|i| i.previous_version.clone()).filter(|v| *v != dep.version).collect();
+    for from in pairs {
+        let (st, app, to) = (st.clone(), dep.app.clone(), dep.version.clone());
+        tokio::spawn(async move {
+            if let Err(e) = super::deltas::prepare(&st, &app, &from, &to).await {
+                tracing::debug!(error = %e.message, %from, %to, "no delta prepared");
+            }
+        });
+    }
     Ok(Json(info(&dep, &instrs)))
 }
 

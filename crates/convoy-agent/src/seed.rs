@@ -1,0 +1,210 @@
+//! Fewer bytes over the wire: the manifest as a patch against one the agent
+//! holds, chunks seeded from the files of releases already on disk, and the
+//! release delta from the installed release (P-incremental, P-strategy).
+//!
+//! Everything here only adds *verified* chunks to the cache: bytes from disk
+//! or decoded from a delta are hashed against the manifest's chunk ids
+//! before they are kept, so a drifted tree or a bad delta costs bytes, never
+//! correctness. Staging then fetches whatever is still missing as chunks.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use convoy_client::Client;
+use convoy_pack::{
+    decode_bounded, decode_delta, delta_memory, split_stream, ChunkId, ChunkStore, Entry, Manifest, VerifiedChunk,
+    DELTA_FORMAT,
+};
+use convoy_wire::Work;
+
+use crate::stage::release_dir;
+use crate::AgentConfig;
+
+/// Largest manifest the agent accepts.
+const MANIFEST_MAX: u64 = 64 << 20;
+
+/// The manifest of a release staged earlier, as the agent stored it.
+fn local_manifest(root: &Path, app: &str, version: &str) -> Option<(Vec<u8>, Manifest)> {
+    let bytes = std::fs::read(crate::prune::manifest_path(root, app, version)).ok()?;
+    let m = Manifest::from_slice(&bytes).ok()?;
+    Some((bytes, m))
+}
+
+/// Fetches the release's manifest, as a zstd patch against the manifest of
+/// the release the target runs when it has one. Returns the manifest bytes
+/// (checked against the digest by the caller) and the bytes moved.
+pub async fn fetch_manifest(cfg: &AgentConfig, client: &Client, w: &Work) -> anyhow::Result<(Vec<u8>, u64)> {
+    let base = w.previous_version.as_deref().filter(|v| *v != w.version);
+    let local = base.and_then(|b| local_manifest(&cfg.root, &w.app, b).map(|(bytes, _)| (b, bytes)));
+    let path = match &local {
+        Some((b, _)) => format!("/releases/{}/{}/manifest.zst?base={b}", w.app, w.version),
+        None => format!("/releases/{}/{}/manifest.zst", w.app, w.version),
+    };
+    let resp =
+        Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching manifest")?).await?;
+    let named = resp.headers().get("x-convoy-manifest-base").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = resp.bytes().await.context("reading manifest")?;
+    let reference: &[u8] = match (&named, &local) {
+        (None, _) => &[],
+        (Some(d), Some((_, bytes))) if *d == blake3::hash(bytes).to_hex().as_str() => bytes,
+        (Some(d), _) => bail!("the server patched the manifest against {d}, which this agent does not hold"),
+    };
+    let bytes = decode_bounded(reference, &body, MANIFEST_MAX).context("decoding the manifest")?;
+    Ok((bytes, body.len() as u64))
+}
+
+/// Copies into the cache every wanted chunk found, verified, in the files
+/// of releases of this app already on disk. Returns how many were found.
+pub fn seed_from_installed(root: &Path, app: &str, wanted: &HashSet<ChunkId>, cache: &ChunkStore) -> usize {
+    let mut left: HashSet<ChunkId> = wanted.iter().filter(|id| !cache.contains(id)).copied().collect();
+    let mut found = 0;
+    let Ok(dirs) = std::fs::read_dir(root.join("releases").join(app)) else { return 0 };
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || left.is_empty() {
+            continue;
+        }
+        let Some((_, m)) = local_manifest(root, app, &name) else { continue };
+        let dir = release_dir(root, app, &name);
+        for e in &m.entries {
+            let Entry::File { path, chunks, .. } = e else { continue };
+            if !chunks.iter().any(|c| left.contains(&c.id)) {
+                continue;
+            }
+            // never follow a link out of the release: open regular files only
+            let full = dir.join(path.as_str());
+            if !std::fs::symlink_metadata(&full).is_ok_and(|md| md.is_file()) {
+                continue;
+            }
+            let Ok(mut f) = std::fs::File::open(&full) else { continue };
+            let mut offset = 0u64;
+            let mut buf = Vec::new();
+            for c in chunks {
+                if left.contains(&c.id) {
+                    buf.resize(c.len as usize, 0);
+                    let ok = f.seek(SeekFrom::Start(offset)).is_ok() && f.read_exact(&mut buf).is_ok();
+                    if ok && ChunkId::of(&buf) == c.id {
+                        let chunk = VerifiedChunk::from_data(std::mem::take(&mut buf));
+                        if cache.put(&chunk, None).is_ok() {
+                            left.remove(&c.id);
+                            found += 1;
+                        }
+                    }
+                }
+                offset += c.len as u64;
+            }
+        }
+    }
+    found
+}
+
+/// The installed release's stream (its files in manifest order), each chunk
+/// verified, from the cache or from its files on disk. `None` if any chunk
+/// cannot be had: the release was modified and is no delta reference.
+fn installed_stream(root: &Path, app: &str, version: &str, m: &Manifest, cache: &ChunkStore) -> Option<Vec<u8>> {
+    let dir = release_dir(root, app, version);
+    let mut out = Vec::with_capacity(m.total_size() as usize);
+    for e in &m.entries {
+        let Entry::File { path, chunks, .. } = e else { continue };
+        let full = dir.join(path.as_str());
+        let file = std::fs::symlink_metadata(&full)
+            .ok()
+            .filter(|md| md.is_file())
+            .and_then(|_| std::fs::read(&full).ok())
+            .unwrap_or_default();
+        let mut at = 0usize;
+        for c in chunks {
+            let end = at + c.len as usize;
+            match file.get(at..end) {
+                Some(piece) if ChunkId::of(piece) == c.id => out.extend_from_slice(piece),
+                _ => out.extend_from_slice(cache.get(&c.id).ok()??.data()),
+            }
+            at = end;
+        }
+    }
+    Some(out)
+}
+
+/// What a delta attempt came to.
+pub struct DeltaOutcome {
+    /// Bytes received (0 if no delta was sent).
+    pub bytes: u64,
+    /// Wanted chunks it put in the cache.
+    pub chunks: usize,
+    /// Why no delta was used, if none was.
+    pub skipped: Option<String>,
+}
+
+impl DeltaOutcome {
+    fn skip(why: impl Into<String>) -> Self {
+        Self { bytes: 0, chunks: 0, skipped: Some(why.into()) }
+    }
+}
+
+/// Asks for the delta from the release the target runs and applies it,
+/// caching every wanted chunk it yields (verified). Anything it does not
+/// yield is left for chunk fetching.
+pub async fn apply_delta(
+    cfg: &AgentConfig,
+    client: &Client,
+    w: &Work,
+    new: &Manifest,
+    wanted: &HashSet<ChunkId>,
+    cache: &ChunkStore,
+) -> anyhow::Result<DeltaOutcome> {
+    let Some(prev) = w.previous_version.clone().filter(|v| *v != w.version) else {
+        return Ok(DeltaOutcome::skip("no release installed to patch"));
+    };
+    let Some((old_bytes, old)) = local_manifest(&cfg.root, &w.app, &prev) else {
+        return Ok(DeltaOutcome::skip(format!("no manifest kept for {prev}")));
+    };
+    let mem = delta_memory(old.total_size(), new.total_size());
+    if mem > cfg.max_memory {
+        return Ok(DeltaOutcome::skip(format!(
+            "a delta needs {mem} bytes of memory, over the limit {}",
+            cfg.max_memory
+        )));
+    }
+    let (root, app, c2, m2, p2) = (cfg.root.clone(), w.app.clone(), cache.clone(), old.clone(), prev.clone());
+    let Some(old_stream) = tokio::task::spawn_blocking(move || installed_stream(&root, &app, &p2, &m2, &c2)).await?
+    else {
+        return Ok(DeltaOutcome::skip(format!("the installed {prev} was modified on this machine")));
+    };
+    let path = format!("/releases/{}/{}/delta?from={prev}", w.app, w.version);
+    let resp =
+        Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching delta")?).await?;
+    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if resp.status() == reqwest::StatusCode::NO_CONTENT {
+        return Ok(DeltaOutcome::skip(header("x-convoy-delta-skip").unwrap_or_else(|| "server sent no delta".into())));
+    }
+    let (format, from) = (header("x-convoy-delta-format"), header("x-convoy-delta-from"));
+    let old_digest = blake3::hash(&old_bytes).to_hex().to_string();
+    if format.as_deref() != Some(DELTA_FORMAT) || from.as_deref() != Some(old_digest.as_str()) {
+        return Ok(DeltaOutcome::skip(format!("delta format {format:?} from {from:?} does not fit")));
+    }
+    let body = resp.bytes().await.context("reading delta")?;
+    let bytes = body.len() as u64;
+    let (new, wanted, cache) = (new.clone(), wanted.clone(), cache.clone());
+    let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let stream = decode_delta(&old_stream, &body, new.total_size())?;
+        drop(old_stream);
+        let mut n = 0;
+        for (c, piece) in split_stream(&new, &stream) {
+            if wanted.contains(&c.id) && !cache.contains(&c.id) && ChunkId::of(piece) == c.id {
+                cache.put(&VerifiedChunk::from_data(piece.to_vec()), None)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+    .await?;
+    match applied {
+        Ok(chunks) => Ok(DeltaOutcome { bytes, chunks, skipped: None }),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "release delta did not apply; fetching chunks");
+            Ok(DeltaOutcome { bytes, chunks: 0, skipped: Some(format!("delta did not apply: {e:#}")) })
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Fewest bytes: release deltas, seeding from installed releases, and the
+//! fall-back to chunks, through the real binary.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+fn deploy_wait(f: &Fleet, release: &str) -> serde_json::Value {
+    let out = f.cli(&["deploy", release, "--selector", "role=web", "--wait", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(v["deployment"]["state"], "succeeded", "{v:#}");
+    v
+}
+
+fn metric(d: &serde_json::Value, host: &str, key: &str) -> String {
+    let i = d["instructions"].as_array().unwrap().iter().find(|i| i["hostname"] == host).unwrap();
+    assert_eq!(i["reported_digest"], d["deployment"]["digest"], "{host} holds the release: {i:#}");
+    i["metrics"][key].as_str().unwrap_or_else(|| panic!("{host} has no metric {key}: {i:#}")).to_owned()
+}
+
+fn num(d: &serde_json::Value, host: &str, key: &str) -> u64 {
+    metric(d, host, key).parse().unwrap()
+}
+
+fn overwrite(path: &std::path::Path, at: usize, bytes: &[u8]) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut data = std::fs::read(path).unwrap();
+    data[at..at + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    f.start_agent("b", "role=web", &[], &[]);
+    f.start_agent("c", "role=web", &[], &["--max-memory", "0"]);
+
+    let v1 = f.path("src/1.0");
+    write_app(&v1, "1.0", 3_000_000);
+    f.ok(&["publish", v1.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    deploy_wait(&f, "web@1.0");
+
+    // 2.0 changes a few bytes in the middle of the large file
+    let v2 = f.path("src/2.0");
+    write_app(&v2, "2.0", 3_000_000);
+    overwrite(&v2.join("data.bin"), 1_500_000, b"a small change");
+    f.ok(&["publish", v2.to_str().unwrap(), "--app", "web", "--version", "2.0"]);
+
+    // b's installed 1.0 was modified on the machine and its chunk cache is
+    // gone: its copy is no delta reference any more
+    overwrite(&f.agent_root("b").join("releases/web/1.0/data.bin"), 100, b"local edit");
+    std::fs::remove_dir_all(f.agent_root("b").join(".convoy/cache")).unwrap();
+
+    let d = deploy_wait(&f, "web@2.0");
+    // a: one delta of a few hundred bytes instead of a 64 KiB chunk
+    assert_eq!(metric(&d, "a", "transfer"), "delta");
+    assert!(num(&d, "a", "bytes_fetched") < 4_000, "a fetched {}", num(&d, "a", "bytes_fetched"));
+    assert!(num(&d, "a", "chunks_from_delta") >= 1);
+    // b: seeded what its files still hold, fetched the rest as chunks
+    assert_eq!(metric(&d, "b", "transfer"), "chunks");
+    assert!(num(&d, "b", "chunks_seeded") >= 30, "b seeded {}", num(&d, "b", "chunks_seeded"));
+    assert_eq!(num(&d, "b", "chunks_fetched"), 3, "index.html, the changed chunk and the locally edited one");
+    // c: deltas off, the changed chunk as a chunk
+    assert_eq!(metric(&d, "c", "transfer"), "chunks");
+    assert!(num(&d, "c", "bytes_fetched") > 16_000);
+    for h in ["a", "b", "c"] {
+        for file in ["data.bin", "index.html", "health.sh"] {
+            assert!(
+                std::fs::read(f.agent_root(h).join("current/web").join(file)).unwrap()
+                    == std::fs::read(v2.join(file)).unwrap(),
+                "{h}: {file} differs from the published one"
+            );
+        }
+    }
+    // the server made the delta once for the pair, and says what it sent
+    let (_, metrics) = http(f.port, "GET", "/metrics", None, b"").unwrap();
+    let sent: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("convoy_delta_bytes_served_total ")).unwrap().parse().unwrap();
+    assert!(sent > 0 && sent < 10_000, "delta bytes served {sent}");
+    let deltas = std::fs::read_dir(f.path("server/deltas"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".zst"))
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("m-"))
+        .count();
+    assert_eq!(deltas, 1);
+
+    // a third release: a's delta reference is now 2.0 and still intact
+    let v3 = f.path("src/3.0");
+    write_app(&v3, "3.0", 3_000_000);
+    overwrite(&v3.join("data.bin"), 2_500_000, b"another change");
+    f.ok(&["publish", v3.to_str().unwrap(), "--app", "web", "--version", "3.0"]);
+    let d = deploy_wait(&f, "web@3.0");
+    assert_eq!(metric(&d, "a", "transfer"), "delta");
+    assert_eq!(metric(&d, "b", "transfer"), "delta", "b's 2.0 is intact again");
+}
