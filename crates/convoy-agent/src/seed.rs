@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use convoy_client::Client;
 use convoy_pack::{
-    decode_bounded, decode_delta, delta_memory, split_stream, ChunkId, ChunkStore, Entry, Manifest, VerifiedChunk,
-    DELTA_FORMAT,
+    decode_bounded, decode_delta, delta_memory, manifest_from_skeleton, skeleton_bytes, skeleton_size, split_delta,
+    split_stream, ChunkId, ChunkStore, Entry, Manifest, VerifiedChunk, DELTA_FORMAT,
 };
 use convoy_wire::Work;
 
@@ -131,80 +131,100 @@ fn installed_stream(root: &Path, app: &str, version: &str, m: &Manifest, cache: 
 pub struct DeltaOutcome {
     /// Bytes received (0 if no delta was sent).
     pub bytes: u64,
-    /// Wanted chunks it put in the cache.
+    /// The release's manifest bytes and manifest, rebuilt from the delta
+    /// and checked against the root digest; `None` if no delta was used.
+    pub manifest: Option<(Vec<u8>, Manifest)>,
+    /// Chunks it put in the cache.
     pub chunks: usize,
     /// Why no delta was used, if none was.
     pub skipped: Option<String>,
 }
 
 impl DeltaOutcome {
-    fn skip(why: impl Into<String>) -> Self {
-        Self { bytes: 0, chunks: 0, skipped: Some(why.into()) }
+    fn skip(bytes: u64, why: impl Into<String>) -> Self {
+        Self { bytes, manifest: None, chunks: 0, skipped: Some(why.into()) }
     }
 }
 
-/// Asks for the delta from the release the target runs and applies it,
-/// caching every wanted chunk it yields (verified). Anything it does not
-/// yield is left for chunk fetching.
+/// One request: the delta from the release the target runs to the one it
+/// stages. The manifest is rebuilt from it and must hash to the root
+/// digest; then every chunk the cache lacks is cached. On any shortfall
+/// the caller stages by chunks instead.
 pub async fn apply_delta(
     cfg: &AgentConfig,
     client: &Client,
     w: &Work,
-    new: &Manifest,
-    wanted: &HashSet<ChunkId>,
     cache: &ChunkStore,
 ) -> anyhow::Result<DeltaOutcome> {
     let Some(prev) = w.previous_version.clone().filter(|v| *v != w.version) else {
-        return Ok(DeltaOutcome::skip("no release installed to patch"));
+        return Ok(DeltaOutcome::skip(0, "no release installed to patch"));
     };
     let Some((old_bytes, old)) = local_manifest(&cfg.root, &w.app, &prev) else {
-        return Ok(DeltaOutcome::skip(format!("no manifest kept for {prev}")));
+        return Ok(DeltaOutcome::skip(0, format!("no manifest kept for {prev}")));
     };
-    let mem = delta_memory(old.total_size(), new.total_size());
-    if mem > cfg.max_memory {
-        return Ok(DeltaOutcome::skip(format!(
-            "a delta needs {mem} bytes of memory, over the limit {}",
-            cfg.max_memory
-        )));
+    if delta_memory(old.total_size(), 0) > cfg.max_memory {
+        return Ok(DeltaOutcome::skip(0, format!("{prev} alone exceeds the memory limit {}", cfg.max_memory)));
     }
     let (root, app, c2, m2, p2) = (cfg.root.clone(), w.app.clone(), cache.clone(), old.clone(), prev.clone());
     let Some(old_stream) = tokio::task::spawn_blocking(move || installed_stream(&root, &app, &p2, &m2, &c2)).await?
     else {
-        return Ok(DeltaOutcome::skip(format!("the installed {prev} was modified on this machine")));
+        return Ok(DeltaOutcome::skip(0, format!("the installed {prev} was modified on this machine")));
     };
     let path = format!("/releases/{}/{}/delta?from={prev}", w.app, w.version);
     let resp =
         Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching delta")?).await?;
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if resp.status() == reqwest::StatusCode::NO_CONTENT {
-        return Ok(DeltaOutcome::skip(header("x-convoy-delta-skip").unwrap_or_else(|| "server sent no delta".into())));
+        return Ok(DeltaOutcome::skip(0, header("x-convoy-delta-skip").unwrap_or_else(|| "no delta offered".into())));
     }
     let (format, from) = (header("x-convoy-delta-format"), header("x-convoy-delta-from"));
     let old_digest = blake3::hash(&old_bytes).to_hex().to_string();
     if format.as_deref() != Some(DELTA_FORMAT) || from.as_deref() != Some(old_digest.as_str()) {
-        return Ok(DeltaOutcome::skip(format!("delta format {format:?} from {from:?} does not fit")));
+        return Ok(DeltaOutcome::skip(0, format!("delta format {format:?} from {from:?} does not fit")));
+    }
+    let size: u64 = header("x-convoy-release-size").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+    let mem = delta_memory(old.total_size(), size);
+    if mem > cfg.max_memory {
+        return Ok(DeltaOutcome::skip(
+            0,
+            format!("a delta needs {mem} bytes of memory, over the limit {}", cfg.max_memory),
+        ));
     }
     let body = resp.bytes().await.context("reading delta")?;
     let bytes = body.len() as u64;
-    let (new, wanted, cache) = (new.clone(), wanted.clone(), cache.clone());
-    let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let stream = decode_delta(&old_stream, &body, new.total_size())?;
+    let (cache, digest) = (cache.clone(), w.digest.clone());
+    let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Manifest, usize)> {
+        let (skel_patch, stream_patch) = split_delta(&body)?;
+        let skeleton = decode_bounded(&skeleton_bytes(&old), skel_patch, MANIFEST_MAX)?;
+        let want = skeleton_size(&skeleton)?;
+        if want != size {
+            bail!("the delta's skeleton declares {want} bytes, the server said {size}");
+        }
+        let stream = decode_delta(&old_stream, stream_patch, want)?;
         drop(old_stream);
+        let m = manifest_from_skeleton(&skeleton, &stream)?;
+        let bytes = m.canonical_bytes();
+        let got = blake3::hash(&bytes).to_hex().to_string();
+        if got != digest {
+            bail!("the release rebuilt from the delta hashes to {got}, expected {digest}");
+        }
+        // every piece hashed to its id while the manifest was rebuilt, and
+        // the manifest matched the root digest: these chunks are verified
         let mut n = 0;
-        for (c, piece) in split_stream(&new, &stream) {
-            if wanted.contains(&c.id) && !cache.contains(&c.id) && ChunkId::of(piece) == c.id {
+        for (c, piece) in split_stream(&m, &stream) {
+            if !cache.contains(&c.id) {
                 cache.put(&VerifiedChunk::from_data(piece.to_vec()), None)?;
                 n += 1;
             }
         }
-        Ok(n)
+        Ok((bytes, m, n))
     })
     .await?;
     match applied {
-        Ok(chunks) => Ok(DeltaOutcome { bytes, chunks, skipped: None }),
+        Ok((mb, m, chunks)) => Ok(DeltaOutcome { bytes, manifest: Some((mb, m)), chunks, skipped: None }),
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "release delta did not apply; fetching chunks");
-            Ok(DeltaOutcome { bytes, chunks: 0, skipped: Some(format!("delta did not apply: {e:#}")) })
+            tracing::warn!(error = %format!("{e:#}"), "release delta did not apply; staging by chunks");
+            Ok(DeltaOutcome::skip(bytes, format!("delta did not apply: {e:#}")))
         }
     }
 }

@@ -83,23 +83,54 @@ async fn stage_inner(
         }
     }
 
-    let (bytes, manifest_wire) = match crate::seed::fetch_manifest(cfg, client, w).await {
-        Ok(got) => got,
-        Err(e) if transient(&e) => return Err(e),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "compressed manifest refused; fetching it plain");
-            let b = client.get_bytes(&format!("/releases/{}/{}/manifest", w.app, w.version)).await?;
-            let n = b.len() as u64;
-            (b, n)
+    let cache = ChunkStore::open(crate::state_dir(&cfg.root).join("cache"))?;
+    // everything this attempt moved: a delta, the manifest, chunk frames
+    let mut fetched_bytes = 0;
+    let mut limiter = RateLimit::new(cfg.max_rate);
+    // From a release it holds intact, the target asks for one delta that
+    // carries the whole upgrade; anything short of that falls back to chunks.
+    let mut mode = "chunks";
+    let mut from_delta = None;
+    if cfg.max_memory > 0 && w.previous_version.as_ref().is_some_and(|p| *p != w.version) {
+        match crate::seed::apply_delta(cfg, client, w, &cache).await {
+            Ok(d) => {
+                fetched_bytes += d.bytes;
+                limiter.consumed(d.bytes).await;
+                metrics.insert("delta_bytes".into(), d.bytes.to_string());
+                metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
+                match d.skipped {
+                    Some(why) => tracing::info!(reason = %why, "no release delta; staging by chunks"),
+                    None => mode = "delta",
+                }
+                from_delta = d.manifest;
+            }
+            Err(e) if transient(&e) => return Err(e),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; staging by chunks"),
+        }
+    }
+    let manifest = match from_delta {
+        Some((_, m)) => m,
+        None => {
+            let (bytes, wire) = match crate::seed::fetch_manifest(cfg, client, w).await {
+                Ok(got) => got,
+                Err(e) if transient(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "compressed manifest refused; fetching it plain");
+                    let b = client.get_bytes(&format!("/releases/{}/{}/manifest", w.app, w.version)).await?;
+                    let n = b.len() as u64;
+                    (b, n)
+                }
+            };
+            fetched_bytes += wire;
+            limiter.consumed(wire).await;
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != w.digest {
+                bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
+            }
+            Manifest::from_slice(&bytes)?
         }
     };
-    let got = blake3::hash(&bytes).to_hex().to_string();
-    if got != w.digest {
-        bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
-    }
-    let manifest = Manifest::from_slice(&bytes)?;
 
-    let cache = ChunkStore::open(crate::state_dir(&cfg.root).join("cache"))?;
     let sizes: BTreeMap<ChunkId, u32> = manifest
         .entries
         .iter()
@@ -121,36 +152,6 @@ async fn stage_inner(
     metrics.insert("chunks_total".into(), sizes.len().to_string());
     metrics.insert("chunks_cached".into(), cached.to_string());
     metrics.insert("chunks_seeded".into(), seeded.to_string());
-
-    // everything this attempt moved: the manifest, a delta, the chunk frames
-    let mut fetched_bytes = manifest_wire;
-    let mut limiter = RateLimit::new(cfg.max_rate);
-    limiter.consumed(manifest_wire).await;
-    // the release delta from the installed release, when it is worth it
-    let mut mode = "chunks";
-    let missing = if !missing.is_empty() && cfg.max_memory > 0 && w.previous_version.is_some() {
-        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
-        match crate::seed::apply_delta(cfg, client, w, &manifest, &wanted, &cache).await {
-            Ok(d) => {
-                fetched_bytes += d.bytes;
-                limiter.consumed(d.bytes).await;
-                metrics.insert("delta_bytes".into(), d.bytes.to_string());
-                metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
-                if let Some(why) = d.skipped {
-                    tracing::info!(reason = %why, "no release delta; fetching chunks");
-                } else {
-                    mode = "delta";
-                }
-            }
-            Err(e) if transient(&e) => return Err(e),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; fetching chunks"),
-        }
-        let c2 = cache.clone();
-        tokio::task::spawn_blocking(move || missing.into_iter().filter(|id| !c2.contains(id)).collect::<Vec<_>>())
-            .await?
-    } else {
-        missing
-    };
     let transfer = if mode == "delta" || !missing.is_empty() { mode } else { "local" };
     metrics.insert("transfer".into(), transfer.into());
 

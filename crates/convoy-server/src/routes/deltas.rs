@@ -1,7 +1,10 @@
 //! Release deltas and compressed manifests for agents that already hold an
 //! older release (P-strategy, P-incremental).
 //!
-//! A delta from release A to release B is made once per pair, on first
+//! A delta from release A to release B carries B's manifest skeleton as a
+//! patch of A's and B's release stream as a patch of A's; the agent rebuilds
+//! B's manifest from them and checks it against B's root digest, so a
+//! delta upgrade is one request. It is made once per pair, on first
 //! request (or when a deployment that needs it is created), and kept in
 //! `DATA_DIR/deltas/`. Concurrent requests for the same pair wait for the
 //! one generation. When the chunks a holder of A lacks cost less than the
@@ -18,7 +21,9 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use convoy_pack::{delta_memory, encode_delta, release_stream, ChunkStore, Manifest, DELTA_FORMAT};
+use convoy_pack::{
+    delta_memory, encode_delta, join_delta, release_stream, skeleton_bytes, ChunkStore, Manifest, DELTA_FORMAT,
+};
 use convoy_store::ReleaseRecord;
 use serde::Deserialize;
 
@@ -38,6 +43,7 @@ pub const H_FORMAT: &str = "x-convoy-delta-format";
 pub const H_FROM: &str = "x-convoy-delta-from";
 pub const H_SKIP: &str = "x-convoy-delta-skip";
 pub const H_BASE: &str = "x-convoy-manifest-base";
+pub const H_SIZE: &str = "x-convoy-release-size";
 
 /// Generated deltas and compressed manifests on disk, made once each.
 pub struct Deltas {
@@ -120,7 +126,10 @@ fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8]) -> Result<Made, Strin
     let (a, b) = (stream(chunks, &old)?, stream(chunks, &new)?);
     let level = if (a.len() + b.len()) as u64 > FAST_ABOVE { FAST_LEVEL } else { DELTA_LEVEL };
     let started = std::time::Instant::now();
-    let d = encode_delta(&a, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
+    let stream_patch = encode_delta(&a, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
+    let skeleton_patch =
+        encode_delta(&skeleton_bytes(&old), &skeleton_bytes(&new), DELTA_LEVEL).map_err(|e| e.to_string())?;
+    let d = join_delta(&skeleton_patch, &stream_patch);
     tracing::info!(delta = d.len(), chunk_cost, ms = started.elapsed().as_millis() as u64, "release delta made");
     if d.len() as u64 >= chunk_cost {
         return Ok(Made::Skip(format!("the missing chunks ({chunk_cost} bytes) cost less than a delta ({})", d.len())));
@@ -181,6 +190,7 @@ pub async fn get(
         return Err(ApiError::bad_request(format!("{app}@{} and {app}@{version} are the same release", q.from)));
     }
     let from_digest = from.digest.clone();
+    let size = to.total_size.to_string();
     let chunks = st.chunks.clone();
     let made = st
         .deltas
@@ -189,7 +199,7 @@ pub async fn get(
     Ok(match made {
         Made::Bytes(b) => {
             crate::metrics::add(&st.counters.delta_bytes_served, b.len() as u64);
-            let hs = [header(H_FORMAT, DELTA_FORMAT), header(H_FROM, &from_digest)];
+            let hs = [header(H_FORMAT, DELTA_FORMAT), header(H_FROM, &from_digest), header(H_SIZE, &size)];
             (StatusCode::OK, hs, b).into_response()
         }
         Made::Skip(why) => (StatusCode::NO_CONTENT, [header(H_SKIP, &why)]).into_response(),
