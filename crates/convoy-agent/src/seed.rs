@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use convoy_client::Client;
 use convoy_pack::{
-    decode_bounded, decode_delta, delta_memory, manifest_from_skeleton, skeleton_bytes, skeleton_size, split_delta,
-    split_stream, ChunkId, ChunkStore, Entry, Manifest, VerifiedChunk, DELTA_FORMAT,
+    apply_release_delta, decode_bounded, delta_memory, split_stream, ChunkId, ChunkStore, Entry, Manifest,
+    VerifiedChunk, DELTA_FORMAT,
 };
 use convoy_wire::Work;
 
@@ -194,22 +194,15 @@ pub async fn apply_delta(
     let bytes = body.len() as u64;
     let (cache, digest) = (cache.clone(), w.digest.clone());
     let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Manifest, usize)> {
-        let (skel_patch, stream_patch) = split_delta(&body)?;
-        let skeleton = decode_bounded(&skeleton_bytes(&old), skel_patch, MANIFEST_MAX)?;
-        let want = skeleton_size(&skeleton)?;
-        if want != size {
-            bail!("the delta's skeleton declares {want} bytes, the server said {size}");
-        }
-        let stream = decode_delta(&old_stream, stream_patch, want)?;
+        let (m, stream) = apply_release_delta(&old, &old_stream, &body, size)?;
         drop(old_stream);
-        let m = manifest_from_skeleton(&skeleton, &stream)?;
         let bytes = m.canonical_bytes();
         let got = blake3::hash(&bytes).to_hex().to_string();
         if got != digest {
             bail!("the release rebuilt from the delta hashes to {got}, expected {digest}");
         }
-        // every piece hashed to its id while the manifest was rebuilt, and
-        // the manifest matched the root digest: these chunks are verified
+        // the manifest matched the root digest, so its chunk ids are right;
+        // every chunk is hashed again as it is cached
         let mut n = 0;
         for (c, piece) in split_stream(&m, &stream) {
             if !cache.contains(&c.id) {

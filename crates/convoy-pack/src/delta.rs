@@ -10,13 +10,12 @@
 //! Nothing decoded here is trusted: [`split_stream`] cuts a decoded stream
 //! back into the manifest's chunks and each is hashed before use.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    ChunkId, ChunkRef, Entry, Manifest, ManifestError, RelPath, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
-};
+use crate::{ChunkId, ChunkRef, Entry, Manifest, RelPath, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 
 /// Format tag of a delta, sent with it; bumped on any change of encoding.
 /// A delta body is: 8 bytes big-endian length of the skeleton patch, the
@@ -39,65 +38,155 @@ struct Skeleton {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum SkelEntry {
-    Dir { path: RelPath, mode: u32 },
-    File { path: RelPath, mode: u32, size: u64 },
-    Symlink { path: RelPath, target: String },
+    Dir {
+        path: RelPath,
+        mode: u32,
+    },
+    File {
+        path: RelPath,
+        mode: u32,
+        size: u64,
+        /// Its bytes are in the delta's stream; otherwise they are the old
+        /// release's file at the same path, unchanged.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh: bool,
+    },
+    Symlink {
+        path: RelPath,
+        target: String,
+    },
 }
 
-/// The canonical bytes of `m`'s skeleton.
-pub fn skeleton_bytes(m: &Manifest) -> Vec<u8> {
+/// The canonical bytes of `m`'s skeleton; files not in `unchanged` are fresh.
+fn skeleton_bytes(m: &Manifest, unchanged: &HashSet<&str>) -> Vec<u8> {
     let entries = m
         .entries
         .iter()
         .map(|e| match e {
             Entry::Dir { path, mode } => SkelEntry::Dir { path: path.clone(), mode: *mode },
-            Entry::File { path, mode, size, .. } => SkelEntry::File { path: path.clone(), mode: *mode, size: *size },
+            Entry::File { path, mode, size, .. } => SkelEntry::File {
+                path: path.clone(),
+                mode: *mode,
+                size: *size,
+                fresh: !unchanged.contains(path.as_str()),
+            },
             Entry::Symlink { path, target } => SkelEntry::Symlink { path: path.clone(), target: target.clone() },
         })
         .collect();
     serde_json::to_vec(&Skeleton { format: m.format, chunking: m.chunking, entries }).expect("skeleton serialises")
 }
 
-/// Total file bytes a skeleton declares (the stream's length), if it parses.
-pub fn skeleton_size(skeleton: &[u8]) -> Result<u64, ManifestError> {
-    let s: Skeleton = serde_json::from_slice(skeleton).map_err(|e| ManifestError::Parse(e.to_string()))?;
-    Ok(s.entries.iter().map(|e| if let SkelEntry::File { size, .. } = e { *size } else { 0 }).sum())
+/// Every file of `m` by path: its chunks and where its bytes start in the stream.
+fn file_index(m: &Manifest) -> HashMap<&str, (&[ChunkRef], u64, u64)> {
+    let mut at = 0u64;
+    let mut out = HashMap::new();
+    for e in &m.entries {
+        if let Entry::File { path, size, chunks, .. } = e {
+            out.insert(path.as_str(), (chunks.as_slice(), at, *size));
+            at += size;
+        }
+    }
+    out
 }
 
-/// Rebuilds a manifest from its skeleton and its stream, cutting and
-/// hashing every file as packing does. The caller compares its digest with
-/// the root digest it trusts: equal means every chunk id is right too.
-pub fn manifest_from_skeleton(skeleton: &[u8], stream: &[u8]) -> Result<Manifest, ManifestError> {
-    let bad = |s: String| ManifestError::Structure(s);
-    let s: Skeleton = serde_json::from_slice(skeleton).map_err(|e| ManifestError::Parse(e.to_string()))?;
+/// The reference skeleton both sides build from the old manifest.
+fn reference_skeleton(old: &Manifest) -> Vec<u8> {
+    let all: HashSet<&str> = old.entries.iter().map(|e| e.path().as_str()).collect();
+    skeleton_bytes(old, &all)
+}
+
+/// Makes the delta body from `old` to `new` (see [`DELTA_FORMAT`]). Files
+/// whose content did not change travel as a flag in the skeleton; only the
+/// others are in the stream patch, which may still refer to any byte of
+/// the old release (moved or edited content).
+pub fn make_release_delta(
+    old: &Manifest,
+    old_stream: &[u8],
+    new: &Manifest,
+    new_stream: &[u8],
+    level: i32,
+) -> io::Result<Vec<u8>> {
+    let old_files = file_index(old);
+    let mut unchanged = HashSet::new();
+    let mut fresh = Vec::new();
+    let mut at = 0usize;
+    for e in &new.entries {
+        if let Entry::File { path, size, chunks, .. } = e {
+            let end = at + *size as usize;
+            if old_files.get(path.as_str()).is_some_and(|(c, _, _)| *c == chunks.as_slice()) {
+                unchanged.insert(path.as_str());
+            } else {
+                fresh.extend_from_slice(&new_stream[at..end]);
+            }
+            at = end;
+        }
+    }
+    let skeleton = encode_delta(&reference_skeleton(old), &skeleton_bytes(new, &unchanged), level)?;
+    let stream = encode_delta(old_stream, &fresh, level)?;
+    Ok(join_delta(&skeleton, &stream))
+}
+
+/// Applies a delta body to the old release: the new manifest (validated;
+/// the caller compares its digest with the root digest it trusts) and the
+/// new release stream. At most `max_size` bytes of new stream are made.
+pub fn apply_release_delta(
+    old: &Manifest,
+    old_stream: &[u8],
+    body: &[u8],
+    max_size: u64,
+) -> Result<(Manifest, Vec<u8>), DeltaError> {
+    let bad = |s: String| DeltaError::Decode(s);
+    let (skel_patch, stream_patch) = split_delta(body)?;
+    let skeleton = decode_bounded(&reference_skeleton(old), skel_patch, 64 << 20)?;
+    let s: Skeleton = serde_json::from_slice(&skeleton).map_err(|e| bad(format!("skeleton: {e}")))?;
+    let total: u64 =
+        s.entries.iter().filter_map(|e| if let SkelEntry::File { size, .. } = e { Some(size) } else { None }).sum();
+    if total > max_size {
+        return Err(DeltaError::TooLong(max_size));
+    }
+    let fresh = decode_bounded(old_stream, stream_patch, total)?;
+    let old_files = file_index(old);
+    let mut stream = Vec::with_capacity(total as usize);
     let mut at = 0usize;
     let mut entries = Vec::with_capacity(s.entries.len());
     for e in s.entries {
         entries.push(match e {
             SkelEntry::Dir { path, mode } => Entry::Dir { path, mode },
             SkelEntry::Symlink { path, target } => Entry::Symlink { path, target },
-            SkelEntry::File { path, mode, size } => {
-                let end = usize::try_from(size).ok().and_then(|n| at.checked_add(n)).filter(|e| *e <= stream.len());
+            SkelEntry::File { path, mode, size, fresh: true } => {
+                let end = usize::try_from(size).ok().and_then(|n| at.checked_add(n)).filter(|e| *e <= fresh.len());
                 let end = end.ok_or_else(|| bad(format!("{path}: the stream ends before the file does")))?;
-                let data = &stream[at..end];
+                let data = &fresh[at..end];
                 at = end;
+                stream.extend_from_slice(data);
                 let chunks = fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
                     .map(|c| ChunkRef { id: ChunkId::of(&data[c.offset..c.offset + c.length]), len: c.length as u32 })
                     .collect();
                 Entry::File { path, mode, size, chunks }
             }
+            SkelEntry::File { path, mode, size, fresh: false } => {
+                let (chunks, from, len) = old_files
+                    .get(path.as_str())
+                    .filter(|(_, _, len)| *len == size)
+                    .ok_or_else(|| bad(format!("{path}: no file of that size in the old release")))?;
+                let piece = old_stream
+                    .get(*from as usize..(*from + *len) as usize)
+                    .ok_or_else(|| bad("the old stream is shorter than its manifest".into()))?;
+                stream.extend_from_slice(piece);
+                Entry::File { path, mode, size, chunks: chunks.to_vec() }
+            }
         });
     }
-    if at != stream.len() {
-        return Err(bad(format!("the stream has {} bytes beyond the last file", stream.len() - at)));
+    if at != fresh.len() {
+        return Err(bad(format!("the stream has {} bytes beyond the last file", fresh.len() - at)));
     }
     let m = Manifest { format: s.format, chunking: s.chunking, entries };
-    m.validate()?;
-    Ok(m)
+    m.validate().map_err(|e| bad(e.to_string()))?;
+    Ok((m, stream))
 }
 
 /// Joins a skeleton patch and a stream patch into one delta body.
-pub fn join_delta(skeleton_patch: &[u8], stream_patch: &[u8]) -> Vec<u8> {
+fn join_delta(skeleton_patch: &[u8], stream_patch: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + skeleton_patch.len() + stream_patch.len());
     out.extend_from_slice(&(skeleton_patch.len() as u64).to_be_bytes());
     out.extend_from_slice(skeleton_patch);
@@ -106,7 +195,7 @@ pub fn join_delta(skeleton_patch: &[u8], stream_patch: &[u8]) -> Vec<u8> {
 }
 
 /// Splits a delta body into its skeleton patch and stream patch.
-pub fn split_delta(body: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
+fn split_delta(body: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
     let n = body.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
     let end = n.and_then(|n| usize::try_from(n).ok()).and_then(|n| n.checked_add(8)).filter(|e| *e <= body.len());
     let end = end.ok_or_else(|| DeltaError::Decode("delta body is truncated".into()))?;
@@ -178,7 +267,7 @@ pub fn encode_delta(old: &[u8], new: &[u8], level: i32) -> io::Result<Vec<u8>> {
     enc.window_log(window_log(old.len(), new.len()))?;
     enc.set_pledged_src_size(Some(new.len() as u64))?;
     enc.include_checksum(true)?;
-    if old.len() + new.len() > (128 << 20) {
+    if window_log(old.len(), new.len()) > 23 {
         enc.long_distance_matching(true)?;
     }
     enc.write_all(new)?;
@@ -249,34 +338,50 @@ mod tests {
         assert!(decode_delta(&old, b"not zstd", 5).is_err());
     }
 
-    #[test]
-    fn manifests_rebuild_from_skeleton_and_stream() {
+    fn tree(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Manifest, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("big"), pseudo(3, 700_000)).unwrap();
-        std::fs::write(dir.path().join("empty"), b"").unwrap();
-        std::fs::create_dir(dir.path().join("d")).unwrap();
-        std::fs::write(dir.path().join("d/small"), b"hello").unwrap();
+        for (p, data) in files {
+            let full = dir.path().join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, data).unwrap();
+        }
         std::os::unix::fs::symlink("d/small", dir.path().join("link")).unwrap();
-        let mut chunks = std::collections::HashMap::new();
+        let mut chunks = HashMap::new();
         let m = crate::pack_tree(dir.path(), |c| {
             chunks.insert(c.id(), c.clone());
             Ok(())
         })
         .unwrap();
         let stream = release_stream(&m, |c| Ok(chunks[&c.id].clone())).unwrap();
-        let skel = skeleton_bytes(&m);
-        assert_eq!(skeleton_size(&skel).unwrap(), stream.len() as u64);
-        let rebuilt = manifest_from_skeleton(&skel, &stream).unwrap();
-        assert_eq!(rebuilt.digest(), m.digest());
-        // a wrong byte gives another digest; a short or long stream, an error
-        let mut bad = stream.clone();
-        bad[5] ^= 1;
-        assert_ne!(manifest_from_skeleton(&skel, &bad).unwrap().digest(), m.digest());
-        assert!(manifest_from_skeleton(&skel, &stream[1..]).is_err());
-        assert!(manifest_from_skeleton(&skel, &[stream.as_slice(), b"x"].concat()).is_err());
-        let (a, b) = (b"skeleton".as_slice(), b"stream".as_slice());
-        assert_eq!(split_delta(&join_delta(a, b)).unwrap(), (a, b));
-        assert!(split_delta(&join_delta(a, b)[..10]).is_err());
+        (dir, m, stream)
+    }
+
+    #[test]
+    fn release_deltas_rebuild_the_manifest_and_stream() {
+        let big = pseudo(3, 700_000);
+        let mut edited = big.clone();
+        edited[300_000..300_004].copy_from_slice(b"edit");
+        let (_a, old, old_stream) =
+            tree(&[("big", big.clone()), ("empty", vec![]), ("d/small", b"hello".to_vec()), ("gone", pseudo(4, 9))]);
+        let (_b, new, new_stream) = tree(&[
+            ("big", edited),
+            ("moved", big),
+            ("empty", vec![]),
+            ("d/small", b"hello".to_vec()),
+            ("new", b"fresh".to_vec()),
+        ]);
+        let body = make_release_delta(&old, &old_stream, &new, &new_stream, 19).unwrap();
+        assert!(body.len() < 1_000, "delta of an edit and a copy is {} bytes", body.len());
+        let (m, s) = apply_release_delta(&old, &old_stream, &body, u64::MAX).unwrap();
+        assert_eq!(m.digest(), new.digest());
+        assert_eq!(s, new_stream);
+        // a different old stream yields another release or an error, never the new one
+        let mut other = old_stream.clone();
+        other[10] ^= 1;
+        assert!(apply_release_delta(&old, &other, &body, u64::MAX).map_or(true, |(m, _)| m.digest() != new.digest()));
+        assert!(matches!(apply_release_delta(&old, &old_stream, &body, 1000), Err(DeltaError::TooLong(1000))));
+        assert!(apply_release_delta(&old, &old_stream, &body[..body.len() - 3], u64::MAX).is_err());
+        assert!(apply_release_delta(&old, &old_stream, &body[..5], u64::MAX).is_err());
     }
 
     #[test]

@@ -16,8 +16,8 @@ mod tree;
 
 pub use chunk::{ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use delta::{
-    decode_bounded, decode_delta, delta_memory, encode_delta, join_delta, manifest_from_skeleton, release_stream,
-    skeleton_bytes, skeleton_size, split_delta, split_stream, DeltaError, DELTA_FORMAT,
+    apply_release_delta, decode_bounded, decode_delta, delta_memory, encode_delta, make_release_delta, release_stream,
+    split_stream, DeltaError, DELTA_FORMAT,
 };
 pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE};
 pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FRAME};

@@ -21,9 +21,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use convoy_pack::{
-    delta_memory, encode_delta, join_delta, release_stream, skeleton_bytes, ChunkStore, Manifest, DELTA_FORMAT,
-};
+use convoy_pack::{delta_memory, encode_delta, make_release_delta, release_stream, ChunkStore, Manifest, DELTA_FORMAT};
 use convoy_store::ReleaseRecord;
 use serde::Deserialize;
 
@@ -126,10 +124,7 @@ fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8]) -> Result<Made, Strin
     let (a, b) = (stream(chunks, &old)?, stream(chunks, &new)?);
     let level = if (a.len() + b.len()) as u64 > FAST_ABOVE { FAST_LEVEL } else { DELTA_LEVEL };
     let started = std::time::Instant::now();
-    let stream_patch = encode_delta(&a, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
-    let skeleton_patch =
-        encode_delta(&skeleton_bytes(&old), &skeleton_bytes(&new), DELTA_LEVEL).map_err(|e| e.to_string())?;
-    let d = join_delta(&skeleton_patch, &stream_patch);
+    let d = make_release_delta(&old, &a, &new, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
     tracing::info!(delta = d.len(), chunk_cost, ms = started.elapsed().as_millis() as u64, "release delta made");
     if d.len() as u64 >= chunk_cost {
         return Ok(Made::Skip(format!("the missing chunks ({chunk_cost} bytes) cost less than a delta ({})", d.len())));
