@@ -54,5 +54,6 @@ pub fn collect(cfg: &AgentConfig) -> Inventory {
         installed,
         current,
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        relay: cfg.relay.as_ref().map(|r| r.url.clone()),
     }
 }

@@ -12,6 +12,7 @@ mod hooks;
 mod inventory;
 mod journal;
 mod prune;
+mod relay;
 mod seed;
 mod stage;
 
@@ -49,6 +50,20 @@ pub struct AgentConfig {
     /// Memory staging may use, in bytes: a release delta needing more
     /// (`convoy_pack::delta_memory`) is fetched as chunks; 0 turns deltas off.
     pub max_memory: u64,
+    /// Serve this site's agents as a relay.
+    pub relay: Option<RelayConfig>,
+}
+
+/// `--relay`: the agent also serves chunks, deltas and manifests to the
+/// other agents of its site, fetching each once from its upstream.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// URL the site's agents reach it at (told to them by the server).
+    pub url: String,
+    /// Parent relay to fetch from instead of the server (relays chain).
+    pub upstream: Option<String>,
 }
 
 /// Default of [`AgentConfig::max_memory`].
@@ -127,6 +142,11 @@ impl Agent {
             held: Default::default(),
             app_locks: Default::default(),
         };
+        if let Some(rc) = &agent.cfg.relay {
+            let cache = convoy_pack::ChunkStore::open(state_dir(&agent.cfg.root).join("cache"))?;
+            let relay = relay::Relay::new(rc, agent.client.clone(), cache, &agent.cfg.root)?;
+            relay::start(rc, Arc::new(relay)).await?;
+        }
         let inv = inventory::collect(&agent.cfg);
         retry("reporting inventory", || {
             agent.client.send_json::<_, serde_json::Value>(reqwest::Method::PUT, "/agent/inventory", &inv)

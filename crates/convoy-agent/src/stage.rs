@@ -89,30 +89,51 @@ async fn stage_inner(
     let mut limiter = RateLimit::new(cfg.max_rate);
     // From a release it holds intact, the target asks for one delta that
     // carries the whole upgrade; anything short of that falls back to chunks.
+    // Content comes from the site's relays first, then the server; a relay
+    // that is down or sends bad bytes is passed over and reported.
+    let mut sources = Sources::new(client, &w.sources);
     let mut mode = "chunks";
     let mut from_delta = None;
     if cfg.max_memory > 0 && w.previous_version.as_ref().is_some_and(|p| *p != w.version) {
-        match crate::seed::apply_delta(cfg, client, w, &cache).await {
-            Ok(d) => {
-                fetched_bytes += d.bytes;
-                limiter.consumed(d.bytes).await;
-                metrics.insert("delta_bytes".into(), d.bytes.to_string());
-                metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
-                match d.skipped {
-                    Some(why) => tracing::info!(reason = %why, "no release delta; staging by chunks"),
-                    None => mode = "delta",
+        loop {
+            let (src, last) = sources.current();
+            match crate::seed::apply_delta(cfg, src, w, &cache).await {
+                // bytes that did not apply: a relay's fault, or the end of it
+                Ok(d) if d.bytes > 0 && d.skipped.is_some() && !last => {
+                    fetched_bytes += d.bytes;
+                    sources.failed(d.skipped.as_deref().unwrap_or_default());
                 }
-                from_delta = d.manifest;
+                Ok(d) => {
+                    fetched_bytes += d.bytes;
+                    limiter.consumed(d.bytes).await;
+                    metrics.insert("delta_bytes".into(), d.bytes.to_string());
+                    metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
+                    match d.skipped {
+                        Some(why) => tracing::info!(reason = %why, "no release delta; staging by chunks"),
+                        None => mode = "delta",
+                    }
+                    from_delta = d.manifest;
+                    break;
+                }
+                Err(e) if !last => sources.failed(&format!("{e:#}")),
+                Err(e) if transient(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; staging by chunks");
+                    break;
+                }
             }
-            Err(e) if transient(&e) => return Err(e),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; staging by chunks"),
         }
     }
     let manifest = match from_delta {
         Some((_, m)) => m,
-        None => {
-            let (bytes, wire) = match crate::seed::fetch_manifest(cfg, client, w).await {
+        None => loop {
+            let (src, last) = sources.current();
+            let (bytes, wire) = match crate::seed::fetch_manifest(cfg, src, w).await {
                 Ok(got) => got,
+                Err(e) if !last => {
+                    sources.failed(&format!("{e:#}"));
+                    continue;
+                }
                 Err(e) if transient(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "compressed manifest refused; fetching it plain");
@@ -125,10 +146,14 @@ async fn stage_inner(
             limiter.consumed(wire).await;
             let got = blake3::hash(&bytes).to_hex().to_string();
             if got != w.digest {
+                if !last {
+                    sources.failed(&format!("manifest hashes to {got}, expected {}", w.digest));
+                    continue;
+                }
                 bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
             }
-            Manifest::from_slice(&bytes)?
-        }
+            break Manifest::from_slice(&bytes)?;
+        },
     };
 
     let sizes: BTreeMap<ChunkId, u32> = manifest
@@ -177,8 +202,10 @@ async fn stage_inner(
             let outcome = loop {
                 // what an interrupted try already cached is not asked for again
                 let todo: Vec<ChunkId> = batch.iter().filter(|id| !cache.contains(id)).copied().collect();
-                match fetch_batch(client, &cache, &todo, &mut limiter, &done).await {
+                let (src, last) = sources.current();
+                match fetch_batch(src, &cache, &todo, &mut limiter, &done).await {
                     Ok(n) => break Ok(n),
+                    Err(e) if !last => sources.failed(&format!("{e:#}")),
                     Err(e) if tries < FETCH_RETRIES && transient(&e) => {
                         tries += 1;
                         tracing::warn!(error = %format!("{e:#}"), tries, "fetching chunks failed; retrying");
@@ -199,6 +226,7 @@ async fn stage_inner(
         }
     }
     reporter.abort();
+    sources.record(&mut metrics);
     result?;
     metrics.insert("chunks_fetched".into(), missing.len().to_string());
     metrics.insert("bytes_fetched".into(), fetched_bytes.to_string());
@@ -208,6 +236,43 @@ async fn stage_inner(
     let digest = tokio::task::spawn_blocking(move || assemble(&root, &app, &version, &manifest, &cache)).await??;
     metrics.insert("stage_ms".into(), started.elapsed().as_millis().to_string());
     Ok((digest, metrics))
+}
+
+/// Where content comes from: the relays the server named, in order, then
+/// the server. A source that fails is dropped for the rest of the attempt
+/// and named in the report (`source_failures`).
+struct Sources {
+    list: Vec<Client>,
+    at: usize,
+    failures: Vec<String>,
+}
+
+impl Sources {
+    fn new(origin: &Client, relays: &[String]) -> Self {
+        let mut list: Vec<Client> = relays.iter().filter_map(|u| origin.with_base(u).ok()).collect();
+        list.push(origin.clone());
+        Self { list, at: 0, failures: Vec::new() }
+    }
+    /// The source to use now, and whether it is the last (the server).
+    fn current(&self) -> (&Client, bool) {
+        (&self.list[self.at], self.at + 1 == self.list.len())
+    }
+    fn failed(&mut self, why: &str) {
+        let url = self.list[self.at].server().to_owned();
+        tracing::warn!(source = %url, error = %why, "content source failed; trying the next");
+        self.failures.push(format!("{url}: {}", why.chars().take(120).collect::<String>()));
+        self.at = (self.at + 1).min(self.list.len() - 1);
+    }
+    fn record(&self, metrics: &mut BTreeMap<String, String>) {
+        if self.list.len() > 1 {
+            metrics.insert("via".into(), self.list[self.at].server().to_owned());
+        }
+        if !self.failures.is_empty() {
+            let mut all = self.failures.join("; ");
+            all.truncate(all.char_indices().nth(250).map_or(all.len(), |(i, _)| i));
+            metrics.insert("source_failures".into(), all);
+        }
+    }
 }
 
 /// Fetches a batch of chunks in one request, verifying and caching each as

@@ -47,6 +47,25 @@ impl Client {
         Ok(Self { http, base: format!("{}{API}", server.trim_end_matches('/')), token: token.to_owned() })
     }
 
+    /// The same client (TLS roots, token) talking to another base URL.
+    pub fn with_base(&self, server: &str) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(server)
+            .with_context(|| format!("invalid server URL {server:?}: expected http(s)://HOST:PORT"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!("invalid server URL {server:?}: expected http(s)://HOST:PORT");
+        }
+        Ok(Self { base: format!("{}{API}", server.trim_end_matches('/')), ..self.clone() })
+    }
+
+    /// The base URL this client talks to (without the API prefix).
+    pub fn server(&self) -> &str {
+        self.base.strip_suffix(API).unwrap_or(&self.base)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn with_token(&self, token: &str) -> Self {
         Self { token: token.to_owned(), ..self.clone() }
     }

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/report", post(agent::report))
         .route("/agent/progress", post(agent::progress))
         .route("/agent/inventory", put(agent::inventory))
+        .route("/agent/me", get(agent::me))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()
         .nest(convoy_wire::API, api)
@@ -197,7 +198,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     let deltas = routes::deltas::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
-    serve(listener, AppState::new(store, chunks, deltas), tls, shutdown_signal()).await
+    let state = AppState::new(store, chunks, deltas);
+    state.load_relays().await.context("loading the relay directory")?;
+    serve(listener, state, tls, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

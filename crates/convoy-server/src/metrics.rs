@@ -21,6 +21,8 @@ pub struct Counters {
     pub chunk_bytes_served: AtomicU64,
     /// Delta and compressed-manifest bytes sent to agents.
     pub delta_bytes_served: AtomicU64,
+    /// Reports naming a content source (relay) that failed or sent bad bytes.
+    pub source_failures: AtomicU64,
     pub scheduler_transitions: AtomicU64,
 }
 
@@ -75,6 +77,12 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
         "counter",
         "Release delta and compressed manifest bytes sent.",
         &[(String::new(), get(&c.delta_bytes_served))],
+    );
+    metric(
+        "convoy_source_failures_total",
+        "counter",
+        "Agent reports naming a relay or mirror that was down or sent bad bytes.",
+        &[(String::new(), get(&c.source_failures))],
     );
     metric(
         "convoy_scheduler_transitions_total",

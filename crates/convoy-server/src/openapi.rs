@@ -29,6 +29,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/report"),
     ("post", "/agent/progress"),
     ("put", "/agent/inventory"),
+    ("get", "/agent/me"),
 ];
 
 fn op(summary: &str, who: &str, body: Option<&str>, ok: Value) -> Value {
@@ -122,7 +123,8 @@ pub fn document() -> Value {
             }},
             "/agent/report": {"post": op("Report on a piece of work", agent, Some("Report"), json_ok("ReportResponse"))},
             "/agent/progress": {"post": op("Staging progress (kept in memory only)", agent, Some("ProgressReport"), json!({"description": "Noted"}))},
-            "/agent/inventory": {"put": op("Replace this agent's inventory", agent, Some("Inventory"), json!({"description": "OK"}))}
+            "/agent/inventory": {"put": op("Replace this agent's inventory", agent, Some("Inventory"), json!({"description": "OK"}))},
+            "/agent/me": {"get": op("The target an agent token belongs to ({target_id}); relays check the agents they serve with it", agent, None, json!({"description": "OK"}))}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -134,7 +136,7 @@ pub fn document() -> Value {
                 "PublishRequest": obj(&["app", "version", "manifest"], json!({"app": s("string"), "version": s("string"), "manifest": {"type": "object", "description": "Manifest format 1: {format, chunking, entries[]}"}})),
                 "ReleaseInfo": obj(&["app", "version", "digest"], json!({"app": s("string"), "version": s("string"), "digest": s("string"), "files": int, "total_size": int, "chunks": int, "created_at": int})),
                 "PublishResponse": obj(&["release", "created"], json!({"release": {"$ref": "#/components/schemas/ReleaseInfo"}, "created": s("boolean")})),
-                "Inventory": obj(&["hostname", "os", "arch", "free_disk_bytes", "labels", "installed", "current", "agent_version"], json!({"hostname": s("string"), "os": s("string"), "arch": s("string"), "free_disk_bytes": int, "labels": {"$ref": "#/components/schemas/Labels"}, "installed": {"type": "object", "additionalProperties": {"type": "array", "items": s("string")}}, "current": map, "agent_version": s("string")})),
+                "Inventory": obj(&["hostname", "os", "arch", "free_disk_bytes", "labels", "installed", "current", "agent_version"], json!({"hostname": s("string"), "os": s("string"), "arch": s("string"), "free_disk_bytes": int, "labels": {"$ref": "#/components/schemas/Labels"}, "installed": {"type": "object", "additionalProperties": {"type": "array", "items": s("string")}}, "current": map, "agent_version": s("string"), "relay": {"type": "string", "description": "URL this agent serves its site on, when it is a relay"}})),
                 "TargetInfo": obj(&["id", "hostname"], json!({"id": s("string"), "hostname": s("string"), "labels": {"$ref": "#/components/schemas/Labels"}, "inventory": {"$ref": "#/components/schemas/Inventory"}, "enrolled_at": int, "last_seen": int})),
                 "DeployRequest": obj(&["app", "version"], json!({"app": s("string"), "version": s("string"), "selector": {"type": "string", "description": "k=v,... ; empty selects every target"}, "at": {"type": "integer", "format": "int64", "nullable": true}, "max_failures": {"type": "integer", "minimum": 0}, "stage_timeout_secs": {"type": "integer", "minimum": 1, "nullable": true}, "activate_timeout_secs": {"type": "integer", "minimum": 1, "nullable": true}})),
                 "Counts": obj(&[], json!({"total": int, "staged": int, "live": int, "failed": int, "rolled_back": int})),
@@ -144,7 +146,7 @@ pub fn document() -> Value {
                 "DeploymentDetail": obj(&["deployment", "instructions", "events"], json!({"deployment": {"$ref": "#/components/schemas/DeploymentInfo"}, "instructions": {"type": "array", "items": {"$ref": "#/components/schemas/InstructionInfo"}}, "events": {"type": "array", "items": {"$ref": "#/components/schemas/EventInfo"}}})),
                 "EnrollRequest": obj(&["inventory"], json!({"inventory": {"$ref": "#/components/schemas/Inventory"}})),
                 "EnrollResponse": obj(&["target_id", "token"], json!({"target_id": s("string"), "token": s("string")})),
-                "Work": obj(&["instruction_id", "phase", "attempt"], json!({"instruction_id": s("string"), "deployment_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "app": s("string"), "version": s("string"), "digest": s("string"), "go_live_at": {"type": "integer", "nullable": true}, "previous_version": {"type": "string", "nullable": true}})),
+                "Work": obj(&["instruction_id", "phase", "attempt"], json!({"instruction_id": s("string"), "deployment_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "app": s("string"), "version": s("string"), "digest": s("string"), "go_live_at": {"type": "integer", "nullable": true}, "previous_version": {"type": "string", "nullable": true}, "sources": {"type": "array", "items": s("string"), "description": "relays to fetch content from, in order, before the server"}})),
                 "WorkResponse": obj(&["work"], json!({"work": {"type": "array", "items": {"$ref": "#/components/schemas/Work"}}})),
                 "Report": obj(&["instruction_id", "phase", "attempt", "report"], json!({"instruction_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "report": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string", "enum": ["received", "staged", "succeeded", "rolled_back", "failed"]}, "digest": s("string"), "message": s("string")}}, "metrics": map, "output": s("string"), "inventory": {"$ref": "#/components/schemas/Inventory"}})),
                 "Progress": obj(&["done_bytes", "total_bytes"], json!({"done_bytes": int, "total_bytes": int})),

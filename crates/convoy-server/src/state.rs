@@ -22,6 +22,8 @@ pub struct AppState {
     pub stopping: watch::Sender<bool>,
     /// When targets last polled, written to the store in batches.
     pub seen: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Relays by target: (site, URL). Filled from inventories.
+    relays: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
     /// Staging progress by instruction: (target, progress). Memory only.
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
 }
@@ -37,8 +39,37 @@ impl AppState {
             counters: Default::default(),
             stopping: watch::channel(false).0,
             progress: Default::default(),
+            relays: Default::default(),
             seen: Default::default(),
         }
+    }
+
+    /// Records whether a target serves its site as a relay.
+    pub fn note_relay(&self, target: &str, site: Option<&str>, url: Option<&str>) {
+        let mut map = self.relays.lock().expect("relays lock");
+        match (site, url) {
+            (Some(site), Some(url)) => map.insert(target.to_owned(), (site.to_owned(), url.to_owned())),
+            _ => map.remove(target),
+        };
+    }
+
+    /// The relays of a site other than `target` itself, in a stable order.
+    pub fn relays_of(&self, site: &str, target: &str) -> Vec<String> {
+        let map = self.relays.lock().expect("relays lock");
+        let mut out: Vec<(&String, &String)> =
+            map.iter().filter(|(t, (s, _))| s == site && *t != target).map(|(t, (_, u))| (t, u)).collect();
+        out.sort();
+        out.into_iter().map(|(_, u)| u.clone()).collect()
+    }
+
+    /// Loads the relay directory from the stored inventories.
+    pub async fn load_relays(&self) -> Result<(), convoy_store::StoreError> {
+        for t in self.store.list_targets().await? {
+            if let Ok(inv) = serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json) {
+                self.note_relay(&t.id, inv.labels.0.get("site").map(String::as_str), inv.relay.as_deref());
+            }
+        }
+        Ok(())
     }
 
     /// Notes that a target polled; [`AppState::flush_seen`] writes it.

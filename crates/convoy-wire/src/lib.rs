@@ -37,6 +37,9 @@ pub struct Inventory {
     /// The live release per app.
     pub current: BTreeMap<String, String>,
     pub agent_version: String,
+    /// The URL this agent serves its site on, when it is a relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +70,10 @@ pub struct Work {
     pub go_live_at: Option<i64>,
     /// The release live before this deployment (rollback target).
     pub previous_version: Option<String>,
+    /// Where to fetch content from, in order, before the server itself:
+    /// the site's relays (agents verify everything, so these need no trust).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

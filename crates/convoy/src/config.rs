@@ -53,6 +53,14 @@ pub struct AgentFile {
     pub keep_releases: Option<usize>,
     /// Memory staging may use, in bytes; larger deltas are fetched as chunks (0: no deltas).
     pub max_memory: Option<u64>,
+    /// Serve this site's agents as a relay (needs `listen`).
+    pub relay: Option<bool>,
+    /// Address the relay listens on.
+    pub listen: Option<std::net::SocketAddr>,
+    /// URL agents reach the relay at (default `http://LISTEN`).
+    pub relay_url: Option<String>,
+    /// Parent relay to fetch from instead of the server.
+    pub upstream: Option<String>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {

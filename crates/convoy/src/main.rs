@@ -86,6 +86,19 @@ enum Cmd {
         /// fetched as chunks instead (0 turns deltas off) [default: 512 MiB].
         #[arg(long, env = "CONVOY_MAX_MEMORY")]
         max_memory: Option<u64>,
+        /// Also serve chunks, deltas and manifests to this site's agents
+        /// (the server points agents with the same `site` label here).
+        #[arg(long, requires = "listen")]
+        relay: bool,
+        /// Address the relay listens on, e.g. 10.1.0.5:7421.
+        #[arg(long, env = "CONVOY_RELAY_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+        /// URL agents reach the relay at [default: http://LISTEN].
+        #[arg(long, env = "CONVOY_RELAY_URL")]
+        relay_url: Option<String>,
+        /// Parent relay this relay fetches from instead of the server.
+        #[arg(long, env = "CONVOY_RELAY_UPSTREAM")]
+        upstream: Option<String>,
         /// Releases kept on disk per app, besides the live one and its rollback target [default: 5].
         #[arg(long, env = "CONVOY_KEEP_RELEASES")]
         keep_releases: Option<usize>,
@@ -229,7 +242,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await?;
         }
-        Cmd::Agent { config, root, labels, name, max_rate, poll_wait, max_memory, keep_releases } => {
+        Cmd::Agent {
+            config,
+            root,
+            labels,
+            name,
+            max_rate,
+            poll_wait,
+            max_memory,
+            relay,
+            listen,
+            relay_url,
+            upstream,
+            keep_releases,
+        } => {
             init_tracing("info");
             exit_on_panic();
             let file: config::AgentFile = config::load(config.as_deref())?;
@@ -242,6 +268,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 (None, None) => convoy_wire::Labels::default(),
             };
+            let relay = match (*relay || file.relay.unwrap_or(false), listen.or(file.listen)) {
+                (false, _) => None,
+                (true, None) => anyhow::bail!("a relay needs --listen ADDR (or listen in its config file)"),
+                (true, Some(listen)) => Some(convoy_agent::RelayConfig {
+                    listen,
+                    url: relay_url.clone().or(file.relay_url).unwrap_or_else(|| format!("http://{listen}")),
+                    upstream: upstream.clone().or(file.upstream),
+                }),
+            };
             convoy_agent::run(convoy_agent::AgentConfig {
                 server: cli.server.clone().or(file.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
                 token: cli.token.clone().or(file.token),
@@ -253,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 poll_wait: poll_wait.or(file.poll_wait).unwrap_or(25).clamp(1, 60),
                 keep_releases: keep_releases.or(file.keep_releases).unwrap_or(5).max(1),
                 max_memory: max_memory.or(file.max_memory).unwrap_or(convoy_agent::DEFAULT_MAX_MEMORY),
+                relay,
             })
             .await?;
         }

@@ -81,6 +81,12 @@ pub async fn inventory(
 }
 
 async fn save_inventory(st: &AppState, target: &str, inv: &Inventory) -> ApiResult<()> {
+    if let Some(url) = &inv.relay {
+        if reqwest_like_url(url).is_none() {
+            return Err(ApiError::bad_request(format!("relay URL {url:?} is not http(s)://HOST:PORT")));
+        }
+    }
+    st.note_relay(target, inv.labels.0.get(SITE_LABEL).map(String::as_str), inv.relay.as_deref());
     let labels = serde_json::to_string(&inv.labels).map_err(ApiError::internal)?;
     let json = serde_json::to_string(inv).map_err(ApiError::internal)?;
     st.store.update_target(target, &inv.hostname, &labels, &json, now_ms()).await?;
@@ -138,6 +144,19 @@ pub async fn work(
     }
 }
 
+/// The label that groups targets into sites served by a relay.
+pub const SITE_LABEL: &str = "site";
+
+/// Where a target fetches content, in order, before the server itself:
+/// the relays of its site (by the `site` label), then its parent relays
+/// are theirs to know.
+async fn sources_for(st: &AppState, target: &str) -> ApiResult<Vec<String>> {
+    let Some(t) = st.store.get_target(target).await? else { return Ok(Vec::new()) };
+    let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
+    let Some(site) = labels.0.get(SITE_LABEL) else { return Ok(Vec::new()) };
+    Ok(st.relays_of(site, target))
+}
+
 async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
     let mut out = Vec::new();
     for i in st.store.pending_instructions(target).await? {
@@ -165,6 +184,7 @@ async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             digest: d.digest,
             go_live_at: i.go_live_at,
             previous_version: i.previous_version,
+            sources: if phase == convoy_wire::Phase::Stage { sources_for(st, target).await? } else { Vec::new() },
         });
     }
     Ok(out)
@@ -207,6 +227,10 @@ pub async fn report(
         }
         Outcome::Move { to, attempt, note } => (to, attempt, note),
     };
+    if let Some(bad) = r.metrics.get("source_failures") {
+        tracing::warn!(target_id = %target, instruction = %i.id, "content source reported failing: {bad}");
+        crate::metrics::add(&st.counters.source_failures, 1);
+    }
     let mut metrics: BTreeMap<String, String> = serde_json::from_str(&i.metrics_json).unwrap_or_default();
     metrics.extend(r.metrics.clone());
     let up = InstructionUpdate {
@@ -232,6 +256,19 @@ pub async fn report(
         st.changed([target.as_str()]);
     }
     Ok(Json(ReportResponse { accepted: moved, note }))
+}
+
+/// A relay URL must be plain `http(s)://host:port[/path]`, at most 256 bytes.
+fn reqwest_like_url(url: &str) -> Option<()> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    (url.len() <= 256 && !rest.is_empty() && !rest.contains(char::is_whitespace)).then_some(())
+}
+
+/// `GET /agent/me`: who this agent token belongs to (relays check the
+/// tokens of the agents they serve with it).
+pub async fn me(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let target = auth::agent(&st, &headers).await?;
+    Ok(Json(serde_json::json!({ "target_id": target })))
 }
 
 /// Most instructions whose progress is remembered at once.

@@ -1,0 +1,154 @@
+//! Site relays through the real binary: agents fetch through their site's
+//! relay, the relay fetches each object once, and a relay that dies or
+//! serves bad bytes costs time, never correctness, and is reported.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn start_relay(f: &mut Fleet, name: &str, env: &[(&str, &str)]) -> String {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    f.start_agent(name, "site=sh,role=relay", env, &["--relay", "--listen", &listen]);
+    let url = format!("http://{listen}");
+    // the server knows it once its inventory names it
+    wait_until("the relay to be known", Duration::from_secs(30), || {
+        let ts = f.json(&["targets"]);
+        ts.as_array()?.iter().any(|t| t["inventory"]["relay"] == url.as_str()).then_some(())
+    });
+    url
+}
+
+fn publish(f: &Fleet, version: &str, size: usize) {
+    let src = f.path(&format!("src/{version}"));
+    write_app(&src, version, size);
+    if version != "1.0" {
+        // a small change inside the large file, as upgrades have
+        let data = src.join("data.bin");
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[size / 2..size / 2 + version.len()].copy_from_slice(version.as_bytes());
+        std::fs::write(&data, bytes).unwrap();
+    }
+    f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", version]);
+}
+
+fn instructions(d: &serde_json::Value) -> Vec<serde_json::Value> {
+    d["instructions"].as_array().unwrap().clone()
+}
+
+fn relay_stats(url: &str) -> serde_json::Value {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, body) = http(port, "GET", "/api/v1/relay/stats", None, b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn source_failures(f: &Fleet) -> u64 {
+    let (_, metrics) = http(f.port, "GET", "/metrics", None, b"").unwrap();
+    metrics.lines().find_map(|l| l.strip_prefix("convoy_source_failures_total ")).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_site_fetches_through_its_relay_once() {
+    let mut f = Fleet::start();
+    let relay = start_relay(&mut f, "relay", &[]);
+    for n in ["w1", "w2", "w3"] {
+        f.start_agent(n, "site=sh,role=web", &[], &[]);
+    }
+    f.start_agent("far", "site=bj,role=web", &[], &[]);
+    publish(&f, "1.0", 2_000_000);
+    let d = f.json(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    let mut site_bytes = 0;
+    for i in instructions(&d) {
+        assert_eq!(i["reported_digest"], d["deployment"]["digest"]);
+        if i["hostname"] == "far" {
+            assert!(i["metrics"]["via"].is_null(), "no relay in bj: {i:#}");
+        } else {
+            assert_eq!(i["metrics"]["via"], relay.as_str(), "{i:#}");
+            assert!(i["metrics"]["source_failures"].is_null(), "{i:#}");
+            site_bytes += i["metrics"]["bytes_fetched"].as_str().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    // the relay's upstream carried one copy; the site's agents three
+    let s = relay_stats(&relay);
+    let upstream = s["upstream_bytes"].as_u64().unwrap();
+    assert!(upstream > 2_000_000 && upstream < site_bytes / 2, "upstream {upstream}, site {site_bytes}: {s}");
+    assert_eq!(s["served_bytes"].as_u64().unwrap(), site_bytes, "{s}");
+
+    // the upgrade's delta is fetched once by the relay too
+    publish(&f, "2.0", 2_000_000);
+    let before = relay_stats(&relay)["upstream_bytes"].as_u64().unwrap();
+    let d = f.json(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for i in instructions(&d) {
+        assert_eq!(i["metrics"]["transfer"], "delta", "{i:#}");
+    }
+    let one_delta: u64 = instructions(&d)[0]["metrics"]["delta_bytes"].as_str().unwrap().parse().unwrap();
+    let fetched = relay_stats(&relay)["upstream_bytes"].as_u64().unwrap() - before;
+    assert_eq!(fetched, one_delta, "the relay fetched the delta once");
+    assert_eq!(source_failures(&f), 0);
+}
+
+#[test]
+fn a_corrupt_relay_is_passed_over_and_reported() {
+    let mut f = Fleet::start();
+    let relay = start_relay(&mut f, "relay", &[("CONVOY_AGENT_FAULT", "relay-corrupt")]);
+    f.start_agent("w1", "site=sh,role=web", &[], &[]);
+    f.start_agent("w2", "site=sh,role=web", &[], &[]);
+    publish(&f, "1.0", 1_000_000);
+    let d = f.json(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for i in instructions(&d) {
+        assert_eq!(i["reported_digest"], d["deployment"]["digest"], "{i:#}");
+        let why = i["metrics"]["source_failures"].as_str().unwrap_or_else(|| panic!("not reported: {i:#}"));
+        assert!(why.contains(&relay), "{why}");
+        assert!(i["metrics"]["via"].as_str().unwrap().ends_with(&format!(":{}", f.port)), "{i:#}");
+    }
+    // a bad delta from the relay is caught the same way
+    publish(&f, "2.0", 1_000_000);
+    let d = f.json(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for i in instructions(&d) {
+        assert_eq!(i["metrics"]["transfer"], "delta", "{i:#}");
+        assert!(i["metrics"]["source_failures"].as_str().unwrap().contains(&relay), "{i:#}");
+    }
+    for h in ["w1", "w2"] {
+        assert_eq!(
+            std::fs::read(f.agent_root(h).join("current/web/data.bin")).unwrap(),
+            std::fs::read(f.path("src/2.0/data.bin")).unwrap()
+        );
+    }
+    assert!(source_failures(&f) >= 4);
+}
+
+#[test]
+fn agents_finish_when_their_relay_dies_mid_transfer() {
+    let mut f = Fleet::start();
+    let relay = start_relay(&mut f, "relay", &[]);
+    // slow agents, so the relay dies while they are still fetching
+    f.start_agent("w1", "site=sh,role=web", &[], &["--max-rate", "1000000"]);
+    f.start_agent("w2", "site=sh,role=web", &[], &["--max-rate", "1000000"]);
+    publish(&f, "1.0", 6_000_000);
+    let id = f.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    wait_until("the relay to serve some", LONG, || {
+        (relay_stats(&relay)["served_bytes"].as_u64().unwrap() > 1_000_000).then_some(())
+    });
+    f.kill_agent("relay");
+    let d = f.wait_state(&id, &["succeeded", "failed"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for i in instructions(&d) {
+        assert_eq!(i["reported_digest"], d["deployment"]["digest"]);
+        assert!(i["metrics"]["source_failures"].as_str().unwrap().contains(&relay), "{i:#}");
+    }
+    for h in ["w1", "w2"] {
+        assert_eq!(
+            std::fs::read(f.agent_root(h).join("current/web/data.bin")).unwrap(),
+            std::fs::read(f.path("src/1.0/data.bin")).unwrap()
+        );
+    }
+}
