@@ -53,13 +53,15 @@ impl AppState {
         };
     }
 
-    /// The relays of a site other than `target` itself, in a stable order.
+    /// The relays of a site, in a stable order; a relay comes first in its
+    /// own list, so what it stages for itself crosses the site's line once
+    /// with what it fetches for the site.
     pub fn relays_of(&self, site: &str, target: &str) -> Vec<String> {
         let map = self.relays.lock().expect("relays lock");
-        let mut out: Vec<(&String, &String)> =
-            map.iter().filter(|(t, (s, _))| s == site && *t != target).map(|(t, (_, u))| (t, u)).collect();
+        let mut out: Vec<(bool, &String, &String)> =
+            map.iter().filter(|(_, (s, _))| s == site).map(|(t, (_, u))| (t != target, t, u)).collect();
         out.sort();
-        out.into_iter().map(|(_, u)| u.clone()).collect()
+        out.into_iter().map(|(_, _, u)| u.clone()).collect()
     }
 
     /// Loads the relay directory from the stored inventories.

@@ -148,8 +148,8 @@ pub async fn work(
 pub const SITE_LABEL: &str = "site";
 
 /// Where a target fetches content, in order, before the server itself:
-/// the relays of its site (by the `site` label), then its parent relays
-/// are theirs to know.
+/// the relays of its site (by the `site` label); parent relays are theirs
+/// to know.
 async fn sources_for(st: &AppState, target: &str) -> ApiResult<Vec<String>> {
     let Some(t) = st.store.get_target(target).await? else { return Ok(Vec::new()) };
     let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;

@@ -67,6 +67,21 @@ pub async fn publish(
     let created = st.store.insert_release(&rec).await?;
     if created {
         tracing::info!(app = %app, version = %version, digest = %rec.digest, %user, "release published");
+        // make the deltas from what the fleet runs now, before anyone deploys
+        let mut live = std::collections::BTreeSet::new();
+        for t in st.store.list_targets().await? {
+            if let Ok(inv) = serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json) {
+                live.extend(inv.current.get(app.as_str()).filter(|v| **v != rec.version).cloned());
+            }
+        }
+        for from in live {
+            let (st, app, to) = (st.clone(), app.to_string(), rec.version.clone());
+            tokio::spawn(async move {
+                if let Err(e) = super::deltas::prepare(&st, &app, &from, &to).await {
+                    tracing::debug!(error = %e.message, %from, %to, "no delta prepared");
+                }
+            });
+        }
     }
     let stored =
         st.store.get_release(&rec.app, &rec.version).await?.ok_or_else(|| ApiError::internal("release vanished"))?;
