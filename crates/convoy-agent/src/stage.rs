@@ -96,12 +96,12 @@ async fn stage_inner(
     let mut from_delta = None;
     if cfg.max_memory > 0 && w.previous_version.as_ref().is_some_and(|p| *p != w.version) {
         loop {
-            let (src, last) = sources.current();
+            let (src, last) = sources.current_api();
             match crate::seed::apply_delta(cfg, src, w, &cache).await {
                 // bytes that did not apply: a relay's fault, or the end of it
                 Ok(d) if d.bytes > 0 && d.skipped.is_some() && !last => {
                     fetched_bytes += d.bytes;
-                    sources.failed(d.skipped.as_deref().unwrap_or_default());
+                    sources.failed_api(d.skipped.as_deref().unwrap_or_default());
                 }
                 Ok(d) => {
                     fetched_bytes += d.bytes;
@@ -115,7 +115,7 @@ async fn stage_inner(
                     from_delta = d.manifest;
                     break;
                 }
-                Err(e) if !last => sources.failed(&format!("{e:#}")),
+                Err(e) if !last => sources.failed_api(&format!("{e:#}")),
                 Err(e) if transient(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "release delta unavailable; staging by chunks");
@@ -127,11 +127,11 @@ async fn stage_inner(
     let manifest = match from_delta {
         Some((_, m)) => m,
         None => loop {
-            let (src, last) = sources.current();
+            let (src, last) = sources.current_api();
             let (bytes, wire) = match crate::seed::fetch_manifest(cfg, src, w).await {
                 Ok(got) => got,
                 Err(e) if !last => {
-                    sources.failed(&format!("{e:#}"));
+                    sources.failed_api(&format!("{e:#}"));
                     continue;
                 }
                 Err(e) if transient(&e) => return Err(e),
@@ -147,7 +147,7 @@ async fn stage_inner(
             let got = blake3::hash(&bytes).to_hex().to_string();
             if got != w.digest {
                 if !last {
-                    sources.failed(&format!("manifest hashes to {got}, expected {}", w.digest));
+                    sources.failed_api(&format!("manifest hashes to {got}, expected {}", w.digest));
                     continue;
                 }
                 bail!("manifest from the server hashes to {got}, expected {}; refusing it", w.digest);
@@ -203,7 +203,11 @@ async fn stage_inner(
                 // what an interrupted try already cached is not asked for again
                 let todo: Vec<ChunkId> = batch.iter().filter(|id| !cache.contains(id)).copied().collect();
                 let (src, last) = sources.current();
-                match fetch_batch(src, &cache, &todo, &mut limiter, &done).await {
+                let fetched = match src {
+                    Source::Api(c) => fetch_batch(c, &cache, &todo, &mut limiter, &done).await,
+                    Source::Store { http, base } => fetch_store(http, base, &cache, &todo, &mut limiter, &done).await,
+                };
+                match fetched {
                     Ok(n) => break Ok(n),
                     Err(e) if !last => sources.failed(&format!("{e:#}")),
                     Err(e) if tries < FETCH_RETRIES && transient(&e) => {
@@ -242,30 +246,82 @@ async fn stage_inner(
 /// the server. A source that fails is dropped for the rest of the attempt
 /// and named in the report (`source_failures`).
 struct Sources {
-    list: Vec<Client>,
-    at: usize,
+    list: Vec<Source>,
+    /// Sources that failed this attempt (never the server, the last).
+    dead: Vec<bool>,
+    /// The source chunks last came from.
+    used: usize,
     failures: Vec<String>,
 }
 
-impl Sources {
-    fn new(origin: &Client, relays: &[String]) -> Self {
-        let mut list: Vec<Client> = relays.iter().filter_map(|u| origin.with_base(u).ok()).collect();
-        list.push(origin.clone());
-        Self { list, at: 0, failures: Vec::new() }
+/// A place content can come from.
+enum Source {
+    /// The convoy API: a relay, a mirror server, the server itself.
+    Api(Client),
+    /// A plain HTTP copy of the server's chunk store (`ab/<id>.zst`):
+    /// chunks only, fetched without any token.
+    Store { http: reqwest::Client, base: String },
+}
+
+impl Source {
+    fn url(&self) -> &str {
+        match self {
+            Source::Api(c) => c.server(),
+            Source::Store { base, .. } => base,
+        }
     }
-    /// The source to use now, and whether it is the last (the server).
-    fn current(&self) -> (&Client, bool) {
-        (&self.list[self.at], self.at + 1 == self.list.len())
+}
+
+impl Sources {
+    fn new(origin: &Client, urls: &[String]) -> Self {
+        let mut list: Vec<Source> = urls
+            .iter()
+            .filter_map(|u| match u.strip_prefix("store+") {
+                Some(base) => {
+                    Some(Source::Store { http: origin.http().clone(), base: base.trim_end_matches('/').to_owned() })
+                }
+                None => origin.with_base(u).ok().map(Source::Api),
+            })
+            .collect();
+        list.push(Source::Api(origin.clone()));
+        let dead = vec![false; list.len()];
+        Self { list, dead, used: 0, failures: Vec::new() }
+    }
+    fn first(&self, api_only: bool) -> usize {
+        (0..self.list.len())
+            .find(|i| !self.dead[*i] && (!api_only || matches!(self.list[*i], Source::Api(_))))
+            .unwrap_or(self.list.len() - 1)
+    }
+    /// The source for chunks now, and whether it is the last (the server).
+    fn current(&mut self) -> (&Source, bool) {
+        self.used = self.first(false);
+        (&self.list[self.used], self.used + 1 == self.list.len())
+    }
+    /// The API source for manifests and deltas now (a chunk store mirror
+    /// serves neither), and whether it is the last.
+    fn current_api(&mut self) -> (&Client, bool) {
+        let i = self.first(true);
+        self.used = i;
+        let Source::Api(c) = &self.list[i] else { unreachable!("the server is an API source") };
+        (c, i + 1 == self.list.len())
+    }
+    fn failed_api(&mut self, why: &str) {
+        self.fail(self.first(true), why);
     }
     fn failed(&mut self, why: &str) {
-        let url = self.list[self.at].server().to_owned();
+        self.fail(self.first(false), why);
+    }
+    fn fail(&mut self, i: usize, why: &str) {
+        let url = self.list[i].url().to_owned();
         tracing::warn!(source = %url, error = %why, "content source failed; trying the next");
         self.failures.push(format!("{url}: {}", why.chars().take(120).collect::<String>()));
-        self.at = (self.at + 1).min(self.list.len() - 1);
+        if i + 1 < self.list.len() {
+            self.dead[i] = true;
+        }
     }
     fn record(&self, metrics: &mut BTreeMap<String, String>) {
         if self.list.len() > 1 {
-            metrics.insert("via".into(), self.list[self.at].server().to_owned());
+            metrics.insert("via".into(), self.list[self.used].url().to_owned());
         }
         if !self.failures.is_empty() {
             let mut all = self.failures.join("; ");
@@ -314,6 +370,40 @@ async fn fetch_batch(
     }
     if expected.next().is_some() || frames.pending() > 0 {
         return Err(Interrupted("the chunk download ended early".into()).into());
+    }
+    Ok(total)
+}
+
+/// Fetches chunks one GET each from a plain copy of the chunk store, a
+/// few at a time, verifying and caching each.
+async fn fetch_store(
+    http: &reqwest::Client,
+    base: &str,
+    cache: &ChunkStore,
+    ids: &[ChunkId],
+    limiter: &mut RateLimit,
+    done: &AtomicU64,
+) -> anyhow::Result<u64> {
+    const PARALLEL: usize = 8;
+    let mut total = 0;
+    for group in ids.chunks(PARALLEL) {
+        let gets = group.iter().map(|id| {
+            let hex = id.to_hex();
+            let url = format!("{base}/{}/{hex}.zst", &hex[..2]);
+            async move {
+                let resp = http.get(&url).timeout(Duration::from_secs(300)).send().await?.error_for_status()?;
+                anyhow::Ok((*id, resp.bytes().await?))
+            }
+        });
+        for got in futures_util::future::join_all(gets).await {
+            let (id, compressed) = got?;
+            total += compressed.len() as u64;
+            limiter.consumed(compressed.len() as u64).await;
+            let chunk = VerifiedChunk::from_compressed(id, &compressed)
+                .map_err(|e| anyhow::anyhow!("chunk from the mirror failed verification: {e}"))?;
+            cache.put(&chunk, Some(&compressed))?;
+            done.fetch_add(chunk.data().len() as u64, Ordering::Relaxed);
+        }
     }
     Ok(total)
 }

@@ -62,6 +62,12 @@ impl Client {
         self.base.strip_suffix(API).unwrap_or(&self.base)
     }
 
+    /// The underlying HTTP client (TLS roots, no token): for plain file
+    /// mirrors, which must never see a convoy token.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub enrol_token: Option<Secret>,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Mirrors agents may fetch content from (see `state::AppState::mirrors`).
+    pub mirrors: Vec<String>,
 }
 
 /// A secret that never shows in logs or debug output.
@@ -198,7 +200,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     let deltas = routes::deltas::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
-    let state = AppState::new(store, chunks, deltas);
+    for m in &config.mirrors {
+        let plain = m.strip_prefix("store+").unwrap_or(m);
+        if !(plain.starts_with("http://") || plain.starts_with("https://")) || m.len() > 256 {
+            anyhow::bail!("mirror {m:?}: expected http(s)://HOST:PORT or store+http(s)://HOST/PATH");
+        }
+    }
+    let mut state = AppState::new(store, chunks, deltas);
+    state.mirrors = Arc::new(config.mirrors.clone());
     state.load_relays().await.context("loading the relay directory")?;
     serve(listener, state, tls, shutdown_signal()).await
 }

@@ -22,6 +22,10 @@ pub struct AppState {
     pub stopping: watch::Sender<bool>,
     /// When targets last polled, written to the store in batches.
     pub seen: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Mirrors: convoy servers sharing the database, or `store+` URLs of
+    /// plain HTTP copies of the chunk store. Each target gets them in its
+    /// own order (see [`AppState::mirrors_for`]).
+    pub mirrors: Arc<Vec<String>>,
     /// Relays by target: (site, URL). Filled from inventories.
     relays: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
     /// Staging progress by instruction: (target, progress). Memory only.
@@ -40,6 +44,7 @@ impl AppState {
             stopping: watch::channel(false).0,
             progress: Default::default(),
             relays: Default::default(),
+            mirrors: Default::default(),
             seen: Default::default(),
         }
     }
@@ -62,6 +67,18 @@ impl AppState {
             map.iter().filter(|(_, (s, _))| s == site).map(|(t, (_, u))| (t != target, t, u)).collect();
         out.sort();
         out.into_iter().map(|(_, _, u)| u.clone()).collect()
+    }
+
+    /// The mirrors in this target's order: targets are spread evenly over
+    /// the mirrors by a hash of their id (each mirror is the first choice of
+    /// an equal share), the others follow as fail-over.
+    pub fn mirrors_for(&self, target: &str) -> Vec<String> {
+        if self.mirrors.is_empty() {
+            return Vec::new();
+        }
+        let h = blake3::hash(target.as_bytes());
+        let k = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as usize % self.mirrors.len();
+        self.mirrors.iter().cycle().skip(k).take(self.mirrors.len()).cloned().collect()
     }
 
     /// Loads the relay directory from the stored inventories.

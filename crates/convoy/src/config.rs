@@ -27,6 +27,9 @@ pub struct ServerFile {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Mirrors agents may fetch content from: `http(s)://` convoy servers
+    /// sharing the database, or `store+http(s)://` copies of the chunk store.
+    pub mirrors: Option<Vec<String>>,
 }
 
 /// `convoy agent --config FILE`.

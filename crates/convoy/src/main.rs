@@ -61,6 +61,12 @@ enum Cmd {
         /// PEM private key of --tls-cert.
         #[arg(long, env = "CONVOY_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// A mirror agents may fetch content from (repeatable): another
+        /// convoy server sharing this one's database (`http(s)://HOST:PORT`),
+        /// or any HTTP server holding a copy of DATA_DIR/chunks
+        /// (`store+http(s)://HOST/PATH`).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -222,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let api = || convoy_cli::client(&server, cli.token.as_deref(), cli.ca_cert.as_deref());
     match &cli.cmd {
-        Cmd::Server { config, listen, data_dir, database, admin_token, enrol_token, tls_cert, tls_key } => {
+        Cmd::Server { config, listen, data_dir, database, admin_token, enrol_token, tls_cert, tls_key, mirrors } => {
             init_tracing("info");
             exit_on_panic();
             let file: config::ServerFile = config::load(config.as_deref())?;
@@ -239,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     (None, None) => None,
                     _ => anyhow::bail!("HTTPS needs both a TLS certificate and its key"),
                 },
+                mirrors: if mirrors.is_empty() { file.mirrors.unwrap_or_default() } else { mirrors.clone() },
             })
             .await?;
         }

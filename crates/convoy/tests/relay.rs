@@ -152,3 +152,57 @@ fn agents_finish_when_their_relay_dies_mid_transfer() {
         );
     }
 }
+
+#[test]
+fn mirrors_serve_chunks_in_each_targets_order_and_dead_ones_are_passed_over() {
+    // a plain HTTP copy of the chunk store, and a mirror that is down
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("server/chunks");
+    std::fs::create_dir_all(&store).unwrap();
+    let mut files = std::process::Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", store.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mirror = format!("store+http://127.0.0.1:{port}");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut f = Fleet::start_with_args(&["--mirror", &dead, "--mirror", &mirror]);
+    for n in ["m1", "m2", "m3", "m4"] {
+        f.start_agent(n, "role=web", &[], &[]);
+    }
+    publish(&f, "1.0", 1_000_000);
+    // the mirror holds a copy of the server's chunks (as rsync or an object store would)
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status();
+        assert!(ok.unwrap().success());
+    };
+    copy(&f.path("server/chunks"), &store);
+    wait_until("the mirror to answer", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    let d = f.json(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    let mut passed_dead = 0;
+    for i in instructions(&d) {
+        assert_eq!(i["reported_digest"], d["deployment"]["digest"]);
+        assert_eq!(i["metrics"]["via"], mirror.strip_prefix("store+").unwrap(), "{i:#}");
+        if i["metrics"]["source_failures"].as_str().is_some_and(|s| s.contains(&dead)) {
+            passed_dead += 1;
+        }
+    }
+    // targets are spread over the mirrors: some had the dead one first
+    assert!(passed_dead > 0, "{d:#}");
+    // the server itself sent manifests only
+    let (_, metrics) = http(f.port, "GET", "/metrics", None, b"").unwrap();
+    let served: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("convoy_chunk_bytes_total{direction=\"out\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(served, 0, "chunks came from the mirror");
+    let _ = files.kill();
+    let _ = files.wait();
+}

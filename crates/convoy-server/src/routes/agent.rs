@@ -148,13 +148,17 @@ pub async fn work(
 pub const SITE_LABEL: &str = "site";
 
 /// Where a target fetches content, in order, before the server itself:
-/// the relays of its site (by the `site` label); parent relays are theirs
-/// to know.
+/// the relays of its site (by the `site` label; parent relays are theirs
+/// to know), then the mirrors in the target's order.
 async fn sources_for(st: &AppState, target: &str) -> ApiResult<Vec<String>> {
     let Some(t) = st.store.get_target(target).await? else { return Ok(Vec::new()) };
     let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
-    let Some(site) = labels.0.get(SITE_LABEL) else { return Ok(Vec::new()) };
-    Ok(st.relays_of(site, target))
+    let mut out = match labels.0.get(SITE_LABEL) {
+        Some(site) => st.relays_of(site, target),
+        None => Vec::new(),
+    };
+    out.extend(st.mirrors_for(target));
+    Ok(out)
 }
 
 async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {

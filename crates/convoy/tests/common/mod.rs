@@ -69,6 +69,8 @@ pub struct Fleet {
     pub database: Option<String>,
     /// PEM certificate and key: the server speaks HTTPS; clients trust the cert.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More flags for `convoy server`.
+    pub server_args: Vec<String>,
 }
 
 impl Fleet {
@@ -85,7 +87,18 @@ impl Fleet {
         let port = free_port();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
-        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database, tls };
+        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database, tls, server_args: Vec::new() };
+        f.start_server();
+        f
+    }
+
+    /// A fleet whose server gets these extra flags.
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let server_args = args.iter().map(|a| a.to_string()).collect();
+        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database: None, tls: None, server_args };
         f.start_server();
         f
     }
@@ -102,6 +115,7 @@ impl Fleet {
         if let Some(db) = &self.database {
             args.extend_from_slice(&["--database", db]);
         }
+        args.extend(self.server_args.iter().map(String::as_str));
         if let Some((cert, key)) = &self.tls {
             args.extend_from_slice(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
         }
