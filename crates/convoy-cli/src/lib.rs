@@ -233,6 +233,25 @@ fn seen(last_seen: i64) -> String {
     }
 }
 
+pub async fn changes(c: &Client, release: &str, from: &str, fmt: Format) -> anyhow::Result<()> {
+    let (app, version) = convoy_domain::parse_reference(release)?;
+    let from = convoy_domain::Version::parse(from)?;
+    let ch: convoy_wire::Changes =
+        c.get_json(&format!("/releases/{app}/{version}/changes?from={from}"), Duration::from_secs(60)).await?;
+    match fmt {
+        Format::Json => output::json(&ch),
+        Format::Table => {
+            line(watch::changes_line(&ch));
+            for (what, paths) in [("+", &ch.added), ("-", &ch.removed), ("~", &ch.changed)] {
+                for p in paths.iter() {
+                    line(format!("  {what} {p}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn releases(c: &Client, fmt: Format) -> anyhow::Result<()> {
     let r: Vec<ReleaseInfo> = c.get_json("/releases", Duration::from_secs(30)).await?;
     match fmt {

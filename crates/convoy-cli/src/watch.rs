@@ -102,6 +102,26 @@ fn metric_summary(i: &InstructionInfo) -> String {
 }
 
 /// The per-target summary printed by `status` and at the end of `watch`.
+/// One line about an upgrade: counts, bytes, config files, migrate hook.
+pub fn changes_line(c: &convoy_wire::Changes) -> String {
+    let mut s = format!(
+        "from {}: {} added, {} removed, {} changed ({} of {})",
+        c.from_version,
+        c.added.len(),
+        c.removed.len(),
+        c.changed.len(),
+        output::bytes(c.changed_bytes),
+        output::bytes(c.total_size)
+    );
+    if !c.config_changed.is_empty() {
+        s.push_str(&format!("; config defaults changed: {} (machines keep theirs)", c.config_changed.join(", ")));
+    }
+    if let Some(m) = &c.migrate {
+        s.push_str(&format!("; migrate hook: {m}"));
+    }
+    s
+}
+
 pub fn print_summary(d: &DeploymentDetail) {
     line(summary(d, chrono::Utc::now().timestamp_millis()));
 }
@@ -117,6 +137,9 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
         line(format!("  go-live  {}", output::time(at)));
     }
     line(format!("  note     {}", dep.note));
+    for c in &d.changes {
+        line(format!("  changes  {}", changes_line(c)));
+    }
     let waiting: Vec<String> = d
         .instructions
         .iter()

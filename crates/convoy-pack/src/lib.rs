@@ -8,6 +8,7 @@
 mod chunk;
 mod delta;
 mod descriptor;
+mod diff;
 mod frames;
 mod manifest;
 mod path;
@@ -20,6 +21,7 @@ pub use delta::{
     split_stream, DeltaError, DELTA_FORMAT,
 };
 pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE};
+pub use diff::{diff, TreeDiff};
 pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FRAME};
 pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
 pub use path::{PathError, RelPath};

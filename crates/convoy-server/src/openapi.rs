@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/releases/{app}/{version}/manifest"),
     ("get", "/releases/{app}/{version}/manifest.zst"),
     ("get", "/releases/{app}/{version}/delta"),
+    ("get", "/releases/{app}/{version}/changes"),
     ("get", "/targets"),
     ("delete", "/targets/{id}"),
     ("post", "/deployments"),
@@ -106,6 +107,7 @@ pub fn document() -> Value {
             "/releases/{app}/{version}/manifest": {"parameters": path_params(&["app", "version"]), "get": op("The canonical manifest; its BLAKE3 is the root digest", "operator or agent token", None, bytes_ok("application/json"))},
             "/releases/{app}/{version}/manifest.zst": {"parameters": path_params(&["app", "version"]), "get": op("The canonical manifest, zstd-compressed; with ?base=VERSION a zstd patch against that release's manifest (named by x-convoy-manifest-base)", "operator or agent token", None, bytes_ok("application/zstd"))},
             "/releases/{app}/{version}/delta": {"parameters": path_params(&["app", "version"]), "get": op("The release delta from ?from=VERSION (format convoy-delta-2): 8 bytes big-endian length, the manifest skeleton (no chunk lists) as a zstd patch of the old one, then the release stream (its files in manifest order) as a zstd patch of the old. Headers x-convoy-delta-format, x-convoy-delta-from (old digest), x-convoy-release-size; 204 with x-convoy-delta-skip when the missing chunks cost less", "operator or agent token", None, bytes_ok("application/octet-stream"))},
+            "/releases/{app}/{version}/changes": {"parameters": path_params(&["app", "version"]), "get": op("What the upgrade from ?from=VERSION changes: paths added, removed, changed, changed bytes, machine-owned config files whose defaults changed, the migrate hook", "operator or agent token", None, json!({"description": "OK"}))},
             "/targets": {"get": op("Enrolled targets with inventory", op_, None, list_ok("TargetInfo"))},
             "/targets/{id}": {"parameters": path_params(&["id"]), "delete": op("Forget a decommissioned target and revoke its credential; refused while it has unfinished work", op_, None, json!({"description": "Removed"}))},
             "/deployments": {

@@ -26,6 +26,8 @@ pub struct AppState {
     /// plain HTTP copies of the chunk store. Each target gets them in its
     /// own order (see [`AppState::mirrors_for`]).
     pub mirrors: Arc<Vec<String>>,
+    /// Upgrade descriptions by `FROM_DIGEST-TO_DIGEST`, made on demand.
+    pub upgrades: Arc<std::sync::Mutex<HashMap<String, convoy_wire::Changes>>>,
     /// Relays by target: (site, URL). Filled from inventories.
     relays: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
     /// Staging progress by instruction: (target, progress). Memory only.
@@ -45,6 +47,7 @@ impl AppState {
             progress: Default::default(),
             relays: Default::default(),
             mirrors: Default::default(),
+            upgrades: Default::default(),
             seen: Default::default(),
         }
     }

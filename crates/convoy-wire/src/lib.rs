@@ -247,4 +247,31 @@ pub struct DeploymentDetail {
     pub deployment: DeploymentInfo,
     pub instructions: Vec<InstructionInfo>,
     pub events: Vec<EventInfo>,
+    /// What the upgrade changes, from each release the targets ran before.
+    #[serde(default)]
+    pub changes: Vec<Changes>,
+}
+
+/// The generated description of an upgrade (P-strategy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub app: String,
+    pub from_version: String,
+    pub to_version: String,
+    pub from_digest: String,
+    pub to_digest: String,
+    /// Paths added, removed and changed (directories end in `/`).
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Bytes of the files added or changed.
+    pub changed_bytes: u64,
+    pub total_size: u64,
+    /// Machine-owned config files (per the new `convoy.toml`) whose
+    /// packaged defaults changed; the machine's own copies are kept.
+    pub config_changed: Vec<String>,
+    /// The new release's migrate hook, which runs at go-live.
+    pub migrate: Option<String>,
+    /// When the new release was published (unix ms).
+    pub published_at: i64,
 }

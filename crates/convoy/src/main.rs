@@ -182,6 +182,15 @@ enum Cmd {
     },
     /// List published releases.
     Releases,
+    /// What an upgrade changes: files added, removed and changed, config
+    /// files, the migrate hook.
+    Changes {
+        /// The new release, APP@VERSION.
+        release: String,
+        /// The release upgraded from.
+        #[arg(long)]
+        from: String,
+    },
     /// List recent deployments.
     Deployments,
     /// Run a server and three agents locally and walk through v1 → v2 → failed v3.
@@ -321,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Targets { selector, action: None } => convoy_cli::targets(&api()?, selector, fmt).await?,
         Cmd::Releases => convoy_cli::releases(&api()?, fmt).await?,
+        Cmd::Changes { release, from } => convoy_cli::changes(&api()?, release, from, fmt).await?,
         Cmd::Deployments => convoy_cli::deployments(&api()?, fmt).await?,
         Cmd::Demo { keep } => {
             init_tracing("warn");

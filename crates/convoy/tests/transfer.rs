@@ -49,6 +49,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     let v2 = f.path("src/2.0");
     write_app(&v2, "2.0", 3_000_000);
     overwrite(&v2.join("data.bin"), 1_500_000, b"a small change");
+    std::fs::write(v2.join("config/app.env"), "PORT=9090\n").unwrap();
     f.ok(&["publish", v2.to_str().unwrap(), "--app", "web", "--version", "2.0"]);
 
     // b's installed 1.0 was modified on the machine and its chunk cache is
@@ -57,6 +58,21 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     std::fs::remove_dir_all(f.agent_root("b").join(".convoy/cache")).unwrap();
 
     let d = deploy_wait(&f, "web@2.0");
+    // the upgrade's description: what changed, config defaults, hooks
+    let ch = &d["changes"][0];
+    assert_eq!(ch["from_version"], "1.0");
+    assert_eq!(ch["changed"], serde_json::json!(["config/app.env", "data.bin", "index.html"]), "{ch:#}");
+    assert_eq!(ch["added"], serde_json::json!([]));
+    assert_eq!(ch["config_changed"], serde_json::json!(["config/app.env"]));
+    let id = d["deployment"]["id"].as_str().unwrap();
+    let status = f.ok(&["status", id]);
+    assert!(status.contains("changes  from 1.0: 0 added, 0 removed, 3 changed"), "{status}");
+    assert!(status.contains("config defaults changed: config/app.env"), "{status}");
+    let listed = f.ok(&["changes", "web@2.0", "--from", "1.0"]);
+    assert!(listed.contains("  ~ data.bin") && listed.contains("  ~ index.html"), "{listed}");
+    let bad = f.cli(&["changes", "web@2.0", "--from", "9.9"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("web@9.9 not found"), "{bad:?}");
     // a: one delta of a few hundred bytes instead of a 64 KiB chunk
     assert_eq!(metric(&d, "a", "transfer"), "delta");
     assert!(num(&d, "a", "bytes_fetched") < 4_000, "a fetched {}", num(&d, "a", "bytes_fetched"));
@@ -64,7 +80,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     // b: seeded what its files still hold, fetched the rest as chunks
     assert_eq!(metric(&d, "b", "transfer"), "chunks");
     assert!(num(&d, "b", "chunks_seeded") >= 30, "b seeded {}", num(&d, "b", "chunks_seeded"));
-    assert_eq!(num(&d, "b", "chunks_fetched"), 3, "index.html, the changed chunk and the locally edited one");
+    assert_eq!(num(&d, "b", "chunks_fetched"), 4, "index.html, app.env, the changed chunk and the locally edited one");
     // c: deltas off, the changed chunk as a chunk
     assert_eq!(metric(&d, "c", "transfer"), "chunks");
     assert!(num(&d, "c", "bytes_fetched") > 16_000);

@@ -201,6 +201,77 @@ pub async fn get(
     })
 }
 
+/// The description of the upgrade from `from` to `to`, computed once per
+/// pair and kept in memory.
+pub async fn changes(st: &AppState, app: &str, from: &str, to: &str) -> ApiResult<convoy_wire::Changes> {
+    let (old, new) = (find(st, app, from).await?, find(st, app, to).await?);
+    let key = format!("{}-{}", old.digest, new.digest);
+    if let Some(c) = st.upgrades.lock().expect("upgrades lock").get(&key) {
+        return Ok(c.clone());
+    }
+    let chunks = st.chunks.clone();
+    let c = tokio::task::spawn_blocking(move || -> Result<convoy_wire::Changes, String> {
+        let (a, b) = (
+            Manifest::from_slice(&old.manifest).map_err(|e| e.to_string())?,
+            Manifest::from_slice(&new.manifest).map_err(|e| e.to_string())?,
+        );
+        let d = convoy_pack::diff(&a, &b);
+        let descriptor = b.entries.iter().find_map(|e| match e {
+            convoy_pack::Entry::File { path, chunks: refs, .. } if path.as_str() == convoy_pack::DESCRIPTOR_FILE => {
+                let mut text = Vec::new();
+                for r in refs {
+                    text.extend_from_slice(chunks.get(&r.id).ok()??.data());
+                }
+                convoy_pack::Descriptor::parse(&String::from_utf8_lossy(&text)).ok()
+            }
+            _ => None,
+        });
+        let (config_changed, migrate) = match descriptor {
+            Some(desc) => (
+                desc.config_files.into_iter().filter(|f| d.added.contains(f) || d.changed.contains(f)).collect(),
+                desc.hooks.migrate,
+            ),
+            None => (Vec::new(), None),
+        };
+        Ok(convoy_wire::Changes {
+            app: new.app.clone(),
+            from_version: old.version.clone(),
+            to_version: new.version.clone(),
+            from_digest: old.digest.clone(),
+            to_digest: new.digest.clone(),
+            added: d.added,
+            removed: d.removed,
+            changed: d.changed,
+            changed_bytes: d.changed_bytes,
+            total_size: b.total_size(),
+            config_changed,
+            migrate,
+            published_at: new.created_at,
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut map = st.upgrades.lock().expect("upgrades lock");
+    if map.len() > 1_000 {
+        map.clear();
+    }
+    map.insert(key, c.clone());
+    Ok(c)
+}
+
+/// `GET /releases/{app}/{version}/changes?from=VERSION`.
+pub async fn get_changes(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((app, version)): Path<(String, String)>,
+    q: Result<Query<DeltaQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<convoy_wire::Changes>> {
+    auth::reader(&st, &headers).await?;
+    let Query(q) = q?;
+    Ok(axum::Json(changes(&st, &app, &q.from, &version).await?))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestQuery {

@@ -226,7 +226,16 @@ pub async fn get(
             note: e.note,
         })
         .collect();
-    Ok(Json(DeploymentDetail { deployment: info(&d, &instrs), instructions: out, events }))
+    let froms: std::collections::BTreeSet<&String> =
+        instrs.iter().filter_map(|i| i.previous_version.as_ref()).filter(|v| **v != d.version).collect();
+    let mut changes = Vec::new();
+    for from in froms {
+        match super::deltas::changes(&st, &d.app, from, &d.version).await {
+            Ok(c) => changes.push(c),
+            Err(e) => tracing::debug!(error = %e.message, %from, "no change description"),
+        }
+    }
+    Ok(Json(DeploymentDetail { deployment: info(&d, &instrs), instructions: out, events, changes }))
 }
 
 pub async fn rollback(
