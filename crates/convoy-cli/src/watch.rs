@@ -290,6 +290,21 @@ mod tests {
                     note: "gave up".into(),
                 },
             ],
+            changes: vec![convoy_wire::Changes {
+                app: "shop-web".into(),
+                from_version: "1.0".into(),
+                to_version: "2.0".into(),
+                from_digest: "cccc".into(),
+                to_digest: "aaaa".into(),
+                added: vec!["static/new.js".into()],
+                removed: vec![],
+                changed: vec!["app.js".into(), "config/app.env".into()],
+                changed_bytes: 48_000,
+                total_size: 1_200_000,
+                config_changed: vec!["config/app.env".into()],
+                migrate: Some("sh hooks/migrate.sh".into()),
+                published_at: 0,
+            }],
         }
     }
 
@@ -300,6 +315,7 @@ mod tests {
               digest   aaaa
               go-live  2026-09-21T14:13:20Z
               note     staging shop-web@2.0 to 3 targets
+              changes  from 1.0: 1 added, 0 removed, 2 changed (46.9 KiB of 1.1 MiB); config defaults changed: config/app.env (machines keep theirs); migrate hook: sh hooks/migrate.sh
               waiting  for web-3 (received, last seen 12s ago)
 
             HOST   TARGET   LABELS            STATE         DIGEST                     PREVIOUS  METRICS
