@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub max_memory: u64,
     /// Serve this site's agents as a relay.
     pub relay: Option<RelayConfig>,
+    /// Long-poll this relay for work instead of the server (reports still
+    /// go to the server); the server is polled while the relay is down.
+    pub poll_via: Option<String>,
 }
 
 /// `--relay`: the agent also serves chunks, deltas and manifests to the
@@ -92,6 +95,8 @@ pub(crate) fn fault(name: &str) -> bool {
 pub struct Agent {
     cfg: AgentConfig,
     client: Client,
+    /// `poll_via`'s client, and until when the relay is not asked after it failed.
+    via: Option<(Client, std::sync::Mutex<Option<std::time::Instant>>)>,
     target_id: String,
     /// Work taken up and still under way (`journal::key`s); told to the
     /// server with each poll so it is not sent again.
@@ -104,6 +109,8 @@ pub struct Agent {
 /// Activations planned further ahead than this wait in their own task, so
 /// the agent keeps staging and serving other work meanwhile.
 const DEFER_MS: i64 = 1_000;
+/// How long an agent polls the server after its `poll_via` relay failed.
+const VIA_RETRY: Duration = Duration::from_secs(60);
 /// How long before go-live an activation re-checks that it still stands.
 const CHECK_BEFORE_MS: i64 = 2_000;
 
@@ -135,8 +142,14 @@ impl Agent {
         };
         tracing::info!(target_id = %creds.target_id, root = %cfg.root.display(), "agent ready");
         println!("convoy: agent {} serving {} from {}", creds.target_id, cfg.root.display(), cfg.server);
+        let client = base.with_token(&creds.token);
+        let via = match &cfg.poll_via {
+            Some(url) => Some((client.with_base(url)?, std::sync::Mutex::new(None))),
+            None => None,
+        };
         let agent = Self {
-            client: base.with_token(&creds.token),
+            via,
+            client,
             target_id: creds.target_id,
             cfg,
             held: Default::default(),
@@ -161,7 +174,20 @@ impl Agent {
         loop {
             let holding: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
             let path = format!("/agent/work?wait={}&holding={}", self.cfg.poll_wait, holding.join(","));
-            match self.client.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
+            let poll = match &self.via {
+                Some((relay, down)) if down.lock().expect("via lock").is_none_or(|t| t.elapsed() > VIA_RETRY) => {
+                    match relay.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
+                        Err(e) if !e.downcast_ref::<client::ServerError>().is_some_and(|s| s.status == 401) => {
+                            tracing::warn!(error = %client::short(&e), relay = %relay.server(), "polling the relay failed; polling the server meanwhile");
+                            *down.lock().expect("via lock") = Some(std::time::Instant::now());
+                            continue;
+                        }
+                        got => got,
+                    }
+                }
+                _ => self.client.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await,
+            };
+            match poll {
                 Ok(resp) => {
                     backoff = Duration::from_millis(200);
                     for w in resp.work {

@@ -46,11 +46,14 @@ enum Fetch {
 
 pub struct Relay {
     upstream: Client,
+    /// The server itself (site polls never chain through parent relays).
+    origin: Client,
+    site: SiteControl,
     cache: ChunkStore,
     objects: PathBuf,
     inflight: std::sync::Mutex<HashMap<ChunkId, watch::Receiver<Fetch>>>,
     proxied: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tokens: std::sync::Mutex<HashMap<[u8; 32], Instant>>,
+    tokens: std::sync::Mutex<HashMap<[u8; 32], (Instant, String)>>,
     /// Bytes sent to agents, and fetched from upstream.
     served: AtomicU64,
     fetched: AtomicU64,
@@ -65,6 +68,7 @@ fn err(status: StatusCode, message: &str) -> Response {
 
 impl Relay {
     pub fn new(cfg: &RelayConfig, upstream: Client, cache: ChunkStore, root: &std::path::Path) -> anyhow::Result<Self> {
+        let origin = upstream.clone();
         let upstream = match &cfg.upstream {
             Some(u) => upstream.with_base(u)?,
             None => upstream,
@@ -73,6 +77,8 @@ impl Relay {
         std::fs::create_dir_all(&objects)?;
         Ok(Self {
             upstream,
+            origin,
+            site: SiteControl::default(),
             cache,
             objects,
             inflight: Default::default(),
@@ -83,8 +89,8 @@ impl Relay {
         })
     }
 
-    /// Accepts a caller whose agent token upstream knows.
-    async fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// Accepts a caller whose agent token upstream knows; returns its target id.
+    async fn check(&self, headers: &HeaderMap) -> Result<String, Response> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -92,16 +98,19 @@ impl Relay {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <agent token>"))?;
         let key = *blake3::hash(token.as_bytes()).as_bytes();
-        if self.tokens.lock().expect("tokens lock").get(&key).is_some_and(|t| t.elapsed() < TOKEN_TTL) {
-            return Ok(());
+        if let Some((t, id)) = self.tokens.lock().expect("tokens lock").get(&key) {
+            if t.elapsed() < TOKEN_TTL {
+                return Ok(id.clone());
+            }
         }
         let who = self.upstream.with_token(token);
         match who.get_json::<serde_json::Value>("/agent/me", Duration::from_secs(30)).await {
-            Ok(_) => {
+            Ok(v) => {
+                let id = v["target_id"].as_str().unwrap_or_default().to_owned();
                 let mut map = self.tokens.lock().expect("tokens lock");
-                map.retain(|_, t| t.elapsed() < TOKEN_TTL);
-                map.insert(key, Instant::now());
-                Ok(())
+                map.retain(|_, (t, _)| t.elapsed() < TOKEN_TTL);
+                map.insert(key, (Instant::now(), id.clone()));
+                Ok(id)
             }
             Err(e) if convoy_client::is_permanent(&e) => {
                 Err(err(StatusCode::UNAUTHORIZED, "upstream does not accept this agent token"))
@@ -303,10 +312,137 @@ fn respond(r: &Relay, meta: Meta, mut body: Vec<u8>) -> Response {
 /// `GET /api/v1/agent/me`: passed upstream with the caller's token, so
 /// relays chain.
 async fn me(State(r): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(resp) = r.check(&headers).await {
-        return resp;
+    match r.check(&headers).await {
+        Ok(id) => Json(serde_json::json!({ "target_id": id })).into_response(),
+        Err(resp) => resp,
     }
-    Json(serde_json::json!({"relay": true})).into_response()
+}
+
+/// The site's agents that poll this relay for work, and what the server
+/// last said each has pending. One upstream site poll serves them all.
+#[derive(Default)]
+struct SiteControl {
+    entries: std::sync::Mutex<HashMap<String, SiteEntry>>,
+    epoch: std::sync::Mutex<Option<String>>,
+    /// Wakes the upstream loop when an agent polls here for the first time.
+    kick: tokio::sync::Notify,
+    polls: AtomicU64,
+}
+
+struct SiteEntry {
+    /// Generation of `work` (0: not heard from the server yet).
+    gen: u64,
+    work: Vec<convoy_wire::Work>,
+    seen: Instant,
+    tx: watch::Sender<u64>,
+}
+
+/// Agents that have not polled for this long are no longer polled for.
+const SITE_FORGET: Duration = Duration::from_secs(120);
+
+#[derive(serde::Deserialize)]
+struct WorkQuery {
+    #[serde(default)]
+    wait: u64,
+    #[serde(default)]
+    holding: String,
+}
+
+/// `GET /api/v1/agent/work`: an agent's long poll, answered from what the
+/// relay's one site poll learnt.
+async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Query<WorkQuery>) -> Response {
+    let target = match r.check(&headers).await {
+        Ok(t) if !t.is_empty() => t,
+        Ok(_) => return err(StatusCode::BAD_GATEWAY, "upstream did not say who this agent is"),
+        Err(resp) => return resp,
+    };
+    r.site.polls.fetch_add(1, Ordering::Relaxed);
+    let holding: std::collections::HashSet<&str> = q.holding.split(',').filter(|k| !k.is_empty()).collect();
+    let mut rx = {
+        let mut map = r.site.entries.lock().expect("site lock");
+        let new = !map.contains_key(&target);
+        let e = map.entry(target.clone()).or_insert_with(|| SiteEntry {
+            gen: 0,
+            work: Vec::new(),
+            seen: Instant::now(),
+            tx: watch::channel(0).0,
+        });
+        e.seen = Instant::now();
+        if new {
+            r.site.kick.notify_one();
+        }
+        e.tx.subscribe()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+    loop {
+        let work: Vec<convoy_wire::Work> = {
+            let map = r.site.entries.lock().expect("site lock");
+            map.get(&target)
+                .map(|e| {
+                    e.work
+                        .iter()
+                        .filter(|w| {
+                            !holding
+                                .contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str())
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if !work.is_empty() {
+            return Json(convoy_wire::WorkResponse { work }).into_response();
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Json(convoy_wire::WorkResponse { work: Vec::new() }).into_response(),
+        }
+    }
+}
+
+/// The relay's one long poll upstream for every agent polling it.
+async fn site_loop(r: Shared) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let targets: Vec<convoy_wire::SiteTarget> = {
+            let mut map = r.site.entries.lock().expect("site lock");
+            map.retain(|_, e| e.seen.elapsed() < SITE_FORGET);
+            map.iter().map(|(id, e)| convoy_wire::SiteTarget { id: id.clone(), gen: e.gen }).collect()
+        };
+        if targets.is_empty() {
+            tokio::select! {
+                _ = r.site.kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        }
+        let req = convoy_wire::SitePoll { epoch: r.site.epoch.lock().expect("epoch lock").clone(), wait: 25, targets };
+        let call =
+            r.origin.send_json::<_, convoy_wire::SitePollResponse>(reqwest::Method::POST, "/agent/site-poll", &req);
+        tokio::select! {
+            got = call => match got {
+                Ok(resp) => {
+                    backoff = Duration::from_millis(500);
+                    *r.site.epoch.lock().expect("epoch lock") = Some(resp.epoch);
+                    let mut map = r.site.entries.lock().expect("site lock");
+                    for t in resp.targets {
+                        if let Some(e) = map.get_mut(&t.id) {
+                            e.gen = t.gen;
+                            e.work = t.work;
+                            e.tx.send_modify(|g| *g += 1);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "relay: site poll failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+            // a new agent: poll again with it included
+            _ = r.site.kick.notified() => {}
+        }
+    }
 }
 
 /// `GET /api/v1/relay/stats`: bytes served to agents and fetched upstream.
@@ -314,6 +450,8 @@ async fn stats(State(r): State<Shared>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "served_bytes": r.served.load(Ordering::Relaxed),
         "upstream_bytes": r.fetched.load(Ordering::Relaxed),
+        "polls_served": r.site.polls.load(Ordering::Relaxed),
+        "agents_polling": r.site.entries.lock().expect("site lock").len(),
     }))
 }
 
@@ -325,6 +463,7 @@ pub fn router(relay: Shared) -> Router {
         .route("/releases/{app}/{version}/manifest.zst", get(proxy))
         .route("/releases/{app}/{version}/delta", get(proxy))
         .route("/agent/me", get(me))
+        .route("/agent/work", get(work))
         .route("/relay/stats", get(stats))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "a relay serves content only; ask the server") });
     Router::new().nest(convoy_wire::API, api).with_state(relay)
@@ -337,6 +476,7 @@ pub async fn start(cfg: &RelayConfig, relay: Shared) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("relay: binding {}: {e}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, url = %cfg.url, "relay serving its site");
     println!("convoy: relay serving {} on {}", cfg.url, cfg.listen);
+    tokio::spawn(site_loop(relay.clone()));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(relay)).await {
             tracing::error!(error = %e, "relay stopped");

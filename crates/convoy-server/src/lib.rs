@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/progress", post(agent::progress))
         .route("/agent/inventory", put(agent::inventory))
         .route("/agent/me", get(agent::me))
+        .route("/agent/site-poll", post(agent::site_poll))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()
         .nest(convoy_wire::API, api)

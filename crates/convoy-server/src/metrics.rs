@@ -14,6 +14,8 @@ use crate::state::AppState;
 #[derive(Default)]
 pub struct Counters {
     pub polls: AtomicU64,
+    /// Relays' aggregated polls for their sites.
+    pub site_polls: AtomicU64,
     pub reports_accepted: AtomicU64,
     pub reports_stale: AtomicU64,
     pub chunks_uploaded: AtomicU64,
@@ -48,6 +50,12 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     metric("convoy_deployments", "gauge", "Deployments by state.", &by_state(&counts.deployments));
     metric("convoy_instructions", "gauge", "Instructions by state.", &by_state(&counts.instructions));
     metric("convoy_agent_polls_total", "counter", "Work polls answered.", &[(String::new(), get(&c.polls))]);
+    metric(
+        "convoy_site_polls_total",
+        "counter",
+        "Relays' polls on behalf of their sites' agents.",
+        &[(String::new(), get(&c.site_polls))],
+    );
     metric(
         "convoy_agent_reports_total",
         "counter",

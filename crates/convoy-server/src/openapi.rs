@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/progress"),
     ("put", "/agent/inventory"),
     ("get", "/agent/me"),
+    ("post", "/agent/site-poll"),
 ];
 
 fn op(summary: &str, who: &str, body: Option<&str>, ok: Value) -> Value {
@@ -126,6 +127,7 @@ pub fn document() -> Value {
             "/agent/report": {"post": op("Report on a piece of work", agent, Some("Report"), json_ok("ReportResponse"))},
             "/agent/progress": {"post": op("Staging progress (kept in memory only)", agent, Some("ProgressReport"), json!({"description": "Noted"}))},
             "/agent/inventory": {"put": op("Replace this agent's inventory", agent, Some("Inventory"), json!({"description": "OK"}))},
+            "/agent/site-poll": {"post": op("A relay's long poll for its site's agents: {epoch, wait, targets: [{id, gen}]} returns, once any target's work generation differs, {epoch, targets: [{id, gen, work}]}; only relays, only for targets of their site", agent, None, json!({"description": "OK"}))},
             "/agent/me": {"get": op("The target an agent token belongs to ({target_id}); relays check the agents they serve with it", agent, None, json!({"description": "OK"}))}
         },
         "components": {

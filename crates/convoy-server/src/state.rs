@@ -26,6 +26,14 @@ pub struct AppState {
     /// plain HTTP copies of the chunk store. Each target gets them in its
     /// own order (see [`AppState::mirrors_for`]).
     pub mirrors: Arc<Vec<String>>,
+    /// Every target's `site` label, for relays polling on their site's behalf.
+    sites: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Source of change generations: strictly increasing across all
+    /// targets, so a forgotten and re-made watch never repeats a value a
+    /// relay has seen.
+    tick: Arc<std::sync::atomic::AtomicU64>,
+    /// This process's identity, so relays notice a restarted server.
+    pub epoch: String,
     /// Upgrade descriptions by `FROM_DIGEST-TO_DIGEST`, made on demand.
     pub upgrades: Arc<std::sync::Mutex<HashMap<String, convoy_wire::Changes>>>,
     /// Relays by target: (site, URL). Filled from inventories.
@@ -48,12 +56,21 @@ impl AppState {
             relays: Default::default(),
             mirrors: Default::default(),
             upgrades: Default::default(),
+            sites: Default::default(),
+            tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            epoch: convoy_store::new_secret()[..16].to_owned(),
             seen: Default::default(),
         }
     }
 
     /// Records whether a target serves its site as a relay.
     pub fn note_relay(&self, target: &str, site: Option<&str>, url: Option<&str>) {
+        let mut sites = self.sites.lock().expect("sites lock");
+        match site {
+            Some(s) => sites.insert(target.to_owned(), s.to_owned()),
+            None => sites.remove(target),
+        };
+        drop(sites);
         let mut map = self.relays.lock().expect("relays lock");
         match (site, url) {
             (Some(site), Some(url)) => map.insert(target.to_owned(), (site.to_owned(), url.to_owned())),
@@ -113,8 +130,22 @@ impl AppState {
             .lock()
             .expect("changes lock")
             .entry(target.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(self.next_tick()).0)
             .subscribe()
+    }
+
+    fn next_tick(&self) -> u64 {
+        self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The site a relay serves, if `target` is one.
+    pub fn relay_site(&self, target: &str) -> Option<String> {
+        self.relays.lock().expect("relays lock").get(target).map(|(s, _)| s.clone())
+    }
+
+    /// A target's `site` label, as last reported.
+    pub fn site_of(&self, target: &str) -> Option<String> {
+        self.sites.lock().expect("sites lock").get(target).cloned()
     }
 
     /// Wakes the long polls of these targets, and the scheduler.
@@ -122,7 +153,7 @@ impl AppState {
         let mut map = self.changes.lock().expect("changes lock");
         for t in targets {
             if let Some(tx) = map.get(t) {
-                tx.send_modify(|g| *g += 1);
+                tx.send_replace(self.next_tick());
                 // nobody polls for it any more: forget it
                 if tx.receiver_count() == 0 {
                     map.remove(t);

@@ -81,6 +81,40 @@ pub struct WorkResponse {
     pub work: Vec<Work>,
 }
 
+/// A relay's long poll on behalf of its site's agents: returns once any of
+/// them has a change newer than the generation the relay holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePoll {
+    /// The server process the generations came from; another means all stale.
+    pub epoch: Option<String>,
+    /// Seconds to hold the poll open (at most 60).
+    pub wait: u64,
+    pub targets: Vec<SiteTarget>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteTarget {
+    pub id: String,
+    /// The generation of this target's work the relay holds (0: none).
+    pub gen: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SitePollResponse {
+    pub epoch: String,
+    /// Targets whose work changed: their whole pending work now.
+    pub targets: Vec<SiteWork>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteWork {
+    pub id: String,
+    pub gen: u64,
+    pub work: Vec<Work>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Report {

@@ -64,6 +64,8 @@ pub struct AgentFile {
     pub relay_url: Option<String>,
     /// Parent relay to fetch from instead of the server.
     pub upstream: Option<String>,
+    /// Long-poll this relay for work instead of the server.
+    pub poll_via: Option<String>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {

@@ -105,6 +105,10 @@ enum Cmd {
         /// Parent relay this relay fetches from instead of the server.
         #[arg(long, env = "CONVOY_RELAY_UPSTREAM")]
         upstream: Option<String>,
+        /// Long-poll this relay for work instead of the server (the relay
+        /// makes one poll upstream for its whole site).
+        #[arg(long, env = "CONVOY_POLL_VIA")]
+        poll_via: Option<String>,
         /// Releases kept on disk per app, besides the live one and its rollback target [default: 5].
         #[arg(long, env = "CONVOY_KEEP_RELEASES")]
         keep_releases: Option<usize>,
@@ -270,6 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             relay_url,
             upstream,
+            poll_via,
             keep_releases,
         } => {
             init_tracing("info");
@@ -305,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep_releases: keep_releases.or(file.keep_releases).unwrap_or(5).max(1),
                 max_memory: max_memory.or(file.max_memory).unwrap_or(convoy_agent::DEFAULT_MAX_MEMORY),
                 relay,
+                poll_via: poll_via.clone().or(file.poll_via),
             })
             .await?;
         }

@@ -92,6 +92,25 @@ fn a_site_fetches_through_its_relay_once() {
     let fetched = relay_stats(&relay)["upstream_bytes"].as_u64().unwrap() - before;
     assert_eq!(fetched, one_delta, "the relay fetched the delta once");
     assert_eq!(source_failures(&f), 0);
+
+    // only a relay may poll for a site, and only for its own site's targets
+    let cred = |h: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(f.agent_root(h).join(".convoy/agent.json")).unwrap()).unwrap()
+    };
+    let (w1, far, r) = (cred("w1"), cred("far"), cred("relay"));
+    let poll = |token: &serde_json::Value, target: &serde_json::Value| {
+        let body = format!(r#"{{"epoch":null,"wait":0,"targets":[{{"id":{target},"gen":0}}]}}"#);
+        http(f.port, "POST", "/api/v1/agent/site-poll", token["token"].as_str(), body.as_bytes()).unwrap()
+    };
+    let (status, body) = poll(&w1, &w1["target_id"]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only a relay"), "{body}");
+    let (status, body) = poll(&r, &far["target_id"]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not in site sh"), "{body}");
+    let (status, body) = poll(&r, &w1["target_id"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(w1["target_id"].as_str().unwrap()), "{body}");
 }
 
 #[test]
@@ -205,4 +224,42 @@ fn mirrors_serve_chunks_in_each_targets_order_and_dead_ones_are_passed_over() {
     assert_eq!(served, 0, "chunks came from the mirror");
     let _ = files.kill();
     let _ = files.wait();
+}
+
+fn server_polls(f: &Fleet) -> u64 {
+    let (_, metrics) = http(f.port, "GET", "/metrics", None, b"").unwrap();
+    metrics.lines().find_map(|l| l.strip_prefix("convoy_agent_polls_total ")).unwrap().parse().unwrap()
+}
+
+#[test]
+fn agents_poll_their_relay_which_polls_once_for_the_site() {
+    let mut f = Fleet::start();
+    let relay = start_relay(&mut f, "relay", &[]);
+    for n in ["w1", "w2", "w3"] {
+        f.start_agent(n, "site=sh,role=web", &[], &["--poll-via", &relay, "--poll-wait", "1"]);
+    }
+    wait_until("the agents to poll the relay", LONG, || {
+        (relay_stats(&relay)["agents_polling"].as_u64() == Some(3)).then_some(())
+    });
+    // a window of polling: three agents poll the relay every second, the
+    // server sees only the relay's own polls (every 5 s) and its site poll
+    let (before, relay_before) = (server_polls(&f), relay_stats(&relay)["polls_served"].as_u64().unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    let (after, relay_after) = (server_polls(&f), relay_stats(&relay)["polls_served"].as_u64().unwrap());
+    assert!(after - before <= 2, "the server answered {} polls", after - before);
+    assert!(relay_after - relay_before >= 6, "the relay answered {} polls", relay_after - relay_before);
+
+    publish(&f, "1.0", 200_000);
+    let d = f.json(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+
+    // with the relay gone, agents poll the server and carry on
+    f.kill_agent("relay");
+    publish(&f, "2.0", 200_000);
+    let d = f.json(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    assert_eq!(
+        f.live("web").into_iter().filter(|(h, _)| h.starts_with('w')).map(|(_, v)| v).collect::<Vec<_>>(),
+        vec![Some("2.0".to_owned()); 3]
+    );
 }

@@ -262,6 +262,62 @@ pub async fn report(
     Ok(Json(ReportResponse { accepted: moved, note }))
 }
 
+/// Most targets one relay may poll for.
+const MAX_SITE_TARGETS: usize = 20_000;
+
+/// `POST /agent/site-poll`: a relay's one long poll for its site's agents
+/// (server load grows with sites, not machines). Only a relay may call it,
+/// and only for targets with its `site` label; a poll without changes
+/// touches no database.
+pub async fn site_poll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<convoy_wire::SitePoll>, JsonRejection>,
+) -> ApiResult<Json<convoy_wire::SitePollResponse>> {
+    let relay = auth::agent(&st, &headers).await?;
+    let Json(req) = body?;
+    let site = st.relay_site(&relay).ok_or_else(|| {
+        ApiError::forbidden("only a relay (an agent with --relay and a site label) may poll for a site")
+    })?;
+    if req.targets.len() > MAX_SITE_TARGETS {
+        return Err(ApiError::bad_request(format!("at most {MAX_SITE_TARGETS} targets per site poll")));
+    }
+    if let Some(t) = req.targets.iter().find(|t| st.site_of(&t.id).as_deref() != Some(site.as_str())) {
+        return Err(ApiError::forbidden(format!("target {} is not in site {site}", t.id)));
+    }
+    let stale = req.epoch.as_deref() != Some(st.epoch.as_str());
+    let mut watches: Vec<_> = req.targets.iter().map(|t| (t, st.watch_target(&t.id))).collect();
+    for (t, _) in &watches {
+        st.saw(&t.id);
+    }
+    crate::metrics::add(&st.counters.site_polls, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait.min(MAX_WAIT_SECS));
+    let mut stopping = st.stopping.subscribe();
+    loop {
+        let changed: Vec<usize> =
+            (0..watches.len()).filter(|i| stale || *watches[*i].1.borrow() != watches[*i].0.gen).collect();
+        if !changed.is_empty() {
+            let mut out = Vec::with_capacity(changed.len());
+            for i in changed {
+                let (t, rx) = &mut watches[i];
+                let gen = *rx.borrow_and_update();
+                out.push(convoy_wire::SiteWork { id: t.id.clone(), gen, work: pending_work(&st, &t.id).await? });
+            }
+            return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: out }));
+        }
+        if watches.is_empty() || *stopping.borrow() {
+            return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: Vec::new() }));
+        }
+        let any = futures_util::future::select_all(watches.iter_mut().map(|(_, rx)| Box::pin(rx.changed())));
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, any) => if r.is_err() {
+                return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: Vec::new() }));
+            },
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
 /// A relay URL must be plain `http(s)://host:port[/path]`, at most 256 bytes.
 fn reqwest_like_url(url: &str) -> Option<()> {
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
