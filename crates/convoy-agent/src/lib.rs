@@ -177,7 +177,7 @@ impl Agent {
             let poll = match &self.via {
                 Some((relay, down)) if down.lock().expect("via lock").is_none_or(|t| t.elapsed() > VIA_RETRY) => {
                     match relay.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
-                        Err(e) if !e.downcast_ref::<client::ServerError>().is_some_and(|s| s.status == 401) => {
+                        Err(e) if e.downcast_ref::<client::ServerError>().is_none_or(|s| s.status != 401) => {
                             tracing::warn!(error = %client::short(&e), relay = %relay.server(), "polling the relay failed; polling the server meanwhile");
                             *down.lock().expect("via lock") = Some(std::time::Instant::now());
                             continue;
