@@ -3,12 +3,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::{wave_start, WavePlan};
+use crate::policy::{show_time, Window};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
+    /// A request waiting for its approvals.
+    AwaitingApproval,
+    /// Approved; targets run the environment's preparation and checks.
+    Preflight,
+    /// Preflight passed; waiting for the requester (or a deployer) to confirm.
+    AwaitingConfirmation,
     /// Targets are staging; the consistency gate has not passed yet.
     Staging,
-    /// Every copy is verified; go-live is planned for later.
+    /// Every copy is verified; the next wave's go-live is planned for later.
     Scheduled,
     /// Targets are switching over.
     Activating,
@@ -17,9 +26,16 @@ pub enum DeploymentState {
     RollingBack,
     RolledBack,
     Canceled,
+    /// An approver said no.
+    Rejected,
+    /// Nobody confirmed in time.
+    Expired,
 }
 
-const ALL: [DeploymentState; 8] = [
+const ALL: [DeploymentState; 13] = [
+    DeploymentState::AwaitingApproval,
+    DeploymentState::Preflight,
+    DeploymentState::AwaitingConfirmation,
     DeploymentState::Staging,
     DeploymentState::Scheduled,
     DeploymentState::Activating,
@@ -28,11 +44,16 @@ const ALL: [DeploymentState; 8] = [
     DeploymentState::RollingBack,
     DeploymentState::RolledBack,
     DeploymentState::Canceled,
+    DeploymentState::Rejected,
+    DeploymentState::Expired,
 ];
 
 impl DeploymentState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Preflight => "preflight",
+            Self::AwaitingConfirmation => "awaiting_confirmation",
             Self::Staging => "staging",
             Self::Scheduled => "scheduled",
             Self::Activating => "activating",
@@ -41,6 +62,8 @@ impl DeploymentState {
             Self::RollingBack => "rolling_back",
             Self::RolledBack => "rolled_back",
             Self::Canceled => "canceled",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -48,7 +71,11 @@ impl DeploymentState {
     }
     /// No more work will happen on its own.
     pub fn is_settled(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled)
+        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled | Self::Rejected | Self::Expired)
+    }
+    /// Still a request: no instructions exist yet.
+    pub fn is_request(self) -> bool {
+        matches!(self, Self::AwaitingApproval | Self::Preflight | Self::AwaitingConfirmation)
     }
 }
 
@@ -89,28 +116,49 @@ impl Tally {
             + self.rolled_back
             + self.canceled
     }
+    pub fn plus(mut self, o: &Tally) -> Tally {
+        self.staging += o.staging;
+        self.staged += o.staged;
+        self.activating += o.activating;
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.rolling_back += o.rolling_back;
+        self.rolled_back += o.rolled_back;
+        self.canceled += o.canceled;
+        self
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeploymentView {
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentView<'a> {
     pub state: DeploymentState,
-    /// Planned go-live (unix ms); `None` means as soon as all copies match.
+    /// Requested go-live (unix ms), or once going live the current wave's;
+    /// `None` means as soon as all copies match.
     pub go_live_at: Option<i64>,
-    /// How many targets may fail (at the gate or at go-live) before the
-    /// deployment fails and rolls back.
+    /// How many targets may fail at the gate before the deployment fails;
+    /// without a plan, also the go-live budget.
     pub max_failures: u32,
+    /// The wave going live (0 before the first).
+    pub wave: u32,
+    /// The planned waves; empty: one wave of every target.
+    pub waves: &'a [WavePlan],
+    /// Least time between a wave's success and the next wave's go-live.
+    pub gap_ms: i64,
+    pub windows: &'a [Window],
 }
 
 /// What to do to the deployment's instructions along with a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstrAction {
     None,
-    /// Every `staged` instruction becomes `activating`, to switch at this time.
-    ActivateStaged {
-        at: i64,
-    },
-    /// Every `succeeded` or `activating` instruction becomes `rolling_back`.
+    /// Every `staged` instruction of the wave becomes `activating`, to
+    /// switch at `at`; the deployment's current wave becomes `wave`.
+    ActivateWave { wave: u32, at: i64 },
+    /// Every `succeeded` or `activating` instruction becomes
+    /// `rolling_back`; any not yet live are canceled.
     RollBackLive,
+    /// The wave's live instructions roll back; later waves are canceled.
+    RollBackWave { wave: u32 },
     /// Every instruction still staging or staged becomes `canceled`.
     CancelPending,
 }
@@ -126,14 +174,30 @@ fn adv(to: DeploymentState, note: impl Into<String>, action: InstrAction) -> Opt
     Some(Advance { to, note: note.into(), action })
 }
 
-/// The next step of a deployment, or `None` while it waits.
-pub fn advance(d: DeploymentView, t: Tally, now: i64) -> Option<Advance> {
+/// The next step of a deployment, or `None` while it waits. `waves[k]` is
+/// the tally of wave `k + 1`'s instructions (one entry without a plan).
+pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Advance> {
     use DeploymentState as D;
+    let t = waves.iter().fold(Tally::default(), |a, w| a.plus(w));
+    let count = waves.len().max(1) as u32;
+    let k = d.wave.clamp(1, count);
+    let cur = waves.get(k as usize - 1).copied().unwrap_or_default();
+    let planned = |k: u32| d.waves.get(k as usize - 1);
+    let budget = planned(k).map_or(d.max_failures, |w| w.budget);
+    let of = |k: u32| if count > 1 { format!("wave {k} of {count}: ") } else { String::new() };
+    let go = |k: u32, prefix: String| {
+        let first = planned(k).and_then(|w| w.at).or(if k == 1 { d.go_live_at } else { None });
+        let at = wave_start(first, k, d.gap_ms, d.windows, now);
+        let n = planned(k).map_or(t.staged, |w| w.targets);
+        let what = if count > 1 { format!("wave {k} of {count} ({})", crate::targets(n)) } else { "go-live".into() };
+        let (to, when) = if at > now { (D::Scheduled, format!("{what} planned at {}", show_time(at))) } else { (D::Activating, format!("{what} going live")) };
+        adv(to, format!("{prefix}{when}"), InstrAction::ActivateWave { wave: k, at })
+    };
     // during activation a target still rolling back is one that went silent
     // (see `overdue`): it counts as failed
-    let failures =
-        t.failed + t.rolled_back + if matches!(d.state, D::Scheduled | D::Activating) { t.rolling_back } else { 0 };
+    let failures = |t: &Tally| t.failed + t.rolled_back + if matches!(d.state, D::Scheduled | D::Activating) { t.rolling_back } else { 0 };
     match d.state {
+        D::AwaitingApproval | D::Preflight | D::AwaitingConfirmation => None,
         D::Staging if t.staging > 0 => None,
         D::Staging if t.failed > d.max_failures => adv(
             D::Failed,
@@ -146,38 +210,32 @@ pub fn advance(d: DeploymentView, t: Tally, now: i64) -> Option<Advance> {
             InstrAction::CancelPending,
         ),
         D::Staging if t.staged == 0 => adv(D::Failed, "no target staged the release", InstrAction::CancelPending),
-        D::Staging => {
-            let at = d.go_live_at.unwrap_or(now).max(now);
-            let matched = format!("consistency gate passed: {} hold identical copies", crate::targets(t.staged));
-            if at > now {
-                adv(D::Scheduled, format!("{matched}; go-live planned"), InstrAction::ActivateStaged { at })
+        D::Staging => go(1, format!("consistency gate passed: {} hold identical copies; ", crate::targets(t.staged))),
+        D::Scheduled if cur.activating > 0 && d.go_live_at.is_some_and(|at| now < at) => None,
+        D::Scheduled if cur.activating > 0 => adv(D::Activating, format!("{}go-live time reached", of(k)), InstrAction::None),
+        D::Scheduled | D::Activating if cur.activating > 0 => None,
+        D::Scheduled | D::Activating if failures(&cur) > budget => {
+            let later = if k < count { format!("; waves {}-{count} not started", k + 1) } else { String::new() };
+            let failed = format!("{}{} failed (budget {budget})", of(k), crate::targets(failures(&cur)));
+            if cur.succeeded > 0 {
+                adv(D::RollingBack, format!("{failed}; rolling the wave back{later}"), InstrAction::RollBackWave { wave: k })
             } else {
-                adv(D::Activating, format!("{matched}; going live"), InstrAction::ActivateStaged { at })
+                adv(D::Failed, format!("{failed}{later}"), InstrAction::RollBackWave { wave: k })
             }
         }
-        D::Scheduled if t.activating > 0 && d.go_live_at.is_some_and(|at| now < at) => None,
-        D::Scheduled if t.activating > 0 => adv(D::Activating, "go-live time reached", InstrAction::None),
-        D::Scheduled | D::Activating if t.activating > 0 => None,
-        D::Scheduled | D::Activating if failures > d.max_failures && t.succeeded > 0 => adv(
-            D::RollingBack,
-            format!("{} failed (budget {}); rolling back the rest", crate::targets(failures), d.max_failures),
-            InstrAction::RollBackLive,
-        ),
-        D::Scheduled | D::Activating if failures > d.max_failures => adv(
-            D::Failed,
-            format!("{} failed (budget {})", crate::targets(failures), d.max_failures),
-            InstrAction::None,
-        ),
+        D::Scheduled | D::Activating if k < count => {
+            go(k + 1, format!("wave {k} of {count}: {} live and healthy; ", crate::targets(cur.succeeded)))
+        }
         D::Scheduled | D::Activating => adv(
             D::Succeeded,
-            format!("{} live and healthy, {failures} failed", crate::targets(t.succeeded)),
+            format!("{} live and healthy, {} failed", crate::targets(t.succeeded), failures(&t)),
             InstrAction::None,
         ),
         D::RollingBack if t.rolling_back > 0 => None,
         D::RollingBack => {
             adv(D::RolledBack, format!("{} rolled back", crate::targets(t.rolled_back)), InstrAction::None)
         }
-        D::Succeeded | D::Failed | D::RolledBack | D::Canceled => None,
+        D::Succeeded | D::Failed | D::RolledBack | D::Canceled | D::Rejected | D::Expired => None,
     }
 }
 
@@ -231,7 +289,12 @@ pub fn request_rollback(state: DeploymentState) -> Result<Advance, String> {
         D::Staging => {
             Ok(Advance { to: D::Canceled, note: "canceled before go-live".into(), action: InstrAction::CancelPending })
         }
-        D::RollingBack | D::RolledBack | D::Canceled => Err(format!("deployment is already {}", state.as_str())),
+        D::AwaitingApproval | D::Preflight | D::AwaitingConfirmation => {
+            Ok(Advance { to: D::Canceled, note: "request canceled".into(), action: InstrAction::None })
+        }
+        D::RollingBack | D::RolledBack | D::Canceled | D::Rejected | D::Expired => {
+            Err(format!("deployment is already {}", state.as_str()))
+        }
     }
 }
 
@@ -240,43 +303,43 @@ mod tests {
     use super::*;
     use DeploymentState as D;
 
-    fn dep(state: D, at: Option<i64>, budget: u32) -> DeploymentView {
-        DeploymentView { state, go_live_at: at, max_failures: budget }
+    fn dep(state: D, at: Option<i64>, budget: u32) -> DeploymentView<'static> {
+        DeploymentView { state, go_live_at: at, max_failures: budget, wave: 1, waves: &[], gap_ms: 0, windows: &[] }
     }
 
     #[test]
     fn gate_waits_for_every_target() {
         let t = Tally { staging: 1, staged: 2, ..Default::default() };
-        assert_eq!(advance(dep(D::Staging, None, 0), t, 0), None);
+        assert_eq!(advance(&dep(D::Staging, None, 0), &[t], 0), None);
     }
 
     #[test]
     fn gate_passes_to_now_or_later() {
         let t = Tally { staged: 3, ..Default::default() };
-        let a = advance(dep(D::Staging, None, 0), t, 100).unwrap();
-        assert_eq!((a.to, a.action), (D::Activating, InstrAction::ActivateStaged { at: 100 }));
-        let a = advance(dep(D::Staging, Some(500), 0), t, 100).unwrap();
-        assert_eq!((a.to, a.action), (D::Scheduled, InstrAction::ActivateStaged { at: 500 }));
+        let a = advance(&dep(D::Staging, None, 0), &[t], 100).unwrap();
+        assert_eq!((a.to, a.action), (D::Activating, InstrAction::ActivateWave { wave: 1, at: 100 }));
+        let a = advance(&dep(D::Staging, Some(500), 0), &[t], 100).unwrap();
+        assert_eq!((a.to, a.action), (D::Scheduled, InstrAction::ActivateWave { wave: 1, at: 500 }));
         let t = Tally { activating: 3, ..Default::default() };
-        assert_eq!(advance(dep(D::Scheduled, Some(500), 0), t, 499), None);
-        assert_eq!(advance(dep(D::Scheduled, Some(500), 0), t, 500).unwrap().to, D::Activating);
+        assert_eq!(advance(&dep(D::Scheduled, Some(500), 0), &[t], 499), None);
+        assert_eq!(advance(&dep(D::Scheduled, Some(500), 0), &[t], 500).unwrap().to, D::Activating);
     }
 
     #[test]
     fn gate_failure_respects_budget() {
         let t = Tally { staged: 2, failed: 1, ..Default::default() };
-        assert_eq!(advance(dep(D::Staging, None, 0), t, 0).unwrap().to, D::Failed);
-        assert_eq!(advance(dep(D::Staging, None, 1), t, 0).unwrap().to, D::Activating);
+        assert_eq!(advance(&dep(D::Staging, None, 0), &[t], 0).unwrap().to, D::Failed);
+        assert_eq!(advance(&dep(D::Staging, None, 1), &[t], 0).unwrap().to, D::Activating);
     }
 
     #[test]
     fn activation_failure_beyond_budget_rolls_back() {
         let t = Tally { succeeded: 2, rolled_back: 1, ..Default::default() };
-        let a = advance(dep(D::Activating, None, 0), t, 0).unwrap();
-        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackLive));
-        assert_eq!(advance(dep(D::Activating, None, 1), t, 0).unwrap().to, D::Succeeded);
+        let a = advance(&dep(D::Activating, None, 0), &[t], 0).unwrap();
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 1 }));
+        assert_eq!(advance(&dep(D::Activating, None, 1), &[t], 0).unwrap().to, D::Succeeded);
         let t = Tally { rolled_back: 3, ..Default::default() };
-        assert_eq!(advance(dep(D::RollingBack, None, 0), t, 0).unwrap().to, D::RolledBack);
+        assert_eq!(advance(&dep(D::RollingBack, None, 0), &[t], 0).unwrap().to, D::RolledBack);
     }
 
     #[test]
@@ -293,11 +356,11 @@ mod tests {
         assert_eq!(overdue(D::Activating, S::Succeeded, Some(10), dl, 1000), None);
         // a silent target fails the wave and takes the others back with it
         let t = Tally { succeeded: 2, rolling_back: 1, ..Default::default() };
-        let a = advance(dep(D::Activating, None, 0), t, 0).unwrap();
-        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackLive));
+        let a = advance(&dep(D::Activating, None, 0), &[t], 0).unwrap();
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 1 }));
         // and the rollback waits for it to come back
         assert_eq!(
-            advance(dep(D::RollingBack, None, 0), Tally { rolled_back: 2, rolling_back: 1, ..Default::default() }, 0),
+            advance(&dep(D::RollingBack, None, 0), &[Tally { rolled_back: 2, rolling_back: 1, ..Default::default() }], 0),
             None
         );
     }
@@ -305,7 +368,7 @@ mod tests {
     #[test]
     fn settled_deployments_stay() {
         for s in [D::Succeeded, D::Failed, D::RolledBack, D::Canceled] {
-            assert_eq!(advance(dep(s, None, 0), Tally { staged: 1, ..Default::default() }, 0), None);
+            assert_eq!(advance(&dep(s, None, 0), &[Tally { staged: 1, ..Default::default() }], 0), None);
             assert!(s.is_settled());
         }
         assert!(request_rollback(D::RolledBack).is_err());
@@ -313,5 +376,51 @@ mod tests {
         for s in ALL {
             assert_eq!(DeploymentState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn waves_go_in_order_and_a_breach_halts_the_wave() {
+        let plan = [
+            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 0 },
+            WavePlan { wave: 2, targets: 2, at: Some(2_000), budget: 0 },
+            WavePlan { wave: 3, targets: 2, at: Some(3_000), budget: 0 },
+        ];
+        let v = |state, wave, at| DeploymentView {
+            state,
+            go_live_at: at,
+            max_failures: 0,
+            wave,
+            waves: &plan,
+            gap_ms: 100,
+            windows: &[],
+        };
+        let staged = |n| Tally { staged: n, ..Default::default() };
+        let a = advance(&v(D::Staging, 0, None), &[staged(1), staged(2), staged(2)], 500).unwrap();
+        assert_eq!((a.to, a.action), (D::Scheduled, InstrAction::ActivateWave { wave: 1, at: 1_000 }));
+        let live = |n| Tally { succeeded: n, ..Default::default() };
+        // wave 1 done at 2500: wave 2 is due (planned 2000) after the gap
+        let a = advance(&v(D::Activating, 1, Some(1_000)), &[live(1), staged(2), staged(2)], 2_500).unwrap();
+        assert_eq!((a.to, a.action), (D::Scheduled, InstrAction::ActivateWave { wave: 2, at: 2_600 }));
+        // wave 2 still switching: wait
+        let switching = Tally { activating: 1, succeeded: 1, ..Default::default() };
+        assert_eq!(advance(&v(D::Activating, 2, Some(2_600)), &[live(1), switching, staged(2)], 2_700), None);
+        // one failure in wave 2 is over its budget: roll wave 2 back, leave wave 3
+        let broke = Tally { succeeded: 1, rolled_back: 1, ..Default::default() };
+        let a = advance(&v(D::Activating, 2, Some(2_600)), &[live(1), broke, staged(2)], 2_800).unwrap();
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 2 }));
+        assert!(a.note.contains("wave 2 of 3") && a.note.contains("waves 3-3 not started"), "{}", a.note);
+        // the last wave done: succeeded
+        let a = advance(&v(D::Activating, 3, Some(3_000)), &[live(1), live(2), live(2)], 3_500).unwrap();
+        assert_eq!(a.to, D::Succeeded);
+    }
+
+    #[test]
+    fn requests_wait_for_people() {
+        for s in [D::AwaitingApproval, D::Preflight, D::AwaitingConfirmation] {
+            assert!(s.is_request() && !s.is_settled());
+            assert_eq!(advance(&dep(s, None, 0), &[], 0), None);
+            assert_eq!(request_rollback(s).unwrap().to, D::Canceled);
+        }
+        assert!(D::Rejected.is_settled() && D::Expired.is_settled());
     }
 }
