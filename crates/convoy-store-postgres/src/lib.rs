@@ -9,7 +9,9 @@ use sqlx::Row;
 
 /// Schema migrations, applied in order at start-up under an advisory lock.
 const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_deadlines.sql"))];
+    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_deadlines.sql")),
+    (3, include_str!("../migrations/0003_workflow.sql")),
+];
 
 /// Advisory lock key taken while migrating, so two servers never race.
 const MIGRATION_LOCK: i64 = 0x636f_6e76_6f79; // "convoy"

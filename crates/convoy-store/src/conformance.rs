@@ -15,6 +15,7 @@ pub async fn run(store: &dyn Store) {
     targets(store).await;
     releases(store).await;
     deployments(store).await;
+    workflow(store).await;
 }
 
 async fn tokens(s: &dyn Store) {
@@ -90,6 +91,8 @@ fn instruction(id: &str, target: &str, state: S) -> InstructionRecord {
         output: String::new(),
         note: "planned".into(),
         updated_at: 100,
+        wave: 1,
+        planned_at: None,
     }
 }
 
@@ -109,6 +112,13 @@ async fn deployments(s: &dyn Store) {
         created_at: 100,
         updated_at: 100,
         note: "created".into(),
+        env: None,
+        reason: String::new(),
+        policy_json: String::new(),
+        plan_json: String::new(),
+        wave: 0,
+        revision: 0,
+        expires_at: None,
     };
     let instrs = [instruction("i-1", "t-1", S::Created), instruction("i-2", "t-2", S::Created)];
     s.create_deployment(&d, &instrs, "admin").await.unwrap();
@@ -159,19 +169,18 @@ async fn deployments(s: &dyn Store) {
     check("attempt", s.get_instruction("i-2").await.unwrap().unwrap().attempt, 1);
 
     // a deployment transition moves matching instructions with it
-    let bulk = BulkMove { from: vec![S::Staged], to: S::Activating, go_live_at: Some(5000), note: "go live".into() };
+    let bulk = [BulkMove {
+        from: vec![S::Staged],
+        to: S::Activating,
+        go_live_at: Some(5000),
+        note: "go live".into(),
+        waves: WaveFilter::Only(1),
+    }];
     check(
         "stale deployment state refused",
         s.transition_deployment(
             "d-1",
-            &DeploymentMove {
-                from: D::Scheduled,
-                to: D::Activating,
-                note: "x",
-                bulk: Some(&bulk),
-                actor: "scheduler",
-                now: 130,
-            },
+            &DeploymentMove { bulk: &bulk, ..DeploymentMove::new(D::Scheduled, D::Activating, "x", "scheduler", 130) },
         )
         .await
         .unwrap(),
@@ -182,12 +191,10 @@ async fn deployments(s: &dyn Store) {
         s.transition_deployment(
             "d-1",
             &DeploymentMove {
-                from: D::Staging,
-                to: D::Scheduled,
-                note: "gate passed",
-                bulk: Some(&bulk),
-                actor: "scheduler",
-                now: 130,
+                bulk: &bulk,
+                wave: Some(1),
+                go_live_at: Some(5000),
+                ..DeploymentMove::new(D::Staging, D::Scheduled, "gate passed", "scheduler", 130)
             },
         )
         .await
@@ -199,6 +206,7 @@ async fn deployments(s: &dyn Store) {
     check("others untouched", after[1].state, S::Created);
     let dep = s.get_deployment("d-1").await.unwrap().unwrap();
     check("deployment state", (dep.state, dep.note.as_str(), dep.updated_at), (D::Scheduled, "gate passed", 130));
+    check("wave and go-live set", (dep.wave, dep.go_live_at), (1, Some(5000)));
 
     let counts = s.state_counts().await.unwrap();
     check("target count", counts.targets, 1);
@@ -262,17 +270,171 @@ async fn deployments(s: &dyn Store) {
 
     s.transition_deployment(
         "d-1",
-        &DeploymentMove {
-            from: D::Scheduled,
-            to: D::Succeeded,
-            note: "done",
-            bulk: None,
-            actor: "scheduler",
-            now: 140,
-        },
+        &DeploymentMove { from_wave: Some(1), ..DeploymentMove::new(D::Scheduled, D::Succeeded, "done", "scheduler", 140) },
     )
     .await
     .unwrap();
     check("settled is not active", s.active_deployments().await.unwrap().len(), 0);
     check("settled frees targets", s.busy_targets("web").await.unwrap().len(), 0);
+}
+
+async fn workflow(s: &dyn Store) {
+    // users and their tokens
+    let u = UserRecord { name: "alice".into(), role: "deployer".into(), created_by: "admin".into(), created_at: 1 };
+    let tok = TokenRecord { hash: hash_token("alice-secret"), kind: TokenKind::User, subject: "alice".into(), created_at: 1 };
+    s.add_user(&u, &tok).await.unwrap();
+    check("user", s.get_user("alice").await.unwrap(), Some(u.clone()));
+    check("user token", s.find_token(&tok.hash).await.unwrap().map(|t| t.kind), Some(TokenKind::User));
+    let again = TokenRecord { hash: hash_token("other"), ..tok.clone() };
+    assert!(matches!(s.add_user(&u, &again).await, Err(StoreError::Conflict(_))), "names are unique");
+    check("no token for the refused user", s.find_token(&again.hash).await.unwrap(), None);
+    check("users", s.list_users().await.unwrap().len(), 1);
+
+    // environments are replaced whole
+    let e = EnvRecord { name: "prod".into(), policy_json: "{}".into(), updated_by: "admin".into(), updated_at: 1 };
+    s.put_env(&e).await.unwrap();
+    s.put_env(&EnvRecord { policy_json: r#"{"approvals":2}"#.into(), ..e.clone() }).await.unwrap();
+    check("env", s.get_env("prod").await.unwrap().unwrap().policy_json, r#"{"approvals":2}"#.to_owned());
+    check("envs", s.list_envs().await.unwrap().len(), 1);
+
+    // a request: approvals count once per approver and revision
+    let d = DeploymentRecord {
+        id: "d-2".into(),
+        app: "web".into(),
+        version: "1".into(),
+        digest: "aa".into(),
+        selector: "site=sh".into(),
+        state: D::AwaitingApproval,
+        go_live_at: None,
+        max_failures: 0,
+        stage_deadline: None,
+        activate_timeout_ms: 1000,
+        created_by: "alice".into(),
+        created_at: 200,
+        updated_at: 200,
+        note: "requested".into(),
+        env: Some("prod".into()),
+        reason: "CHG-1".into(),
+        policy_json: r#"{"approvals":2}"#.into(),
+        plan_json: String::new(),
+        wave: 0,
+        revision: 0,
+        expires_at: None,
+    };
+    s.create_deployment(&d, &[], "user:alice").await.unwrap();
+    check("request read back", s.get_deployment("d-2").await.unwrap(), Some(d.clone()));
+    let a = ApprovalRecord {
+        deployment_id: "d-2".into(),
+        revision: 0,
+        approver: "bob".into(),
+        decision: "approve".into(),
+        note: "ok".into(),
+        at: 210,
+    };
+    check("approve", s.add_approval(&a, D::AwaitingApproval, "user:bob").await.unwrap(), true);
+    check("approve twice", s.add_approval(&a, D::AwaitingApproval, "user:bob").await.unwrap(), false);
+    check(
+        "approval of a stale revision",
+        s.add_approval(&ApprovalRecord { revision: 7, approver: "carol".into(), ..a.clone() }, D::AwaitingApproval, "x")
+            .await
+            .unwrap(),
+        false,
+    );
+    check(
+        "revise",
+        s.revise_request("d-2", D::AwaitingApproval, 0, D::AwaitingApproval, "site=bj", Some(9), "CHG-2", "user:alice", "changed", 220)
+            .await
+            .unwrap(),
+        true,
+    );
+    check(
+        "revise a stale revision",
+        s.revise_request("d-2", D::AwaitingApproval, 0, D::AwaitingApproval, "x", None, "", "user:alice", "changed", 221)
+            .await
+            .unwrap(),
+        false,
+    );
+    let d2 = s.get_deployment("d-2").await.unwrap().unwrap();
+    check("revised", (d2.revision, d2.selector.as_str(), d2.go_live_at, d2.reason.as_str()), (1, "site=bj", Some(9), "CHG-2"));
+    check("bob may approve the new revision", s.add_approval(&ApprovalRecord { revision: 1, ..a.clone() }, D::AwaitingApproval, "user:bob").await.unwrap(), true);
+    check("approvals kept per revision", s.list_approvals("d-2").await.unwrap().len(), 2);
+
+    // preflight checks are written with the move, and settle once
+    let c = CheckRecord {
+        id: "c-1".into(),
+        deployment_id: "d-2".into(),
+        target_id: "t-9".into(),
+        state: "pending".into(),
+        result_json: "{}".into(),
+        output: String::new(),
+        updated_at: 230,
+    };
+    let checks = [c.clone()];
+    let m = DeploymentMove {
+        from_revision: Some(0),
+        new_checks: &checks,
+        ..DeploymentMove::new(D::AwaitingApproval, D::Preflight, "approved", "user:bob", 230)
+    };
+    check("stale revision refused", s.transition_deployment("d-2", &m).await.unwrap(), false);
+    let m = DeploymentMove { from_revision: Some(1), ..m };
+    check("to preflight", s.transition_deployment("d-2", &m).await.unwrap(), true);
+    check("pending check", s.pending_checks("t-9").await.unwrap(), vec![c.clone()]);
+    let done = CheckRecord { state: "failed".into(), result_json: r#"{"disk":"FAIL"}"#.into(), updated_at: 240, ..c.clone() };
+    check("finish", s.finish_check(&done, "agent:t-9").await.unwrap(), true);
+    check("finish once", s.finish_check(&done, "agent:t-9").await.unwrap(), false);
+    check("no longer pending", s.pending_checks("t-9").await.unwrap().len(), 0);
+    check("check read back", s.get_check("c-1").await.unwrap(), Some(done));
+
+    // confirmation writes the plan and the instructions with the move
+    let mut i = instruction("i-9", "t-9", S::Created);
+    i.deployment_id = "d-2".into();
+    i.wave = 2;
+    i.planned_at = Some(5000);
+    let instrs = [i.clone()];
+    let m = DeploymentMove {
+        plan_json: Some("[]"),
+        new_instructions: &instrs,
+        ..DeploymentMove::new(D::Preflight, D::Staging, "confirmed", "user:alice", 250)
+    };
+    check("to staging", s.transition_deployment("d-2", &m).await.unwrap(), true);
+    check("planned instruction", s.list_instructions("d-2").await.unwrap(), vec![i]);
+    check("plan stored", s.get_deployment("d-2").await.unwrap().unwrap().plan_json, "[]".to_owned());
+
+    // batched report moves: each a compare-and-set
+    let up = InstructionUpdate { to: Some(S::Sent), note: "delivered".into(), ..Default::default() };
+    let mv = InstructionMove { id: "i-9".into(), from: S::Created, from_attempt: 0, up, actor: "server".into() };
+    let stale = InstructionMove { id: "i-9".into(), from: S::Received, ..mv.clone() };
+    check("batch", s.transition_instructions(&[mv, stale], 260).await.unwrap(), vec![true, false]);
+
+    // the audit log, newest first, by deployment and by actor
+    let by_bob = s.audit(&AuditFilter { actor: Some("user:bob".into()), limit: 100, ..Default::default() }).await.unwrap();
+    check("bob's events", by_bob.len(), 3);
+    assert!(by_bob.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    let d2_events = s.audit(&AuditFilter { deployment: Some("d-2".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert!(d2_events.iter().all(|e| e.deployment_id == "d-2") && d2_events.len() >= 8, "{d2_events:?}");
+    s.append_event(&EventRecord {
+        seq: 0,
+        deployment_id: String::new(),
+        instruction_id: None,
+        from_state: String::new(),
+        to_state: "user_added".into(),
+        actor: "user:admin".into(),
+        note: "alice as deployer".into(),
+        at: 270,
+    })
+    .await
+    .unwrap();
+    let limited = s.audit(&AuditFilter { limit: 1, ..Default::default() }).await.unwrap();
+    check("limit, newest", limited.iter().map(|e| e.to_state.as_str()).collect::<Vec<_>>(), vec!["user_added"]);
+
+    // one lease holder at a time; another takes over once it runs out
+    check("a takes", s.hold_lease("scheduler", "a", 1000, 100).await.unwrap(), true);
+    check("b waits", s.hold_lease("scheduler", "b", 1050, 100).await.unwrap(), false);
+    check("a renews", s.hold_lease("scheduler", "a", 1090, 100).await.unwrap(), true);
+    check("b still waits", s.hold_lease("scheduler", "b", 1150, 100).await.unwrap(), false);
+    check("b takes an expired lease", s.hold_lease("scheduler", "b", 1200, 100).await.unwrap(), true);
+    check("a lost it", s.hold_lease("scheduler", "a", 1210, 100).await.unwrap(), false);
+
+    check("remove user", s.remove_user("alice").await.unwrap(), true);
+    check("token revoked", s.find_token(&tok.hash).await.unwrap(), None);
 }

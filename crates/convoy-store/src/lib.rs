@@ -14,7 +14,7 @@ mod sql;
 pub use records::*;
 
 use async_trait::async_trait;
-use convoy_domain::InstructionState;
+use convoy_domain::{DeploymentState, InstructionState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,6 +110,59 @@ pub trait Store: Send + Sync + 'static {
     async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool>;
 
     async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>>;
+    /// The audit log, newest first, by deployment and/or actor.
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>>;
+    /// Appends an event that belongs to no state move (users, environments).
+    async fn append_event(&self, e: &EventRecord) -> Result<()>;
+
+    /// Applies report-driven moves in one transaction; each is a
+    /// compare-and-set like `transition_instruction`. Returns which moved.
+    async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>>;
+
+    /// Adds a user and its token at once; `Conflict` if the name is taken.
+    async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()>;
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>>;
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
+    /// Removes a user and revokes its tokens; false if there was none.
+    async fn remove_user(&self, name: &str) -> Result<bool>;
+
+    /// Creates or replaces an environment.
+    async fn put_env(&self, e: &EnvRecord) -> Result<()>;
+    async fn get_env(&self, name: &str) -> Result<Option<EnvRecord>>;
+    async fn list_envs(&self) -> Result<Vec<EnvRecord>>;
+
+    /// Records an approval or rejection for the request's current revision,
+    /// with its event; false if this approver already decided on it.
+    async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool>;
+    async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>>;
+    /// Changes a request (selector, go-live, reason) if it is still in
+    /// `from` at `revision`: bumps the revision (voiding its approvals),
+    /// drops its preflight results and moves it to `to`.
+    #[allow(clippy::too_many_arguments)]
+    async fn revise_request(
+        &self,
+        id: &str,
+        from: DeploymentState,
+        revision: u32,
+        to: DeploymentState,
+        selector: &str,
+        go_live_at: Option<i64>,
+        reason: &str,
+        actor: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<bool>;
+
+    async fn list_checks(&self, deployment_id: &str) -> Result<Vec<CheckRecord>>;
+    /// A target's pending checks of requests in preflight.
+    async fn pending_checks(&self, target_id: &str) -> Result<Vec<CheckRecord>>;
+    async fn get_check(&self, id: &str) -> Result<Option<CheckRecord>>;
+    /// Settles a pending check; false if it was no longer pending.
+    async fn finish_check(&self, c: &CheckRecord, actor: &str) -> Result<bool>;
+
+    /// Takes or renews the named lease for `holder` until `now + ttl_ms`;
+    /// false while another holder's lease runs.
+    async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool>;
 
     /// `(state, count)` of deployments and of instructions, for metrics.
     async fn state_counts(&self) -> Result<StateCounts>;

@@ -2,8 +2,10 @@ use convoy_domain::{DeploymentState, InstructionState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    /// Operator with every right (issue of roles comes later).
+    /// The first administrator's token, made at first start (role admin).
     Admin,
+    /// A user's API token; the user's role says what it may do.
+    User,
     /// Lets a new agent enrol.
     Enrol,
     /// One target's own credential.
@@ -14,12 +16,13 @@ impl TokenKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
+            Self::User => "user",
             Self::Enrol => "enrol",
             Self::Agent => "agent",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Admin, Self::Enrol, Self::Agent].into_iter().find(|k| k.as_str() == s)
+        [Self::Admin, Self::User, Self::Enrol, Self::Agent].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -93,6 +96,19 @@ pub struct DeploymentRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub note: String,
+    /// The environment whose policy governs it; `None`: a direct deployment.
+    pub env: Option<String>,
+    pub reason: String,
+    /// The environment's `Policy` as JSON, copied when requested.
+    pub policy_json: String,
+    /// The planned waves (`Vec<WavePlan>` JSON), set on confirmation.
+    pub plan_json: String,
+    /// The wave going live (0 before the first).
+    pub wave: u32,
+    /// Bumped by every change of the request; approvals count per revision.
+    pub revision: u32,
+    /// An unconfirmed request expires then.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +126,11 @@ pub struct InstructionRecord {
     pub output: String,
     pub note: String,
     pub updated_at: i64,
+    /// 1-based wave of the deployment's plan.
+    pub wave: u32,
+    /// When the plan has the target go live (display; `go_live_at` is set
+    /// when its wave actually goes).
+    pub planned_at: Option<i64>,
 }
 
 /// Fields written with an instruction's transition; `None` keeps the value.
@@ -131,6 +152,25 @@ pub struct BulkMove {
     pub to: InstructionState,
     pub go_live_at: Option<i64>,
     pub note: String,
+    pub waves: WaveFilter,
+}
+
+/// Which waves' instructions a bulk move touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveFilter {
+    All,
+    Only(u32),
+    After(u32),
+}
+
+impl WaveFilter {
+    pub fn matches(self, wave: u32) -> bool {
+        match self {
+            WaveFilter::All => true,
+            WaveFilter::Only(w) => wave == w,
+            WaveFilter::After(w) => wave > w,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,15 +185,109 @@ pub struct EventRecord {
     pub at: i64,
 }
 
-/// A deployment's transition, with the instructions that move along.
+/// A deployment's transition, with the instructions that move along and
+/// what is written with it, all in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentMove<'a> {
     pub from: DeploymentState,
     pub to: DeploymentState,
     pub note: &'a str,
-    pub bulk: Option<&'a BulkMove>,
+    pub bulk: &'a [BulkMove],
     pub actor: &'a str,
     pub now: i64,
+    /// Compare-and-set also on the wave / the request's revision.
+    pub from_wave: Option<u32>,
+    pub from_revision: Option<u32>,
+    /// Values to set; `None` keeps.
+    pub wave: Option<u32>,
+    pub go_live_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub plan_json: Option<&'a str>,
+    /// Rows created with the move (preflight checks, planned instructions).
+    pub new_checks: &'a [CheckRecord],
+    pub new_instructions: &'a [InstructionRecord],
+}
+
+impl<'a> DeploymentMove<'a> {
+    pub fn new(from: DeploymentState, to: DeploymentState, note: &'a str, actor: &'a str, now: i64) -> Self {
+        DeploymentMove {
+            from,
+            to,
+            note,
+            bulk: &[],
+            actor,
+            now,
+            from_wave: None,
+            from_revision: None,
+            wave: None,
+            go_live_at: None,
+            expires_at: None,
+            plan_json: None,
+            new_checks: &[],
+            new_instructions: &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// `convoy_domain::Role` as text.
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRecord {
+    pub name: String,
+    /// `convoy_domain::Policy` as JSON.
+    pub policy_json: String,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    pub deployment_id: String,
+    pub revision: u32,
+    pub approver: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub note: String,
+    pub at: i64,
+}
+
+/// One target's preflight for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRecord {
+    pub id: String,
+    pub deployment_id: String,
+    pub target_id: String,
+    /// `pending`, `passed` or `failed`.
+    pub state: String,
+    /// Per-check results (`BTreeMap<String, String>` JSON).
+    pub result_json: String,
+    pub output: String,
+    pub updated_at: i64,
+}
+
+/// Which events to read from the audit log (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub deployment: Option<String>,
+    pub actor: Option<String>,
+    pub limit: u32,
+}
+
+/// One instruction's report-driven move, applied in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionMove {
+    pub id: String,
+    pub from: InstructionState,
+    pub from_attempt: u32,
+    pub up: InstructionUpdate,
+    pub actor: String,
 }
 
 /// How many deployments and instructions are in each state, and targets.

@@ -15,8 +15,8 @@ macro_rules! impl_sql_store {
             use super::*;
             use ::sqlx::Row as _;
             use $crate::{
-                BulkMove, DeploymentMove, DeploymentRecord, EventRecord, InstructionRecord, InstructionUpdate, ReleaseRecord, Result, StateCounts, StoreError,
-                TargetRecord, TokenKind, TokenRecord,
+                ApprovalRecord, AuditFilter, CheckRecord, DeploymentMove, DeploymentRecord, EnvRecord, EventRecord, InstructionMove, InstructionRecord, InstructionUpdate,
+                ReleaseRecord, Result, StateCounts, StoreError, TargetRecord, TokenKind, TokenRecord, UserRecord,
             };
             use ::convoy_domain::{DeploymentState, InstructionState};
 
@@ -24,8 +24,9 @@ macro_rules! impl_sql_store {
                 StoreError::Backend(e.to_string())
             }
 
-            const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at";
-            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note";
+            const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at";
+            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at";
+            const CHECK_COLS: &str = "id, deployment_id, target_id, state, result, output, updated_at";
             const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen";
 
             fn instr(r: &$row) -> Result<InstructionRecord> {
@@ -42,6 +43,38 @@ macro_rules! impl_sql_store {
                     metrics_json: r.try_get("metrics").map_err(db)?,
                     output: r.try_get("output").map_err(db)?,
                     note: r.try_get("note").map_err(db)?,
+                    updated_at: r.try_get("updated_at").map_err(db)?,
+                    wave: r.try_get::<i64, _>("wave").map_err(db)? as u32,
+                    planned_at: r.try_get("planned_at").map_err(db)?,
+                })
+            }
+
+            fn check_row(r: &$row) -> Result<CheckRecord> {
+                Ok(CheckRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    deployment_id: r.try_get("deployment_id").map_err(db)?,
+                    target_id: r.try_get("target_id").map_err(db)?,
+                    state: r.try_get("state").map_err(db)?,
+                    result_json: r.try_get("result").map_err(db)?,
+                    output: r.try_get("output").map_err(db)?,
+                    updated_at: r.try_get("updated_at").map_err(db)?,
+                })
+            }
+
+            fn user(r: &$row) -> Result<UserRecord> {
+                Ok(UserRecord {
+                    name: r.try_get("name").map_err(db)?,
+                    role: r.try_get("role").map_err(db)?,
+                    created_by: r.try_get("created_by").map_err(db)?,
+                    created_at: r.try_get("created_at").map_err(db)?,
+                })
+            }
+
+            fn env(r: &$row) -> Result<EnvRecord> {
+                Ok(EnvRecord {
+                    name: r.try_get("name").map_err(db)?,
+                    policy_json: r.try_get("policy").map_err(db)?,
+                    updated_by: r.try_get("updated_by").map_err(db)?,
                     updated_at: r.try_get("updated_at").map_err(db)?,
                 })
             }
@@ -63,6 +96,13 @@ macro_rules! impl_sql_store {
                     created_at: r.try_get("created_at").map_err(db)?,
                     updated_at: r.try_get("updated_at").map_err(db)?,
                     note: r.try_get("note").map_err(db)?,
+                    env: r.try_get("env").map_err(db)?,
+                    reason: r.try_get("reason").map_err(db)?,
+                    policy_json: r.try_get("policy").map_err(db)?,
+                    plan_json: r.try_get("plan").map_err(db)?,
+                    wave: r.try_get::<i64, _>("wave").map_err(db)? as u32,
+                    revision: r.try_get::<i64, _>("revision").map_err(db)? as u32,
+                    expires_at: r.try_get("expires_at").map_err(db)?,
                 })
             }
 
@@ -104,6 +144,17 @@ macro_rules! impl_sql_store {
             }
 
             const INSERT_EVENT: &str = "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+            const INSERT_INSTR: &str = "INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+            const UPDATE_INSTR: &str = "UPDATE instructions SET state = $1, attempt = $2, go_live_at = COALESCE($3, go_live_at), reported_digest = COALESCE($4, reported_digest), metrics = COALESCE($5, metrics), output = COALESCE($6, output), note = $7, updated_at = $8 WHERE id = $9 AND state = $10 AND attempt = $11";
+
+            async fn insert_instr<'c, E: ::sqlx::Executor<'c, Database = <$row as ::sqlx::Row>::Database>>(ex: E, i: &InstructionRecord) -> Result<()> {
+                ::sqlx::query(INSERT_INSTR)
+                    .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)
+                    .bind(&i.previous_version).bind(i.go_live_at).bind(&i.reported_digest).bind(&i.metrics_json).bind(&i.output).bind(&i.note).bind(i.updated_at)
+                    .bind(i.wave as i64).bind(i.planned_at)
+                    .execute(ex).await.map_err(db)?;
+                Ok(())
+            }
 
             #[::async_trait::async_trait]
             impl $crate::Store for $ty {
@@ -223,17 +274,15 @@ macro_rules! impl_sql_store {
 
                 async fn create_deployment(&self, d: &DeploymentRecord, instructions: &[InstructionRecord], actor: &str) -> Result<()> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
+                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)")
                         .bind(&d.id).bind(&d.app).bind(&d.version).bind(&d.digest).bind(&d.selector).bind(d.state.as_str())
                         .bind(d.go_live_at).bind(d.max_failures as i64).bind(d.stage_deadline).bind(d.activate_timeout_ms).bind(&d.created_by).bind(d.created_at).bind(d.updated_at).bind(&d.note)
+                        .bind(&d.env).bind(&d.reason).bind(&d.policy_json).bind(&d.plan_json).bind(d.wave as i64).bind(d.revision as i64).bind(d.expires_at)
                         .execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(None::<String>).bind("").bind(d.state.as_str()).bind(actor).bind(&d.note).bind(d.created_at)
                         .execute(&mut *tx).await.map_err(db)?;
                     for i in instructions {
-                        ::sqlx::query("INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-                            .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)
-                            .bind(&i.previous_version).bind(i.go_live_at).bind(&i.reported_digest).bind(&i.metrics_json).bind(&i.output).bind(&i.note).bind(i.updated_at)
-                            .execute(&mut *tx).await.map_err(db)?;
+                        insert_instr(&mut *tx, i).await?;
                         ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(Some(&i.id)).bind("").bind(i.state.as_str()).bind(actor).bind(&i.note).bind(i.updated_at)
                             .execute(&mut *tx).await.map_err(db)?;
                     }
@@ -251,7 +300,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
-                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE state IN ('staging', 'scheduled', 'activating', 'rolling_back') ORDER BY created_at, id");
+                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE state IN ('preflight', 'awaiting_confirmation', 'staging', 'scheduled', 'activating', 'rolling_back') ORDER BY created_at, id");
                     ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
                 }
 
@@ -279,7 +328,7 @@ macro_rules! impl_sql_store {
                 async fn transition_instruction(&self, id: &str, from: InstructionState, from_attempt: u32, up: &InstructionUpdate, actor: &str, now: i64) -> Result<bool> {
                     let to = up.to.unwrap_or(from);
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    let done = ::sqlx::query("UPDATE instructions SET state = $1, attempt = $2, go_live_at = COALESCE($3, go_live_at), reported_digest = COALESCE($4, reported_digest), metrics = COALESCE($5, metrics), output = COALESCE($6, output), note = $7, updated_at = $8 WHERE id = $9 AND state = $10 AND attempt = $11")
+                    let done = ::sqlx::query(UPDATE_INSTR)
                         .bind(to.as_str()).bind(up.attempt.unwrap_or(from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
                         .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(now).bind(id).bind(from.as_str()).bind(from_attempt as i64)
                         .execute(&mut *tx).await.map_err(db)?;
@@ -296,10 +345,11 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
-                    let (from, to, note, bulk, actor, now) = (m.from, m.to, m.note, m.bulk, m.actor, m.now);
+                    let (from, to, note, actor, now) = (m.from, m.to, m.note, m.actor, m.now);
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    let done = ::sqlx::query("UPDATE deployments SET state = $1, note = $2, updated_at = $3 WHERE id = $4 AND state = $5")
-                        .bind(to.as_str()).bind(note).bind(now).bind(id).bind(from.as_str())
+                    let done = ::sqlx::query("UPDATE deployments SET state = $1, note = $2, updated_at = $3, wave = COALESCE($4, wave), go_live_at = COALESCE($5, go_live_at), expires_at = COALESCE($6, expires_at), plan = COALESCE($7, plan) WHERE id = $8 AND state = $9 AND ($10 < 0 OR wave = $10) AND ($11 < 0 OR revision = $11)")
+                        .bind(to.as_str()).bind(note).bind(now).bind(m.wave.map(i64::from)).bind(m.go_live_at).bind(m.expires_at).bind(m.plan_json)
+                        .bind(id).bind(from.as_str()).bind(m.from_wave.map_or(-1, i64::from)).bind(m.from_revision.map_or(-1, i64::from))
                         .execute(&mut *tx).await.map_err(db)?;
                     if done.rows_affected() == 0 {
                         tx.rollback().await.map_err(db)?;
@@ -307,21 +357,32 @@ macro_rules! impl_sql_store {
                     }
                     ::sqlx::query(INSERT_EVENT).bind(id).bind(None::<String>).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(note).bind(now)
                         .execute(&mut *tx).await.map_err(db)?;
-                    if let Some(b) = bulk {
-                        let rows = ::sqlx::query("SELECT id, state FROM instructions WHERE deployment_id = $1 ORDER BY id").bind(id)
+                    if !m.bulk.is_empty() {
+                        let rows = ::sqlx::query("SELECT id, state, wave FROM instructions WHERE deployment_id = $1 ORDER BY id").bind(id)
                             .fetch_all(&mut *tx).await.map_err(db)?;
                         for r in rows {
                             let iid: String = r.try_get("id").map_err(db)?;
                             let st: String = r.try_get("state").map_err(db)?;
-                            if !b.from.iter().any(|f| f.as_str() == st) {
+                            let wave = r.try_get::<i64, _>("wave").map_err(db)? as u32;
+                            let Some(b) = m.bulk.iter().find(|b| b.waves.matches(wave) && b.from.iter().any(|f| f.as_str() == st)) else {
                                 continue;
-                            }
+                            };
                             ::sqlx::query("UPDATE instructions SET state = $1, go_live_at = COALESCE($2, go_live_at), note = $3, updated_at = $4 WHERE id = $5")
                                 .bind(b.to.as_str()).bind(b.go_live_at).bind(&b.note).bind(now).bind(&iid)
                                 .execute(&mut *tx).await.map_err(db)?;
                             ::sqlx::query(INSERT_EVENT).bind(id).bind(Some(&iid)).bind(&st).bind(b.to.as_str()).bind(actor).bind(&b.note).bind(now)
                                 .execute(&mut *tx).await.map_err(db)?;
                         }
+                    }
+                    for c in m.new_checks {
+                        ::sqlx::query("INSERT INTO checks (id, deployment_id, target_id, state, result, output, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                            .bind(&c.id).bind(&c.deployment_id).bind(&c.target_id).bind(&c.state).bind(&c.result_json).bind(&c.output).bind(c.updated_at)
+                            .execute(&mut *tx).await.map_err(db)?;
+                    }
+                    for i in m.new_instructions {
+                        insert_instr(&mut *tx, i).await?;
+                        ::sqlx::query(INSERT_EVENT).bind(id).bind(Some(&i.id)).bind("").bind(i.state.as_str()).bind(actor).bind(&i.note).bind(now)
+                            .execute(&mut *tx).await.map_err(db)?;
                     }
                     tx.commit().await.map_err(db)?;
                     Ok(true)
@@ -330,6 +391,177 @@ macro_rules! impl_sql_store {
                 async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>> {
                     ::sqlx::query("SELECT seq, deployment_id, instruction_id, from_state, to_state, actor, note, at FROM events WHERE deployment_id = $1 ORDER BY seq")
                         .bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect()
+                }
+
+                async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>> {
+                    ::sqlx::query("SELECT seq, deployment_id, instruction_id, from_state, to_state, actor, note, at FROM events WHERE ($1 = '' OR deployment_id = $1) AND ($2 = '' OR actor = $2) ORDER BY seq DESC LIMIT $3")
+                        .bind(f.deployment.as_deref().unwrap_or("")).bind(f.actor.as_deref().unwrap_or("")).bind(i64::from(f.limit.clamp(1, 10_000)))
+                        .fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect()
+                }
+
+                async fn append_event(&self, e: &EventRecord) -> Result<()> {
+                    ::sqlx::query(INSERT_EVENT).bind(&e.deployment_id).bind(&e.instruction_id).bind(&e.from_state).bind(&e.to_state).bind(&e.actor).bind(&e.note).bind(e.at)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
+                    let mut out = Vec::with_capacity(moves.len());
+                    if moves.is_empty() {
+                        return Ok(out);
+                    }
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    for m in moves {
+                        let (from, up) = (m.from, &m.up);
+                        let to = up.to.unwrap_or(from);
+                        let done = ::sqlx::query(UPDATE_INSTR)
+                            .bind(to.as_str()).bind(up.attempt.unwrap_or(m.from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
+                            .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(now).bind(&m.id).bind(from.as_str()).bind(m.from_attempt as i64)
+                            .execute(&mut *tx).await.map_err(db)?;
+                        let moved = done.rows_affected() == 1;
+                        if moved {
+                            let dep_id: String = ::sqlx::query("SELECT deployment_id FROM instructions WHERE id = $1").bind(&m.id)
+                                .fetch_one(&mut *tx).await.map_err(db)?.try_get("deployment_id").map_err(db)?;
+                            ::sqlx::query(INSERT_EVENT).bind(&dep_id).bind(Some(&m.id)).bind(from.as_str()).bind(to.as_str()).bind(&m.actor).bind(&up.note).bind(now)
+                                .execute(&mut *tx).await.map_err(db)?;
+                        }
+                        out.push(moved);
+                    }
+                    tx.commit().await.map_err(db)?;
+                    Ok(out)
+                }
+
+                async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("INSERT INTO users (name, role, created_by, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
+                        .bind(&u.name).bind(&u.role).bind(&u.created_by).bind(u.created_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Err(StoreError::Conflict(format!("user {} already exists; remove it first to issue a new token", u.name)));
+                    }
+                    ::sqlx::query("INSERT INTO tokens (hash, kind, subject, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(&token.hash).bind(token.kind.as_str()).bind(&token.subject).bind(token.created_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
+                    ::sqlx::query("SELECT name, role, created_by, created_at FROM users WHERE name = $1").bind(name)
+                        .fetch_optional(&self.read).await.map_err(db)?.as_ref().map(user).transpose()
+                }
+
+                async fn list_users(&self) -> Result<Vec<UserRecord>> {
+                    ::sqlx::query("SELECT name, role, created_by, created_at FROM users ORDER BY name")
+                        .fetch_all(&self.read).await.map_err(db)?.iter().map(user).collect()
+                }
+
+                async fn remove_user(&self, name: &str) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let gone = ::sqlx::query("DELETE FROM users WHERE name = $1").bind(name).execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query("DELETE FROM tokens WHERE kind = 'user' AND subject = $1").bind(name).execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(gone.rows_affected() > 0)
+                }
+
+                async fn put_env(&self, e: &EnvRecord) -> Result<()> {
+                    ::sqlx::query("INSERT INTO environments (name, policy, updated_by, updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, updated_by = excluded.updated_by, updated_at = excluded.updated_at")
+                        .bind(&e.name).bind(&e.policy_json).bind(&e.updated_by).bind(e.updated_at)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn get_env(&self, name: &str) -> Result<Option<EnvRecord>> {
+                    ::sqlx::query("SELECT name, policy, updated_by, updated_at FROM environments WHERE name = $1").bind(name)
+                        .fetch_optional(&self.read).await.map_err(db)?.as_ref().map(env).transpose()
+                }
+
+                async fn list_envs(&self) -> Result<Vec<EnvRecord>> {
+                    ::sqlx::query("SELECT name, policy, updated_by, updated_at FROM environments ORDER BY name")
+                        .fetch_all(&self.read).await.map_err(db)?.iter().map(env).collect()
+                }
+
+                async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("INSERT INTO approvals (deployment_id, revision, approver, decision, note, at) SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND revision = $2 AND state = $7) ON CONFLICT (deployment_id, revision, approver) DO NOTHING")
+                        .bind(&a.deployment_id).bind(a.revision as i64).bind(&a.approver).bind(&a.decision).bind(&a.note).bind(a.at).bind(state.as_str())
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    let note = if a.note.is_empty() { format!("{}d by {}", a.decision, a.approver) } else { format!("{}d by {}: {}", a.decision, a.approver, a.note) };
+                    ::sqlx::query(INSERT_EVENT).bind(&a.deployment_id).bind(None::<String>).bind(state.as_str()).bind(state.as_str()).bind(actor).bind(&note).bind(a.at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>> {
+                    let rows = ::sqlx::query("SELECT deployment_id, revision, approver, decision, note, at FROM approvals WHERE deployment_id = $1 ORDER BY at, approver")
+                        .bind(deployment_id).fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter().map(|r| Ok(ApprovalRecord {
+                        deployment_id: r.try_get("deployment_id").map_err(db)?,
+                        revision: r.try_get::<i64, _>("revision").map_err(db)? as u32,
+                        approver: r.try_get("approver").map_err(db)?,
+                        decision: r.try_get("decision").map_err(db)?,
+                        note: r.try_get("note").map_err(db)?,
+                        at: r.try_get("at").map_err(db)?,
+                    })).collect()
+                }
+
+                async fn revise_request(&self, id: &str, from: DeploymentState, revision: u32, to: DeploymentState, selector: &str, go_live_at: Option<i64>, reason: &str, actor: &str, note: &str, now: i64) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE deployments SET state = $1, selector = $2, go_live_at = $3, reason = $4, note = $5, updated_at = $6, revision = revision + 1, expires_at = NULL WHERE id = $7 AND state = $8 AND revision = $9")
+                        .bind(to.as_str()).bind(selector).bind(go_live_at).bind(reason).bind(note).bind(now).bind(id).bind(from.as_str()).bind(revision as i64)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    ::sqlx::query("DELETE FROM checks WHERE deployment_id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query(INSERT_EVENT).bind(id).bind(None::<String>).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(note).bind(now)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn list_checks(&self, deployment_id: &str) -> Result<Vec<CheckRecord>> {
+                    let q = format!("SELECT {CHECK_COLS} FROM checks WHERE deployment_id = $1 ORDER BY target_id");
+                    ::sqlx::query(&q).bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(check_row).collect()
+                }
+
+                async fn pending_checks(&self, target_id: &str) -> Result<Vec<CheckRecord>> {
+                    let q = "SELECT c.id AS id, c.deployment_id AS deployment_id, c.target_id AS target_id, c.state AS state, c.result AS result, c.output AS output, c.updated_at AS updated_at FROM checks c JOIN deployments d ON d.id = c.deployment_id WHERE c.target_id = $1 AND c.state = 'pending' AND d.state = 'preflight' ORDER BY c.updated_at, c.id";
+                    ::sqlx::query(q).bind(target_id).fetch_all(&self.read).await.map_err(db)?.iter().map(check_row).collect()
+                }
+
+                async fn get_check(&self, id: &str) -> Result<Option<CheckRecord>> {
+                    let q = format!("SELECT {CHECK_COLS} FROM checks WHERE id = $1");
+                    ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(check_row).transpose()
+                }
+
+                async fn finish_check(&self, c: &CheckRecord, actor: &str) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE checks SET state = $1, result = $2, output = $3, updated_at = $4 WHERE id = $5 AND state = 'pending'")
+                        .bind(&c.state).bind(&c.result_json).bind(&c.output).bind(c.updated_at).bind(&c.id)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    let note = format!("preflight {} on {}", c.state, c.target_id);
+                    ::sqlx::query(INSERT_EVENT).bind(&c.deployment_id).bind(Some(&c.id)).bind("pending").bind(&c.state).bind(actor).bind(&note).bind(c.updated_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool> {
+                    let done = ::sqlx::query("INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE leases.holder = excluded.holder OR leases.expires_at < $4")
+                        .bind(name).bind(holder).bind(now + ttl_ms).bind(now)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(done.rows_affected() == 1)
                 }
 
                 async fn state_counts(&self) -> Result<StateCounts> {
