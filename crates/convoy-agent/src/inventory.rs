@@ -13,7 +13,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn free_disk(root: &Path) -> u64 {
+pub fn free_disk(root: &Path) -> u64 {
     rustix::fs::statvfs(root).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0)
 }
 

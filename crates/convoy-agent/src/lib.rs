@@ -11,6 +11,7 @@ mod activate;
 mod hooks;
 mod inventory;
 mod journal;
+mod preflight;
 mod prune;
 mod relay;
 mod seed;
@@ -55,6 +56,9 @@ pub struct AgentConfig {
     /// Long-poll this relay for work instead of the server (reports still
     /// go to the server); the server is polled while the relay is down.
     pub poll_via: Option<String>,
+    /// Disk space (bytes) preflight keeps free for the machine's own use:
+    /// a release fits only in the free space beyond it.
+    pub reserve_disk: u64,
 }
 
 /// `--relay`: the agent also serves chunks, deltas and manifests to the
@@ -267,6 +271,7 @@ impl Agent {
                 activate::activate(&self.cfg, &w).await
             }
             Phase::Rollback => activate::rollback(&self.cfg, &w).await,
+            Phase::Preflight => preflight::run(&self.cfg, &w).await,
         };
         tracing::info!(target_id = %self.target_id, instruction = %w.instruction_id, phase = w.phase.as_str(), ms = started.elapsed().as_millis() as u64, "work done: {kind:?}");
         let report = Report {

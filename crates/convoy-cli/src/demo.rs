@@ -138,6 +138,8 @@ async fn deploy(c: &Client, version: &str, at: Option<i64>) -> anyhow::Result<De
         max_failures: 0,
         stage_timeout_secs: None,
         activate_timeout_secs: None,
+        env: None,
+        reason: String::new(),
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("deployment {} created; staging to {}", d.id, convoy_domain::targets(d.counts.total)));

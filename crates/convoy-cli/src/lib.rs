@@ -6,6 +6,7 @@ pub mod demo;
 pub mod output;
 pub mod publish;
 pub mod watch;
+pub mod workflow;
 
 use std::path::Path;
 use std::time::Duration;
@@ -92,6 +93,8 @@ pub struct DeployArgs<'a> {
     pub stage_timeout: Option<&'a str>,
     pub activate_timeout: Option<&'a str>,
     pub wait: bool,
+    pub env: Option<&'a str>,
+    pub reason: &'a str,
 }
 
 pub async fn deploy(c: &Client, a: DeployArgs<'_>, fmt: Format) -> anyhow::Result<i32> {
@@ -107,11 +110,23 @@ pub async fn deploy(c: &Client, a: DeployArgs<'_>, fmt: Format) -> anyhow::Resul
         max_failures: a.max_failures,
         stage_timeout_secs: a.stage_timeout.map(parse_duration).transpose()?,
         activate_timeout_secs: a.activate_timeout.map(parse_duration).transpose()?,
+        env: a.env.map(str::to_owned),
+        reason: a.reason.into(),
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     if !a.wait {
         match fmt {
             Format::Json => output::json(&d),
+            Format::Table if d.env.is_some() => line(format!(
+                "request {} in {}: {}@{} is {} ({})\nsee `convoy status {}`; approvers find it with `convoy requests`",
+                d.id,
+                d.env.as_deref().unwrap_or_default(),
+                d.app,
+                d.version,
+                d.state,
+                d.note,
+                d.id
+            )),
             Format::Table => line(format!(
                 "deployment {} created: {}@{} to {} ({})",
                 d.id,

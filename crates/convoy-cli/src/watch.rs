@@ -137,6 +137,57 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
         line(format!("  go-live  {}", output::time(at)));
     }
     line(format!("  note     {}", dep.note));
+    if let Some(env) = &dep.env {
+        let reason = if dep.reason.is_empty() { String::new() } else { format!(": {}", dep.reason) };
+        line(format!("  request  in {env} by {}{reason} (revision {})", dep.created_by, dep.revision));
+    }
+    let approvals: Vec<String> = d
+        .approvals
+        .iter()
+        .map(|a| {
+            let void = if a.current { "" } else { ", void" };
+            let note = if a.note.is_empty() { String::new() } else { format!(": {}", a.note) };
+            format!("{} {}d{void}{note}", a.approver, a.decision)
+        })
+        .collect();
+    if !approvals.is_empty() {
+        line(format!("  approvals {}", approvals.join("; ")));
+    }
+    if let (Some(t), "awaiting_confirmation") = (dep.expires_at, dep.state.as_str()) {
+        line(format!("  confirm  before {} (convoy confirm {})", output::time(t), dep.id));
+    }
+    if !d.checks.is_empty() {
+        let n = |s: &str| d.checks.iter().filter(|c| c.state == s).count();
+        line(format!("  preflight {} passed, {} failed, {} pending", n("passed"), n("failed"), n("pending")));
+        for c in d.checks.iter().filter(|c| c.state == "failed") {
+            let bad: Vec<String> =
+                c.results.iter().filter(|(_, v)| v.starts_with("FAIL")).map(|(k, v)| format!("{k} {v}")).collect();
+            line(format!("    {} ({}): {}", c.hostname, c.target_id, bad.join("; ")));
+        }
+    }
+    if let Some(plan) = &d.plan {
+        if let Some(note) = &plan.note {
+            line(format!("  plan     {note}"));
+        }
+        for w in &plan.waves {
+            let hosts: Vec<&str> =
+                plan.targets.iter().filter(|(_, _, k)| *k == w.wave).map(|(_, h, _)| h.as_str()).take(8).collect();
+            let more = if w.targets as usize > hosts.len() { " ..." } else { "" };
+            let when = match (w.at, w.wave) {
+                (Some(at), _) => format!("at {}", output::time(at)),
+                (None, 1) => "when every copy matches".into(),
+                (None, k) => format!("after wave {}", k - 1),
+            };
+            let current = if dep.wave == w.wave && !settled(d) { "  <- now" } else { "" };
+            line(format!(
+                "  wave {}   {} {when}, may fail {}: {}{more}{current}",
+                w.wave,
+                convoy_domain::targets(w.targets),
+                w.budget,
+                hosts.join(" ")
+            ));
+        }
+    }
     for c in &d.changes {
         line(format!("  changes  {}", changes_line(c)));
     }
@@ -161,7 +212,7 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
                 Some(r) => format!("MISMATCH {}", &r[..r.len().min(16)]),
                 None => "-".into(),
             };
-            vec![
+            let mut row = vec![
                 i.hostname.clone(),
                 i.target_id.clone(),
                 i.labels.to_string(),
@@ -172,11 +223,22 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
                 digest,
                 i.previous_version.clone().unwrap_or_else(|| "-".into()),
                 metric_summary(i),
-            ]
+            ];
+            if d.plan.is_some() {
+                row.insert(3, i.wave.to_string());
+            }
+            row
         })
         .collect();
     line(String::new());
-    line(output::render_table(&["HOST", "TARGET", "LABELS", "STATE", "DIGEST", "PREVIOUS", "METRICS"], &rows));
+    if d.plan.is_some() {
+        line(output::render_table(
+            &["HOST", "TARGET", "LABELS", "WAVE", "STATE", "DIGEST", "PREVIOUS", "METRICS"],
+            &rows,
+        ));
+    } else {
+        line(output::render_table(&["HOST", "TARGET", "LABELS", "STATE", "DIGEST", "PREVIOUS", "METRICS"], &rows));
+    }
     let troubled = d.instructions.iter().filter(|i| i.state == "failed" || i.note.contains("failed") || i.attempt > 0);
     for i in troubled {
         let tries = if i.attempt > 0 { format!(" (after {} stagings)", i.attempt + 1) } else { String::new() };
@@ -234,6 +296,8 @@ mod tests {
             output: String::new(),
             note: String::new(),
             updated_at: 0,
+            wave: 1,
+            planned_at: None,
             last_seen: 1_000_000,
             progress: None,
         }
@@ -268,6 +332,11 @@ mod tests {
                 updated_at: 0,
                 note: "staging shop-web@2.0 to 3 targets".into(),
                 counts: Counts { total: 3, staged: 1, live: 0, failed: 1, rolled_back: 0 },
+                env: None,
+                reason: String::new(),
+                wave: 0,
+                revision: 0,
+                expires_at: None,
             },
             instructions: vec![live, bad, slow],
             events: vec![
@@ -305,6 +374,9 @@ mod tests {
                 migrate: Some("sh hooks/migrate.sh".into()),
                 published_at: 0,
             }],
+            approvals: vec![],
+            checks: vec![],
+            plan: None,
         }
     }
 

@@ -71,7 +71,10 @@ impl DeploymentState {
     }
     /// No more work will happen on its own.
     pub fn is_settled(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled | Self::Rejected | Self::Expired)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled | Self::Rejected | Self::Expired
+        )
     }
     /// Still a request: no instructions exist yet.
     pub fn is_request(self) -> bool {
@@ -153,12 +156,17 @@ pub enum InstrAction {
     None,
     /// Every `staged` instruction of the wave becomes `activating`, to
     /// switch at `at`; the deployment's current wave becomes `wave`.
-    ActivateWave { wave: u32, at: i64 },
+    ActivateWave {
+        wave: u32,
+        at: i64,
+    },
     /// Every `succeeded` or `activating` instruction becomes
     /// `rolling_back`; any not yet live are canceled.
     RollBackLive,
     /// The wave's live instructions roll back; later waves are canceled.
-    RollBackWave { wave: u32 },
+    RollBackWave {
+        wave: u32,
+    },
     /// Every instruction still staging or staged becomes `canceled`.
     CancelPending,
 }
@@ -190,12 +198,18 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
         let at = wave_start(first, k, d.gap_ms, d.windows, now);
         let n = planned(k).map_or(t.staged, |w| w.targets);
         let what = if count > 1 { format!("wave {k} of {count} ({})", crate::targets(n)) } else { "go-live".into() };
-        let (to, when) = if at > now { (D::Scheduled, format!("{what} planned at {}", show_time(at))) } else { (D::Activating, format!("{what} going live")) };
+        let (to, when) = if at > now {
+            (D::Scheduled, format!("{what} planned at {}", show_time(at)))
+        } else {
+            (D::Activating, format!("{what} going live"))
+        };
         adv(to, format!("{prefix}{when}"), InstrAction::ActivateWave { wave: k, at })
     };
     // during activation a target still rolling back is one that went silent
     // (see `overdue`): it counts as failed
-    let failures = |t: &Tally| t.failed + t.rolled_back + if matches!(d.state, D::Scheduled | D::Activating) { t.rolling_back } else { 0 };
+    let failures = |t: &Tally| {
+        t.failed + t.rolled_back + if matches!(d.state, D::Scheduled | D::Activating) { t.rolling_back } else { 0 }
+    };
     match d.state {
         D::AwaitingApproval | D::Preflight | D::AwaitingConfirmation => None,
         D::Staging if t.staging > 0 => None,
@@ -212,13 +226,19 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
         D::Staging if t.staged == 0 => adv(D::Failed, "no target staged the release", InstrAction::CancelPending),
         D::Staging => go(1, format!("consistency gate passed: {} hold identical copies; ", crate::targets(t.staged))),
         D::Scheduled if cur.activating > 0 && d.go_live_at.is_some_and(|at| now < at) => None,
-        D::Scheduled if cur.activating > 0 => adv(D::Activating, format!("{}go-live time reached", of(k)), InstrAction::None),
+        D::Scheduled if cur.activating > 0 => {
+            adv(D::Activating, format!("{}go-live time reached", of(k)), InstrAction::None)
+        }
         D::Scheduled | D::Activating if cur.activating > 0 => None,
         D::Scheduled | D::Activating if failures(&cur) > budget => {
             let later = if k < count { format!("; waves {}-{count} not started", k + 1) } else { String::new() };
             let failed = format!("{}{} failed (budget {budget})", of(k), crate::targets(failures(&cur)));
             if cur.succeeded > 0 {
-                adv(D::RollingBack, format!("{failed}; rolling the wave back{later}"), InstrAction::RollBackWave { wave: k })
+                adv(
+                    D::RollingBack,
+                    format!("{failed}; rolling the wave back{later}"),
+                    InstrAction::RollBackWave { wave: k },
+                )
             } else {
                 adv(D::Failed, format!("{failed}{later}"), InstrAction::RollBackWave { wave: k })
             }
@@ -360,7 +380,11 @@ mod tests {
         assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 1 }));
         // and the rollback waits for it to come back
         assert_eq!(
-            advance(&dep(D::RollingBack, None, 0), &[Tally { rolled_back: 2, rolling_back: 1, ..Default::default() }], 0),
+            advance(
+                &dep(D::RollingBack, None, 0),
+                &[Tally { rolled_back: 2, rolling_back: 1, ..Default::default() }],
+                0
+            ),
             None
         );
     }

@@ -33,6 +33,10 @@ pub enum Phase {
     Stage,
     Activate,
     Rollback,
+    /// A request's checks on a target before anything is deployed; its
+    /// `instruction_id` names the check, and it ends `succeeded` (passed)
+    /// or `failed`.
+    Preflight,
 }
 
 impl Phase {
@@ -41,6 +45,7 @@ impl Phase {
             Phase::Stage => "stage",
             Phase::Activate => "activate",
             Phase::Rollback => "rollback",
+            Phase::Preflight => "preflight",
         }
     }
 }

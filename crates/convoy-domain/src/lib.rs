@@ -11,9 +11,9 @@ pub use deployment::{
     advance, overdue, request_rollback, Advance, Deadlines, DeploymentState, DeploymentView, InstrAction, Tally,
 };
 pub use instruction::{on_report, InstructionState, InstructionView, Outcome, Phase, ReportKind, MAX_STAGE_ATTEMPTS};
+pub use names::{parse_reference, targets, AppName, Labels, NameError, Selector, Version};
 pub use plan::{check_go_live, plan, wave_start, Plan, PlanTarget, WavePlan};
 pub use policy::{
-    in_windows, next_allowed, parse_waves, show_time, Amount, OutsideWindow, Policy, PolicyError, PreflightFailure, Role,
-    Window,
+    in_windows, next_allowed, parse_waves, show_time, Amount, OutsideWindow, Policy, PolicyError, PreflightFailure,
+    Role, Window,
 };
-pub use names::{parse_reference, targets, AppName, Labels, NameError, Selector, Version};

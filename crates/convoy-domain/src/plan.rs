@@ -116,9 +116,8 @@ pub fn plan(
         for t in &order[placed as usize..upto as usize] {
             assignment.push((t.id.clone(), wave));
         }
-        let at = base.map(|b| {
-            next_allowed(windows, b.saturating_add(i64::from(wave - 1) * policy.wave_gap_secs as i64 * 1000))
-        });
+        let at = base
+            .map(|b| next_allowed(windows, b.saturating_add(i64::from(wave - 1) * policy.wave_gap_secs as i64 * 1000)));
         waves.push(WavePlan { wave, targets: count, at, budget: policy.max_failures.floor_of(count) });
         placed = upto;
         if placed == n {

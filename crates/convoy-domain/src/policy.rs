@@ -73,7 +73,9 @@ impl Amount {
                 _ => err(format!("{s:?}: a percentage must be a whole number from 0% to 100%")),
             }
         } else {
-            s.parse::<u32>().map(Amount::Count).or_else(|_| err(format!("{s:?}: expected a count (3) or a percentage (5%)")))
+            s.parse::<u32>()
+                .map(Amount::Count)
+                .or_else(|_| err(format!("{s:?}: expected a count (3) or a percentage (5%)")))
         }
     }
 
@@ -302,7 +304,10 @@ impl Window {
             for d in days.split(',') {
                 match d.split_once('-') {
                     Some((a, b)) => {
-                        let (a, b) = (weekday(a).ok_or_else(|| bad("unknown day"))?, weekday(b).ok_or_else(|| bad("unknown day"))?);
+                        let (a, b) = (
+                            weekday(a).ok_or_else(|| bad("unknown day"))?,
+                            weekday(b).ok_or_else(|| bad("unknown day"))?,
+                        );
                         let mut i = a;
                         loop {
                             mask |= 1 << i;

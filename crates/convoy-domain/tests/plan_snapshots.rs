@@ -42,8 +42,8 @@ fn one_wave_no_time() {
 fn canary_then_percentages_across_sites() {
     let mut p = policy("1,10%,50%,100%", "5%");
     p.wave_gap_secs = 1800;
-    let out = plan(&fleet(&[("sh", 12), ("bj", 20), ("gz", 8)]), &p, &[], Some(ms("2026-12-05T01:30:00+08:00")))
-        .unwrap();
+    let out =
+        plan(&fleet(&[("sh", 12), ("bj", 20), ("gz", 8)]), &p, &[], Some(ms("2026-12-05T01:30:00+08:00"))).unwrap();
     check("canary_then_percentages_across_sites", out.render());
 }
 

@@ -7,10 +7,15 @@
 //! migrate = "sh hooks/migrate.sh"
 //! start = "sh hooks/start.sh"
 //! health = "sh hooks/health.sh"       # exit 0 = healthy; `key=value` lines become metrics
+//! prepare = "sh hooks/prepare.sh"     # preflight: prepares the machine (run in the agent's root)
 //! timeout_secs = 300                   # per hook
 //! [health]
 //! timeout_secs = 30                    # how long health may take to pass
 //! interval_ms = 500                    # pause between health attempts
+//! [requires]                           # preflight checks before anything is deployed
+//! commands = ["systemctl"]             # on the PATH
+//! ports = [8080]                       # free TCP ports
+//! checks = ["test -w /var/log"]        # shell commands that must exit 0
 //! ```
 
 use serde::Deserialize;
@@ -28,6 +33,20 @@ pub struct Descriptor {
     pub hooks: Hooks,
     #[serde(default)]
     pub health: Health,
+    #[serde(default)]
+    pub requires: Requires,
+}
+
+/// What a machine must offer before the release is deployed (preflight).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,13 +56,21 @@ pub struct Hooks {
     pub migrate: Option<String>,
     pub start: Option<String>,
     pub health: Option<String>,
+    pub prepare: Option<String>,
     #[serde(default = "default_hook_timeout")]
     pub timeout_secs: u64,
 }
 
 impl Default for Hooks {
     fn default() -> Self {
-        Self { stop: None, migrate: None, start: None, health: None, timeout_secs: default_hook_timeout() }
+        Self {
+            stop: None,
+            migrate: None,
+            start: None,
+            health: None,
+            prepare: None,
+            timeout_secs: default_hook_timeout(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! the secret itself is never stored.
 
 use axum::http::HeaderMap;
+use convoy_domain::Role;
 use convoy_store::{hash_token, TokenKind};
 
 use crate::error::ApiError;
@@ -10,9 +11,23 @@ use crate::state::AppState;
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    Operator(String),
+    Operator(User),
     Enrol,
     Agent(String),
+}
+
+/// An operator: a user name and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+}
+
+impl User {
+    /// How the user appears as an actor in events.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.name)
+    }
 }
 
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -26,20 +41,48 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or_else(|| ApiError::unauthorized("malformed Authorization header; expected Bearer <token>"))?;
+    authenticate_token(state, token).await
+}
+
+/// Who holds this secret.
+pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if token.is_empty() || token.len() > 256 {
+        return Err(ApiError::unauthorized("malformed token"));
+    }
     let Some(rec) = state.store.find_token(&hash_token(token)).await? else {
         return Err(ApiError::unauthorized("unknown or revoked token"));
     };
     Ok(match rec.kind {
-        TokenKind::Admin => Caller::Operator(rec.subject),
+        TokenKind::Admin => Caller::Operator(User { name: rec.subject, role: Role::Admin }),
+        TokenKind::User => {
+            let Some(u) = state.store.get_user(&rec.subject).await? else {
+                return Err(ApiError::unauthorized("this token's user was removed"));
+            };
+            let role = Role::parse(&u.role).map_err(ApiError::internal)?;
+            Caller::Operator(User { name: u.name, role })
+        }
         TokenKind::Enrol => Caller::Enrol,
         TokenKind::Agent => Caller::Agent(rec.subject),
     })
 }
 
-pub async fn operator(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    match authenticate(state, headers).await? {
-        Caller::Operator(n) => Ok(n),
-        _ => Err(ApiError::forbidden("this call needs an operator token")),
+/// An operator with at least `role` (viewer < deployer < approver < admin).
+pub async fn require(state: &AppState, headers: &HeaderMap, role: Role) -> Result<User, ApiError> {
+    operator_with(authenticate(state, headers).await?, role)
+}
+
+/// [`require`] for a token that came without HTTP (a NATS message).
+pub async fn require_token(state: &AppState, token: &str, role: Role) -> Result<User, ApiError> {
+    operator_with(authenticate_token(state, token).await?, role)
+}
+
+fn operator_with(caller: Caller, role: Role) -> Result<User, ApiError> {
+    match caller {
+        Caller::Operator(u) if u.role >= role => Ok(u),
+        Caller::Operator(u) => {
+            Err(ApiError::forbidden(format!("this needs the {role} role or higher; {} is {}", u.name, u.role)))
+        }
+        _ => Err(ApiError::forbidden("this call needs an operator's token")),
     }
 }
 

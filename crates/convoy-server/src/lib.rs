@@ -9,11 +9,14 @@
 mod auth;
 mod error;
 mod metrics;
+mod nats;
+mod notify;
 mod openapi;
 mod routes;
 pub mod scheduler;
 mod state;
 mod tls;
+mod workflow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +49,14 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Mirrors agents may fetch content from (see `state::AppState::mirrors`).
     pub mirrors: Vec<String>,
+    /// NATS server (`nats://HOST:PORT`) to take deployment requests from.
+    pub nats: Option<String>,
+    /// Subject those requests arrive on.
+    pub nats_subject: String,
 }
+
+/// Default of [`ServerConfig::nats_subject`].
+pub const DEFAULT_NATS_SUBJECT: &str = "convoy.deployments";
 
 /// A secret that never shows in logs or debug output.
 #[derive(Clone)]
@@ -83,8 +93,18 @@ pub fn router(state: AppState) -> Router {
         .route("/targets", get(targets::list))
         .route("/targets/{id}", delete(targets::remove))
         .route("/deployments", post(deployments::create).get(deployments::list))
-        .route("/deployments/{id}", get(deployments::get))
+        .route("/deployments/{id}", get(deployments::get).patch(requests::revise))
         .route("/deployments/{id}/rollback", post(deployments::rollback))
+        .route("/deployments/{id}/approve", post(requests::approve))
+        .route("/deployments/{id}/reject", post(requests::reject))
+        .route("/deployments/{id}/confirm", post(requests::confirm))
+        .route("/deployments/{id}/cancel", post(requests::cancel))
+        .route("/requests", get(requests::inbox))
+        .route("/users", post(admin::add_user).get(admin::list_users))
+        .route("/users/{name}", delete(admin::remove_user))
+        .route("/envs", get(admin::list_envs))
+        .route("/envs/{name}", put(admin::put_env).get(admin::get_env))
+        .route("/audit", get(admin::audit))
         .route("/agent/enroll", post(agent::enroll))
         .route("/agent/work", get(agent::work))
         .route("/agent/report", post(agent::report))
@@ -110,6 +130,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::spawn(scheduler::run(state.clone()));
+    if let Some((url, subject)) = &state.nats {
+        tokio::spawn(nats::run(state.clone(), url.clone(), subject.clone()));
+    }
     let flusher = state.clone();
     tokio::spawn(async move {
         loop {
@@ -208,8 +231,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             anyhow::bail!("mirror {m:?}: expected http(s)://HOST:PORT or store+http(s)://HOST/PATH");
         }
     }
+    if let Some(url) = &config.nats {
+        nats::check(url, &config.nats_subject)?;
+    }
     let mut state = AppState::new(store, chunks, deltas);
     state.mirrors = Arc::new(config.mirrors.clone());
+    state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;
     serve(listener, state, tls, shutdown_signal()).await
 }

@@ -26,6 +26,13 @@ pub struct Counters {
     /// Reports naming a content source (relay) that failed or sent bad bytes.
     pub source_failures: AtomicU64,
     pub scheduler_transitions: AtomicU64,
+    /// 1 while this process holds the scheduler lease.
+    pub scheduler_leader: AtomicU64,
+    pub webhooks_sent: AtomicU64,
+    pub webhook_failures: AtomicU64,
+    /// Reports written, and the batches they were written in.
+    pub report_batches: AtomicU64,
+    pub nats_requests: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -97,6 +104,33 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
         "counter",
         "Deployment transitions made by the scheduler.",
         &[(String::new(), get(&c.scheduler_transitions))],
+    );
+    metric(
+        "convoy_scheduler_leader",
+        "gauge",
+        "1 if this server holds the scheduler lease (one per database).",
+        &[(String::new(), get(&c.scheduler_leader))],
+    );
+    metric(
+        "convoy_webhooks_total",
+        "counter",
+        "Request notifications to webhooks, by result.",
+        &[
+            ("{result=\"sent\"}".into(), get(&c.webhooks_sent)),
+            ("{result=\"failed\"}".into(), get(&c.webhook_failures)),
+        ],
+    );
+    metric(
+        "convoy_report_batches_total",
+        "counter",
+        "Transactions in which queued agent reports were written.",
+        &[(String::new(), get(&c.report_batches))],
+    );
+    metric(
+        "convoy_nats_requests_total",
+        "counter",
+        "Deployment requests taken from NATS.",
+        &[(String::new(), get(&c.nats_requests))],
     );
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

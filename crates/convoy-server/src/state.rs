@@ -26,6 +26,8 @@ pub struct AppState {
     /// plain HTTP copies of the chunk store. Each target gets them in its
     /// own order (see [`AppState::mirrors_for`]).
     pub mirrors: Arc<Vec<String>>,
+    /// NATS server and subject deployment requests arrive on.
+    pub nats: Option<(String, String)>,
     /// Every target's `site` label, for relays polling on their site's behalf.
     sites: Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// Source of change generations: strictly increasing across all
@@ -55,6 +57,7 @@ impl AppState {
             progress: Default::default(),
             relays: Default::default(),
             mirrors: Default::default(),
+            nats: None,
             upgrades: Default::default(),
             sites: Default::default(),
             tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),

@@ -270,7 +270,10 @@ async fn deployments(s: &dyn Store) {
 
     s.transition_deployment(
         "d-1",
-        &DeploymentMove { from_wave: Some(1), ..DeploymentMove::new(D::Scheduled, D::Succeeded, "done", "scheduler", 140) },
+        &DeploymentMove {
+            from_wave: Some(1),
+            ..DeploymentMove::new(D::Scheduled, D::Succeeded, "done", "scheduler", 140)
+        },
     )
     .await
     .unwrap();
@@ -281,7 +284,8 @@ async fn deployments(s: &dyn Store) {
 async fn workflow(s: &dyn Store) {
     // users and their tokens
     let u = UserRecord { name: "alice".into(), role: "deployer".into(), created_by: "admin".into(), created_at: 1 };
-    let tok = TokenRecord { hash: hash_token("alice-secret"), kind: TokenKind::User, subject: "alice".into(), created_at: 1 };
+    let tok =
+        TokenRecord { hash: hash_token("alice-secret"), kind: TokenKind::User, subject: "alice".into(), created_at: 1 };
     s.add_user(&u, &tok).await.unwrap();
     check("user", s.get_user("alice").await.unwrap(), Some(u.clone()));
     check("user token", s.find_token(&tok.hash).await.unwrap().map(|t| t.kind), Some(TokenKind::User));
@@ -335,28 +339,62 @@ async fn workflow(s: &dyn Store) {
     check("approve twice", s.add_approval(&a, D::AwaitingApproval, "user:bob").await.unwrap(), false);
     check(
         "approval of a stale revision",
-        s.add_approval(&ApprovalRecord { revision: 7, approver: "carol".into(), ..a.clone() }, D::AwaitingApproval, "x")
-            .await
-            .unwrap(),
+        s.add_approval(
+            &ApprovalRecord { revision: 7, approver: "carol".into(), ..a.clone() },
+            D::AwaitingApproval,
+            "x",
+        )
+        .await
+        .unwrap(),
         false,
     );
     check(
         "revise",
-        s.revise_request("d-2", D::AwaitingApproval, 0, D::AwaitingApproval, "site=bj", Some(9), "CHG-2", "user:alice", "changed", 220)
-            .await
-            .unwrap(),
+        s.revise_request(
+            "d-2",
+            D::AwaitingApproval,
+            0,
+            D::AwaitingApproval,
+            "site=bj",
+            Some(9),
+            "CHG-2",
+            "user:alice",
+            "changed",
+            220,
+        )
+        .await
+        .unwrap(),
         true,
     );
     check(
         "revise a stale revision",
-        s.revise_request("d-2", D::AwaitingApproval, 0, D::AwaitingApproval, "x", None, "", "user:alice", "changed", 221)
-            .await
-            .unwrap(),
+        s.revise_request(
+            "d-2",
+            D::AwaitingApproval,
+            0,
+            D::AwaitingApproval,
+            "x",
+            None,
+            "",
+            "user:alice",
+            "changed",
+            221,
+        )
+        .await
+        .unwrap(),
         false,
     );
     let d2 = s.get_deployment("d-2").await.unwrap().unwrap();
-    check("revised", (d2.revision, d2.selector.as_str(), d2.go_live_at, d2.reason.as_str()), (1, "site=bj", Some(9), "CHG-2"));
-    check("bob may approve the new revision", s.add_approval(&ApprovalRecord { revision: 1, ..a.clone() }, D::AwaitingApproval, "user:bob").await.unwrap(), true);
+    check(
+        "revised",
+        (d2.revision, d2.selector.as_str(), d2.go_live_at, d2.reason.as_str()),
+        (1, "site=bj", Some(9), "CHG-2"),
+    );
+    check(
+        "bob may approve the new revision",
+        s.add_approval(&ApprovalRecord { revision: 1, ..a.clone() }, D::AwaitingApproval, "user:bob").await.unwrap(),
+        true,
+    );
     check("approvals kept per revision", s.list_approvals("d-2").await.unwrap().len(), 2);
 
     // preflight checks are written with the move, and settle once
@@ -379,7 +417,8 @@ async fn workflow(s: &dyn Store) {
     let m = DeploymentMove { from_revision: Some(1), ..m };
     check("to preflight", s.transition_deployment("d-2", &m).await.unwrap(), true);
     check("pending check", s.pending_checks("t-9").await.unwrap(), vec![c.clone()]);
-    let done = CheckRecord { state: "failed".into(), result_json: r#"{"disk":"FAIL"}"#.into(), updated_at: 240, ..c.clone() };
+    let done =
+        CheckRecord { state: "failed".into(), result_json: r#"{"disk":"FAIL"}"#.into(), updated_at: 240, ..c.clone() };
     check("finish", s.finish_check(&done, "agent:t-9").await.unwrap(), true);
     check("finish once", s.finish_check(&done, "agent:t-9").await.unwrap(), false);
     check("no longer pending", s.pending_checks("t-9").await.unwrap().len(), 0);
@@ -407,10 +446,12 @@ async fn workflow(s: &dyn Store) {
     check("batch", s.transition_instructions(&[mv, stale], 260).await.unwrap(), vec![true, false]);
 
     // the audit log, newest first, by deployment and by actor
-    let by_bob = s.audit(&AuditFilter { actor: Some("user:bob".into()), limit: 100, ..Default::default() }).await.unwrap();
+    let by_bob =
+        s.audit(&AuditFilter { actor: Some("user:bob".into()), limit: 100, ..Default::default() }).await.unwrap();
     check("bob's events", by_bob.len(), 3);
     assert!(by_bob.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
-    let d2_events = s.audit(&AuditFilter { deployment: Some("d-2".into()), limit: 100, ..Default::default() }).await.unwrap();
+    let d2_events =
+        s.audit(&AuditFilter { deployment: Some("d-2".into()), limit: 100, ..Default::default() }).await.unwrap();
     assert!(d2_events.iter().all(|e| e.deployment_id == "d-2") && d2_events.len() >= 8, "{d2_events:?}");
     s.append_event(&EventRecord {
         seq: 0,

@@ -74,6 +74,26 @@ pub struct Work {
     /// the site's relays (agents verify everything, so these need no trust).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// What to check (preflight phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightSpec>,
+}
+
+/// A target's preflight for a request (P-preflight): the package's
+/// preparation and requirements, and the environment's checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightSpec {
+    /// Bytes the release takes on disk.
+    pub release_size: u64,
+    /// The package's `prepare` hook (run first, in the agent's root).
+    pub prepare: Option<String>,
+    /// Commands that must be on the PATH.
+    pub commands: Vec<String>,
+    /// TCP ports that must be free.
+    pub ports: Vec<u16>,
+    /// Shell commands that must exit 0 (package's, then environment's).
+    pub checks: Vec<String>,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +217,102 @@ pub struct DeployRequest {
     /// How long after go-live a target may stay silent (default 900).
     #[serde(default)]
     pub activate_timeout_secs: Option<u64>,
+    /// The environment whose policy governs the request (approvals,
+    /// preflight, confirmation, windows, waves); none: deploy at once.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Why (a change ticket, say); shown to approvers.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `PATCH /deployments/{id}`: changes a request; approvals given so far are void.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviseRequest {
+    pub selector: Option<String>,
+    /// New go-live (unix ms); `clear_at` drops it.
+    pub at: Option<i64>,
+    #[serde(default)]
+    pub clear_at: bool,
+    pub reason: Option<String>,
+}
+
+/// Body of approve / reject / confirm / cancel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+    /// Only in the answer to creating the user: shown once, stored hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvInfo {
+    pub name: String,
+    pub policy: convoy_domain::Policy,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    pub approver: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub note: String,
+    pub at: i64,
+    /// False once the request changed after it (it no longer counts).
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckInfo {
+    pub target_id: String,
+    pub hostname: String,
+    /// `pending`, `passed`, `failed`.
+    pub state: String,
+    /// Each check's result (`disk`, `command:git`, `port:8080`, `check:1`, `prepare`).
+    pub results: BTreeMap<String, String>,
+    pub output: String,
+    pub updated_at: i64,
+}
+
+/// Which targets go live when (before confirmation: as it would be now).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanInfo {
+    pub waves: Vec<convoy_domain::WavePlan>,
+    /// `(target id, hostname, wave)`.
+    pub targets: Vec<(String, String, u32)>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// An item of `convoy requests`: a request waiting for the caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestInfo {
+    pub deployment: DeploymentInfo,
+    /// `approve` or `confirm`: what the caller may do.
+    pub waiting_for: String,
+    pub approvals: u32,
+    pub approvals_needed: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -225,6 +341,18 @@ pub struct DeploymentInfo {
     pub updated_at: i64,
     pub note: String,
     pub counts: Counts,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+    /// The wave going live (0 before the first).
+    #[serde(default)]
+    pub wave: u32,
+    #[serde(default)]
+    pub revision: u32,
+    /// An unconfirmed request expires then.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +369,10 @@ pub struct InstructionInfo {
     pub output: String,
     pub note: String,
     pub updated_at: i64,
+    #[serde(default)]
+    pub wave: u32,
+    #[serde(default)]
+    pub planned_at: Option<i64>,
     /// When the target last polled or reported.
     pub last_seen: i64,
     /// Download progress while staging, as the agent last told it.
@@ -284,6 +416,13 @@ pub struct DeploymentDetail {
     /// What the upgrade changes, from each release the targets ran before.
     #[serde(default)]
     pub changes: Vec<Changes>,
+    #[serde(default)]
+    pub approvals: Vec<ApprovalInfo>,
+    /// Preflight results per target.
+    #[serde(default)]
+    pub checks: Vec<CheckInfo>,
+    #[serde(default)]
+    pub plan: Option<PlanInfo>,
 }
 
 /// The generated description of an upgrade (P-strategy).

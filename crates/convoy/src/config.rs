@@ -30,6 +30,8 @@ pub struct ServerFile {
     /// Mirrors agents may fetch content from: `http(s)://` convoy servers
     /// sharing the database, or `store+http(s)://` copies of the chunk store.
     pub mirrors: Option<Vec<String>>,
+    pub nats: Option<String>,
+    pub nats_subject: Option<String>,
 }
 
 /// `convoy agent --config FILE`.
@@ -54,6 +56,7 @@ pub struct AgentFile {
     pub poll_wait: Option<u64>,
     /// Releases kept per app besides the live one and its rollback target (default 5).
     pub keep_releases: Option<usize>,
+    pub reserve_disk: Option<String>,
     /// Memory staging may use, in bytes; larger deltas are fetched as chunks (0: no deltas).
     pub max_memory: Option<u64>,
     /// Serve this site's agents as a relay (needs `listen`).

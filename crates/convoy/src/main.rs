@@ -67,6 +67,12 @@ enum Cmd {
         /// (`store+http(s)://HOST/PATH`).
         #[arg(long = "mirror")]
         mirrors: Vec<String>,
+        /// Also take deployment requests from this NATS server (nats://HOST:PORT).
+        #[arg(long, env = "CONVOY_NATS")]
+        nats: Option<String>,
+        /// Subject NATS requests arrive on [default: convoy.deployments].
+        #[arg(long, env = "CONVOY_NATS_SUBJECT")]
+        nats_subject: Option<String>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -112,6 +118,10 @@ enum Cmd {
         /// Releases kept on disk per app, besides the live one and its rollback target [default: 5].
         #[arg(long, env = "CONVOY_KEEP_RELEASES")]
         keep_releases: Option<usize>,
+        /// Disk space preflight keeps free for the machine's own use, in
+        /// bytes or with a unit (500M, 20G): a release must fit beyond it [default: 0].
+        #[arg(long, env = "CONVOY_RESERVE_DISK")]
+        reserve_disk: Option<String>,
     },
     /// Pack a directory and print its root digest.
     Pack {
@@ -155,6 +165,63 @@ enum Cmd {
         /// Watch until the deployment settles.
         #[arg(long)]
         wait: bool,
+        /// Environment whose policy governs it: approvals, preflight,
+        /// confirmation, windows, waves. Without one it is deployed at once.
+        #[arg(long)]
+        env: Option<String>,
+        /// Why (a change ticket, say); approvers see it.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Requests waiting for you (to approve or confirm); --all: every open request.
+    Requests {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a request (not your own; each approver counts once).
+    Approve {
+        #[arg(value_name = "REQUEST")]
+        id: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Reject a request, saying why; it ends there.
+    Reject {
+        #[arg(value_name = "REQUEST")]
+        id: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Confirm a request whose preflight passed: its waves are planned and staging starts.
+    Confirm {
+        #[arg(value_name = "REQUEST")]
+        id: String,
+    },
+    /// Cancel a request before it is staged.
+    Cancel {
+        #[arg(value_name = "REQUEST")]
+        id: String,
+    },
+    /// The audit log: every state change with its actor, newest last.
+    Audit {
+        /// Only this deployment or request.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// Only this actor: a user name, or agent:ID, scheduler.
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+    },
+    /// Users and their roles (admin).
+    Users {
+        #[command(subcommand)]
+        action: UsersCmd,
+    },
+    /// Environments and their policy.
+    Env {
+        #[command(subcommand)]
+        action: EnvCmd,
     },
     /// Show a deployment with one line per target.
     Status {
@@ -206,6 +273,73 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum UsersCmd {
+    /// Add a user; prints its API token once.
+    Add {
+        name: String,
+        /// viewer < deployer < approver < admin.
+        #[arg(long)]
+        role: String,
+    },
+    List,
+    /// Remove a user and revoke its token.
+    Remove {
+        name: String,
+    },
+}
+
+// parsed once per process: the size of the variants does not matter
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Create or change an environment; options not given keep their value.
+    Set {
+        name: String,
+        /// Approvals needed before preflight.
+        #[arg(long)]
+        approvals: Option<u32>,
+        /// Least role of an approver [default: approver].
+        #[arg(long)]
+        approver_role: Option<String>,
+        /// Require the requester (or a deployer) to confirm after preflight.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        confirm: Option<bool>,
+        /// How long a request waits for confirmation [default: 24h].
+        #[arg(long)]
+        confirm_ttl: Option<String>,
+        /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
+        #[arg(long = "window")]
+        windows: Vec<String>,
+        /// A go-live outside the windows: refuse, or move to the next window.
+        #[arg(long, value_parser = ["refuse", "next"])]
+        outside_window: Option<String>,
+        /// Cumulative wave sizes, e.g. 1,10%,50%,100%.
+        #[arg(long)]
+        waves: Option<String>,
+        /// Least time between a wave's success and the next wave (90s, 5m, 2h).
+        #[arg(long)]
+        wave_gap: Option<String>,
+        /// Failures allowed per wave: a count or a percentage (5%).
+        #[arg(long)]
+        max_failures: Option<String>,
+        /// Targets failing preflight: block the request, or skip them within the failure budget.
+        #[arg(long, value_parser = ["block", "skip"])]
+        preflight_failure: Option<String>,
+        /// A check command every target runs in preflight (repeatable; '' clears).
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        /// How long preflight waits for targets' answers.
+        #[arg(long)]
+        preflight_timeout: Option<String>,
+        /// URL that receives request events as JSON ('' removes it).
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    /// Show one environment, or all.
+    Show { name: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum TargetsCmd {
     /// Forget a decommissioned target and revoke its credential.
     Remove {
@@ -241,7 +375,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let api = || convoy_cli::client(&server, cli.token.as_deref(), cli.ca_cert.as_deref());
     match &cli.cmd {
-        Cmd::Server { config, listen, data_dir, database, admin_token, enrol_token, tls_cert, tls_key, mirrors } => {
+        Cmd::Server {
+            config,
+            listen,
+            data_dir,
+            database,
+            admin_token,
+            enrol_token,
+            tls_cert,
+            tls_key,
+            mirrors,
+            nats,
+            nats_subject,
+        } => {
             init_tracing("info");
             exit_on_panic();
             let file: config::ServerFile = config::load(config.as_deref())?;
@@ -259,6 +405,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     _ => anyhow::bail!("HTTPS needs both a TLS certificate and its key"),
                 },
                 mirrors: if mirrors.is_empty() { file.mirrors.unwrap_or_default() } else { mirrors.clone() },
+                nats: nats.clone().or(file.nats),
+                nats_subject: nats_subject
+                    .clone()
+                    .or(file.nats_subject)
+                    .unwrap_or_else(|| convoy_server::DEFAULT_NATS_SUBJECT.to_owned()),
             })
             .await?;
         }
@@ -276,6 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             upstream,
             poll_via,
             keep_releases,
+            reserve_disk,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -311,12 +463,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 max_memory: max_memory.or(file.max_memory).unwrap_or(convoy_agent::DEFAULT_MAX_MEMORY),
                 relay,
                 poll_via: poll_via.clone().or(file.poll_via),
+                reserve_disk: match reserve_disk.clone().or(file.reserve_disk) {
+                    Some(s) => parse_size(&s)?,
+                    None => 0,
+                },
             })
             .await?;
         }
         Cmd::Pack { dir, app, version } => convoy_cli::pack(dir, app, version, fmt).await?,
         Cmd::Publish { dir, app, version } => convoy_cli::publish(&api()?, dir, app, version, fmt).await?,
-        Cmd::Deploy { release, selector, all: _, at, max_failures, stage_timeout, activate_timeout, wait } => {
+        Cmd::Deploy {
+            release,
+            selector,
+            all: _,
+            at,
+            max_failures,
+            stage_timeout,
+            activate_timeout,
+            wait,
+            env,
+            reason,
+        } => {
             let args = convoy_cli::DeployArgs {
                 reference: release,
                 selector: selector.as_deref().unwrap_or(""),
@@ -325,8 +492,64 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 stage_timeout: stage_timeout.as_deref(),
                 activate_timeout: activate_timeout.as_deref(),
                 wait: *wait,
+                env: env.as_deref(),
+                reason,
             };
             return convoy_cli::deploy(&api()?, args, fmt).await;
+        }
+        Cmd::Requests { all } => convoy_cli::workflow::requests(&api()?, *all, fmt).await?,
+        Cmd::Approve { id, note } => convoy_cli::workflow::act(&api()?, id, "approve", note, fmt).await?,
+        Cmd::Reject { id, note } => convoy_cli::workflow::act(&api()?, id, "reject", note, fmt).await?,
+        Cmd::Confirm { id } => convoy_cli::workflow::act(&api()?, id, "confirm", "", fmt).await?,
+        Cmd::Cancel { id } => convoy_cli::workflow::act(&api()?, id, "cancel", "", fmt).await?,
+        Cmd::Audit { deployment, actor, limit } => {
+            convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?
+        }
+        Cmd::Users { action: UsersCmd::Add { name, role } } => {
+            convoy_cli::workflow::users_add(&api()?, name, role, fmt).await?
+        }
+        Cmd::Users { action: UsersCmd::List } => convoy_cli::workflow::users_list(&api()?, fmt).await?,
+        Cmd::Users { action: UsersCmd::Remove { name } } => {
+            convoy_cli::workflow::users_remove(&api()?, name, fmt).await?
+        }
+        Cmd::Env {
+            action:
+                EnvCmd::Set {
+                    name,
+                    approvals,
+                    approver_role,
+                    confirm,
+                    confirm_ttl,
+                    windows,
+                    outside_window,
+                    waves,
+                    wave_gap,
+                    max_failures,
+                    preflight_failure,
+                    checks,
+                    preflight_timeout,
+                    webhook,
+                },
+        } => {
+            let args = convoy_cli::workflow::EnvArgs {
+                approvals: *approvals,
+                approver_role: approver_role.as_deref(),
+                confirm: *confirm,
+                confirm_ttl: confirm_ttl.as_deref(),
+                windows: (!windows.is_empty()).then(|| windows.clone()),
+                outside_window: outside_window.as_deref(),
+                waves: waves.as_deref(),
+                wave_gap: wave_gap.as_deref(),
+                max_failures: max_failures.as_deref(),
+                preflight_failure: preflight_failure.as_deref(),
+                checks: (!checks.is_empty()).then(|| checks.clone()),
+                preflight_timeout: preflight_timeout.as_deref(),
+                webhook: webhook.as_deref(),
+            };
+            convoy_cli::workflow::env_set(&api()?, name, &args, fmt).await?
+        }
+        Cmd::Env { action: EnvCmd::Show { name } } => {
+            convoy_cli::workflow::env_show(&api()?, name.as_deref(), fmt).await?
         }
         Cmd::Status { id, events } => convoy_cli::status(&api()?, id, *events, fmt).await?,
         Cmd::Watch { id } => return convoy_cli::watch_cmd(&api()?, id, fmt).await,
@@ -344,6 +567,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `500M`, `20G`, `1T` or plain bytes.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}: use bytes or 500M, 20G, 1T"))?;
+    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
 }
 
 fn main() {

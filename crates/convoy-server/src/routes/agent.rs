@@ -36,7 +36,11 @@ pub async fn enroll(
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Json<EnrollResponse>> {
     match auth::authenticate(&st, &headers).await? {
-        Caller::Enrol | Caller::Operator(_) => {}
+        Caller::Enrol => {}
+        Caller::Operator(u) if u.role == convoy_domain::Role::Admin => {}
+        Caller::Operator(u) => {
+            return Err(ApiError::forbidden(format!("enrolling agents needs the admin role; {} is {}", u.name, u.role)))
+        }
         Caller::Agent(_) => {
             return Err(ApiError::forbidden("an enrolled agent cannot enrol again; use the enrolment token"))
         }
@@ -189,9 +193,56 @@ async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             go_live_at: i.go_live_at,
             previous_version: i.previous_version,
             sources: if phase == convoy_wire::Phase::Stage { sources_for(st, target).await? } else { Vec::new() },
+            preflight: None,
+        });
+    }
+    for c in st.store.pending_checks(target).await? {
+        let Some(d) = st.store.get_deployment(&c.deployment_id).await? else {
+            continue;
+        };
+        out.push(Work {
+            instruction_id: c.id,
+            deployment_id: d.id.clone(),
+            phase: convoy_wire::Phase::Preflight,
+            attempt: 0,
+            app: d.app.clone(),
+            version: d.version.clone(),
+            digest: d.digest.clone(),
+            go_live_at: None,
+            previous_version: None,
+            sources: Vec::new(),
+            preflight: Some(crate::workflow::preflight_spec(st, &d).await?),
         });
     }
     Ok(out)
+}
+
+/// Settles a target's preflight check from its report.
+async fn preflight_report(st: &AppState, target: &str, r: &Report) -> ApiResult<Json<ReportResponse>> {
+    let c = st.store.get_check(&r.instruction_id).await?.filter(|c| c.target_id == target);
+    let Some(c) = c else {
+        return Err(ApiError::not_found(format!("preflight {} not found for this target", r.instruction_id)));
+    };
+    let (state, note) = match &r.report {
+        ReportKind::Succeeded => ("passed", "preflight passed".to_owned()),
+        ReportKind::Failed { message } => ("failed", format!("preflight failed: {message}")),
+        other => {
+            return Ok(Json(ReportResponse { accepted: false, note: format!("{other:?} does not settle a preflight") }))
+        }
+    };
+    let done = convoy_store::CheckRecord {
+        state: state.into(),
+        result_json: serde_json::to_string(&r.metrics).map_err(ApiError::internal)?,
+        output: r.output.clone(),
+        updated_at: now_ms(),
+        ..c
+    };
+    let moved = st.store.finish_check(&done, &format!("agent:{target}")).await?;
+    if moved {
+        tracing::info!(deployment = %done.deployment_id, target_id = %target, "{note}");
+        st.wake.notify_one();
+    }
+    Ok(Json(ReportResponse { accepted: moved, note }))
 }
 
 pub async fn report(
@@ -212,6 +263,9 @@ pub async fn report(
     if let Some(inv) = &r.inventory {
         check_inventory(inv)?;
         save_inventory(&st, &target, inv).await?;
+    }
+    if r.phase == convoy_wire::Phase::Preflight {
+        return preflight_report(&st, &target, &r).await;
     }
     let i = st.store.get_instruction(&r.instruction_id).await?.filter(|i| i.target_id == target);
     let Some(i) = i else {

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use convoy_domain::Role;
 use convoy_pack::{ChunkId, VerifiedChunk};
 use convoy_wire::ChunkIds;
 
@@ -31,7 +32,7 @@ pub async fn missing(
     headers: HeaderMap,
     body: Result<Json<ChunkIds>, JsonRejection>,
 ) -> ApiResult<Json<ChunkIds>> {
-    auth::operator(&st, &headers).await?;
+    auth::require(&st, &headers, Role::Deployer).await?;
     let Json(req) = body?;
     let ids = parse_ids(&req.ids, MAX_IDS)?;
     let chunks = st.chunks.clone();
@@ -49,7 +50,7 @@ pub async fn upload(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
-    auth::operator(&st, &headers).await?;
+    auth::require(&st, &headers, Role::Deployer).await?;
     let id = ChunkId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let body = body?;
     let len = body.len() as u64;

@@ -203,6 +203,21 @@ pub async fn get(
 
 /// The description of the upgrade from `from` to `to`, computed once per
 /// pair and kept in memory.
+/// The release's `convoy.toml`, read from the chunk store (`None` if it
+/// has none or it does not parse).
+pub fn descriptor_of(chunks: &ChunkStore, m: &Manifest) -> Option<convoy_pack::Descriptor> {
+    m.entries.iter().find_map(|e| match e {
+        convoy_pack::Entry::File { path, chunks: refs, .. } if path.as_str() == convoy_pack::DESCRIPTOR_FILE => {
+            let mut text = Vec::new();
+            for r in refs {
+                text.extend_from_slice(chunks.get(&r.id).ok()??.data());
+            }
+            convoy_pack::Descriptor::parse(&String::from_utf8_lossy(&text)).ok()
+        }
+        _ => None,
+    })
+}
+
 pub async fn changes(st: &AppState, app: &str, from: &str, to: &str) -> ApiResult<convoy_wire::Changes> {
     let (old, new) = (find(st, app, from).await?, find(st, app, to).await?);
     let key = format!("{}-{}", old.digest, new.digest);
@@ -216,16 +231,7 @@ pub async fn changes(st: &AppState, app: &str, from: &str, to: &str) -> ApiResul
             Manifest::from_slice(&new.manifest).map_err(|e| e.to_string())?,
         );
         let d = convoy_pack::diff(&a, &b);
-        let descriptor = b.entries.iter().find_map(|e| match e {
-            convoy_pack::Entry::File { path, chunks: refs, .. } if path.as_str() == convoy_pack::DESCRIPTOR_FILE => {
-                let mut text = Vec::new();
-                for r in refs {
-                    text.extend_from_slice(chunks.get(&r.id).ok()??.data());
-                }
-                convoy_pack::Descriptor::parse(&String::from_utf8_lossy(&text)).ok()
-            }
-            _ => None,
-        });
+        let descriptor = descriptor_of(&chunks, &b);
         let (config_changed, migrate) = match descriptor {
             Some(desc) => (
                 desc.config_files.into_iter().filter(|f| d.added.contains(f) || d.changed.contains(f)).collect(),

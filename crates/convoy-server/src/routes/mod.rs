@@ -1,10 +1,12 @@
 //! HTTP routes, one module per resource.
 
+pub mod admin;
 pub mod agent;
 pub mod chunks;
 pub mod deltas;
 pub mod deployments;
 pub mod releases;
+pub mod requests;
 pub mod targets;
 
 use convoy_store::TargetRecord;

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::Json;
+use convoy_domain::Role;
 use convoy_domain::{AppName, Version};
 use convoy_pack::{Entry, Manifest};
 use convoy_store::ReleaseRecord;
@@ -33,7 +34,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> ApiResult<Json<PublishResponse>> {
-    let user = auth::operator(&st, &headers).await?;
+    let user = auth::require(&st, &headers, Role::Deployer).await?;
     let Json(req) = body?;
     let app = AppName::parse(&req.app).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let version = Version::parse(&req.version).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -66,7 +67,7 @@ pub async fn publish(
     };
     let created = st.store.insert_release(&rec).await?;
     if created {
-        tracing::info!(app = %app, version = %version, digest = %rec.digest, %user, "release published");
+        tracing::info!(app = %app, version = %version, digest = %rec.digest, user = %user.name, "release published");
         // make the deltas from what the fleet runs now, before anyone deploys
         let mut live = std::collections::BTreeSet::new();
         for t in st.store.list_targets().await? {
@@ -89,7 +90,7 @@ pub async fn publish(
 }
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<ReleaseInfo>>> {
-    auth::operator(&st, &headers).await?;
+    auth::require(&st, &headers, Role::Viewer).await?;
     Ok(Json(st.store.list_releases().await?.iter().map(info).collect()))
 }
 

@@ -1,6 +1,7 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use convoy_domain::Role;
 use convoy_wire::TargetInfo;
 
 use crate::auth;
@@ -8,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TargetInfo>>> {
-    auth::operator(&st, &headers).await?;
+    auth::require(&st, &headers, Role::Viewer).await?;
     st.store.list_targets().await?.iter().map(super::target_info).collect::<ApiResult<Vec<_>>>().map(Json)
 }
 
@@ -18,10 +19,10 @@ pub async fn remove(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = auth::operator(&st, &headers).await?;
+    let user = auth::require(&st, &headers, Role::Admin).await?;
     if !st.store.remove_target(&id).await? {
         return Err(ApiError::not_found(format!("target {id} not found")));
     }
-    tracing::info!(target_id = %id, %user, "target removed");
+    tracing::info!(target_id = %id, user = %user.name, "target removed");
     Ok(Json(serde_json::json!({"removed": id})))
 }

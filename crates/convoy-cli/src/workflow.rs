@@ -1,0 +1,266 @@
+//! Users, environments, requests (approve, reject, confirm, cancel) and the
+//! audit log.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use convoy_client::Client;
+use convoy_domain::{parse_waves, Amount, OutsideWindow, Policy, PreflightFailure, Role};
+use convoy_wire::{Decision, DeploymentInfo, EnvInfo, EventInfo, NewUser, RequestInfo, UserInfo};
+
+use crate::output::{self, line, Format};
+
+pub async fn users_add(c: &Client, name: &str, role: &str, fmt: Format) -> anyhow::Result<()> {
+    Role::parse(role)?;
+    let u: UserInfo =
+        c.send_json(reqwest::Method::POST, "/users", &NewUser { name: name.into(), role: role.into() }).await?;
+    match fmt {
+        Format::Json => output::json(&u),
+        Format::Table => {
+            line(u.token.clone().unwrap_or_default());
+            eprintln!("user {} added as {}; the token above is shown only now (it is stored hashed)", u.name, u.role);
+        }
+    }
+    Ok(())
+}
+
+pub async fn users_list(c: &Client, fmt: Format) -> anyhow::Result<()> {
+    let users: Vec<UserInfo> = c.get_json("/users", Duration::from_secs(30)).await?;
+    match fmt {
+        Format::Json => output::json(&users),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|u| vec![u.name.clone(), u.role.clone(), u.created_by.clone(), output::time(u.created_at)])
+                .collect();
+            output::table(&["USER", "ROLE", "ADDED BY", "ADDED"], &rows);
+        }
+    }
+    Ok(())
+}
+
+pub async fn users_remove(c: &Client, name: &str, fmt: Format) -> anyhow::Result<()> {
+    let resp =
+        c.request(reqwest::Method::DELETE, &format!("/users/{name}")).send().await.context("removing the user")?;
+    let v: serde_json::Value = Client::check(resp).await?.json().await?;
+    match fmt {
+        Format::Json => output::json(&v),
+        Format::Table => line(format!("user {name} removed; its token no longer works")),
+    }
+    Ok(())
+}
+
+/// `convoy env set` options; `None` keeps the environment's current value.
+#[derive(Debug, Default)]
+pub struct EnvArgs<'a> {
+    pub approvals: Option<u32>,
+    pub approver_role: Option<&'a str>,
+    pub confirm: Option<bool>,
+    pub confirm_ttl: Option<&'a str>,
+    pub windows: Option<Vec<String>>,
+    pub outside_window: Option<&'a str>,
+    pub waves: Option<&'a str>,
+    pub wave_gap: Option<&'a str>,
+    pub max_failures: Option<&'a str>,
+    pub preflight_failure: Option<&'a str>,
+    pub checks: Option<Vec<String>>,
+    pub preflight_timeout: Option<&'a str>,
+    pub webhook: Option<&'a str>,
+}
+
+/// Applies the given options over a policy.
+pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
+    if let Some(n) = a.approvals {
+        p.approvals = n;
+    }
+    if let Some(r) = a.approver_role {
+        p.approver_role = Role::parse(r)?;
+    }
+    if let Some(c) = a.confirm {
+        p.confirm = c;
+    }
+    if let Some(t) = a.confirm_ttl {
+        p.confirm_ttl_secs = crate::parse_duration(t)?;
+    }
+    if let Some(w) = &a.windows {
+        p.windows = w.iter().filter(|w| !w.is_empty()).cloned().collect();
+    }
+    if let Some(o) = a.outside_window {
+        p.outside_window = match o {
+            "refuse" => OutsideWindow::Refuse,
+            "next" => OutsideWindow::Next,
+            _ => bail!("--outside-window must be refuse or next"),
+        };
+    }
+    if let Some(w) = a.waves {
+        p.waves = parse_waves(w)?;
+    }
+    if let Some(g) = a.wave_gap {
+        p.wave_gap_secs = crate::parse_duration(g)?;
+    }
+    if let Some(m) = a.max_failures {
+        p.max_failures = Amount::parse(m)?;
+    }
+    if let Some(f) = a.preflight_failure {
+        p.preflight_failure = match f {
+            "block" => PreflightFailure::Block,
+            "skip" => PreflightFailure::Skip,
+            _ => bail!("--preflight-failure must be block or skip"),
+        };
+    }
+    if let Some(c) = &a.checks {
+        p.checks = c.iter().filter(|c| !c.is_empty()).cloned().collect();
+    }
+    if let Some(t) = a.preflight_timeout {
+        p.preflight_timeout_secs = crate::parse_duration(t)?;
+    }
+    if let Some(w) = a.webhook {
+        p.webhook = (!w.is_empty()).then(|| w.to_owned());
+    }
+    p.validate()?;
+    Ok(p)
+}
+
+fn print_env(e: &EnvInfo) {
+    let p = &e.policy;
+    let waves: Vec<String> = p.waves.iter().map(Amount::to_string).collect();
+    line(format!("environment {}", e.name));
+    line(format!("  approvals       {} from {} or above", p.approvals, p.approver_role));
+    line(format!(
+        "  confirmation    {}",
+        if p.confirm { format!("required, within {}s", p.confirm_ttl_secs) } else { "not needed".into() }
+    ));
+    if p.windows.is_empty() {
+        line("  windows         any time");
+    } else {
+        line(format!("  windows         {} (outside: {:?})", p.windows.join("; "), p.outside_window).to_lowercase());
+    }
+    line(format!("  waves           {} (gap {}s)", waves.join(","), p.wave_gap_secs));
+    line(format!("  max failures    {} per wave", p.max_failures));
+    line(format!(
+        "  preflight       {:?} on failure, time-out {}s{}",
+        p.preflight_failure,
+        p.preflight_timeout_secs,
+        if p.checks.is_empty() { String::new() } else { format!(", checks: {}", p.checks.join(" ; ")) }
+    ));
+    if let Some(w) = &p.webhook {
+        line(format!("  webhook         {w}"));
+    }
+    line(format!("  updated         {} by {}", output::time(e.updated_at), e.updated_by));
+}
+
+pub async fn env_set(c: &Client, name: &str, args: &EnvArgs<'_>, fmt: Format) -> anyhow::Result<()> {
+    let current = match c.get_json::<EnvInfo>(&format!("/envs/{name}"), Duration::from_secs(30)).await {
+        Ok(e) => e.policy,
+        Err(e) if e.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status == 404) => Policy::default(),
+        Err(e) => return Err(e),
+    };
+    let policy = apply(current, args)?;
+    let e: EnvInfo = c.send_json(reqwest::Method::PUT, &format!("/envs/{name}"), &policy).await?;
+    match fmt {
+        Format::Json => output::json(&e),
+        Format::Table => print_env(&e),
+    }
+    Ok(())
+}
+
+pub async fn env_show(c: &Client, name: Option<&str>, fmt: Format) -> anyhow::Result<()> {
+    let envs: Vec<EnvInfo> = match name {
+        Some(n) => vec![c.get_json(&format!("/envs/{n}"), Duration::from_secs(30)).await?],
+        None => c.get_json("/envs", Duration::from_secs(30)).await?,
+    };
+    match fmt {
+        Format::Json if name.is_some() => output::json(&envs[0]),
+        Format::Json => output::json(&envs),
+        Format::Table => {
+            for e in &envs {
+                print_env(e);
+            }
+            if envs.is_empty() {
+                line("no environments; an admin makes one with `convoy env set NAME ...`");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn requests(c: &Client, all: bool, fmt: Format) -> anyhow::Result<()> {
+    let path = if all { "/requests?all=true" } else { "/requests" };
+    let r: Vec<RequestInfo> = c.get_json(path, Duration::from_secs(30)).await?;
+    match fmt {
+        Format::Json => output::json(&r),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = r
+                .iter()
+                .map(|r| {
+                    let d = &r.deployment;
+                    vec![
+                        d.id.clone(),
+                        format!("{}@{}", d.app, d.version),
+                        d.env.clone().unwrap_or_default(),
+                        d.state.clone(),
+                        if r.waiting_for.is_empty() { "-".into() } else { r.waiting_for.clone() },
+                        format!("{}/{}", r.approvals, r.approvals_needed),
+                        d.created_by.clone(),
+                        d.reason.clone(),
+                        d.go_live_at.map_or("-".into(), output::time),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                line(if all { "no open requests" } else { "nothing waits for you" });
+            } else {
+                output::table(
+                    &["REQUEST", "RELEASE", "ENV", "STATE", "YOU MAY", "APPROVALS", "BY", "REASON", "GO-LIVE"],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// approve / reject / confirm / cancel.
+pub async fn act(c: &Client, id: &str, action: &str, note: &str, fmt: Format) -> anyhow::Result<()> {
+    let d: DeploymentInfo = c
+        .send_json(reqwest::Method::POST, &format!("/deployments/{id}/{action}"), &Decision { note: note.into() })
+        .await?;
+    match fmt {
+        Format::Json => output::json(&d),
+        Format::Table => line(format!("{} {}@{}: {} ({})", d.id, d.app, d.version, d.state, d.note)),
+    }
+    Ok(())
+}
+
+pub async fn audit(
+    c: &Client,
+    deployment: Option<&str>,
+    actor: Option<&str>,
+    limit: u32,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    let mut q = format!("/audit?limit={limit}");
+    if let Some(d) = deployment {
+        q.push_str(&format!("&deployment={d}"));
+    }
+    if let Some(a) = actor {
+        q.push_str(&format!("&actor={a}"));
+    }
+    let ev: Vec<EventInfo> = c.get_json(&q, Duration::from_secs(30)).await?;
+    match fmt {
+        Format::Json => output::json(&ev),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = ev
+                .iter()
+                .rev()
+                .map(|e| {
+                    let what = e.instruction_id.clone().unwrap_or_else(|| e.deployment_id.clone());
+                    let mv = if e.from.is_empty() { e.to.clone() } else { format!("{} -> {}", e.from, e.to) };
+                    vec![output::time(e.at), e.actor.clone(), what, mv, e.note.clone()]
+                })
+                .collect();
+            output::table(&["TIME", "ACTOR", "OBJECT", "CHANGE", "NOTE"], &rows);
+        }
+    }
+    Ok(())
+}
