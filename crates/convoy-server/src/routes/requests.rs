@@ -41,6 +41,9 @@ async fn approvals_now(st: &AppState, d: &DeploymentRecord) -> ApiResult<Vec<App
 }
 
 fn may_decide(d: &DeploymentRecord, user: &User, needed: Role) -> ApiResult<()> {
+    if user.name == d.created_by {
+        return Err(ApiError::forbidden("a requester can never approve or reject their own request"));
+    }
     if user.role < needed {
         return Err(ApiError::forbidden(format!(
             "approving requests in {} needs the {needed} role or higher; {} is {}",
@@ -48,9 +51,6 @@ fn may_decide(d: &DeploymentRecord, user: &User, needed: Role) -> ApiResult<()> 
             user.name,
             user.role
         )));
-    }
-    if user.name == d.created_by {
-        return Err(ApiError::forbidden("a requester can never approve or reject their own request"));
     }
     if d.state != D::AwaitingApproval {
         return Err(ApiError::conflict(format!("request {} is {}, not awaiting approval", d.id, d.state.as_str())));
