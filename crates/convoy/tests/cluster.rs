@@ -1,0 +1,192 @@
+//! Requests over NATS, and two servers sharing one PostgreSQL database
+//! (only one runs the scheduler). Each runs when CI's services are named:
+//! `CONVOY_TEST_NATS_URL`, `CONVOY_TEST_DATABASE_URL`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// One request-reply over NATS' text protocol: publishes `payload` on
+/// `subject` and returns the reply.
+fn nats_request(url: &str, subject: &str, payload: &[u8]) -> serde_json::Value {
+    let addr = url.strip_prefix("nats://").unwrap_or(url);
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let inbox = format!("_INBOX.convoy-test.{:016x}", rand::random::<u64>());
+    write!(w, "CONNECT {{\"verbose\":false}}\r\nSUB {inbox} 1\r\nPING\r\n").unwrap();
+    // wait for the subscription to be in place before publishing
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+    write!(w, "PUB {subject} {inbox} {}\r\n", payload.len()).unwrap();
+    w.write_all(payload).unwrap();
+    w.write_all(b"\r\n").unwrap();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "NATS closed the connection");
+        if line.starts_with("PING") {
+            w.write_all(b"PONG\r\n").unwrap();
+        }
+        if let Some(rest) = line.strip_prefix("MSG ") {
+            let len: usize = rest.split_whitespace().last().unwrap().parse().unwrap();
+            let mut body = vec![0; len + 2];
+            r.read_exact(&mut body).unwrap();
+            body.truncate(len);
+            return serde_json::from_slice(&body).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_request_over_nats_ends_like_one_over_http() {
+    let Ok(nats) = std::env::var("CONVOY_TEST_NATS_URL") else {
+        eprintln!("CONVOY_TEST_NATS_URL is not set: the NATS test is not run");
+        return;
+    };
+    let subject = format!("convoy.test.{:016x}", rand::random::<u64>());
+    let mut f = Fleet::start_with_args(&["--nats", &nats, "--nats-subject", &subject]);
+    wait_until("the server to subscribe", Duration::from_secs(20), || {
+        f.server.as_ref().unwrap().log_text().contains("taking deployment requests from NATS").then_some(())
+    });
+    f.start_agent("a", "site=sh,role=web", &[], &[]);
+    f.start_agent("b", "site=bj,role=web", &[], &[]);
+    for v in ["1.0", "2.0"] {
+        let src = f.path(&format!("src/{v}"));
+        write_app(&src, v, 20_000);
+        f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", v]);
+    }
+    let alice = f.ok(&["users", "add", "alice", "--role", "deployer"]).trim().to_owned();
+    let viewer = f.ok(&["users", "add", "vic", "--role", "viewer"]).trim().to_owned();
+    f.ok(&["env", "set", "prod", "--waves", "1,100%"]);
+
+    // over HTTP
+    let out = std::process::Command::new(EXE)
+        .args(["deploy", "web@1.0", "--env", "prod", "--selector", "role=web", "--reason", "http", "--output", "json"])
+        .env("CONVOY_SERVER", &f.url)
+        .env("CONVOY_TOKEN", &alice)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let http_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_owned();
+    let by_http = f.wait_state(&http_id, &["succeeded", "failed", "rolled_back"], LONG);
+
+    // the same request over NATS
+    let msg = serde_json::json!({"token": alice, "request": {"app": "web", "version": "2.0", "selector": "role=web", "env": "prod", "reason": "nats"}});
+    let reply = nats_request(&nats, &subject, msg.to_string().as_bytes());
+    assert_eq!(reply["ok"], true, "{reply:#}");
+    let nats_id = reply["deployment"]["id"].as_str().unwrap().to_owned();
+    let by_nats = f.wait_state(&nats_id, &["succeeded", "failed", "rolled_back"], LONG);
+
+    for (what, d) in [("http", &by_http), ("nats", &by_nats)] {
+        assert_eq!(d["deployment"]["state"], "succeeded", "{what}: {d:#}");
+        assert_eq!(d["deployment"]["created_by"], "alice", "{what}");
+        assert_eq!(d["deployment"]["env"], "prod", "{what}");
+        assert_eq!(d["deployment"]["reason"], what);
+        let waves: Vec<i64> =
+            d["plan"]["waves"].as_array().unwrap().iter().map(|w| w["targets"].as_i64().unwrap()).collect();
+        assert_eq!(waves, vec![1, 1], "{what}");
+        let states: Vec<&str> = d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["instruction_id"].is_null())
+            .map(|e| e["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            by_http["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["instruction_id"].is_null())
+                .map(|e| e["to"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            "{what}: the same path"
+        );
+    }
+    assert_eq!(f.live("web"), vec![("a".to_owned(), Some("2.0".to_owned())), ("b".to_owned(), Some("2.0".to_owned()))]);
+
+    // the same validation and authentication: nothing recorded for any of these
+    let before = f.json(&["deployments"]).as_array().unwrap().len();
+    for (payload, want) in [
+        (serde_json::json!({"token": viewer, "request": {"app": "web", "version": "2.0", "selector": "role=web"}}).to_string(), "deployer role"),
+        (serde_json::json!({"token": "wrong-token-wrong", "request": {"app": "web", "version": "2.0"}}).to_string(), "unknown or revoked token"),
+        (serde_json::json!({"token": alice, "request": {"app": "web", "version": "9.9", "selector": "role=web"}}).to_string(), "not found"),
+        (serde_json::json!({"token": alice, "request": {"app": "web", "version": "2.0", "selector": "role=web", "env": "nope"}}).to_string(), "environment \"nope\" not found"),
+        ("{not json".to_owned(), "malformed request"),
+    ] {
+        let reply = nats_request(&nats, &subject, payload.as_bytes());
+        assert_eq!(reply["ok"], false, "{payload}: {reply:#}");
+        let msg = reply["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{payload}: {msg}");
+    }
+    assert_eq!(f.json(&["deployments"]).as_array().unwrap().len(), before);
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, body) = http(port, "GET", "/metrics", None, b"").unwrap();
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+#[test]
+fn two_servers_on_one_postgres_one_scheduler() {
+    let Ok(url) = std::env::var("CONVOY_TEST_DATABASE_URL") else {
+        eprintln!("CONVOY_TEST_DATABASE_URL is not set: the two-server test is not run");
+        return;
+    };
+    let schema = format!("convoy_two_{:016x}", rand::random::<u64>());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}options[search_path]={schema}");
+    let mut one = Fleet::start_with(Some(db.clone()));
+    let mut two = Fleet::start_with(Some(db));
+    let leaders = || [metric(one.port, "convoy_scheduler_leader"), metric(two.port, "convoy_scheduler_leader")];
+    let l = wait_until("one scheduler", Duration::from_secs(20), || {
+        let l = leaders();
+        (l.iter().sum::<u64>() == 1).then_some(l)
+    });
+    // it stays one
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(leaders().iter().sum::<u64>(), 1, "{:?}", leaders());
+    }
+    // a deployment through the server that is not the leader still moves:
+    // the leader dispatches it
+    let (leader, follower) = if l[0] == 1 { (&mut one, &mut two) } else { (&mut two, &mut one) };
+    follower.start_agent("a", "role=web", &[], &[]);
+    let src = follower.path("src/1.0");
+    write_app(&src, "1.0", 10_000);
+    follower.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    let id = follower.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = follower.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    assert!(d["events"].as_array().unwrap().iter().any(|e| e["actor"] == "scheduler"));
+    assert!(metric(leader.port, "convoy_scheduler_transitions_total") > 0);
+    assert_eq!(metric(follower.port, "convoy_scheduler_transitions_total"), 0, "only the leader dispatches");
+
+    // the leader dies: the other takes over once its lease runs out
+    leader.kill_server();
+    let fport = follower.port;
+    wait_until("the other server to take over", Duration::from_secs(30), || {
+        (metric(fport, "convoy_scheduler_leader") == 1).then_some(())
+    });
+}
