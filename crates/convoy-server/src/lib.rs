@@ -12,6 +12,7 @@ mod metrics;
 mod nats;
 mod notify;
 mod openapi;
+mod reports;
 mod routes;
 pub mod scheduler;
 mod state;
@@ -130,6 +131,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::spawn(scheduler::run(state.clone()));
+    if let Some(rx) = state.report_rx.lock().expect("report queue lock").take() {
+        tokio::spawn(reports::run(state.clone(), rx));
+    }
     if let Some((url, subject)) = &state.nats {
         tokio::spawn(nats::run(state.clone(), url.clone(), subject.clone()));
     }

@@ -26,6 +26,10 @@ pub struct AppState {
     /// plain HTTP copies of the chunk store. Each target gets them in its
     /// own order (see [`AppState::mirrors_for`]).
     pub mirrors: Arc<Vec<String>>,
+    /// Agent reports waiting to be written in batches (see `reports`).
+    pub reports: crate::reports::Queue,
+    /// The queue's receiving end, until the writer takes it.
+    pub report_rx: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::reports::Queued>>>>,
     /// NATS server and subject deployment requests arrive on.
     pub nats: Option<(String, String)>,
     /// Every target's `site` label, for relays polling on their site's behalf.
@@ -46,7 +50,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, chunks: ChunkStore, deltas: crate::routes::deltas::Deltas) -> Self {
+        let (reports, rx) = tokio::sync::mpsc::channel(crate::reports::QUEUE);
         Self {
+            reports,
+            report_rx: Arc::new(std::sync::Mutex::new(Some(rx))),
             store,
             chunks,
             deltas: Arc::new(deltas),

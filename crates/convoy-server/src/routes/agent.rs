@@ -1,14 +1,13 @@
 //! The agent side of the API: enrolment, long-polled work, reports.
 //! An agent sees only its own instructions.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use convoy_domain::{on_report, InstructionState, InstructionView, Outcome, ReportKind};
+use convoy_domain::{InstructionState, ReportKind};
 use convoy_store::{hash_token, new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
 use convoy_wire::{
     EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work, WorkResponse,
@@ -255,6 +254,7 @@ pub async fn report(
     if r.metrics.len() > 100
         || r.metrics.iter().any(|(k, v)| k.len() > 64 || v.len() > 256)
         || r.output.len() > 64 * 1024
+        || r.instruction_id.len() > 64
     {
         return Err(ApiError::bad_request(
             "report too large: at most 100 metrics (keys ≤ 64, values ≤ 256 bytes) and 64 KiB of output",
@@ -267,53 +267,8 @@ pub async fn report(
     if r.phase == convoy_wire::Phase::Preflight {
         return preflight_report(&st, &target, &r).await;
     }
-    let i = st.store.get_instruction(&r.instruction_id).await?.filter(|i| i.target_id == target);
-    let Some(i) = i else {
-        return Err(ApiError::not_found(format!("instruction {} not found for this target", r.instruction_id)));
-    };
-    let d = st
-        .store
-        .get_deployment(&i.deployment_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("instruction without deployment"))?;
-    let outcome =
-        on_report(InstructionView { state: i.state, attempt: i.attempt }, r.phase, r.attempt, &r.report, &d.digest);
-    let (to, attempt, note) = match outcome {
-        Outcome::Stale(note) => {
-            crate::metrics::add(&st.counters.reports_stale, 1);
-            return Ok(Json(ReportResponse { accepted: false, note }));
-        }
-        Outcome::Move { to, attempt, note } => (to, attempt, note),
-    };
-    if let Some(bad) = r.metrics.get("source_failures") {
-        tracing::warn!(target_id = %target, instruction = %i.id, "content source reported failing: {bad}");
-        crate::metrics::add(&st.counters.source_failures, 1);
-    }
-    let mut metrics: BTreeMap<String, String> = serde_json::from_str(&i.metrics_json).unwrap_or_default();
-    metrics.extend(r.metrics.clone());
-    let up = InstructionUpdate {
-        to: Some(to),
-        attempt: Some(attempt),
-        reported_digest: match &r.report {
-            ReportKind::Staged { digest } => Some(digest.clone()),
-            _ => None,
-        },
-        metrics_json: Some(serde_json::to_string(&metrics).map_err(ApiError::internal)?),
-        output: (!r.output.is_empty()).then(|| r.output.clone()),
-        note: note.clone(),
-        ..Default::default()
-    };
-    let moved =
-        st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &format!("agent:{target}"), now_ms()).await?;
-    crate::metrics::add(if moved { &st.counters.reports_accepted } else { &st.counters.reports_stale }, 1);
-    if moved && to != InstructionState::Received {
-        st.progress.lock().expect("progress lock").remove(&i.id);
-    }
-    if moved {
-        tracing::info!(deployment = %d.id, instruction = %i.id, target_id = %target, from = i.state.as_str(), to = to.as_str(), "{note}");
-        st.changed([target.as_str()]);
-    }
-    Ok(Json(ReportResponse { accepted: moved, note }))
+    // written with others in one transaction; answered once persisted
+    Ok(Json(crate::reports::submit(&st, target, r).await?))
 }
 
 /// Most targets one relay may poll for.
