@@ -230,6 +230,9 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
             row
         })
         .collect();
+    if d.instructions.is_empty() {
+        return out.join("\n");
+    }
     line(String::new());
     if d.plan.is_some() {
         line(output::render_table(

@@ -133,13 +133,20 @@ fn print_env(e: &EnvInfo) {
     if p.windows.is_empty() {
         line("  windows         any time");
     } else {
-        line(format!("  windows         {} (outside: {:?})", p.windows.join("; "), p.outside_window).to_lowercase());
+        let outside = match p.outside_window {
+            OutsideWindow::Refuse => "refused",
+            OutsideWindow::Next => "moved to the next window",
+        };
+        line(format!("  windows         {} (a go-live outside is {outside})", p.windows.join("; ")));
     }
     line(format!("  waves           {} (gap {}s)", waves.join(","), p.wave_gap_secs));
     line(format!("  max failures    {} per wave", p.max_failures));
+    let on_failure = match p.preflight_failure {
+        PreflightFailure::Block => "a failed target blocks the request",
+        PreflightFailure::Skip => "failed targets are left out within the budget",
+    };
     line(format!(
-        "  preflight       {:?} on failure, time-out {}s{}",
-        p.preflight_failure,
+        "  preflight       {on_failure}; time-out {}s{}",
         p.preflight_timeout_secs,
         if p.checks.is_empty() { String::new() } else { format!(", checks: {}", p.checks.join(" ; ")) }
     ));

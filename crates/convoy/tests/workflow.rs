@@ -388,3 +388,28 @@ fn roles_allow_and_refuse_as_documented() {
     let users = f.json(&["users", "list"]);
     assert_eq!(users.as_array().unwrap().len(), 3, "{users:#}");
 }
+
+#[test]
+fn unconfirmed_requests_expire_and_failed_preflight_blocks() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    publish(&f, "1.0");
+    f.ok(&["env", "set", "quick", "--confirm", "--confirm-ttl", "2s"]);
+    let id =
+        f.json(&["deploy", "web@1.0", "--env", "quick", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = f.wait_state(&id, &["expired"], LONG);
+    assert!(d["deployment"]["note"].as_str().unwrap().contains("not confirmed in time"), "{d:#}");
+    let out = f.cli(&["confirm", &id]);
+    assert!(!out.status.success(), "an expired request cannot be confirmed");
+    assert!(d["instructions"].as_array().unwrap().is_empty());
+
+    // a failing custom check blocks the request (the default policy)
+    f.ok(&["env", "set", "strict", "--check", "test -e /nonexistent-convoy-precondition"]);
+    let id =
+        f.json(&["deploy", "web@1.0", "--env", "strict", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = f.wait_state(&id, &["failed", "staging", "succeeded"], LONG);
+    assert_eq!(d["deployment"]["state"], "failed", "{d:#}");
+    let note = d["deployment"]["note"].as_str().unwrap();
+    assert!(note.contains("preflight failed on 1 of 1") && note.contains("check:1"), "{note}");
+    assert_eq!(f.live("web"), vec![("a".to_owned(), None)], "nothing was deployed");
+}
