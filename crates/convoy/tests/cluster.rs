@@ -172,12 +172,16 @@ fn two_servers_on_one_postgres_one_scheduler() {
     // a deployment through the server that is not the leader still moves:
     // the leader dispatches it
     let (leader, follower) = if l[0] == 1 { (&mut one, &mut two) } else { (&mut two, &mut one) };
-    follower.start_agent("a", "role=web", &[], &[]);
+    // the agent holds its polls open long: it learns of the leader's moves
+    // because the server it polls looks again every few seconds
+    follower.start_agent("a", "role=web", &[], &["--poll-wait", "60"]);
     let src = follower.path("src/1.0");
     write_app(&src, "1.0", 10_000);
     follower.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    let started = std::time::Instant::now();
     let id = follower.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
     let d = follower.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert!(started.elapsed() < Duration::from_secs(45), "the poll was not held for its whole minute");
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
     assert!(d["events"].as_array().unwrap().iter().any(|e| e["actor"] == "scheduler"));
     assert!(metric(leader.port, "convoy_scheduler_transitions_total") > 0);

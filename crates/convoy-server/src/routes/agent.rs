@@ -106,6 +106,10 @@ pub struct WorkQuery {
     holding: String,
 }
 
+/// How often a poll held by a server that is not the scheduler looks for
+/// work the scheduler (in another process) may have made.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(2);
+
 /// Most held keys a poll may name.
 const MAX_HOLDING: usize = 1_000;
 
@@ -137,9 +141,18 @@ pub async fn work(
         if *stopping.borrow() {
             return Ok(Json(WorkResponse { work: Vec::new() }));
         }
+        // a server that does not run the scheduler is not told of the
+        // scheduler's moves: it looks again every few seconds
+        let now = tokio::time::Instant::now();
+        let until = if st.counters.scheduler_leader.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            deadline
+        } else {
+            deadline.min(now + FOLLOWER_RECHECK)
+        };
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, changes.changed()) => match r {
+            r = tokio::time::timeout_at(until, changes.changed()) => match r {
                 Ok(Ok(())) => continue,
+                _ if until < deadline => continue,
                 _ => return Ok(Json(WorkResponse { work: Vec::new() })),
             },
             _ = stopping.changed() => return Ok(Json(WorkResponse { work: Vec::new() })),
