@@ -263,3 +263,46 @@ fn agents_poll_their_relay_which_polls_once_for_the_site() {
         vec![Some("2.0".to_owned()); 3]
     );
 }
+
+#[test]
+fn relays_chain_through_a_parent_relay() {
+    let mut f = Fleet::start();
+    // a regional relay (its own site), and a site relay that fetches from it
+    let port = free_port();
+    let parent = format!("http://127.0.0.1:{port}");
+    f.start_agent("region", "site=eu,role=relay", &[], &["--relay", "--listen", &format!("127.0.0.1:{port}")]);
+    let port = free_port();
+    let child = format!("http://127.0.0.1:{port}");
+    f.start_agent(
+        "site-relay",
+        "site=sh,role=relay",
+        &[],
+        &["--relay", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &parent],
+    );
+    wait_until("both relays to be known", Duration::from_secs(30), || {
+        let ts = f.json(&["targets"]);
+        let known = |u: &str| ts.as_array().unwrap().iter().any(|t| t["inventory"]["relay"] == u);
+        (known(&parent) && known(&child)).then_some(())
+    });
+    for n in ["w1", "w2"] {
+        f.start_agent(n, "site=sh,role=web", &[], &[]);
+    }
+    publish(&f, "1.0", 1_500_000);
+    let d = f.json(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for i in instructions(&d) {
+        assert_eq!(i["reported_digest"], d["deployment"]["digest"]);
+        assert_eq!(i["metrics"]["via"], child.as_str(), "{i:#}");
+    }
+    // the site relay fetched one copy, from the regional relay, which
+    // fetched one copy from the server
+    let (c, p) = (relay_stats(&child), relay_stats(&parent));
+    let (c_up, p_served, p_up) = (
+        c["upstream_bytes"].as_u64().unwrap(),
+        p["served_bytes"].as_u64().unwrap(),
+        p["upstream_bytes"].as_u64().unwrap(),
+    );
+    assert!(c_up > 1_500_000 && c_up < 2 * 1_500_000, "site relay upstream {c_up}: {c}");
+    assert!(p_served >= c_up * 9 / 10, "the parent served the site relay: {p} vs {c}");
+    assert!(p_up > 1_500_000 && p_up < 2 * 1_500_000, "one copy to the region: {p}");
+}
