@@ -85,6 +85,13 @@ pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> ApiResult
         }
     }
     let env = match &req.env {
+        // without an environment nothing is approved: only admins may
+        None if user.role < convoy_domain::Role::Admin => {
+            return Err(ApiError::forbidden(format!(
+                "{} ({}) deploys through an environment: add --env NAME (deployments without one need the admin role)",
+                user.name, user.role
+            )))
+        }
         None => None,
         Some(name) => {
             let rec = st.store.get_env(name).await?.ok_or_else(|| {

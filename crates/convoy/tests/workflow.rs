@@ -364,7 +364,9 @@ fn roles_allow_and_refuse_as_documented() {
     let (_, viewer) = &tokens[0];
     let (_, deployer) = &tokens[1];
     refused_as(&f, viewer, &["deploy", "web@1.0", "--selector", "role=web"], "deployer role");
-    let d = json_as(&f, deployer, &["deploy", "web@1.0", "--selector", "role=web"]);
+    // without an environment nothing is approved: a deployer must name one
+    refused_as(&f, deployer, &["deploy", "web@1.0", "--selector", "role=web"], "add --env NAME");
+    let d = json_as(&f, deployer, &["deploy", "web@1.0", "--selector", "role=web", "--env", "staging"]);
     let id = d["id"].as_str().unwrap().to_owned();
     refused_as(&f, viewer, &["rollback", &id], "deployer role");
     f.wait_state(&id, &["succeeded"], LONG);
