@@ -1,7 +1,8 @@
 //! `convoy demo`: a server and three agents as separate processes on
 //! loopback, in a temporary directory; v1 → v2 → a v3 whose health check
-//! fails on one target and is rolled back everywhere. Exits 0 only if every
-//! step ended as expected.
+//! fails on one target and is rolled back everywhere; then v3.1 through an
+//! environment (request, approval, preflight, confirmation, two waves).
+//! Exits 0 only if every step ended as expected.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -161,6 +162,62 @@ async fn publish_step(c: &Client, src: &Path, version: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// Step 6: users with roles, an environment, and a request through it.
+async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<DeploymentDetail> {
+    let policy = convoy_domain::Policy {
+        approvals: 1,
+        confirm: true,
+        waves: convoy_domain::parse_waves("1,100%")?,
+        wave_gap_secs: 2,
+        ..Default::default()
+    };
+    let _: convoy_wire::EnvInfo = admin.send_json(reqwest::Method::PUT, "/envs/prod", &policy).await?;
+    line("environment prod: 1 approval (approver role), confirmation, waves 1 then the rest, 2 s apart");
+    let mut tokens = Vec::new();
+    for (name, role) in [("ana", "deployer"), ("ben", "approver")] {
+        let u: convoy_wire::UserInfo = admin
+            .send_json(reqwest::Method::POST, "/users", &convoy_wire::NewUser { name: name.into(), role: role.into() })
+            .await?;
+        line(format!("user {name} added as {role}"));
+        tokens.push(u.token.context("the new user's token")?);
+    }
+    let (ana, ben) = (Client::new(url, &tokens[0], None)?, Client::new(url, &tokens[1], None)?);
+    let req = DeployRequest {
+        app: APP.into(),
+        version: "3.1".into(),
+        selector: "role=web".into(),
+        at: None,
+        max_failures: 0,
+        stage_timeout_secs: None,
+        activate_timeout_secs: None,
+        env: Some("prod".into()),
+        reason: "CHG-7: fix for the v3.0 outage".into(),
+    };
+    let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
+    line(format!("ana requests {APP}@3.1 in prod: {} is {}", r.id, r.state));
+    let approve = format!("/deployments/{}/approve", r.id);
+    let decision = convoy_wire::Decision { note: "reviewed the fix".into() };
+    match ana.send_json::<_, DeploymentInfo>(reqwest::Method::POST, &approve, &decision).await {
+        Ok(_) => bail!("the requester approved her own request"),
+        Err(e) => line(format!("ana tries to approve it herself: {}", convoy_client::short(&e))),
+    }
+    let a: DeploymentInfo = ben.send_json(reqwest::Method::POST, &approve, &decision).await?;
+    line(format!("ben approves: {} ({})", a.state, a.note));
+    let ready = wait_for("preflight", Duration::from_secs(60), || async {
+        watch::detail(admin, &r.id).await.ok().filter(|d| d.deployment.state != "preflight")
+    })
+    .await?;
+    ensure!(ready.deployment.state == "awaiting_confirmation", "after preflight: {}", ready.deployment.state);
+    watch::print_summary(&ready);
+    let c: DeploymentInfo =
+        ana.send_json(reqwest::Method::POST, &format!("/deployments/{}/confirm", r.id), &serde_json::json!({})).await?;
+    line(format!("ana confirms: {}", c.note));
+    let fin = watch::watch(admin, &r.id, false).await?;
+    line("");
+    watch::print_summary(&fin);
+    Ok(fin)
+}
+
 fn step(n: u32, s: &str) {
     line(format!("\n== {n}. {s}"));
 }
@@ -267,8 +324,17 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
             t.inventory.current.get(APP)
         );
     }
+
+    step(6, "v3.1, the fix, through environment prod: a request, an approval, preflight, confirmation, two waves");
+    std::fs::remove_file(base.join("agents/web-3/simulate-outage"))?;
+    write_app(&src.join("3.1"), "3.1", 3, false)?;
+    publish_step(&c, &src.join("3.1"), "3.1").await?;
+    let d4 = workflow_step(&c, &url).await?;
+    ensure!(d4.deployment.state == "succeeded", "v3.1 ended {}", d4.deployment.state);
+
     line(format!(
-        "\ndemo passed: v1.0 moved {}, v2.0 moved {}, v3.0 moved {} and was rolled back on every target",
+        "\ndemo passed: v1.0 moved {}, v2.0 moved {}, v3.0 moved {} and was rolled back on every target; \
+         v3.1 went live in two waves after approval and confirmation",
         output::bytes(v1_bytes),
         output::bytes(v2_bytes),
         output::bytes(moved(&d3))

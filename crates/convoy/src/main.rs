@@ -264,7 +264,7 @@ enum Cmd {
     },
     /// List recent deployments.
     Deployments,
-    /// Run a server and three agents locally and walk through v1 → v2 → failed v3.
+    /// Run a server and three agents locally: v1 → v2 → failed v3 → v3.1 through approval and waves.
     Demo {
         /// Keep the temporary work directory.
         #[arg(long)]
