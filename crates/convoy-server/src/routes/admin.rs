@@ -175,18 +175,5 @@ pub async fn audit(
         limit: q.limit.unwrap_or(200).clamp(1, 10_000),
     };
     let events = st.store.audit(&f).await?;
-    Ok(Json(
-        events
-            .into_iter()
-            .map(|e| EventInfo {
-                at: e.at,
-                deployment_id: e.deployment_id,
-                instruction_id: e.instruction_id,
-                from: e.from_state,
-                to: e.to_state,
-                actor: e.actor,
-                note: e.note,
-            })
-            .collect(),
-    ))
+    Ok(Json(events.into_iter().map(super::event_info).collect()))
 }

@@ -10,8 +10,7 @@ use axum::Json;
 use convoy_domain::{request_rollback, Role, Tally};
 use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord};
 use convoy_wire::{
-    ApprovalInfo, CheckInfo, Counts, DeployRequest, DeploymentDetail, DeploymentInfo, EventInfo, InstructionInfo,
-    Labels,
+    ApprovalInfo, CheckInfo, Counts, DeployRequest, DeploymentDetail, DeploymentInfo, InstructionInfo, Labels,
 };
 
 use crate::auth;
@@ -126,21 +125,7 @@ pub async fn get(
         });
     }
     out.sort_by(|a, b| (&a.hostname, &a.target_id).cmp(&(&b.hostname, &b.target_id)));
-    let events = st
-        .store
-        .events(&id)
-        .await?
-        .into_iter()
-        .map(|e| EventInfo {
-            at: e.at,
-            deployment_id: e.deployment_id,
-            instruction_id: e.instruction_id,
-            from: e.from_state,
-            to: e.to_state,
-            actor: e.actor,
-            note: e.note,
-        })
-        .collect();
+    let events = st.store.events(&id).await?.into_iter().map(super::event_info).collect();
     let froms: std::collections::BTreeSet<&String> =
         instrs.iter().filter_map(|i| i.previous_version.as_ref()).filter(|v| **v != d.version).collect();
     let mut changes = Vec::new();
