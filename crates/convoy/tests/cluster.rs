@@ -125,9 +125,10 @@ fn a_request_over_nats_ends_like_one_over_http() {
     for (payload, want) in [
         (serde_json::json!({"token": viewer, "request": {"app": "web", "version": "2.0", "selector": "role=web"}}).to_string(), "deployer role"),
         (serde_json::json!({"token": "wrong-token-wrong", "request": {"app": "web", "version": "2.0"}}).to_string(), "unknown or revoked token"),
-        (serde_json::json!({"token": alice, "request": {"app": "web", "version": "9.9", "selector": "role=web"}}).to_string(), "not found"),
+        (serde_json::json!({"token": alice, "request": {"app": "web", "version": "9.9", "selector": "role=web", "env": "prod"}}).to_string(), "not found"),
         (serde_json::json!({"token": alice, "request": {"app": "web", "version": "2.0", "selector": "role=web", "env": "nope"}}).to_string(), "environment \"nope\" not found"),
         ("{not json".to_owned(), "malformed request"),
+        (serde_json::json!({"token": alice, "request": {"app": "web", "version": "2.0", "selector": "role=web"}}).to_string(), "add --env NAME"),
     ] {
         let reply = nats_request(&nats, &subject, payload.as_bytes());
         assert_eq!(reply["ok"], false, "{payload}: {reply:#}");
