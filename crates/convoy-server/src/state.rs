@@ -30,6 +30,8 @@ pub struct AppState {
     pub reports: crate::reports::Queue,
     /// The queue's receiving end, until the writer takes it.
     pub report_rx: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::reports::Queued>>>>,
+    /// Preflight specs by request id (see `workflow::preflight_spec`).
+    pub preflight_specs: Arc<std::sync::Mutex<HashMap<String, convoy_wire::PreflightSpec>>>,
     /// NATS server and subject deployment requests arrive on.
     pub nats: Option<(String, String)>,
     /// Every target's `site` label, for relays polling on their site's behalf.
@@ -65,6 +67,7 @@ impl AppState {
             relays: Default::default(),
             mirrors: Default::default(),
             nats: None,
+            preflight_specs: Default::default(),
             upgrades: Default::default(),
             sites: Default::default(),
             tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),

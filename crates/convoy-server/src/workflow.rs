@@ -245,8 +245,23 @@ pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, ac
 }
 
 /// What a target must check for a request: the package's preparation and
-/// requirements, then the environment's checks.
+/// requirements, then the environment's checks. Made once per request (its
+/// release and policy never change) and kept in memory, since polls ask
+/// for it until the target answers.
 pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<PreflightSpec> {
+    if let Some(spec) = st.preflight_specs.lock().expect("spec cache lock").get(&d.id) {
+        return Ok(spec.clone());
+    }
+    let spec = make_preflight_spec(st, d).await?;
+    let mut cache = st.preflight_specs.lock().expect("spec cache lock");
+    if cache.len() >= 1_000 {
+        cache.clear();
+    }
+    cache.insert(d.id.clone(), spec.clone());
+    Ok(spec)
+}
+
+async fn make_preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<PreflightSpec> {
     let (policy, _) = policy_of(d)?;
     let release = st
         .store
@@ -298,8 +313,12 @@ pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> 
     let failed: Vec<&CheckRecord> = checks.iter().filter(|c| c.state == "failed").collect();
     let total = checks.len() as u32;
     let budget = policy.max_failures.floor_of(total);
-    let hosts = hostnames(st).await?;
-    let names: Vec<String> = failed.iter().take(10).map(|c| describe_failure(c, &hosts)).collect();
+    let names: Vec<String> = if failed.is_empty() {
+        Vec::new()
+    } else {
+        let hosts = hostnames(st).await?;
+        failed.iter().take(10).map(|c| describe_failure(c, &hosts)).collect()
+    };
     let blocked = match policy.preflight_failure {
         PreflightFailure::Block => !failed.is_empty(),
         PreflightFailure::Skip => failed.len() as u32 > budget || failed.len() as u32 == total,
@@ -389,15 +408,16 @@ fn plan_targets(targets: &[TargetInfo]) -> Vec<PlanTarget> {
 
 /// The plan as it stands (stored once confirmed; before that, as it would
 /// be made now).
+/// `hosts` maps target ids to hostnames.
 pub async fn plan_view(
     st: &AppState,
     d: &DeploymentRecord,
     instrs: &[InstructionRecord],
+    hosts: &BTreeMap<String, String>,
 ) -> ApiResult<Option<PlanInfo>> {
     if d.env.is_none() {
         return Ok(None);
     }
-    let hosts = hostnames(st).await?;
     let host = |id: &str| hosts.get(id).cloned().unwrap_or_default();
     if !instrs.is_empty() {
         let waves = serde_json::from_str(&d.plan_json).unwrap_or_default();

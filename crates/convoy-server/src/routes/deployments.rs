@@ -162,7 +162,8 @@ pub async fn get(
             updated_at: c.updated_at,
         })
         .collect();
-    let plan = crate::workflow::plan_view(&st, &d, &instrs).await?;
+    let hosts = targets.iter().map(|(id, t)| (id.clone(), t.hostname.clone())).collect();
+    let plan = crate::workflow::plan_view(&st, &d, &instrs, &hosts).await?;
     Ok(Json(DeploymentDetail {
         deployment: info(&d, &instrs),
         instructions: out,

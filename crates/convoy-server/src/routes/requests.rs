@@ -121,16 +121,29 @@ pub async fn reject(
         return Err(ApiError::conflict(format!("{} already decided on this request", user.name)));
     }
     let why = format!("rejected by {}: {note}", user.name);
+    end(&st, &d, D::Rejected, &why, &user, "rejected", &note).await
+}
+
+/// Ends a request (rejected, canceled) if it is still as the caller saw it,
+/// tells the environment's webhook, and answers with what it is now.
+async fn end(
+    st: &AppState,
+    d: &DeploymentRecord,
+    to: D,
+    why: &str,
+    user: &User,
+    event: &str,
+    note: &str,
+) -> ApiResult<Json<DeploymentInfo>> {
     let actor = user.actor();
-    let m = DeploymentMove {
-        from_revision: Some(d.revision),
-        ..DeploymentMove::new(D::AwaitingApproval, D::Rejected, &why, &actor, now)
-    };
-    if !st.store.transition_deployment(&id, &m).await? {
-        return Err(ApiError::conflict(format!("request {id} changed meanwhile; look again")));
+    let m =
+        DeploymentMove { from_revision: Some(d.revision), ..DeploymentMove::new(d.state, to, why, &actor, now_ms()) };
+    if !st.store.transition_deployment(&d.id, &m).await? {
+        return Err(ApiError::conflict(format!("request {} changed meanwhile; look again", d.id)));
     }
-    crate::notify::send(&st, &policy, "rejected", &d, &user.actor(), &note);
-    current(&st, &id).await
+    let (policy, _) = policy_of(d)?;
+    crate::notify::send(st, &policy, event, d, &actor, note);
+    current(st, &d.id).await
 }
 
 pub async fn confirm(
@@ -168,15 +181,8 @@ pub async fn cancel(
             d.state.as_str()
         )));
     }
-    let note = format!("canceled by {}", user.name);
-    let actor = user.actor();
-    let m = DeploymentMove::new(d.state, D::Canceled, &note, &actor, now_ms());
-    if !st.store.transition_deployment(&id, &m).await? {
-        return Err(ApiError::conflict(format!("request {id} changed meanwhile; look again")));
-    }
-    let (policy, _) = policy_of(&d)?;
-    crate::notify::send(&st, &policy, "canceled", &d, &user.actor(), "");
-    current(&st, &id).await
+    let why = format!("canceled by {}", user.name);
+    end(&st, &d, D::Canceled, &why, &user, "canceled", "").await
 }
 
 /// Changes a request before it is staged. Approvals given so far no longer
