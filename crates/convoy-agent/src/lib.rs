@@ -82,6 +82,10 @@ struct Credentials {
     server: String,
     target_id: String,
     token: String,
+    /// The server's public key (hex ed25519), learnt from the server itself
+    /// at enrolment; work that does not verify against it is refused.
+    #[serde(default)]
+    server_key: Option<String>,
 }
 
 pub(crate) fn state_dir(root: &Path) -> PathBuf {
@@ -99,6 +103,10 @@ pub(crate) fn fault(name: &str) -> bool {
 pub struct Agent {
     cfg: AgentConfig,
     client: Client,
+    /// The server's public key: all work must verify against it.
+    server_key: String,
+    /// The read grant shown to relays and mirrors instead of the credential.
+    grant: client::GrantCell,
     /// `poll_via`'s client, and until when the relay is not asked after it failed.
     via: Option<(Client, std::sync::Mutex<Option<std::time::Instant>>)>,
     target_id: String,
@@ -139,21 +147,47 @@ impl Agent {
                 let req = EnrollRequest { inventory: inv };
                 let resp: EnrollResponse =
                     retry("enrolling", || enrol.send_json(reqwest::Method::POST, "/agent/enroll", &req)).await?;
-                let creds = Credentials { server: cfg.server.clone(), target_id: resp.target_id, token: resp.token };
+                let creds = Credentials {
+                    server: cfg.server.clone(),
+                    target_id: resp.target_id,
+                    token: resp.token,
+                    server_key: Some(resp.server_key),
+                };
                 journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
                 creds
             }
         };
+        let client = base.with_token(&creds.token);
+        let me: convoy_wire::AgentMe =
+            retry("asking the server who this agent is", || client.get_json("/agent/me", Duration::from_secs(30)))
+                .await?;
+        let creds = match &creds.server_key {
+            Some(k) if *k != me.server_key => anyhow::bail!(
+                "the server at {} signs with another key than the one this agent enrolled with; refusing its work (to enrol again, remove {})",
+                cfg.server,
+                cred_path.display()
+            ),
+            Some(_) => creds,
+            // enrolled before work was signed: learn the key from the server itself
+            None => {
+                let creds = Credentials { server_key: Some(me.server_key.clone()), ..creds };
+                journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
+                creds
+            }
+        };
+        let grant: client::GrantCell = Arc::new(std::sync::RwLock::new(me.grant.clone()));
+        tokio::spawn(renew_grant(client.clone(), grant.clone(), me.grant_expires_at));
         tracing::info!(target_id = %creds.target_id, root = %cfg.root.display(), "agent ready");
         println!("convoy: agent {} serving {} from {}", creds.target_id, cfg.root.display(), cfg.server);
-        let client = base.with_token(&creds.token);
         let via = match &cfg.poll_via {
-            Some(url) => Some((client.with_base(url)?, std::sync::Mutex::new(None))),
+            Some(url) => Some((client.for_relay(url, &grant)?, std::sync::Mutex::new(None))),
             None => None,
         };
         let agent = Self {
             via,
             client,
+            server_key: me.server_key.clone(),
+            grant,
             target_id: creds.target_id,
             cfg,
             held: Default::default(),
@@ -161,7 +195,17 @@ impl Agent {
         };
         if let Some(rc) = &agent.cfg.relay {
             let cache = convoy_pack::ChunkStore::open(state_dir(&agent.cfg.root).join("cache"))?;
-            let relay = relay::Relay::new(rc, agent.client.clone(), cache, &agent.cfg.root)?;
+            if me.relay_site.is_none() {
+                tracing::warn!("this agent serves as a relay, but no operator granted it that: the server sends no agents here and refuses its site polls (convoy relays grant {} --site SITE)", agent.target_id);
+            }
+            let relay = relay::Relay::new(
+                rc,
+                agent.client.clone(),
+                agent.grant.clone(),
+                agent.server_key.clone(),
+                cache,
+                &agent.cfg.root,
+            )?;
             relay::start(rc, Arc::new(relay)).await?;
         }
         let inv = inventory::collect(&agent.cfg);
@@ -178,23 +222,36 @@ impl Agent {
         loop {
             let holding: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
             let path = format!("/agent/work?wait={}&holding={}", self.cfg.poll_wait, holding.join(","));
-            let poll = match &self.via {
+            let (poll, source) = match &self.via {
                 Some((relay, down)) if down.lock().expect("via lock").is_none_or(|t| t.elapsed() > VIA_RETRY) => {
                     match relay.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
-                        Err(e) if e.downcast_ref::<client::ServerError>().is_none_or(|s| s.status != 401) => {
+                        Err(e) => {
                             tracing::warn!(error = %client::short(&e), relay = %relay.server(), "polling the relay failed; polling the server meanwhile");
                             *down.lock().expect("via lock") = Some(std::time::Instant::now());
                             continue;
                         }
-                        got => got,
+                        got => (got, Some(relay.server().to_owned())),
                     }
                 }
-                _ => self.client.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await,
+                _ => (
+                    self.client.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await,
+                    None,
+                ),
             };
             match poll {
                 Ok(resp) => {
                     backoff = Duration::from_millis(200);
-                    for w in resp.work {
+                    let (work, refused) = self.verified(resp, source.as_deref()).await;
+                    if refused {
+                        match &self.via {
+                            // a relay that sends work that does not verify is passed over
+                            Some((_, down)) if source.is_some() => {
+                                *down.lock().expect("via lock") = Some(std::time::Instant::now());
+                            }
+                            _ => tokio::time::sleep(Duration::from_secs(5)).await,
+                        }
+                    }
+                    for w in work {
                         let key = journal::key(&w);
                         if !self.held.lock().expect("held lock").insert(key.clone()) {
                             continue;
@@ -230,6 +287,33 @@ impl Agent {
         }
     }
 
+    /// The work that verifies against the server's key, for this target,
+    /// unexpired; anything else is refused, logged and told to the server.
+    /// Returns whether something was refused.
+    async fn verified(&self, resp: WorkResponse, source: Option<&str>) -> (Vec<Work>, bool) {
+        let mut out = Vec::new();
+        let mut refused = false;
+        for sw in resp.work {
+            match sw.open(&self.server_key, &self.target_id, activate::now_ms()) {
+                Ok(w) => out.push(w),
+                Err(e) => {
+                    refused = true;
+                    let from = source.unwrap_or(self.client.server()).to_owned();
+                    let instruction_id =
+                        sw.unverified().map(|s| s.work.instruction_id).filter(|i| i.len() <= 64 && !i.is_empty());
+                    tracing::error!(source = %from, instruction = ?instruction_id, "refusing work that does not verify: {e}");
+                    let r = convoy_wire::Refusal { source: from, reason: e.to_string(), instruction_id };
+                    if let Err(e) =
+                        self.client.send_json::<_, serde_json::Value>(reqwest::Method::POST, "/agent/refused", &r).await
+                    {
+                        tracing::warn!(error = %client::short(&e), "could not tell the server of the refused work");
+                    }
+                }
+            }
+        }
+        (out, refused)
+    }
+
     fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.app_locks.lock().expect("app locks").entry(app.to_owned()).or_default().clone()
     }
@@ -261,7 +345,7 @@ impl Agent {
                     inventory: None,
                 })
                 .await;
-                stage::stage(&self.cfg, &self.client, &w).await
+                stage::stage(&self.cfg, &self.client, &self.grant, &w).await
             }
             Phase::Activate => {
                 if !self.still_current_at_go_live(&w).await {
@@ -307,6 +391,7 @@ impl Agent {
             Ok(r) => r
                 .work
                 .iter()
+                .filter_map(|sw| sw.open(&self.server_key, &self.target_id, activate::now_ms()).ok())
                 .any(|x| x.instruction_id == w.instruction_id && x.phase == w.phase && x.attempt == w.attempt),
             // Unreachable server: the plan stands; go live as planned.
             Err(_) => true,
@@ -337,6 +422,25 @@ impl Agent {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+}
+
+/// Renews the read grant from the server well before it expires.
+async fn renew_grant(client: Client, grant: client::GrantCell, mut expires_at: i64) {
+    loop {
+        // at two thirds of its life, at least a minute apart
+        let left = expires_at - activate::now_ms();
+        tokio::time::sleep(Duration::from_millis((left * 2 / 3).max(60_000) as u64)).await;
+        match client.get_json::<convoy_wire::AgentMe>("/agent/me", Duration::from_secs(30)).await {
+            Ok(me) => {
+                *grant.write().expect("grant lock") = me.grant;
+                expires_at = me.grant_expires_at;
+            }
+            Err(e) => {
+                tracing::warn!(error = %client::short(&e), "renewing the read grant failed; retrying");
+                expires_at = activate::now_ms() + 90_000;
             }
         }
     }

@@ -7,8 +7,11 @@
 //!   as soon as it lands; agents asking meanwhile wait for the same fetch.
 //! - Deltas and manifests (immutable for a given URL, because releases are
 //!   immutable) are fetched once and kept under `ROOT/.convoy/relay/`.
-//! - Callers must hold an agent token that upstream accepts (checked once
-//!   per token and remembered for a few minutes).
+//! - Callers show a read grant the server signed (`x-convoy-grant`), never
+//!   a credential: content for any of the server's targets (and relays
+//!   further down a chain), work only for agents of the site an operator
+//!   granted this relay. Upstream, it shows its own grant to a parent relay
+//!   and its own credential to the server only.
 //!
 //! A relay is never trusted: agents verify every chunk and every rebuilt
 //! manifest, and fall back to the next source when a relay fails them.
@@ -27,13 +30,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use convoy_client::Client;
 use convoy_pack::{encode_frame, ChunkId, ChunkStore, FrameDecoder, VerifiedChunk};
+use convoy_wire::sign::{Grant, GRANT_HEADER};
 use convoy_wire::ChunkIds;
 use tokio::sync::watch;
 
 use crate::RelayConfig;
 
-/// How long a checked agent token is trusted without asking upstream.
-const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Most chunks one request may ask for (as the server).
 const MAX_FETCH: usize = 256;
 
@@ -53,7 +55,13 @@ pub struct Relay {
     objects: PathBuf,
     inflight: std::sync::Mutex<HashMap<ChunkId, watch::Receiver<Fetch>>>,
     proxied: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tokens: std::sync::Mutex<HashMap<[u8; 32], (Instant, String)>>,
+    /// This relay's own read grant (its `site` is the site it was granted).
+    grant: convoy_client::GrantCell,
+    /// The server's public key, to check callers' grants with.
+    server_key: String,
+    /// When the relay last asked the server for its grant (a grant to
+    /// relay may have come since).
+    asked: std::sync::Mutex<Option<Instant>>,
     /// Bytes sent to agents, and fetched from upstream.
     served: AtomicU64,
     fetched: AtomicU64,
@@ -67,11 +75,19 @@ fn err(status: StatusCode, message: &str) -> Response {
 }
 
 impl Relay {
-    pub fn new(cfg: &RelayConfig, upstream: Client, cache: ChunkStore, root: &std::path::Path) -> anyhow::Result<Self> {
-        let origin = upstream.clone();
+    /// `origin` talks to the server with this agent's own credential;
+    /// a parent relay gets only `grant`.
+    pub fn new(
+        cfg: &RelayConfig,
+        origin: Client,
+        grant: convoy_client::GrantCell,
+        server_key: String,
+        cache: ChunkStore,
+        root: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let upstream = match &cfg.upstream {
-            Some(u) => upstream.with_base(u)?,
-            None => upstream,
+            Some(u) => origin.for_relay(u, &grant)?,
+            None => origin.clone(),
         };
         let objects = crate::state_dir(root).join("relay");
         std::fs::create_dir_all(&objects)?;
@@ -83,40 +99,51 @@ impl Relay {
             objects,
             inflight: Default::default(),
             proxied: Default::default(),
-            tokens: Default::default(),
+            grant,
+            server_key,
+            asked: Default::default(),
             served: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
         })
     }
 
-    /// Accepts a caller whose agent token upstream knows; returns its target id.
-    async fn check(&self, headers: &HeaderMap) -> Result<String, Response> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <agent token>"))?;
-        let key = *blake3::hash(token.as_bytes()).as_bytes();
-        if let Some((t, id)) = self.tokens.lock().expect("tokens lock").get(&key) {
-            if t.elapsed() < TOKEN_TTL {
-                return Ok(id.clone());
-            }
+    /// Accepts a caller with a read grant the server signed; returns it.
+    /// Nothing else is accepted: a relay takes no credentials.
+    fn check(&self, headers: &HeaderMap) -> Result<Grant, Response> {
+        let g = headers.get(GRANT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            err(StatusCode::UNAUTHORIZED, "missing x-convoy-grant: a relay takes read grants, never tokens")
+        })?;
+        Grant::verify(g, &self.server_key, crate::activate::now_ms())
+            .map_err(|e| err(StatusCode::UNAUTHORIZED, &format!("read grant refused: {e}")))
+    }
+
+    /// The site an operator granted this relay, asking the server again
+    /// (at most every few seconds) while it has none or another.
+    async fn site_for(&self, wanted: Option<&str>) -> Option<String> {
+        let site = self.site();
+        if site.is_some() && site.as_deref() == wanted {
+            return site;
         }
-        let who = self.upstream.with_token(token);
-        match who.get_json::<serde_json::Value>("/agent/me", Duration::from_secs(30)).await {
-            Ok(v) => {
-                let id = v["target_id"].as_str().unwrap_or_default().to_owned();
-                let mut map = self.tokens.lock().expect("tokens lock");
-                map.retain(|_, (t, _)| t.elapsed() < TOKEN_TTL);
-                map.insert(key, (Instant::now(), id.clone()));
-                Ok(id)
+        {
+            let mut asked = self.asked.lock().expect("asked lock");
+            if asked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return site;
             }
-            Err(e) if convoy_client::is_permanent(&e) => {
-                Err(err(StatusCode::UNAUTHORIZED, "upstream does not accept this agent token"))
-            }
-            Err(e) => Err(err(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {e:#}"))),
+            *asked = Some(Instant::now());
         }
+        match self.origin.get_json::<convoy_wire::AgentMe>("/agent/me", Duration::from_secs(30)).await {
+            Ok(me) => *self.grant.write().expect("grant lock") = me.grant,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "relay: asking the server for its grant failed"),
+        }
+        self.site()
+    }
+
+    /// The site an operator granted this relay, from its own grant.
+    fn site(&self) -> Option<String> {
+        let g = self.grant.read().expect("grant lock").clone();
+        let payload = g.split_once('.')?.0;
+        let g: Grant = serde_json::from_slice(&hex::decode(payload).ok()?).ok()?;
+        g.relay.then_some(g.site).flatten()
     }
 
     /// Waiters for each id; starts one upstream fetch for those nobody is
@@ -192,7 +219,7 @@ impl Relay {
 /// `POST /api/v1/chunks/fetch`: frames in the order asked, each sent as
 /// soon as it is here.
 async fn fetch(State(r): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = r.check(&headers).await {
+    if let Err(resp) = r.check(&headers) {
         return resp;
     }
     let Ok(req) = serde_json::from_slice::<ChunkIds>(&body) else {
@@ -241,7 +268,7 @@ struct Meta {
 
 /// GETs of immutable objects (manifests, deltas): fetched once, kept.
 async fn proxy(State(r): State<Shared>, req: Request) -> Response {
-    if let Err(resp) = r.check(req.headers()).await {
+    if let Err(resp) = r.check(req.headers()) {
         return resp;
     }
     // inside the nested API router the path comes without the API prefix
@@ -309,15 +336,6 @@ fn respond(r: &Relay, meta: Meta, mut body: Vec<u8>) -> Response {
     resp
 }
 
-/// `GET /api/v1/agent/me`: passed upstream with the caller's token, so
-/// relays chain.
-async fn me(State(r): State<Shared>, headers: HeaderMap) -> Response {
-    match r.check(&headers).await {
-        Ok(id) => Json(serde_json::json!({ "target_id": id })).into_response(),
-        Err(resp) => resp,
-    }
-}
-
 /// The site's agents that poll this relay for work, and what the server
 /// last said each has pending. One upstream site poll serves them all.
 #[derive(Default)]
@@ -327,12 +345,16 @@ struct SiteControl {
     /// Wakes the upstream loop when an agent polls here for the first time.
     kick: tokio::sync::Notify,
     polls: AtomicU64,
+    /// Set while the site poll fails (the server unreachable, or this
+    /// relay's grant revoked): agents are sent to the server meanwhile,
+    /// never answered from what the relay last knew.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 struct SiteEntry {
     /// Generation of `work` (0: not heard from the server yet).
     gen: u64,
-    work: Vec<convoy_wire::Work>,
+    work: Vec<convoy_wire::sign::SignedWork>,
     seen: Instant,
     tx: watch::Sender<u64>,
 }
@@ -351,9 +373,14 @@ struct WorkQuery {
 /// `GET /api/v1/agent/work`: an agent's long poll, answered from what the
 /// relay's one site poll learnt.
 async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Query<WorkQuery>) -> Response {
-    let target = match r.check(&headers).await {
-        Ok(t) if !t.is_empty() => t,
-        Ok(_) => return err(StatusCode::BAD_GATEWAY, "upstream did not say who this agent is"),
+    let target = match r.check(&headers) {
+        Ok(g) if !g.relay && g.site.is_some() && g.site == r.site_for(g.site.as_deref()).await => g.target,
+        Ok(g) => {
+            return err(
+                StatusCode::FORBIDDEN,
+                &format!("target {} is not an agent of the site this relay was granted", g.target),
+            )
+        }
         Err(resp) => return resp,
     };
     r.site.polls.fetch_add(1, Ordering::Relaxed);
@@ -373,15 +400,24 @@ async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Que
         }
         e.tx.subscribe()
     };
+    // registered above, so the site poll includes this agent next time
+    if r.site.failing.load(Ordering::Relaxed) {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this relay cannot poll the server for its site now; ask the server",
+        );
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
     loop {
-        let work: Vec<convoy_wire::Work> = {
+        // passed on as the server signed it; the agent checks the signature
+        let work: Vec<convoy_wire::sign::SignedWork> = {
             let map = r.site.entries.lock().expect("site lock");
             map.get(&target)
                 .map(|e| {
                     e.work
                         .iter()
-                        .filter(|w| {
+                        .filter(|sw| {
+                            let Some(w) = sw.unverified().map(|s| s.work) else { return true };
                             !holding
                                 .contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str())
                         })
@@ -391,6 +427,7 @@ async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Que
                 .unwrap_or_default()
         };
         if !work.is_empty() {
+            let work = if crate::fault("relay-forge-work") { forge(work) } else { work };
             return Json(convoy_wire::WorkResponse { work }).into_response();
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -423,6 +460,7 @@ async fn site_loop(r: Shared) {
             got = call => match got {
                 Ok(resp) => {
                     backoff = Duration::from_millis(500);
+                    r.site.failing.store(false, Ordering::Relaxed);
                     *r.site.epoch.lock().expect("epoch lock") = Some(resp.epoch);
                     let mut map = r.site.entries.lock().expect("site lock");
                     for t in resp.targets {
@@ -435,6 +473,14 @@ async fn site_loop(r: Shared) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "relay: site poll failed; retrying");
+                    // what it knew may be stale by the time it polls again
+                    r.site.failing.store(true, Ordering::Relaxed);
+                    *r.site.epoch.lock().expect("epoch lock") = None;
+                    for e in r.site.entries.lock().expect("site lock").values_mut() {
+                        e.gen = 0;
+                        e.work.clear();
+                        e.tx.send_modify(|g| *g += 1);
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -443,6 +489,26 @@ async fn site_loop(r: Shared) {
             _ = r.site.kick.notified() => {}
         }
     }
+}
+
+/// Test hook (`CONVOY_AGENT_FAULT=relay-forge-work`): a hostile relay that
+/// alters the work it passes on (another version, the signature kept) and
+/// invents more (signed with a key of its own). Agents must refuse both.
+fn forge(work: Vec<convoy_wire::sign::SignedWork>) -> Vec<convoy_wire::sign::SignedWork> {
+    let mut out = Vec::new();
+    for sw in work {
+        let Some(mut st) = sw.unverified() else { continue };
+        st.work.version = "6.6.6-forged".into();
+        out.push(convoy_wire::sign::SignedWork {
+            payload: serde_json::to_string(&st).expect("work serialises"),
+            sig: sw.sig.clone(),
+        });
+        let own = convoy_wire::sign::ServerKey::from_secret(&convoy_wire::sign::ServerKey::generate().1)
+            .expect("a fresh key");
+        st.work.instruction_id = "i-invented".into();
+        out.push(own.sign_work(&st.target, st.expires_at, st.work));
+    }
+    out
 }
 
 /// `GET /api/v1/relay/stats`: bytes served to agents and fetched upstream.
@@ -462,7 +528,6 @@ pub fn router(relay: Shared) -> Router {
         .route("/releases/{app}/{version}/manifest", get(proxy))
         .route("/releases/{app}/{version}/manifest.zst", get(proxy))
         .route("/releases/{app}/{version}/delta", get(proxy))
-        .route("/agent/me", get(me))
         .route("/agent/work", get(work))
         .route("/relay/stats", get(stats))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "a relay serves content only; ask the server") });

@@ -51,8 +51,13 @@ pub fn digest_of(dir: &Path) -> Result<String, PackError> {
     Ok(pack_tree(dir, |_| Ok(()))?.digest())
 }
 
-pub async fn stage(cfg: &AgentConfig, client: &Client, w: &Work) -> (ReportKind, BTreeMap<String, String>, String) {
-    match stage_inner(cfg, client, w).await {
+pub async fn stage(
+    cfg: &AgentConfig,
+    client: &Client,
+    grant: &convoy_client::GrantCell,
+    w: &Work,
+) -> (ReportKind, BTreeMap<String, String>, String) {
+    match stage_inner(cfg, client, grant, w).await {
         Ok((digest, metrics)) => (ReportKind::Staged { digest }, metrics, String::new()),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "staging failed");
@@ -64,6 +69,7 @@ pub async fn stage(cfg: &AgentConfig, client: &Client, w: &Work) -> (ReportKind,
 async fn stage_inner(
     cfg: &AgentConfig,
     client: &Client,
+    grant: &convoy_client::GrantCell,
     w: &Work,
 ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
     let started = Instant::now();
@@ -91,7 +97,7 @@ async fn stage_inner(
     // carries the whole upgrade; anything short of that falls back to chunks.
     // Content comes from the site's relays first, then the server; a relay
     // that is down or sends bad bytes is passed over and reported.
-    let mut sources = Sources::new(client, &w.sources);
+    let mut sources = Sources::new(client, grant, &w.sources);
     let mut mode = "chunks";
     let mut from_delta = None;
     if cfg.max_memory > 0 && w.previous_version.as_ref().is_some_and(|p| *p != w.version) {
@@ -273,14 +279,15 @@ impl Source {
 }
 
 impl Sources {
-    fn new(origin: &Client, urls: &[String]) -> Self {
+    /// Relays and mirrors see the agent's read grant, never its credential.
+    fn new(origin: &Client, grant: &convoy_client::GrantCell, urls: &[String]) -> Self {
         let mut list: Vec<Source> = urls
             .iter()
             .filter_map(|u| match u.strip_prefix("store+") {
                 Some(base) => {
                     Some(Source::Store { http: origin.http().clone(), base: base.trim_end_matches('/').to_owned() })
                 }
-                None => origin.with_base(u).ok().map(Source::Api),
+                None => origin.for_relay(u, grant).ok().map(Source::Api),
             })
             .collect();
         list.push(Source::Api(origin.clone()));

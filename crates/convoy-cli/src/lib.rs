@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod output;
 pub mod publish;
+pub mod trust;
 pub mod watch;
 pub mod workflow;
 
@@ -226,11 +227,15 @@ pub async fn targets(c: &Client, selector: &str, fmt: Format) -> anyhow::Result<
                         format!("{}/{}", t.inventory.os, t.inventory.arch),
                         output::bytes(t.inventory.free_disk_bytes),
                         if current.is_empty() { "-".into() } else { current.join(",") },
+                        t.relay_site.as_ref().map_or("-".into(), |s| format!("relay for {s}")),
                         seen(t.last_seen),
                     ]
                 })
                 .collect::<Vec<_>>();
-            output::table(&["TARGET", "HOST", "LABELS", "PLATFORM", "FREE DISK", "LIVE", "SEEN"], &rows);
+            output::table(&["TARGET", "HOST", "LABELS", "PLATFORM", "FREE DISK", "LIVE", "ROLE", "SEEN"], &rows);
+            for t in t.iter().filter(|t| !t.warning.is_empty()) {
+                eprintln!("warning: {} ({}): {}", t.id, t.hostname, t.warning);
+            }
         }
     }
     Ok(())

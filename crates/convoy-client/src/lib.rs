@@ -14,7 +14,13 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// For relays and mirrors: the agent's current read grant, sent
+    /// instead of any token (see `convoy_wire::sign`).
+    grant: Option<GrantCell>,
 }
+
+/// A read grant shared by every client that shows it, renewed in place.
+pub type GrantCell = std::sync::Arc<std::sync::RwLock<String>>;
 
 /// An error the server answered with (4xx/5xx), as opposed to a network error.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +50,7 @@ impl Client {
             }
         }
         let http = builder.build().context("building HTTP client")?;
-        Ok(Self { http, base: format!("{}{API}", server.trim_end_matches('/')), token: token.to_owned() })
+        Ok(Self { http, base: format!("{}{API}", server.trim_end_matches('/')), token: token.to_owned(), grant: None })
     }
 
     /// The same client (TLS roots, token) talking to another base URL.
@@ -73,7 +79,14 @@ impl Client {
     }
 
     pub fn with_token(&self, token: &str) -> Self {
-        Self { token: token.to_owned(), ..self.clone() }
+        Self { token: token.to_owned(), grant: None, ..self.clone() }
+    }
+
+    /// The same client talking to a relay or mirror at `server`: it shows
+    /// the read grant and never the token (an agent's credential goes to
+    /// its server only).
+    pub fn for_relay(&self, server: &str, grant: &GrantCell) -> anyhow::Result<Self> {
+        Ok(Self { token: String::new(), grant: Some(grant.clone()), ..self.with_base(server)? })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -81,7 +94,11 @@ impl Client {
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+        let req = self.http.request(method, self.url(path));
+        match &self.grant {
+            Some(g) => req.header(convoy_wire::sign::GRANT_HEADER, g.read().expect("grant lock").as_str()),
+            None => req.bearer_auth(&self.token),
+        }
     }
 
     pub async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {

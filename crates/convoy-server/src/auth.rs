@@ -12,8 +12,12 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub enum Caller {
     Operator(User),
-    Enrol,
+    /// An enrolment token, by its id.
+    Enrol(String),
     Agent(String),
+    /// A read grant shown to a mirror (a server on the same database):
+    /// content only, never an agent's or operator's call.
+    Grant,
 }
 
 /// An operator: a user name and its role.
@@ -52,6 +56,11 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller,
     let Some(rec) = state.store.find_token(&hash_token(token)).await? else {
         return Err(ApiError::unauthorized("unknown or revoked token"));
     };
+    if let Some(at) = rec.revoked_at {
+        let ago = (crate::state::now_ms() - at).max(0) / 1000;
+        let why = if rec.revoked_note.is_empty() { "revoked".to_owned() } else { rec.revoked_note.clone() };
+        return Err(ApiError::unauthorized(format!("this {} token was revoked {ago} s ago: {why}", rec.kind.as_str())));
+    }
     Ok(match rec.kind {
         TokenKind::Admin => Caller::Operator(User { name: rec.subject, role: Role::Admin }),
         TokenKind::User => {
@@ -61,7 +70,7 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller,
             let role = Role::parse(&u.role).map_err(ApiError::internal)?;
             Caller::Operator(User { name: u.name, role })
         }
-        TokenKind::Enrol => Caller::Enrol,
+        TokenKind::Enrol => Caller::Enrol(rec.subject),
         TokenKind::Agent => Caller::Agent(rec.subject),
     })
 }
@@ -93,10 +102,20 @@ pub async fn agent(state: &AppState, headers: &HeaderMap) -> Result<String, ApiE
     }
 }
 
-/// Operators and agents may read releases and chunks.
+/// Operators and agents may read releases and chunks; so may a read grant
+/// (an agent fetching from this server as a mirror shows no credential).
 pub async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        if let Some(g) = headers.get(convoy_wire::sign::GRANT_HEADER) {
+            let g = g.to_str().map_err(|_| ApiError::unauthorized("malformed read grant"))?;
+            let g = convoy_wire::sign::Grant::verify(g, state.key.public_hex(), crate::state::now_ms())
+                .map_err(|e| ApiError::unauthorized(format!("read grant refused: {e}")))?;
+            tracing::debug!(target_id = %g.target, "content read with a grant");
+            return Ok(Caller::Grant);
+        }
+    }
     match authenticate(state, headers).await? {
-        Caller::Enrol => Err(ApiError::forbidden("the enrolment token can only enrol agents")),
+        Caller::Enrol(_) => Err(ApiError::forbidden("the enrolment token can only enrol agents")),
         c => Ok(c),
     }
 }

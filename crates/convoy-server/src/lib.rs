@@ -8,6 +8,7 @@
 
 mod auth;
 mod error;
+mod limit;
 mod metrics;
 mod nats;
 mod notify;
@@ -25,12 +26,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use convoy_pack::ChunkStore;
-use convoy_store::{hash_token, new_secret, Store, TokenKind, TokenRecord};
+use convoy_store::{hash_token, new_id, new_secret, EnrolTokenRecord, EventRecord, Store, TokenKind, TokenRecord};
 use tokio::net::TcpListener;
 
+pub use limit::{DEFAULT_PER_ADDRESS as DEFAULT_ENROL_RATE_ADDRESS, DEFAULT_PER_TOKEN as DEFAULT_ENROL_RATE_TOKEN};
 pub use state::AppState;
 
 /// The server's configuration: flags, `CONVOY_*` environment variables, defaults.
@@ -54,6 +56,10 @@ pub struct ServerConfig {
     pub nats: Option<String>,
     /// Subject those requests arrive on.
     pub nats_subject: String,
+    /// Enrolments allowed per minute per enrolment token, and per source
+    /// address (0: unlimited).
+    pub enrol_rate_token: u32,
+    pub enrol_rate_address: u32,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -93,6 +99,12 @@ pub fn router(state: AppState) -> Router {
         .route("/releases/{app}/{version}/changes", get(deltas::get_changes))
         .route("/targets", get(targets::list))
         .route("/targets/{id}", delete(targets::remove))
+        .route("/targets/{id}/labels", patch(trust::label))
+        .route("/relays", get(trust::list_relays))
+        .route("/relays/{id}", put(trust::grant_relay).delete(trust::revoke_relay))
+        .route("/enrol-tokens", post(trust::create_enrol_token).get(trust::list_enrol_tokens))
+        .route("/enrol-tokens/{id}", delete(trust::revoke_enrol_token))
+        .route("/users/{name}/token", post(trust::rotate_user_token))
         .route("/deployments", post(deployments::create).get(deployments::list))
         .route("/deployments/{id}", get(deployments::get).patch(requests::revise))
         .route("/deployments/{id}/rollback", post(deployments::rollback))
@@ -113,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/inventory", put(agent::inventory))
         .route("/agent/me", get(agent::me))
         .route("/agent/site-poll", post(agent::site_poll))
+        .route("/agent/refused", post(agent::refused))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()
         .nest(convoy_wire::API, api)
@@ -144,6 +157,10 @@ pub async fn serve(
             if let Err(e) = flusher.flush_seen().await {
                 tracing::warn!(error = %e, "recording last-seen times failed");
             }
+            // grants made through another server on the database
+            if let Err(e) = flusher.refresh_relays().await {
+                tracing::warn!(error = %e, "re-reading relay grants failed");
+            }
         }
     });
     let stopping = state.stopping.clone();
@@ -154,11 +171,17 @@ pub async fn serve(
     };
     let app = router(state);
     match tls {
-        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, app)
+        Some(acceptor) => axum::serve(
+            tls::TlsListener::new(listener, acceptor)?,
+            app.into_make_service_with_connect_info::<PeerAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTPS"),
+        None => axum::serve(listener, app.into_make_service_with_connect_info::<PeerAddr>())
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving HTTPS"),
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP"),
+            .context("serving HTTP"),
     }
 }
 
@@ -184,32 +207,125 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
     })
 }
 
-/// Stores the configured tokens, or on first start makes and prints new ones.
+/// Stores the configured tokens, or on first start makes and prints new
+/// ones. A configured token the server has not seen replaces (revokes) the
+/// previous one of its kind: changing the config rotates it. A configured
+/// token that was revoked stays revoked.
 async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::Result<()> {
-    for (kind, given, subject, what) in [
-        (TokenKind::Admin, &config.admin_token, "admin", "admin token"),
-        (TokenKind::Enrol, &config.enrol_token, "enrolment", "agent enrolment token"),
-    ] {
-        let secret = match given {
-            Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the {what} must be at least 16 characters"),
-            Some(Secret(t)) => t.clone(),
-            None if store.count_tokens(kind).await? > 0 => continue,
-            None => {
-                let t = new_secret();
-                println!("convoy: {what} (shown once, stored hashed): {t}");
-                t
+    let now = state::now_ms();
+    // the first administrator
+    match &config.admin_token {
+        Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the admin token must be at least 16 characters"),
+        Some(Secret(t)) => match store.find_token(&hash_token(t)).await? {
+            Some(rec) if rec.revoked_at.is_some() => {
+                eprintln!("convoy: warning: the configured admin token was revoked ({}); it stays revoked: configure a new one or use a rotated token", rec.revoked_note);
             }
+            Some(_) => {}
+            None => {
+                let ev = EventRecord::audit(
+                    "server",
+                    "token_rotated",
+                    "admin's admin token, from the configuration".into(),
+                    now,
+                );
+                let n = store
+                    .rotate_token(
+                        &TokenRecord::new(t, TokenKind::Admin, "admin", now),
+                        "replaced by a new admin token in the configuration",
+                        &ev,
+                    )
+                    .await?;
+                if n > 0 {
+                    println!("convoy: the configured admin token replaces the previous one, which no longer works");
+                }
+            }
+        },
+        None if store.count_tokens(TokenKind::Admin).await? > 0 => {}
+        None => {
+            let t = new_secret();
+            store.put_token(&TokenRecord::new(&t, TokenKind::Admin, "admin", now)).await?;
+            println!("convoy: admin token (shown once, stored hashed): {t}");
+        }
+    }
+    // the bootstrap enrolment token: no label scope, no expiry
+    let secret = match &config.enrol_token {
+        Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the agent enrolment token must be at least 16 characters"),
+        Some(Secret(t)) => match store.find_token(&hash_token(t)).await? {
+            Some(rec) if rec.revoked_at.is_some() => {
+                eprintln!("convoy: warning: the configured enrolment token was revoked; it stays revoked (convoy enrol-tokens create makes new ones)");
+                None
+            }
+            Some(_) => None,
+            None => Some((t.clone(), false)),
+        },
+        None if store.count_tokens(TokenKind::Enrol).await? > 0 || !store.list_enrol_tokens().await?.is_empty() => None,
+        None => Some((new_secret(), true)),
+    };
+    if let Some((t, print)) = secret {
+        let by = if print { "first-start" } else { "config" };
+        // the configuration's earlier tokens are replaced
+        for old in store.list_enrol_tokens().await? {
+            if old.revoked_at.is_none() && matches!(old.created_by.as_str(), "config" | "first-start" | "bootstrap") {
+                let ev = EventRecord::audit(
+                    "server",
+                    "enrol_token_revoked",
+                    format!("{}: replaced by a new enrolment token in the configuration", old.id),
+                    now,
+                );
+                store.revoke_enrol_token(&old.id, &ev).await?;
+                println!(
+                    "convoy: enrolment token {} replaced by the configured one; it no longer enrols agents",
+                    old.id
+                );
+            }
+        }
+        let rec = EnrolTokenRecord {
+            id: new_id("e"),
+            labels_json: None,
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            created_by: by.into(),
+            created_at: now,
+            revoked_at: None,
         };
-        store
-            .put_token(&TokenRecord {
-                hash: hash_token(&secret),
-                kind,
-                subject: subject.into(),
-                created_at: state::now_ms(),
-            })
-            .await?;
+        let ev = EventRecord::audit(
+            "server",
+            "enrol_token_created",
+            format!("{}: bootstrap enrolment token ({by})", rec.id),
+            now,
+        );
+        store.create_enrol_token(&rec, &TokenRecord::new(&t, TokenKind::Enrol, &rec.id, now), &ev).await?;
+        if print {
+            println!("convoy: agent enrolment token (shown once, stored hashed): {t}");
+        }
     }
     Ok(())
+}
+
+/// The server's work-signing key: made on first start and kept in the
+/// database, so every server sharing it signs with the same key.
+pub async fn server_key(store: &dyn Store) -> anyhow::Result<convoy_wire::sign::ServerKey> {
+    let (public, secret) = store.server_key("work", convoy_wire::sign::ServerKey::generate(), state::now_ms()).await?;
+    let key = convoy_wire::sign::ServerKey::from_secret(&secret).context("the stored server key is corrupt")?;
+    anyhow::ensure!(key.public_hex() == public, "the stored server key does not match its public half");
+    Ok(key)
+}
+
+/// The address a request came from (for enrolment rate limits and audit).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(s: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for PeerAddr {
+    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -238,7 +354,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(url) = &config.nats {
         nats::check(url, &config.nats_subject)?;
     }
-    let mut state = AppState::new(store, chunks, deltas);
+    let key = server_key(store.as_ref()).await?;
+    let mut state = AppState::new(store, chunks, deltas, key);
+    state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
     state.mirrors = Arc::new(config.mirrors.clone());
     state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;

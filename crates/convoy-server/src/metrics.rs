@@ -33,6 +33,8 @@ pub struct Counters {
     /// Reports written, and the batches they were written in.
     pub report_batches: AtomicU64,
     pub nats_requests: AtomicU64,
+    /// Work agents refused because it did not verify (altered or invented).
+    pub refused_work: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -131,6 +133,12 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
         "counter",
         "Deployment requests taken from NATS.",
         &[(String::new(), get(&c.nats_requests))],
+    );
+    metric(
+        "convoy_refused_work_total",
+        "counter",
+        "Work items agents refused because they did not verify against the server's key.",
+        &[(String::new(), get(&c.refused_work))],
     );
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -224,7 +224,8 @@ mod tests {
         let store = convoy_store_sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap();
         let chunks = convoy_pack::ChunkStore::open(dir.path().join("chunks")).unwrap();
         let deltas = crate::routes::deltas::Deltas::open(dir.path().join("deltas")).unwrap();
-        let app = crate::router(crate::AppState::new(std::sync::Arc::new(store), chunks, deltas));
+        let key = convoy_wire::sign::ServerKey::from_secret(&convoy_wire::sign::ServerKey::generate().1).unwrap();
+        let app = crate::router(crate::AppState::new(std::sync::Arc::new(store), chunks, deltas, key));
         for (method, path) in super::ROUTES {
             let uri = format!(
                 "{}{}",

@@ -44,14 +44,26 @@ pub struct AppState {
     pub epoch: String,
     /// Upgrade descriptions by `FROM_DIGEST-TO_DIGEST`, made on demand.
     pub upgrades: Arc<std::sync::Mutex<HashMap<String, convoy_wire::Changes>>>,
-    /// Relays by target: (site, URL). Filled from inventories.
-    relays: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
+    /// Relays by target: (site, URL), from operators' grants only (the URL
+    /// the grant names, else the one the granted relay reports).
+    relays: Arc<std::sync::Mutex<HashMap<String, (String, Option<String>)>>>,
+    /// URLs that granted relays report, for grants without one.
+    relay_urls: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// The server's online signing key (work items, read grants).
+    pub key: Arc<convoy_wire::sign::ServerKey>,
+    /// Enrolments lately, per enrolment token and per source address.
+    pub enrol_limits: Arc<crate::limit::Limits>,
     /// Staging progress by instruction: (target, progress). Memory only.
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, chunks: ChunkStore, deltas: crate::routes::deltas::Deltas) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        chunks: ChunkStore,
+        deltas: crate::routes::deltas::Deltas,
+        key: convoy_wire::sign::ServerKey,
+    ) -> Self {
         let (reports, rx) = tokio::sync::mpsc::channel(crate::reports::QUEUE);
         Self {
             reports,
@@ -65,6 +77,9 @@ impl AppState {
             stopping: watch::channel(false).0,
             progress: Default::default(),
             relays: Default::default(),
+            relay_urls: Default::default(),
+            key: Arc::new(key),
+            enrol_limits: Default::default(),
             mirrors: Default::default(),
             nats: None,
             preflight_specs: Default::default(),
@@ -76,30 +91,38 @@ impl AppState {
         }
     }
 
-    /// Records whether a target serves its site as a relay.
-    pub fn note_relay(&self, target: &str, site: Option<&str>, url: Option<&str>) {
+    /// Notes a target's `site` label (the server's, set by operators).
+    pub fn note_site(&self, target: &str, site: Option<&str>) {
         let mut sites = self.sites.lock().expect("sites lock");
         match site {
             Some(s) => sites.insert(target.to_owned(), s.to_owned()),
             None => sites.remove(target),
         };
-        drop(sites);
-        let mut map = self.relays.lock().expect("relays lock");
-        match (site, url) {
-            (Some(site), Some(url)) => map.insert(target.to_owned(), (site.to_owned(), url.to_owned())),
-            _ => map.remove(target),
+    }
+
+    /// Notes the URL a target reports serving its site on; used only if an
+    /// operator granted it the relay role without naming a URL.
+    pub fn note_relay_url(&self, target: &str, url: Option<&str>) {
+        let mut map = self.relay_urls.lock().expect("relay urls lock");
+        match url {
+            Some(u) => map.insert(target.to_owned(), u.to_owned()),
+            None => map.remove(target),
         };
     }
 
     /// The relays of a site, in a stable order; a relay comes first in its
     /// own list, so what it stages for itself crosses the site's line once
-    /// with what it fetches for the site.
+    /// with what it fetches for the site. Only granted relays with a URL.
     pub fn relays_of(&self, site: &str, target: &str) -> Vec<String> {
         let map = self.relays.lock().expect("relays lock");
-        let mut out: Vec<(bool, &String, &String)> =
-            map.iter().filter(|(_, (s, _))| s == site).map(|(t, (_, u))| (t != target, t, u)).collect();
+        let urls = self.relay_urls.lock().expect("relay urls lock");
+        let mut out: Vec<(bool, &String, String)> = map
+            .iter()
+            .filter(|(_, (s, _))| s == site)
+            .filter_map(|(t, (_, u))| Some((t != target, t, u.clone().or_else(|| urls.get(t).cloned())?)))
+            .collect();
         out.sort();
-        out.into_iter().map(|(_, _, u)| u.clone()).collect()
+        out.into_iter().map(|(_, _, u)| u).collect()
     }
 
     /// The mirrors in this target's order: targets are spread evenly over
@@ -114,14 +137,65 @@ impl AppState {
         self.mirrors.iter().cycle().skip(k).take(self.mirrors.len()).cloned().collect()
     }
 
-    /// Loads the relay directory from the stored inventories.
+    /// Loads the relay directory from the operators' grants, and every
+    /// target's site from its labels.
     pub async fn load_relays(&self) -> Result<(), convoy_store::StoreError> {
+        let grants = self.store.list_relays().await?;
+        let mut urls = HashMap::new();
         for t in self.store.list_targets().await? {
-            if let Ok(inv) = serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json) {
-                self.note_relay(&t.id, inv.labels.0.get("site").map(String::as_str), inv.relay.as_deref());
+            if let Ok(labels) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json) {
+                self.note_site(&t.id, labels.0.get(crate::routes::agent::SITE_LABEL).map(String::as_str));
+            }
+            if grants.iter().any(|g| g.target_id == t.id) {
+                if let Some(u) =
+                    serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json).ok().and_then(|i| i.relay)
+                {
+                    urls.insert(t.id.clone(), u);
+                }
             }
         }
+        self.reload_grants(grants, urls);
         Ok(())
+    }
+
+    /// Re-reads the grants (another server sharing the database may have
+    /// changed them).
+    pub async fn refresh_relays(&self) -> Result<(), convoy_store::StoreError> {
+        let grants = self.store.list_relays().await?;
+        let urls = self.relay_urls.lock().expect("relay urls lock").clone();
+        self.reload_grants(grants, urls);
+        Ok(())
+    }
+
+    fn reload_grants(&self, grants: Vec<convoy_store::RelayRecord>, urls: HashMap<String, String>) {
+        *self.relays.lock().expect("relays lock") =
+            grants.into_iter().map(|g| (g.target_id, (g.site, g.url))).collect();
+        *self.relay_urls.lock().expect("relay urls lock") = urls;
+    }
+
+    /// Whether an operator granted this target the relay role.
+    pub fn is_relay(&self, target: &str) -> bool {
+        self.relays.lock().expect("relays lock").contains_key(target)
+    }
+
+    /// A read grant for `target`, good for [`GRANT_TTL_MS`], as the string
+    /// agents show relays and mirrors, and when it expires.
+    pub fn grant_for(&self, target: &str) -> (String, i64) {
+        let expires_at = now_ms() + GRANT_TTL_MS;
+        // a relay's grant names the site it was granted (which it serves)
+        let relay = self.relay_site(target);
+        let g = convoy_wire::sign::Grant {
+            target: target.to_owned(),
+            site: relay.clone().or_else(|| self.site_of(target)),
+            relay: relay.is_some(),
+            expires_at,
+        };
+        (self.key.grant(&g), expires_at)
+    }
+
+    /// Signs a target's work for it.
+    pub fn sign_work(&self, target: &str, w: convoy_wire::Work) -> convoy_wire::sign::SignedWork {
+        self.key.sign_work(target, now_ms() + convoy_wire::sign::WORK_TTL_MS, w)
     }
 
     /// Notes that a target polled; [`AppState::flush_seen`] writes it.
@@ -151,12 +225,12 @@ impl AppState {
         self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The site a relay serves, if `target` is one.
+    /// The site a relay was granted, if `target` is one.
     pub fn relay_site(&self, target: &str) -> Option<String> {
         self.relays.lock().expect("relays lock").get(target).map(|(s, _)| s.clone())
     }
 
-    /// A target's `site` label, as last reported.
+    /// A target's `site` label.
     pub fn site_of(&self, target: &str) -> Option<String> {
         self.sites.lock().expect("sites lock").get(target).cloned()
     }
@@ -177,6 +251,9 @@ impl AppState {
         self.wake.notify_one();
     }
 }
+
+/// How long a read grant lasts; agents renew theirs well before.
+pub const GRANT_TTL_MS: i64 = 60 * 60 * 1000;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -38,7 +38,7 @@ pub fn policy_of(d: &DeploymentRecord) -> ApiResult<(Policy, Vec<Window>)> {
 async fn in_scope(st: &AppState, selector: &Selector) -> ApiResult<Vec<TargetInfo>> {
     let mut out = Vec::new();
     for t in st.store.list_targets().await? {
-        let info = crate::routes::target_info(&t)?;
+        let info = crate::routes::target_info(&t, None)?;
         if selector.matches(&info.labels) {
             out.push(info);
         }

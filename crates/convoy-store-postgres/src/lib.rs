@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_deadlines.sql")),
     (3, include_str!("../migrations/0003_workflow.sql")),
+    (4, include_str!("../migrations/0004_trust.sql")),
 ];
 
 /// Advisory lock key taken while migrating, so two servers never race.

@@ -16,10 +16,86 @@ pub async fn run(store: &dyn Store) {
     releases(store).await;
     deployments(store).await;
     workflow(store).await;
+    trust(store).await;
+}
+
+/// Token rotation, enrolment tokens, enrolment, relay grants, server keys.
+async fn trust(s: &dyn Store) {
+    let ev = |what: &str| EventRecord::audit("user:admin", what, String::new(), 50);
+    // rotation revokes every other live token of the subject, and says why
+    let old = TokenRecord::new("bob-1", TokenKind::User, "bob", 40);
+    s.put_token(&old).await.unwrap();
+    let new = TokenRecord::new("bob-2", TokenKind::User, "bob", 50);
+    check("rotated", s.rotate_token(&new, "rotated by admin", &ev("token_rotated")).await.unwrap(), 1);
+    let got = s.find_token(&old.hash).await.unwrap().unwrap();
+    check("old revoked at", got.revoked_at, Some(50));
+    check("old revoked why", got.revoked_note.as_str(), "rotated by admin");
+    check("new live", s.find_token(&new.hash).await.unwrap().unwrap().revoked_at, None);
+
+    // enrolment tokens: uses are counted atomically; a used-up token enrols nobody
+    let e = EnrolTokenRecord {
+        id: "e-1".into(),
+        labels_json: Some(r#"{"site":"sh"}"#.into()),
+        expires_at: Some(1_000),
+        max_uses: Some(1),
+        uses: 0,
+        created_by: "admin".into(),
+        created_at: 50,
+        revoked_at: None,
+    };
+    s.create_enrol_token(&e, &TokenRecord::new("enrol-1", TokenKind::Enrol, "e-1", 50), &ev("enrol_token_created"))
+        .await
+        .unwrap();
+    check("enrol token", s.get_enrol_token("e-1").await.unwrap(), Some(e.clone()));
+    let target = |id: &str| TargetRecord {
+        id: id.into(),
+        hostname: id.into(),
+        labels_json: r#"{"site":"sh"}"#.into(),
+        inventory_json: "{}".into(),
+        enrolled_at: 60,
+        last_seen: 60,
+        warning: String::new(),
+    };
+    let agent_tok = |id: &str| TokenRecord::new(&format!("{id}-secret"), TokenKind::Agent, id, 60);
+    s.enrol_target(&target("t-e1"), &agent_tok("t-e1"), Some("e-1"), &ev("enrolled")).await.unwrap();
+    check("use counted", s.get_enrol_token("e-1").await.unwrap().unwrap().uses, 1);
+    let r = s.enrol_target(&target("t-e2"), &agent_tok("t-e2"), Some("e-1"), &ev("enrolled")).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "used up: {r:?}");
+    check("nothing written for the refused", s.get_target("t-e2").await.unwrap(), None);
+    check("no credential for the refused", s.find_token(&agent_tok("t-e2").hash).await.unwrap(), None);
+    check("unusable says why", s.get_enrol_token("e-1").await.unwrap().unwrap().unusable(60).is_some(), true);
+    check("revoke", s.revoke_enrol_token("e-1", &ev("enrol_token_revoked")).await.unwrap(), true);
+    check("revoke twice", s.revoke_enrol_token("e-1", &ev("enrol_token_revoked")).await.unwrap(), false);
+    check(
+        "secret revoked with it",
+        s.find_token(&hash_token("enrol-1")).await.unwrap().unwrap().revoked_at.is_some(),
+        true,
+    );
+    check("enrol tokens", s.list_enrol_tokens().await.unwrap().len(), 1);
+
+    // relays exist by grant only
+    let r = RelayRecord {
+        target_id: "t-e1".into(),
+        site: "sh".into(),
+        url: Some("http://10.0.0.5:7421".into()),
+        granted_by: "admin".into(),
+        granted_at: 70,
+    };
+    s.grant_relay(&r, &ev("relay_granted")).await.unwrap();
+    s.grant_relay(&RelayRecord { site: "bj".into(), ..r.clone() }, &ev("relay_granted")).await.unwrap();
+    check("re-grant replaces", s.list_relays().await.unwrap(), vec![RelayRecord { site: "bj".into(), ..r.clone() }]);
+    check("revoke relay", s.revoke_relay("t-e1", &ev("relay_revoked")).await.unwrap(), true);
+    check("revoke relay twice", s.revoke_relay("t-e1", &ev("relay_revoked")).await.unwrap(), false);
+    check("no relays", s.list_relays().await.unwrap().len(), 0);
+
+    // the first key stored wins, for every server on the database
+    let k = s.server_key("work", ("p1".into(), "s1".into()), 80).await.unwrap();
+    check("key made", k.clone(), ("p1".into(), "s1".into()));
+    check("key kept", s.server_key("work", ("p2".into(), "s2".into()), 81).await.unwrap(), k);
 }
 
 async fn tokens(s: &dyn Store) {
-    let t = TokenRecord { hash: hash_token("secret"), kind: TokenKind::Admin, subject: "admin".into(), created_at: 1 };
+    let t = TokenRecord::new("secret", TokenKind::Admin, "admin", 1);
     s.put_token(&t).await.unwrap();
     s.put_token(&t).await.unwrap();
     check("token found", s.find_token(&t.hash).await.unwrap(), Some(t.clone()));
@@ -37,15 +113,25 @@ async fn targets(s: &dyn Store) {
         inventory_json: "{}".into(),
         enrolled_at: 10,
         last_seen: 10,
+        warning: String::new(),
     };
     s.insert_target(&t).await.unwrap();
     assert!(s.insert_target(&t).await.is_err(), "duplicate target id refused");
-    s.update_target("t-1", "web1b", r#"{"site":"bj"}"#, r#"{"x":1}"#, 20).await.unwrap();
+    s.update_target("t-1", "web1b", r#"{"x":1}"#, 20).await.unwrap();
     s.touch_targets(&[("t-1".into(), 30), ("t-unknown".into(), 31)]).await.unwrap();
     s.touch_targets(&[("t-1".into(), 25)]).await.unwrap(); // never goes back in time
     let got = s.get_target("t-1").await.unwrap().unwrap();
     check("updated hostname", got.hostname.as_str(), "web1b");
-    check("updated labels", got.labels_json.as_str(), r#"{"site":"bj"}"#);
+    check("reports never change labels", got.labels_json.as_str(), r#"{"site":"sh"}"#);
+    let ev = EventRecord::audit("user:admin", "target_labelled", "t-1: site=bj".into(), 21);
+    check("operator relabels", s.set_target_labels("t-1", r#"{"site":"bj"}"#, &ev).await.unwrap(), true);
+    check("relabel unknown", s.set_target_labels("t-x", "{}", &ev).await.unwrap(), false);
+    s.set_target_warning("t-1", "asked for site=zz").await.unwrap();
+    let got = s.get_target("t-1").await.unwrap().unwrap();
+    check("labels", got.labels_json.as_str(), r#"{"site":"bj"}"#);
+    check("warning", got.warning.as_str(), "asked for site=zz");
+    let f = AuditFilter { actor: Some("user:admin".into()), limit: 10, ..Default::default() };
+    check("relabel audited", s.audit(&f).await.unwrap().iter().any(|e| e.to_state == "target_labelled"), true);
     check("last seen", got.last_seen, 30);
     check("enrolled_at kept", got.enrolled_at, 10);
     check("list", s.list_targets().await.unwrap().len(), 1);
@@ -236,14 +322,7 @@ async fn deployments(s: &dyn Store) {
 
     // a target with work under way cannot be removed; others can, with their credential
     assert!(matches!(s.remove_target("t-1").await, Err(StoreError::Conflict(_))), "t-1 is activating");
-    s.put_token(&TokenRecord {
-        hash: hash_token("t2-secret"),
-        kind: TokenKind::Agent,
-        subject: "t-2".into(),
-        created_at: 1,
-    })
-    .await
-    .unwrap();
+    s.put_token(&TokenRecord::new("t2-secret", TokenKind::Agent, "t-2", 1)).await.unwrap();
     s.insert_target(&TargetRecord {
         id: "t-2".into(),
         hostname: "old".into(),
@@ -251,6 +330,7 @@ async fn deployments(s: &dyn Store) {
         inventory_json: "{}".into(),
         enrolled_at: 1,
         last_seen: 1,
+        warning: String::new(),
     })
     .await
     .unwrap();
@@ -284,8 +364,7 @@ async fn deployments(s: &dyn Store) {
 async fn workflow(s: &dyn Store) {
     // users and their tokens
     let u = UserRecord { name: "alice".into(), role: "deployer".into(), created_by: "admin".into(), created_at: 1 };
-    let tok =
-        TokenRecord { hash: hash_token("alice-secret"), kind: TokenKind::User, subject: "alice".into(), created_at: 1 };
+    let tok = TokenRecord::new("alice-secret", TokenKind::User, "alice", 1);
     s.add_user(&u, &tok).await.unwrap();
     check("user", s.get_user("alice").await.unwrap(), Some(u.clone()));
     check("user token", s.find_token(&tok.hash).await.unwrap().map(|t| t.kind), Some(TokenKind::User));

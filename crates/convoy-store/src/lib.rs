@@ -47,17 +47,41 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_token(&self, t: &TokenRecord) -> Result<()>;
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    /// Live (unrevoked) tokens of a kind.
     async fn count_tokens(&self, kind: TokenKind) -> Result<u64>;
+    /// Makes `new` the one live token of its (kind, subject): the others
+    /// are marked revoked with `note`, in one transaction with `event`.
+    /// Returns how many were revoked.
+    async fn rotate_token(&self, new: &TokenRecord, note: &str, event: &EventRecord) -> Result<u64>;
+
+    /// Stores an enrolment token object and its hashed secret at once.
+    async fn create_enrol_token(&self, e: &EnrolTokenRecord, token: &TokenRecord, event: &EventRecord) -> Result<()>;
+    async fn get_enrol_token(&self, id: &str) -> Result<Option<EnrolTokenRecord>>;
+    /// Oldest first.
+    async fn list_enrol_tokens(&self) -> Result<Vec<EnrolTokenRecord>>;
+    /// Revokes an enrolment token (and its secret); false if there was no
+    /// such token or it was already revoked.
+    async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool>;
+    /// Enrols a target in one transaction: takes one use of the enrolment
+    /// token `enrol_token` (if given) only while it is unrevoked, unexpired
+    /// and not used up (else `Conflict` and nothing is written), then
+    /// writes the target, its agent token and `event`.
+    async fn enrol_target(
+        &self,
+        t: &TargetRecord,
+        agent_token: &TokenRecord,
+        enrol_token: Option<&str>,
+        event: &EventRecord,
+    ) -> Result<()>;
 
     async fn insert_target(&self, t: &TargetRecord) -> Result<()>;
-    async fn update_target(
-        &self,
-        id: &str,
-        hostname: &str,
-        labels_json: &str,
-        inventory_json: &str,
-        now: i64,
-    ) -> Result<()>;
+    /// Records what a target reports about itself; never its labels.
+    async fn update_target(&self, id: &str, hostname: &str, inventory_json: &str, now: i64) -> Result<()>;
+    /// Sets a target's labels (an operator's act), with its event; false if
+    /// there is no such target.
+    async fn set_target_labels(&self, id: &str, labels_json: &str, event: &EventRecord) -> Result<bool>;
+    /// Sets the target's warning (empty clears it).
+    async fn set_target_warning(&self, id: &str, warning: &str) -> Result<()>;
     /// Records when targets were last seen (batched by the caller).
     async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()>;
     async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>>;
@@ -66,6 +90,16 @@ pub trait Store: Send + Sync + 'static {
     /// unsettled deployment (`Conflict`). Its history stays in the events.
     /// Returns false if there was no such target.
     async fn remove_target(&self, id: &str) -> Result<bool>;
+
+    /// Grants (or re-grants) a target the relay role for a site, with its event.
+    async fn grant_relay(&self, r: &RelayRecord, event: &EventRecord) -> Result<()>;
+    /// False if the target was no relay.
+    async fn revoke_relay(&self, target_id: &str, event: &EventRecord) -> Result<bool>;
+    async fn list_relays(&self) -> Result<Vec<RelayRecord>>;
+
+    /// The server's key named `name` as `(public, secret)`: stored on
+    /// first use from `make()`, the same for every server on the database.
+    async fn server_key(&self, name: &str, make: (String, String), now: i64) -> Result<(String, String)>;
 
     /// Inserts a release; an existing `app@version` with the same digest is
     /// `Ok(false)`, with another digest a `Conflict`.

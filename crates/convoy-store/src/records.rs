@@ -31,9 +31,72 @@ impl TokenKind {
 pub struct TokenRecord {
     pub hash: String,
     pub kind: TokenKind,
-    /// User name for operators, target id for agents.
+    /// User name for operators, target id for agents, enrolment token id
+    /// for enrolment tokens.
     pub subject: String,
     pub created_at: i64,
+    /// Set when the token was revoked (rotated, removed): kept so that its
+    /// holder is told why it no longer works.
+    pub revoked_at: Option<i64>,
+    /// Why it was revoked.
+    pub revoked_note: String,
+}
+
+impl TokenRecord {
+    /// A live token of `kind` for `subject`, made now.
+    pub fn new(secret: &str, kind: TokenKind, subject: &str, now: i64) -> Self {
+        Self {
+            hash: hash_token(secret),
+            kind,
+            subject: subject.to_owned(),
+            created_at: now,
+            revoked_at: None,
+            revoked_note: String::new(),
+        }
+    }
+}
+
+/// An enrolment token: the labels its targets get (`None`: the agent asks
+/// for its own at enrolment), when it expires and how often it may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolTokenRecord {
+    pub id: String,
+    /// `Labels` JSON, or `None` for a token without a label scope.
+    pub labels_json: Option<String>,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl EnrolTokenRecord {
+    /// Why the token cannot enrol now, if it cannot.
+    pub fn unusable(&self, now: i64) -> Option<String> {
+        if let Some(at) = self.revoked_at {
+            return Some(format!("enrolment token {} was revoked (at {at} ms)", self.id));
+        }
+        if self.expires_at.is_some_and(|e| e <= now) {
+            return Some(format!("enrolment token {} has expired", self.id));
+        }
+        if self.max_uses.is_some_and(|m| self.uses >= m) {
+            return Some(format!("enrolment token {} is used up ({} uses)", self.id, self.uses));
+        }
+        None
+    }
+}
+
+/// A target an operator made a relay for a site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRecord {
+    pub target_id: String,
+    pub site: String,
+    /// The URL the site's agents reach it at; `None`: the one the relay
+    /// reports (trusted only because an operator granted the relay).
+    pub url: Option<String>,
+    pub granted_by: String,
+    pub granted_at: i64,
 }
 
 /// Hex BLAKE3 of a secret token, the only form ever stored.
@@ -63,6 +126,9 @@ pub struct TargetRecord {
     pub inventory_json: String,
     pub enrolled_at: i64,
     pub last_seen: i64,
+    /// The latest thing the server ignored from this target and why
+    /// (labels it asked for, work it refused); empty when none.
+    pub warning: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +249,23 @@ pub struct EventRecord {
     pub actor: String,
     pub note: String,
     pub at: i64,
+}
+
+impl EventRecord {
+    /// An audit event that belongs to no deployment (users, tokens, relays,
+    /// labels): `what` happened, by `actor`.
+    pub fn audit(actor: &str, what: &str, note: String, at: i64) -> Self {
+        Self {
+            seq: 0,
+            deployment_id: String::new(),
+            instruction_id: None,
+            from_state: String::new(),
+            to_state: what.to_owned(),
+            actor: actor.to_owned(),
+            note,
+            at,
+        }
+    }
 }
 
 /// A deployment's transition, with the instructions that move along and

@@ -15,7 +15,7 @@ macro_rules! impl_sql_store {
             use super::*;
             use ::sqlx::Row as _;
             use $crate::{
-                ApprovalRecord, AuditFilter, CheckRecord, DeploymentMove, DeploymentRecord, EnvRecord, EventRecord, InstructionMove, InstructionRecord, InstructionUpdate,
+                ApprovalRecord, AuditFilter, CheckRecord, DeploymentMove, DeploymentRecord, EnrolTokenRecord, EnvRecord, EventRecord, RelayRecord, InstructionMove, InstructionRecord, InstructionUpdate,
                 ReleaseRecord, Result, StateCounts, StoreError, TargetRecord, TokenKind, TokenRecord, UserRecord,
             };
             use ::convoy_domain::{DeploymentState, InstructionState};
@@ -27,7 +27,9 @@ macro_rules! impl_sql_store {
             const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at";
             const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at";
             const CHECK_COLS: &str = "id, deployment_id, target_id, state, result, output, updated_at";
-            const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen";
+            const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen, warning";
+            const ENROL_COLS: &str = "id, labels, expires_at, max_uses, uses, created_by, created_at, revoked_at";
+            const TOKEN_COLS: &str = "hash, kind, subject, created_at, revoked_at, revoked_note";
 
             fn instr(r: &$row) -> Result<InstructionRecord> {
                 let state: String = r.try_get("state").map_err(db)?;
@@ -114,8 +116,52 @@ macro_rules! impl_sql_store {
                     inventory_json: r.try_get("inventory").map_err(db)?,
                     enrolled_at: r.try_get("enrolled_at").map_err(db)?,
                     last_seen: r.try_get("last_seen").map_err(db)?,
+                    warning: r.try_get("warning").map_err(db)?,
                 })
             }
+
+            fn token(r: &$row) -> Result<TokenRecord> {
+                let kind: String = r.try_get("kind").map_err(db)?;
+                Ok(TokenRecord {
+                    hash: r.try_get("hash").map_err(db)?,
+                    kind: TokenKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("token kind {kind:?}")))?,
+                    subject: r.try_get("subject").map_err(db)?,
+                    created_at: r.try_get("created_at").map_err(db)?,
+                    revoked_at: r.try_get("revoked_at").map_err(db)?,
+                    revoked_note: r.try_get("revoked_note").map_err(db)?,
+                })
+            }
+
+            fn enrol_token(r: &$row) -> Result<EnrolTokenRecord> {
+                Ok(EnrolTokenRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    labels_json: r.try_get("labels").map_err(db)?,
+                    expires_at: r.try_get("expires_at").map_err(db)?,
+                    max_uses: r.try_get("max_uses").map_err(db)?,
+                    uses: r.try_get("uses").map_err(db)?,
+                    created_by: r.try_get("created_by").map_err(db)?,
+                    created_at: r.try_get("created_at").map_err(db)?,
+                    revoked_at: r.try_get("revoked_at").map_err(db)?,
+                })
+            }
+
+            fn relay(r: &$row) -> Result<RelayRecord> {
+                Ok(RelayRecord {
+                    target_id: r.try_get("target_id").map_err(db)?,
+                    site: r.try_get("site").map_err(db)?,
+                    url: r.try_get("url").map_err(db)?,
+                    granted_by: r.try_get("granted_by").map_err(db)?,
+                    granted_at: r.try_get("granted_at").map_err(db)?,
+                })
+            }
+
+            async fn write_event<'c, E: ::sqlx::Executor<'c, Database = <$row as ::sqlx::Row>::Database>>(ex: E, e: &EventRecord) -> Result<()> {
+                ::sqlx::query(INSERT_EVENT).bind(&e.deployment_id).bind(&e.instruction_id).bind(&e.from_state).bind(&e.to_state).bind(&e.actor).bind(&e.note).bind(e.at)
+                    .execute(ex).await.map_err(db)?;
+                Ok(())
+            }
+
+            const INSERT_TOKEN: &str = "INSERT INTO tokens (hash, kind, subject, created_at, revoked_at, revoked_note) VALUES ($1, $2, $3, $4, $5, $6)";
 
             fn release(r: &$row, with_manifest: bool) -> Result<ReleaseRecord> {
                 Ok(ReleaseRecord {
@@ -163,41 +209,160 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn put_token(&self, t: &TokenRecord) -> Result<()> {
-                    ::sqlx::query("INSERT INTO tokens (hash, kind, subject, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
-                        .bind(&t.hash).bind(t.kind.as_str()).bind(&t.subject).bind(t.created_at)
+                    let q = format!("{INSERT_TOKEN} ON CONFLICT (hash) DO NOTHING");
+                    ::sqlx::query(&q)
+                        .bind(&t.hash).bind(t.kind.as_str()).bind(&t.subject).bind(t.created_at).bind(t.revoked_at).bind(&t.revoked_note)
                         .execute(&self.pool).await.map_err(db)?;
                     Ok(())
                 }
 
                 async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-                    let row = ::sqlx::query("SELECT hash, kind, subject, created_at FROM tokens WHERE hash = $1")
-                        .bind(hash).fetch_optional(&self.read).await.map_err(db)?;
-                    let Some(r) = row else { return Ok(None) };
-                    let kind: String = r.try_get("kind").map_err(db)?;
-                    Ok(Some(TokenRecord {
-                        hash: r.try_get("hash").map_err(db)?,
-                        kind: TokenKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("token kind {kind:?}")))?,
-                        subject: r.try_get("subject").map_err(db)?,
-                        created_at: r.try_get("created_at").map_err(db)?,
-                    }))
+                    let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE hash = $1");
+                    ::sqlx::query(&q).bind(hash).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(token).transpose()
                 }
 
                 async fn count_tokens(&self, kind: TokenKind) -> Result<u64> {
-                    let n: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1")
+                    let n: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1 AND revoked_at IS NULL")
                         .bind(kind.as_str()).fetch_one(&self.read).await.map_err(db)?.try_get("n").map_err(db)?;
                     Ok(n as u64)
                 }
 
-                async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
-                    ::sqlx::query("INSERT INTO targets (id, hostname, labels, inventory, enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6)")
-                        .bind(&t.id).bind(&t.hostname).bind(&t.labels_json).bind(&t.inventory_json).bind(t.enrolled_at).bind(t.last_seen)
+                async fn rotate_token(&self, new: &TokenRecord, note: &str, event: &EventRecord) -> Result<u64> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE tokens SET revoked_at = $1, revoked_note = $2 WHERE kind = $3 AND subject = $4 AND revoked_at IS NULL AND hash <> $5")
+                        .bind(new.created_at).bind(note).bind(new.kind.as_str()).bind(&new.subject).bind(&new.hash)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    let q = format!("{INSERT_TOKEN} ON CONFLICT (hash) DO NOTHING");
+                    ::sqlx::query(&q)
+                        .bind(&new.hash).bind(new.kind.as_str()).bind(&new.subject).bind(new.created_at).bind(new.revoked_at).bind(&new.revoked_note)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn create_enrol_token(&self, e: &EnrolTokenRecord, t: &TokenRecord, event: &EventRecord) -> Result<()> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    ::sqlx::query("INSERT INTO enrol_tokens (id, labels, expires_at, max_uses, uses, created_by, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                        .bind(&e.id).bind(&e.labels_json).bind(e.expires_at).bind(e.max_uses).bind(e.uses).bind(&e.created_by).bind(e.created_at).bind(e.revoked_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query(INSERT_TOKEN)
+                        .bind(&t.hash).bind(t.kind.as_str()).bind(&t.subject).bind(t.created_at).bind(t.revoked_at).bind(&t.revoked_note)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn get_enrol_token(&self, id: &str) -> Result<Option<EnrolTokenRecord>> {
+                    let q = format!("SELECT {ENROL_COLS} FROM enrol_tokens WHERE id = $1");
+                    ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(enrol_token).transpose()
+                }
+
+                async fn list_enrol_tokens(&self) -> Result<Vec<EnrolTokenRecord>> {
+                    let q = format!("SELECT {ENROL_COLS} FROM enrol_tokens ORDER BY created_at, id");
+                    ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(enrol_token).collect()
+                }
+
+                async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE enrol_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                        .bind(event.at).bind(id).execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    ::sqlx::query("UPDATE tokens SET revoked_at = $1, revoked_note = $2 WHERE kind = 'enrol' AND subject = $3 AND revoked_at IS NULL")
+                        .bind(event.at).bind(&event.note).bind(id).execute(&mut *tx).await.map_err(db)?;
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn enrol_target(&self, t: &TargetRecord, agent_token: &TokenRecord, enrol_token: Option<&str>, event: &EventRecord) -> Result<()> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    if let Some(id) = enrol_token {
+                        let done = ::sqlx::query("UPDATE enrol_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)")
+                            .bind(id).bind(event.at).execute(&mut *tx).await.map_err(db)?;
+                        if done.rows_affected() == 0 {
+                            tx.rollback().await.map_err(db)?;
+                            return Err(StoreError::Conflict(format!("enrolment token {id} is revoked, expired or used up")));
+                        }
+                    }
+                    ::sqlx::query("INSERT INTO targets (id, hostname, labels, inventory, enrolled_at, last_seen, warning) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                        .bind(&t.id).bind(&t.hostname).bind(&t.labels_json).bind(&t.inventory_json).bind(t.enrolled_at).bind(t.last_seen).bind(&t.warning)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query(INSERT_TOKEN)
+                        .bind(&agent_token.hash).bind(agent_token.kind.as_str()).bind(&agent_token.subject).bind(agent_token.created_at).bind(agent_token.revoked_at).bind(&agent_token.revoked_note)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn set_target_labels(&self, id: &str, labels_json: &str, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("UPDATE targets SET labels = $1 WHERE id = $2").bind(labels_json).bind(id)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn set_target_warning(&self, id: &str, warning: &str) -> Result<()> {
+                    ::sqlx::query("UPDATE targets SET warning = $1 WHERE id = $2").bind(warning).bind(id)
                         .execute(&self.pool).await.map_err(db)?;
                     Ok(())
                 }
 
-                async fn update_target(&self, id: &str, hostname: &str, labels_json: &str, inventory_json: &str, now: i64) -> Result<()> {
-                    ::sqlx::query("UPDATE targets SET hostname = $1, labels = $2, inventory = $3, last_seen = $4 WHERE id = $5")
-                        .bind(hostname).bind(labels_json).bind(inventory_json).bind(now).bind(id)
+                async fn grant_relay(&self, r: &RelayRecord, event: &EventRecord) -> Result<()> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    ::sqlx::query("INSERT INTO relays (target_id, site, url, granted_by, granted_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target_id) DO UPDATE SET site = excluded.site, url = excluded.url, granted_by = excluded.granted_by, granted_at = excluded.granted_at")
+                        .bind(&r.target_id).bind(&r.site).bind(&r.url).bind(&r.granted_by).bind(r.granted_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)
+                }
+
+                async fn revoke_relay(&self, target_id: &str, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("DELETE FROM relays WHERE target_id = $1").bind(target_id)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn list_relays(&self) -> Result<Vec<RelayRecord>> {
+                    ::sqlx::query("SELECT target_id, site, url, granted_by, granted_at FROM relays ORDER BY site, target_id")
+                        .fetch_all(&self.read).await.map_err(db)?.iter().map(relay).collect()
+                }
+
+                async fn server_key(&self, name: &str, make: (String, String), now: i64) -> Result<(String, String)> {
+                    ::sqlx::query("INSERT INTO server_keys (name, public, secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
+                        .bind(name).bind(&make.0).bind(&make.1).bind(now)
+                        .execute(&self.pool).await.map_err(db)?;
+                    let r = ::sqlx::query("SELECT public, secret FROM server_keys WHERE name = $1").bind(name)
+                        .fetch_one(&self.pool).await.map_err(db)?;
+                    Ok((r.try_get("public").map_err(db)?, r.try_get("secret").map_err(db)?))
+                }
+
+                async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
+                    ::sqlx::query("INSERT INTO targets (id, hostname, labels, inventory, enrolled_at, last_seen, warning) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                        .bind(&t.id).bind(&t.hostname).bind(&t.labels_json).bind(&t.inventory_json).bind(t.enrolled_at).bind(t.last_seen).bind(&t.warning)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(())
+                }
+
+                async fn update_target(&self, id: &str, hostname: &str, inventory_json: &str, now: i64) -> Result<()> {
+                    ::sqlx::query("UPDATE targets SET hostname = $1, inventory = $2, last_seen = $3 WHERE id = $4")
+                        .bind(hostname).bind(inventory_json).bind(now).bind(id)
                         .execute(&self.pool).await.map_err(db)?;
                     Ok(())
                 }
@@ -238,6 +403,7 @@ macro_rules! impl_sql_store {
                         return Err(StoreError::Conflict(format!("target {id} has work in an unfinished deployment; wait for it or roll it back first")));
                     }
                     ::sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND subject = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query("DELETE FROM relays WHERE target_id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
                     tx.commit().await.map_err(db)?;
                     Ok(true)
                 }
@@ -440,8 +606,8 @@ macro_rules! impl_sql_store {
                         tx.rollback().await.map_err(db)?;
                         return Err(StoreError::Conflict(format!("user {} already exists; remove it first to issue a new token", u.name)));
                     }
-                    ::sqlx::query("INSERT INTO tokens (hash, kind, subject, created_at) VALUES ($1, $2, $3, $4)")
-                        .bind(&token.hash).bind(token.kind.as_str()).bind(&token.subject).bind(token.created_at)
+                    ::sqlx::query(INSERT_TOKEN)
+                        .bind(&token.hash).bind(token.kind.as_str()).bind(&token.subject).bind(token.created_at).bind(token.revoked_at).bind(&token.revoked_note)
                         .execute(&mut *tx).await.map_err(db)?;
                     tx.commit().await.map_err(db)
                 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use convoy_domain::{Labels, Phase, ReportKind};
 
+pub mod sign;
+
 /// API version prefix of every route.
 pub const API: &str = "/api/v1";
 
@@ -53,6 +55,97 @@ pub struct EnrollResponse {
     pub target_id: String,
     /// The agent's own credential; shown once, stored hashed by the server.
     pub token: String,
+    /// The server's public key (hex ed25519): work must verify against it.
+    pub server_key: String,
+}
+
+/// `GET /agent/me`: who the agent is to the server, and what it shows
+/// relays and mirrors instead of its credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentMe {
+    pub target_id: String,
+    /// The labels the server holds for it (set by operators).
+    pub labels: Labels,
+    pub server_key: String,
+    /// A read grant ([`sign::Grant`]) for relays and mirrors.
+    pub grant: String,
+    pub grant_expires_at: i64,
+    /// The site it relays for, when an operator granted it that.
+    pub relay_site: Option<String>,
+}
+
+/// An agent telling its server it refused work (bad signature, another
+/// target's, expired) and where the work came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// The URL the work came from.
+    pub source: String,
+    pub reason: String,
+    /// The instruction the refused work named, if it could be read.
+    pub instruction_id: Option<String>,
+}
+
+/// `POST /enrol-tokens` (admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrolToken {
+    /// The labels every target enrolled with it gets; `None`: the agent's own.
+    pub labels: Option<Labels>,
+    pub expires_in_secs: Option<u64>,
+    pub uses: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolTokenInfo {
+    pub id: String,
+    pub labels: Option<Labels>,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    /// The secret: only in the answer that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `PUT /relays/{target}` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayGrant {
+    pub site: String,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayInfo {
+    pub target_id: String,
+    pub hostname: String,
+    pub site: String,
+    /// The URL agents are given: the granted one, else the one the relay reports.
+    pub url: Option<String>,
+    pub granted_by: String,
+    pub granted_at: i64,
+}
+
+/// `PATCH /targets/{id}/labels` (admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A new secret for an existing holder; the old one is revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotatedToken {
+    pub subject: String,
+    pub token: String,
+    pub revoked: u64,
 }
 
 /// One piece of work for an agent.
@@ -98,7 +191,8 @@ pub struct PreflightSpec {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkResponse {
-    pub work: Vec<Work>,
+    /// Each item signed by the server for this target ([`sign::SignedWork`]).
+    pub work: Vec<sign::SignedWork>,
 }
 
 /// A relay's long poll on behalf of its site's agents: returns once any of
@@ -132,7 +226,7 @@ pub struct SitePollResponse {
 pub struct SiteWork {
     pub id: String,
     pub gen: u64,
-    pub work: Vec<Work>,
+    pub work: Vec<sign::SignedWork>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +291,12 @@ pub struct TargetInfo {
     pub inventory: Inventory,
     pub enrolled_at: i64,
     pub last_seen: i64,
+    /// What the server last ignored from it (labels asked for, work refused).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warning: String,
+    /// The site it relays for, when granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_site: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

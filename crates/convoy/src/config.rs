@@ -32,6 +32,9 @@ pub struct ServerFile {
     pub mirrors: Option<Vec<String>>,
     pub nats: Option<String>,
     pub nats_subject: Option<String>,
+    /// Enrolments per minute per enrolment token / per source address (0: no limit).
+    pub enrol_rate_token: Option<u32>,
+    pub enrol_rate_address: Option<u32>,
 }
 
 /// `convoy agent --config FILE`.

@@ -73,6 +73,12 @@ enum Cmd {
         /// Subject NATS requests arrive on [default: convoy.deployments].
         #[arg(long, env = "CONVOY_NATS_SUBJECT")]
         nats_subject: Option<String>,
+        /// Enrolments allowed per minute with one enrolment token (0: no limit) [default: 120].
+        #[arg(long, env = "CONVOY_ENROL_RATE_TOKEN")]
+        enrol_rate_token: Option<u32>,
+        /// Enrolments allowed per minute from one source address (0: no limit) [default: 30].
+        #[arg(long, env = "CONVOY_ENROL_RATE_ADDRESS")]
+        enrol_rate_address: Option<u32>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -251,6 +257,17 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<TargetsCmd>,
     },
+    /// Relays: machines an operator made the relay of a site.
+    Relays {
+        #[command(subcommand)]
+        action: RelaysCmd,
+    },
+    /// Enrolment tokens: label scope, expiry, uses.
+    #[command(name = "enrol-tokens")]
+    EnrolTokens {
+        #[command(subcommand)]
+        action: EnrolTokensCmd,
+    },
     /// List published releases.
     Releases,
     /// What an upgrade changes: files added, removed and changed, config
@@ -285,6 +302,12 @@ enum UsersCmd {
     /// Remove a user and revoke its token.
     Remove {
         name: String,
+    },
+    /// Give a user a new token; the old one stops working (`admin` is the first administrator).
+    Token {
+        name: String,
+        #[arg(long, required = true)]
+        rotate: bool,
     },
 }
 
@@ -346,6 +369,61 @@ enum TargetsCmd {
         #[arg(value_name = "TARGET")]
         id: String,
     },
+    /// Set or remove a target's labels (admin; audited). Agents never
+    /// change their own labels after enrolment.
+    Label {
+        #[arg(value_name = "TARGET")]
+        id: String,
+        /// Labels to set, k=v (several allowed).
+        #[arg(value_name = "K=V")]
+        set: Vec<String>,
+        /// Label keys to remove (repeatable).
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelaysCmd {
+    /// Make a target the relay of a site (admin; audited).
+    Grant {
+        #[arg(value_name = "TARGET")]
+        id: String,
+        #[arg(long)]
+        site: String,
+        /// URL the site's agents reach it at [default: the URL the relay reports].
+        #[arg(long)]
+        url: Option<String>,
+    },
+    List,
+    /// The target stops being a relay.
+    Revoke {
+        #[arg(value_name = "TARGET")]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnrolTokensCmd {
+    /// Make an enrolment token; prints its secret once.
+    Create {
+        /// The labels every target enrolled with it gets, e.g. site=sh,role=web
+        /// [default: none; agents then ask for their own].
+        #[arg(long)]
+        labels: Option<String>,
+        /// Lifetime (90s, 30m, 24h, 7d).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Enrolments it allows.
+        #[arg(long)]
+        uses: Option<i64>,
+    },
+    List,
+    /// No agent enrols with it any more (enrolled agents are not affected).
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -387,6 +465,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             mirrors,
             nats,
             nats_subject,
+            enrol_rate_token,
+            enrol_rate_address,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -410,6 +490,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .clone()
                     .or(file.nats_subject)
                     .unwrap_or_else(|| convoy_server::DEFAULT_NATS_SUBJECT.to_owned()),
+                enrol_rate_token: enrol_rate_token
+                    .or(file.enrol_rate_token)
+                    .unwrap_or(convoy_server::DEFAULT_ENROL_RATE_TOKEN),
+                enrol_rate_address: enrol_rate_address
+                    .or(file.enrol_rate_address)
+                    .unwrap_or(convoy_server::DEFAULT_ENROL_RATE_ADDRESS),
             })
             .await?;
         }
@@ -508,6 +594,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Users { action: UsersCmd::Add { name, role } } => {
             convoy_cli::workflow::users_add(&api()?, name, role, fmt).await?
         }
+        Cmd::Users { action: UsersCmd::Token { name, .. } } => {
+            convoy_cli::trust::rotate_user_token(&api()?, name, fmt).await?
+        }
         Cmd::Users { action: UsersCmd::List } => convoy_cli::workflow::users_list(&api()?, fmt).await?,
         Cmd::Users { action: UsersCmd::Remove { name } } => {
             convoy_cli::workflow::users_remove(&api()?, name, fmt).await?
@@ -556,6 +645,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Rollback { id, wait } => return convoy_cli::rollback(&api()?, id, *wait, fmt).await,
         Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
             convoy_cli::remove_target(&api()?, id, fmt).await?
+        }
+        Cmd::Targets { action: Some(TargetsCmd::Label { id, set, remove }), .. } => {
+            convoy_cli::trust::label(&api()?, id, set, remove, fmt).await?
+        }
+        Cmd::Relays { action: RelaysCmd::Grant { id, site, url } } => {
+            convoy_cli::trust::relay_grant(&api()?, id, site, url.as_deref(), fmt).await?
+        }
+        Cmd::Relays { action: RelaysCmd::List } => convoy_cli::trust::relay_list(&api()?, fmt).await?,
+        Cmd::Relays { action: RelaysCmd::Revoke { id } } => convoy_cli::trust::relay_revoke(&api()?, id, fmt).await?,
+        Cmd::EnrolTokens { action: EnrolTokensCmd::Create { labels, expires, uses } } => {
+            convoy_cli::trust::enrol_token_create(&api()?, labels.as_deref(), expires.as_deref(), *uses, fmt).await?
+        }
+        Cmd::EnrolTokens { action: EnrolTokensCmd::List } => convoy_cli::trust::enrol_token_list(&api()?, fmt).await?,
+        Cmd::EnrolTokens { action: EnrolTokensCmd::Revoke { id } } => {
+            convoy_cli::trust::enrol_token_revoke(&api()?, id, fmt).await?
         }
         Cmd::Targets { selector, action: None } => convoy_cli::targets(&api()?, selector, fmt).await?,
         Cmd::Releases => convoy_cli::releases(&api()?, fmt).await?,

@@ -15,11 +15,8 @@ fn start_relay(f: &mut Fleet, name: &str, env: &[(&str, &str)]) -> String {
     let listen = format!("127.0.0.1:{port}");
     f.start_agent(name, "site=sh,role=relay", env, &["--relay", "--listen", &listen]);
     let url = format!("http://{listen}");
-    // the server knows it once its inventory names it
-    wait_until("the relay to be known", Duration::from_secs(30), || {
-        let ts = f.json(&["targets"]);
-        ts.as_array()?.iter().any(|t| t["inventory"]["relay"] == url.as_str()).then_some(())
-    });
+    // an operator makes it the site's relay; it reports its URL
+    f.grant_relay(name, "sh", &url);
     url
 }
 
@@ -279,11 +276,8 @@ fn relays_chain_through_a_parent_relay() {
         &[],
         &["--relay", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &parent],
     );
-    wait_until("both relays to be known", Duration::from_secs(30), || {
-        let ts = f.json(&["targets"]);
-        let known = |u: &str| ts.as_array().unwrap().iter().any(|t| t["inventory"]["relay"] == u);
-        (known(&parent) && known(&child)).then_some(())
-    });
+    f.grant_relay("region", "eu", &parent);
+    f.grant_relay("site-relay", "sh", &child);
     for n in ["w1", "w2"] {
         f.start_agent(n, "site=sh,role=web", &[], &[]);
     }

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use convoy_domain::{Policy, Role};
-use convoy_store::{hash_token, new_secret, AuditFilter, EnvRecord, EventRecord, TokenKind, TokenRecord, UserRecord};
+use convoy_store::{new_secret, AuditFilter, EnvRecord, EventRecord, TokenKind, TokenRecord, UserRecord};
 use convoy_wire::{EnvInfo, EventInfo, NewUser, UserInfo};
 use serde::Deserialize;
 
@@ -68,8 +68,7 @@ pub async fn add_user(
         created_by: admin.name.clone(),
         created_at: now,
     };
-    let tok =
-        TokenRecord { hash: hash_token(&secret), kind: TokenKind::User, subject: n.name.clone(), created_at: now };
+    let tok = TokenRecord::new(&secret, TokenKind::User, &n.name, now);
     st.store.add_user(&rec, &tok).await?;
     audit_event(&st, &admin.actor(), "user_added", format!("{} as {role}", n.name)).await?;
     tracing::info!(user = %n.name, %role, by = %admin.name, "user added");

@@ -8,9 +8,10 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use convoy_domain::{InstructionState, ReportKind};
-use convoy_store::{hash_token, new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
+use convoy_store::{new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
 use convoy_wire::{
-    EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work, WorkResponse,
+    sign::SignedWork, EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work,
+    WorkResponse,
 };
 use serde::Deserialize;
 
@@ -26,49 +27,112 @@ fn check_inventory(inv: &Inventory) -> ApiResult<()> {
     if inv.hostname.is_empty() || inv.hostname.len() > 253 {
         return Err(ApiError::bad_request("hostname must be 1-253 characters"));
     }
+    if let Some(url) = &inv.relay {
+        check_url(url)?;
+    }
     Ok(())
+}
+
+pub(crate) fn check_url(url: &str) -> ApiResult<()> {
+    match reqwest_like_url(url) {
+        Some(()) => Ok(()),
+        None => Err(ApiError::bad_request(format!("relay URL {url:?} is not http(s)://HOST:PORT"))),
+    }
+}
+
+/// The labels a new target gets: its enrolment token's when the token has
+/// a label scope (asking for any other is refused), else the ones it asks for.
+fn enrol_labels(scope: Option<&convoy_wire::Labels>, asked: &convoy_wire::Labels) -> ApiResult<convoy_wire::Labels> {
+    let Some(scope) = scope else { return Ok(asked.clone()) };
+    let refused: Vec<String> = asked
+        .0
+        .iter()
+        .filter(|(k, v)| scope.0.get(*k) != Some(*v))
+        .map(|(k, v)| match scope.0.get(k) {
+            Some(allowed) => format!("{k}={v} (the token gives {k}={allowed})"),
+            None => format!("{k}={v} (the token gives no {k})"),
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "this enrolment token does not allow the labels {}; it gives {}",
+            refused.join(", "),
+            labels_text(scope)
+        )));
+    }
+    Ok(scope.clone())
+}
+
+pub(crate) fn labels_text(l: &convoy_wire::Labels) -> String {
+    if l.0.is_empty() {
+        return "no labels".into();
+    }
+    l.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 pub async fn enroll(
     State(st): State<AppState>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::PeerAddr>>>,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Json<EnrollResponse>> {
-    match auth::authenticate(&st, &headers).await? {
-        Caller::Enrol => {}
-        Caller::Operator(u) if u.role == convoy_domain::Role::Admin => {}
+    let now = now_ms();
+    let (token_id, actor, scope) = match auth::authenticate(&st, &headers).await? {
+        Caller::Enrol(id) => {
+            let Some(e) = st.store.get_enrol_token(&id).await? else {
+                return Err(ApiError::unauthorized(format!("enrolment token {id} no longer exists")));
+            };
+            if let Some(why) = e.unusable(now) {
+                return Err(ApiError::unauthorized(why));
+            }
+            let scope = match &e.labels_json {
+                Some(j) => Some(serde_json::from_str::<convoy_wire::Labels>(j).map_err(ApiError::internal)?),
+                None => None,
+            };
+            (Some(id.clone()), format!("enrol-token:{id}"), scope)
+        }
+        Caller::Operator(u) if u.role == convoy_domain::Role::Admin => (None, u.actor(), None),
         Caller::Operator(u) => {
             return Err(ApiError::forbidden(format!("enrolling agents needs the admin role; {} is {}", u.name, u.role)))
         }
-        Caller::Agent(_) => {
+        Caller::Agent(_) | Caller::Grant => {
             return Err(ApiError::forbidden("an enrolled agent cannot enrol again; use the enrolment token"))
         }
-    }
+    };
     let Json(req) = body?;
     check_inventory(&req.inventory)?;
-    let now = now_ms();
+    let labels = enrol_labels(scope.as_ref(), &req.inventory.labels)?;
+    let addr = peer.map(|p| p.0 .0 .0.ip().to_string()).unwrap_or_else(|| "unknown".into());
+    if let Err((wait, why)) = st.enrol_limits.take(token_id.as_deref().unwrap_or(&actor), &addr) {
+        tracing::warn!(token = %actor, %addr, "enrolment rate limited ({why})");
+        return Err(ApiError::rate_limited(format!("too many enrolments: at most {why}; retry later"), wait));
+    }
     let id = new_id("t");
     let token = new_secret();
-    st.store
-        .insert_target(&TargetRecord {
-            id: id.clone(),
-            hostname: req.inventory.hostname.clone(),
-            labels_json: serde_json::to_string(&req.inventory.labels).map_err(ApiError::internal)?,
-            inventory_json: serde_json::to_string(&req.inventory).map_err(ApiError::internal)?,
-            enrolled_at: now,
-            last_seen: now,
-        })
-        .await?;
-    st.store
-        .put_token(&TokenRecord {
-            hash: hash_token(&token),
-            kind: TokenKind::Agent,
-            subject: id.clone(),
-            created_at: now,
-        })
-        .await?;
-    tracing::info!(target_id = %id, hostname = %req.inventory.hostname, "agent enrolled");
-    Ok(Json(EnrollResponse { target_id: id, token }))
+    let target = TargetRecord {
+        id: id.clone(),
+        hostname: req.inventory.hostname.clone(),
+        labels_json: serde_json::to_string(&labels).map_err(ApiError::internal)?,
+        inventory_json: serde_json::to_string(&req.inventory).map_err(ApiError::internal)?,
+        enrolled_at: now,
+        last_seen: now,
+        warning: String::new(),
+    };
+    let note = format!("{id} ({}) from {addr} with {}", req.inventory.hostname, labels_text(&labels));
+    let event = convoy_store::EventRecord::audit(&actor, "target_enrolled", note, now);
+    match st
+        .store
+        .enrol_target(&target, &TokenRecord::new(&token, TokenKind::Agent, &id, now), token_id.as_deref(), &event)
+        .await
+    {
+        Ok(()) => {}
+        // the token was used up (or revoked) between the check and now
+        Err(convoy_store::StoreError::Conflict(why)) => return Err(ApiError::unauthorized(why)),
+        Err(e) => return Err(e.into()),
+    }
+    st.note_site(&id, labels.0.get(SITE_LABEL).map(String::as_str));
+    tracing::info!(target_id = %id, hostname = %req.inventory.hostname, by = %actor, "agent enrolled");
+    Ok(Json(EnrollResponse { target_id: id, token, server_key: st.key.public_hex().to_owned() }))
 }
 
 pub async fn inventory(
@@ -83,16 +147,40 @@ pub async fn inventory(
     Ok(Json(serde_json::json!({"ok": true})))
 }
 
+/// Keeps what an agent reports about itself (hostname, platform, disk,
+/// releases). Labels and the relay role are the server's: labels it asks
+/// for that differ are ignored with a warning, and a relay URL counts only
+/// for a target an operator granted the relay role.
 async fn save_inventory(st: &AppState, target: &str, inv: &Inventory) -> ApiResult<()> {
-    if let Some(url) = &inv.relay {
-        if reqwest_like_url(url).is_none() {
-            return Err(ApiError::bad_request(format!("relay URL {url:?} is not http(s)://HOST:PORT")));
-        }
+    let Some(t) = st.store.get_target(target).await? else {
+        return Err(ApiError::unauthorized("this target was removed"));
+    };
+    let held: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
+    let differs: Vec<String> =
+        inv.labels.0.iter().filter(|(k, v)| held.0.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={v}")).collect();
+    let mut warning = if differs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "ignored labels the agent asks for: {} (labels are set by operators: convoy targets label)",
+            differs.join(",")
+        )
+    };
+    if st.is_relay(target) {
+        st.note_relay_url(target, inv.relay.as_deref());
+    } else if let Some(url) = &inv.relay {
+        let w = format!("ignored its claim to relay at {url} (relays are granted by operators: convoy relays grant)");
+        warning = if warning.is_empty() { w } else { format!("{warning}; {w}") };
     }
-    st.note_relay(target, inv.labels.0.get(SITE_LABEL).map(String::as_str), inv.relay.as_deref());
-    let labels = serde_json::to_string(&inv.labels).map_err(ApiError::internal)?;
+    // a refusal of work stays the warning until something else replaces it
+    if warning != t.warning && !(warning.is_empty() && t.warning.starts_with("refused work")) {
+        if !warning.is_empty() {
+            tracing::warn!(target_id = %target, "{warning}");
+        }
+        st.store.set_target_warning(target, &warning).await?;
+    }
     let json = serde_json::to_string(inv).map_err(ApiError::internal)?;
-    st.store.update_target(target, &inv.hostname, &labels, &json, now_ms()).await?;
+    st.store.update_target(target, &inv.hostname, &json, now_ms()).await?;
     Ok(())
 }
 
@@ -134,7 +222,10 @@ pub async fn work(
     loop {
         changes.borrow_and_update();
         let mut work = pending_work(&st, &target).await?;
-        work.retain(|w| !holding.contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str()));
+        work.retain(|sw| {
+            let Some(w) = sw.unverified().map(|s| s.work) else { return true };
+            !holding.contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str())
+        });
         if !work.is_empty() {
             return Ok(Json(WorkResponse { work }));
         }
@@ -177,7 +268,12 @@ async fn sources_for(st: &AppState, target: &str) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
-async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
+/// A target's pending work, each item signed for it.
+async fn pending_work(st: &AppState, target: &str) -> ApiResult<Vec<SignedWork>> {
+    Ok(unsigned_work(st, target).await?.into_iter().map(|w| st.sign_work(target, w)).collect())
+}
+
+async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
     let mut out = Vec::new();
     for i in st.store.pending_instructions(target).await? {
         let Some(phase) = i.state.phase() else {
@@ -299,10 +395,21 @@ pub async fn site_poll(
     let relay = auth::agent(&st, &headers).await?;
     let Json(req) = body?;
     let site = st.relay_site(&relay).ok_or_else(|| {
-        ApiError::forbidden("only a relay (an agent with --relay and a site label) may poll for a site")
+        ApiError::forbidden(
+            "only a relay may poll for a site; an operator grants that: convoy relays grant TARGET --site SITE",
+        )
     })?;
     if req.targets.len() > MAX_SITE_TARGETS {
         return Err(ApiError::bad_request(format!("at most {MAX_SITE_TARGETS} targets per site poll")));
+    }
+    for t in &req.targets {
+        if st.site_of(&t.id).is_none() {
+            // enrolled through another server on the database
+            if let Some(rec) = st.store.get_target(&t.id).await? {
+                let labels: convoy_wire::Labels = serde_json::from_str(&rec.labels_json).map_err(ApiError::internal)?;
+                st.note_site(&t.id, labels.0.get(SITE_LABEL).map(String::as_str));
+            }
+        }
     }
     if let Some(t) = req.targets.iter().find(|t| st.site_of(&t.id).as_deref() != Some(site.as_str())) {
         return Err(ApiError::forbidden(format!("target {} is not in site {site}", t.id)));
@@ -346,11 +453,50 @@ fn reqwest_like_url(url: &str) -> Option<()> {
     (url.len() <= 256 && !rest.is_empty() && !rest.contains(char::is_whitespace)).then_some(())
 }
 
-/// `GET /agent/me`: who this agent token belongs to (relays check the
-/// tokens of the agents they serve with it).
-pub async fn me(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /agent/me`: who the agent is to the server, the server's key, and
+/// a fresh read grant for relays and mirrors.
+pub async fn me(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<convoy_wire::AgentMe>> {
     let target = auth::agent(&st, &headers).await?;
-    Ok(Json(serde_json::json!({ "target_id": target })))
+    let t = st.store.get_target(&target).await?.ok_or_else(|| ApiError::unauthorized("this target was removed"))?;
+    let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
+    st.note_site(&target, labels.0.get(SITE_LABEL).map(String::as_str));
+    let (grant, grant_expires_at) = st.grant_for(&target);
+    Ok(Json(convoy_wire::AgentMe {
+        target_id: target.clone(),
+        labels,
+        server_key: st.key.public_hex().to_owned(),
+        grant,
+        grant_expires_at,
+        relay_site: st.relay_site(&target),
+    }))
+}
+
+/// `POST /agent/refused`: an agent refused work that did not verify (a
+/// relay or something on the way altered or invented it). Audited, shown
+/// in the target's status and counted.
+pub async fn refused(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<convoy_wire::Refusal>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let target = auth::agent(&st, &headers).await?;
+    let Json(r) = body?;
+    if r.source.len() > 256 || r.reason.len() > 1024 || r.instruction_id.as_ref().is_some_and(|i| i.len() > 64) {
+        return Err(ApiError::bad_request("refusal too large: source ≤ 256, reason ≤ 1024, instruction id ≤ 64 bytes"));
+    }
+    let what = format!(
+        "refused work{} from {}: {}",
+        r.instruction_id.as_deref().map(|i| format!(" ({i})")).unwrap_or_default(),
+        r.source,
+        r.reason
+    );
+    tracing::warn!(target_id = %target, "{what}");
+    crate::metrics::add(&st.counters.refused_work, 1);
+    st.store.set_target_warning(&target, &what).await?;
+    st.store
+        .append_event(&convoy_store::EventRecord::audit(&format!("agent:{target}"), "work_refused", what, now_ms()))
+        .await?;
+    Ok(Json(serde_json::json!({"ok": true})))
 }
 
 /// Most instructions whose progress is remembered at once.

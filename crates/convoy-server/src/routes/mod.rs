@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod releases;
 pub mod requests;
 pub mod targets;
+pub mod trust;
 
 use convoy_store::TargetRecord;
 use convoy_wire::{Inventory, Labels, TargetInfo};
@@ -27,7 +28,7 @@ pub fn event_info(e: convoy_store::EventRecord) -> convoy_wire::EventInfo {
     }
 }
 
-pub fn target_info(t: &TargetRecord) -> Result<TargetInfo, ApiError> {
+pub fn target_info(t: &TargetRecord, relay_site: Option<String>) -> Result<TargetInfo, ApiError> {
     let labels: Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
     let inventory: Inventory = serde_json::from_str(&t.inventory_json).map_err(ApiError::internal)?;
     Ok(TargetInfo {
@@ -37,5 +38,7 @@ pub fn target_info(t: &TargetRecord) -> Result<TargetInfo, ApiError> {
         inventory,
         enrolled_at: t.enrolled_at,
         last_seen: t.last_seen,
+        warning: t.warning.clone(),
+        relay_site,
     })
 }

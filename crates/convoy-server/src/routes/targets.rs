@@ -10,7 +10,13 @@ use crate::state::AppState;
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TargetInfo>>> {
     auth::require(&st, &headers, Role::Viewer).await?;
-    st.store.list_targets().await?.iter().map(super::target_info).collect::<ApiResult<Vec<_>>>().map(Json)
+    st.store
+        .list_targets()
+        .await?
+        .iter()
+        .map(|t| super::target_info(t, st.relay_site(&t.id)))
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Json)
 }
 
 /// Forgets a decommissioned target and revokes its credential.

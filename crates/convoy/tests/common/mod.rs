@@ -71,6 +71,8 @@ pub struct Fleet {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// More flags for `convoy server`.
     pub server_args: Vec<String>,
+    /// Environment for `convoy server`, over the harness's own.
+    pub server_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -87,7 +89,17 @@ impl Fleet {
         let port = free_port();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
-        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database, tls, server_args: Vec::new() };
+        let mut f = Fleet {
+            url,
+            dir,
+            port,
+            server: None,
+            agents: Vec::new(),
+            database,
+            tls,
+            server_args: Vec::new(),
+            server_env: Vec::new(),
+        };
         f.start_server();
         f
     }
@@ -98,7 +110,17 @@ impl Fleet {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let server_args = args.iter().map(|a| a.to_string()).collect();
-        let mut f = Fleet { url, dir, port, server: None, agents: Vec::new(), database: None, tls: None, server_args };
+        let mut f = Fleet {
+            url,
+            dir,
+            port,
+            server: None,
+            agents: Vec::new(),
+            database: None,
+            tls: None,
+            server_args,
+            server_env: Vec::new(),
+        };
         f.start_server();
         f
     }
@@ -119,11 +141,16 @@ impl Fleet {
         if let Some((cert, key)) = &self.tls {
             args.extend_from_slice(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
         }
-        let p = Proc::spawn(
-            &args,
-            &[("CONVOY_ADMIN_TOKEN", ADMIN), ("CONVOY_ENROL_TOKEN", ENROL)],
-            self.path(&format!("server-{n}.log")),
-        );
+        // tests enrol many agents from one address at once
+        let mut env = vec![
+            ("CONVOY_ADMIN_TOKEN", ADMIN),
+            ("CONVOY_ENROL_TOKEN", ENROL),
+            ("CONVOY_ENROL_RATE_TOKEN", "0"),
+            ("CONVOY_ENROL_RATE_ADDRESS", "0"),
+        ];
+        env.retain(|(k, _)| !self.server_env.iter().any(|(o, _)| o == k));
+        env.extend(self.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let p = Proc::spawn(&args, &env, self.path(&format!("server-{n}.log")));
         self.server = Some(p);
         wait_until("the server to answer", Duration::from_secs(30), || match self.tls {
             None => http(self.port, "GET", "/api/v1/health", None, b"").ok().filter(|(s, _)| *s == 200).map(|_| ()),
@@ -165,13 +192,40 @@ impl Fleet {
             args.extend_from_slice(&["--ca-cert", ca]);
         }
         let mut env = env.to_vec();
-        env.push(("CONVOY_TOKEN", ENROL));
+        if !env.iter().any(|(k, _)| *k == "CONVOY_TOKEN") {
+            env.push(("CONVOY_TOKEN", ENROL));
+        }
         let n = self.agents.len();
         let p = Proc::spawn(&args, &env, self.path(&format!("agent-{name}-{n}.log")));
         self.agents.retain(|(n, _)| n != name);
         self.agents.push((name.to_owned(), p));
         wait_until(&format!("agent {name} to enrol"), Duration::from_secs(30), || {
             root.join(".convoy/agent.json").exists().then_some(())
+        });
+    }
+
+    /// The target id an agent enrolled as.
+    pub fn target_id(&self, name: &str) -> String {
+        let creds = std::fs::read_to_string(self.agent_root(name).join(".convoy/agent.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+        v["target_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The agent's own credential, as it keeps it.
+    pub fn agent_token(&self, name: &str) -> String {
+        let creds = std::fs::read_to_string(self.agent_root(name).join(".convoy/agent.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Grants an agent the relay role for `site` (as an operator would) and
+    /// waits until the server names it with its URL.
+    pub fn grant_relay(&self, name: &str, site: &str, url: &str) {
+        let id = self.target_id(name);
+        self.ok(&["relays", "grant", &id, "--site", site]);
+        wait_until("the relay to report its URL", Duration::from_secs(30), || {
+            let list = self.json(&["relays", "list"]);
+            list.as_array()?.iter().any(|r| r["target_id"] == id.as_str() && r["url"] == url).then_some(())
         });
     }
 
