@@ -10,6 +10,7 @@ mod delta;
 mod descriptor;
 mod diff;
 mod frames;
+mod links;
 mod manifest;
 mod path;
 mod store;
