@@ -3,11 +3,14 @@
 //! on the old release or the new one, never between.
 
 use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use convoy_pack::{Descriptor, DESCRIPTOR_FILE};
+use convoy_pack::{open_dir_nofollow, open_parent_nofollow, openat_nofollow, Descriptor, RelPath, DESCRIPTOR_FILE};
 use convoy_wire::{ReportKind, Work};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::hooks::{self, HookEnv};
 use crate::inventory::current_version;
@@ -98,19 +101,63 @@ pub fn now_ms() -> i64 {
 
 /// Copies the machine's own config files from the running release into the
 /// new one (P-config); the package's copies are used only on first install.
-fn carry_config(d: &Descriptor, from: &Path, to: &Path, log: &mut Log) -> std::io::Result<()> {
+/// No symlink is followed at any component, in either release: a file
+/// reached through one is neither read nor written, and the copy replaces
+/// the name in the new release by a rename, never writing through it.
+fn carry_config(d: &Descriptor, from: &Path, to: &Path, log: &mut Log) {
     for f in &d.config_files {
-        let src = from.join(f);
-        let dst = to.join(f);
-        if src.symlink_metadata().is_ok_and(|m| m.is_file())
-            && dst.parent().is_some_and(|p| p.is_dir())
-            && !dst.is_symlink()
-        {
-            std::fs::copy(&src, &dst)?;
-            log.add("config", &format!("kept the machine's {f}"));
+        match carry_one(from, to, f) {
+            Ok(true) => log.add("config", &format!("kept the machine's {f}")),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(file = %f, error = %e, "config file not carried over");
+                log.add("config", &format!("did not keep the machine's {f}: {e}"));
+            }
         }
     }
-    Ok(())
+}
+
+/// Copies one config file; `Ok(false)` if the running release has none.
+fn carry_one(from: &Path, to: &Path, f: &str) -> io::Result<bool> {
+    let rel = RelPath::parse(f).map_err(io::Error::other)?;
+    let in_release =
+        |which: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{e} (in the {which} release)"));
+
+    let src = open_parent_nofollow(open_dir_nofollow(from)?, &rel).and_then(|(dir, name)| {
+        openat_nofollow(dir, name, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())
+    });
+    let mut src = match src {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(in_release("running")(e)),
+    };
+    let meta = src.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!("{f} is not a regular file (in the running release)")));
+    }
+
+    let (dir, name) = open_parent_nofollow(open_dir_nofollow(to)?, &rel).map_err(in_release("new"))?;
+    // the rename below replaces a link rather than following it; still, a
+    // package that ships a link here keeps it
+    if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_symlink())
+    {
+        return Err(io::Error::other(format!("{name} is a symlink, which is not followed (in the new release)")));
+    }
+    let tmp = format!(".{name}.convoy-carry");
+    let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+    let mut out = std::fs::File::from(openat_nofollow(&dir, &tmp, flags, Mode::from_raw_mode(0o600))?);
+    let written = io::copy(&mut src, &mut out)
+        .and_then(|_| out.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777)))
+        .and_then(|_| out.sync_all())
+        .and_then(|_| rustix::fs::renameat(&dir, tmp.as_str(), &dir, name).map_err(io::Error::from));
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+        return Err(e);
+    }
+    rustix::fs::fsync(&dir)?;
+    Ok(true)
 }
 
 pub async fn activate(cfg: &AgentConfig, w: &Work) -> Outcome {
@@ -158,9 +205,7 @@ pub async fn activate(cfg: &AgentConfig, w: &Work) -> Outcome {
             hook("start", pdesc.hooks.start.as_ref(), pd, &env, pdesc.hooks.timeout_secs, &mut log).await;
             return (ReportKind::RolledBack, metrics, log.0);
         }
-        if let Err(e) = carry_config(&new_desc, pd, &new_dir, &mut log) {
-            log.add("config", &format!("could not carry config over: {e}"));
-        }
+        carry_config(&new_desc, pd, &new_dir, &mut log);
     }
     if let Err(e) = switch(root, &w.app, Some(&w.version)) {
         log.add("switch", &e.to_string());
@@ -274,4 +319,85 @@ pub async fn rollback(cfg: &AgentConfig, w: &Work) -> Outcome {
     }
     log.add("rollback", &format!("now on {}", target.unwrap_or("(nothing)")));
     (ReportKind::RolledBack, BTreeMap::new(), log.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A running release `old` and a new one `new`, both with `config/`,
+    /// and a directory `outside` that neither may touch.
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (old, new, outside) = (t.path().join("old"), t.path().join("new"), t.path().join("outside"));
+        for d in [&old, &new] {
+            fs::create_dir_all(d.join("config")).unwrap();
+        }
+        fs::create_dir(&outside).unwrap();
+        (t, old, new, outside)
+    }
+
+    fn carry(old: &Path, new: &Path) -> String {
+        let d = Descriptor::parse("config_files = ['config/app.env']").unwrap();
+        let mut log = Log(String::new());
+        carry_config(&d, old, new, &mut log);
+        log.0
+    }
+
+    #[test]
+    fn keeps_the_machines_config() {
+        let (_t, old, new, _) = setup();
+        fs::write(old.join("config/app.env"), "machine").unwrap();
+        fs::set_permissions(old.join("config/app.env"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(new.join("config/app.env"), "package").unwrap();
+        let log = carry(&old, &new);
+        assert!(log.contains("kept the machine's config/app.env"), "{log}");
+        assert_eq!(fs::read_to_string(new.join("config/app.env")).unwrap(), "machine");
+        assert_eq!(fs::metadata(new.join("config/app.env")).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(new.join("config")).unwrap().count(), 1, "no temporary file left");
+        // nothing to keep on a first install
+        fs::remove_file(old.join("config/app.env")).unwrap();
+        assert_eq!(carry(&old, &new), "");
+    }
+
+    #[test]
+    fn never_writes_through_a_symlink_in_the_new_release() {
+        let (_t, old, new, outside) = setup();
+        fs::write(old.join("config/app.env"), "machine").unwrap();
+        fs::remove_dir(new.join("config")).unwrap();
+        symlink(&outside, new.join("config")).unwrap();
+        let log = carry(&old, &new);
+        assert!(log.contains("config is a symlink"), "{log}");
+        assert!(!outside.join("app.env").exists());
+
+        // the file itself a link out of the release
+        fs::remove_file(new.join("config")).unwrap();
+        fs::create_dir(new.join("config")).unwrap();
+        symlink(outside.join("target"), new.join("config/app.env")).unwrap();
+        let log = carry(&old, &new);
+        assert!(log.contains("app.env is a symlink"), "{log}");
+        assert!(!outside.join("target").exists());
+        assert!(new.join("config/app.env").is_symlink());
+    }
+
+    #[test]
+    fn never_reads_through_a_symlink_in_the_running_release() {
+        let (_t, old, new, outside) = setup();
+        fs::write(outside.join("app.env"), "secret").unwrap();
+        fs::write(new.join("config/app.env"), "package").unwrap();
+        fs::remove_dir(old.join("config")).unwrap();
+        symlink(&outside, old.join("config")).unwrap();
+        let log = carry(&old, &new);
+        assert!(log.contains("config is a symlink"), "{log}");
+        assert_eq!(fs::read_to_string(new.join("config/app.env")).unwrap(), "package");
+
+        fs::remove_file(old.join("config")).unwrap();
+        fs::create_dir(old.join("config")).unwrap();
+        symlink(outside.join("app.env"), old.join("config/app.env")).unwrap();
+        let log = carry(&old, &new);
+        assert!(log.contains("app.env is a symlink"), "{log}");
+        assert_eq!(fs::read_to_string(new.join("config/app.env")).unwrap(), "package");
+    }
 }

@@ -10,7 +10,9 @@ mod delta;
 mod descriptor;
 mod diff;
 mod frames;
+mod links;
 mod manifest;
+mod nofollow;
 mod path;
 mod store;
 mod tree;
@@ -24,6 +26,7 @@ pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE
 pub use diff::{diff, TreeDiff};
 pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FRAME};
 pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
+pub use nofollow::{open_dir_nofollow, open_parent_nofollow, openat_nofollow};
 pub use path::{PathError, RelPath};
 pub use store::ChunkStore;
 pub use tree::{chunk_file, pack_tree, unpack, PackError};

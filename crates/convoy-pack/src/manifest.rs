@@ -81,6 +81,8 @@ impl Manifest {
     }
 
     /// Checks format, chunking, ordering, parents, links, sizes and modes.
+    /// Every symlink is resolved through the release's other links as the
+    /// kernel will, and refused if that ever leaves the release or loops.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |s: String| Err(ManifestError::Structure(s));
         if self.format != MANIFEST_FORMAT {
@@ -126,6 +128,7 @@ impl Manifest {
                 Entry::Symlink { target, .. } => p.check_link_target(target)?,
             }
         }
+        crate::links::check_links(&self.entries)?;
         Ok(())
     }
 

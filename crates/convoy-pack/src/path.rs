@@ -44,8 +44,9 @@ impl RelPath {
     pub fn parent(&self) -> Option<RelPath> {
         self.0.rsplit_once('/').map(|(p, _)| RelPath(p.to_owned()))
     }
-    /// Checks that a symlink at this path pointing at `target` stays inside
-    /// the release: relative, and never climbing above the release root.
+    /// Checks the text of a symlink target alone: relative, and never
+    /// climbing above the release root if no component were a link. Links
+    /// reached through other links are checked by [`crate::Manifest::validate`].
     pub fn check_link_target(&self, target: &str) -> Result<(), PathError> {
         let err = |why| Err(PathError { path: format!("{} -> {}", self.0, target), why });
         if target.is_empty() || target.starts_with('/') {
