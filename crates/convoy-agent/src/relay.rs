@@ -109,12 +109,12 @@ impl Relay {
 
     /// Accepts a caller with a read grant the server signed; returns it.
     /// Nothing else is accepted: a relay takes no credentials.
-    fn check(&self, headers: &HeaderMap) -> Result<Grant, Response> {
+    fn check(&self, headers: &HeaderMap) -> Result<Grant, Box<Response>> {
         let g = headers.get(GRANT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-            err(StatusCode::UNAUTHORIZED, "missing x-convoy-grant: a relay takes read grants, never tokens")
+            Box::new(err(StatusCode::UNAUTHORIZED, "missing x-convoy-grant: a relay takes read grants, never tokens"))
         })?;
         Grant::verify(g, &self.server_key, crate::activate::now_ms())
-            .map_err(|e| err(StatusCode::UNAUTHORIZED, &format!("read grant refused: {e}")))
+            .map_err(|e| Box::new(err(StatusCode::UNAUTHORIZED, &format!("read grant refused: {e}"))))
     }
 
     /// The site an operator granted this relay, asking the server again
@@ -220,7 +220,7 @@ impl Relay {
 /// soon as it is here.
 async fn fetch(State(r): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(resp) = r.check(&headers) {
-        return resp;
+        return *resp;
     }
     let Ok(req) = serde_json::from_slice::<ChunkIds>(&body) else {
         return err(StatusCode::BAD_REQUEST, "expected {\"ids\": [...]}");
@@ -269,7 +269,7 @@ struct Meta {
 /// GETs of immutable objects (manifests, deltas): fetched once, kept.
 async fn proxy(State(r): State<Shared>, req: Request) -> Response {
     if let Err(resp) = r.check(req.headers()) {
-        return resp;
+        return *resp;
     }
     // inside the nested API router the path comes without the API prefix
     let Some(path) = req.uri().path_and_query().map(|p| p.as_str().to_owned()) else {
@@ -381,7 +381,7 @@ async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Que
                 &format!("target {} is not an agent of the site this relay was granted", g.target),
             )
         }
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     r.site.polls.fetch_add(1, Ordering::Relaxed);
     let holding: std::collections::HashSet<&str> = q.holding.split(',').filter(|k| !k.is_empty()).collect();

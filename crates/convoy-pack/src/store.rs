@@ -27,6 +27,20 @@ impl ChunkStore {
         self.path(id).is_file()
     }
 
+    /// The chunk's uncompressed length: from its zstd frame header, else
+    /// by decompressing it (which also verifies it). `None` if absent.
+    pub fn raw_len(&self, id: &ChunkId) -> io::Result<Option<u64>> {
+        let bytes = match fs::read(self.path(id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(&bytes) {
+            return Ok(Some(n));
+        }
+        Ok(self.get(id)?.map(|c| c.data().len() as u64))
+    }
+
     /// Stores a verified chunk; `compressed` is its zstd encoding if the
     /// caller already has it.
     pub fn put(&self, chunk: &VerifiedChunk, compressed: Option<&[u8]>) -> io::Result<()> {

@@ -5,6 +5,9 @@ use convoy_pack::ChunkStore;
 use convoy_store::Store;
 use tokio::sync::{watch, Notify};
 
+/// A relay grant as kept in memory: the site, and the URL it names.
+type Granted = (String, Option<String>);
+
 /// Shared by every handler and the scheduler.
 #[derive(Clone)]
 pub struct AppState {
@@ -46,7 +49,7 @@ pub struct AppState {
     pub upgrades: Arc<std::sync::Mutex<HashMap<String, convoy_wire::Changes>>>,
     /// Relays by target: (site, URL), from operators' grants only (the URL
     /// the grant names, else the one the granted relay reports).
-    relays: Arc<std::sync::Mutex<HashMap<String, (String, Option<String>)>>>,
+    relays: Arc<std::sync::Mutex<HashMap<String, Granted>>>,
     /// URLs that granted relays report, for grants without one.
     relay_urls: Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// The server's online signing key (work items, read grants).

@@ -71,6 +71,24 @@ fn server_refuses_bad_requests_and_changes_nothing() {
     );
     assert_eq!(http(p, "PUT", "/api/v1/chunks/xyz", Some(ADMIN), &data).unwrap().0, 400);
 
+    // a stored chunk named with another length than it has
+    let hello = convoy_pack::VerifiedChunk::from_data(b"hello world".to_vec());
+    let (s, b) = http(p, "PUT", &format!("/api/v1/chunks/{}", hello.id()), Some(ADMIN), &data).unwrap();
+    assert!(s == 200 || s == 201 || s == 204, "{s} {b}");
+    for len in [5, 12] {
+        let entries = format!(
+            r#"{{"type":"file","path":"a","mode":420,"size":{len},"chunks":[{{"id":"{}","len":{len}}}]}}"#,
+            hello.id()
+        );
+        let (s, b) = post("/api/v1/releases", Some(ADMIN), manifest_with(&entries).as_bytes());
+        assert_eq!(s, 400, "accepted a chunk of 11 bytes as {len}: {b}");
+        assert!(b.contains("disagree with the stored chunks"), "{b}");
+    }
+    // chained links that climb out through the release's own links
+    let chained = r#"{"type":"dir","path":"a","mode":493},{"type":"symlink","path":"a/b","target":".."},{"type":"symlink","path":"x","target":"a/b/a/b/../../../etc/passwd"}"#;
+    let (s, b) = post("/api/v1/releases", Some(ADMIN), manifest_with(chained).as_bytes());
+    assert_eq!(s, 400, "accepted a chained escape: {b}");
+
     // oversized requests
     let big = vec![b' '; 3 << 20];
     assert_eq!(post("/api/v1/deployments", Some(ADMIN), &big).0, 413);

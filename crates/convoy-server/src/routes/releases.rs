@@ -41,10 +41,32 @@ pub async fn publish(
     let manifest: Manifest = serde_json::from_value(req.manifest)
         .map_err(|e| ApiError::bad_request(format!("manifest is not valid: {e}")))?;
     manifest.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let ids = manifest.chunk_ids();
+    // every chunk the manifest names is stored, with the length it says
+    let mut lens: std::collections::BTreeMap<convoy_pack::ChunkId, u32> = Default::default();
+    for e in &manifest.entries {
+        if let Entry::File { path, chunks, .. } = e {
+            for c in chunks {
+                if *lens.entry(c.id).or_insert(c.len) != c.len {
+                    return Err(ApiError::bad_request(format!(
+                        "{path}: chunk {} is given two different lengths",
+                        c.id
+                    )));
+                }
+            }
+        }
+    }
     let chunks = st.chunks.clone();
-    let absent: Vec<String> = tokio::task::spawn_blocking(move || {
-        ids.iter().filter(|id| !chunks.contains(id)).map(|id| id.to_hex()).collect()
+    let (absent, wrong) = tokio::task::spawn_blocking(move || {
+        let (mut absent, mut wrong) = (Vec::new(), Vec::new());
+        for (id, len) in lens {
+            match chunks.raw_len(&id) {
+                Ok(Some(n)) if n == u64::from(len) => {}
+                Ok(Some(n)) => wrong.push(format!("{id} is {n} bytes, not {len}")),
+                Ok(None) => absent.push(id.to_hex()),
+                Err(e) => wrong.push(format!("{id} is unreadable: {e}")),
+            }
+        }
+        (absent, wrong)
     })
     .await
     .map_err(ApiError::internal)?;
@@ -53,6 +75,12 @@ pub async fn publish(
             "{} chunks named by the manifest were not uploaded (first: {}); upload them first",
             absent.len(),
             absent[0]
+        )));
+    }
+    if let Some(w) = wrong.first() {
+        return Err(ApiError::bad_request(format!(
+            "the manifest's chunk lengths disagree with the stored chunks ({} of them; first: chunk {w})",
+            wrong.len()
         )));
     }
     let rec = ReleaseRecord {
