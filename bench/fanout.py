@@ -114,7 +114,8 @@ def main():
     try:
         listen = f"0.0.0.0:{PORT}" if netns else f"127.0.0.1:{PORT}"
         spawn("server", "cvo" if netns else None, "server", "--listen", listen, "--data-dir",
-              os.path.join(work, "server"), "--admin-token", ADMIN, "--enrol-token", ENROL)
+              os.path.join(work, "server"), "--admin-token", ADMIN, "--enrol-token", ENROL,
+              "--enrol-rate-token", "0", "--enrol-rate-address", "0")
         wait(lambda: subprocess.run((["ip", "netns", "exec", "cvo"] if netns else []) + [exe, "releases"],
                                     env=env, capture_output=True).returncode == 0, "the server")
         for k in range(1, sites + 1):
@@ -134,6 +135,10 @@ def main():
             return len(ts) == total and sum(1 for t in ts if t["inventory"].get("relay")) == sites
 
         wait(relays_known, "every agent to enrol")
+        # relays serve their site only once an operator grants it
+        for t in json.loads(cli("targets", "-o", "json")):
+            if t["inventory"].get("relay"):
+                cli("relays", "grant", t["id"], "--site", t["labels"]["site"])
 
         rng = random.Random(42)
         v1 = os.path.join(work, "v1")

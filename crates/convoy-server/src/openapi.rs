@@ -45,6 +45,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/agent/inventory"),
     ("get", "/agent/me"),
     ("post", "/agent/site-poll"),
+    ("post", "/agent/refused"),
+    ("patch", "/targets/{id}/labels"),
+    ("get", "/relays"),
+    ("put", "/relays/{id}"),
+    ("delete", "/relays/{id}"),
+    ("post", "/enrol-tokens"),
+    ("get", "/enrol-tokens"),
+    ("delete", "/enrol-tokens/{id}"),
+    ("post", "/users/{name}/token"),
 ];
 
 fn op(summary: &str, who: &str, body: Option<&str>, ok: Value) -> Value {
@@ -158,7 +167,18 @@ pub fn document() -> Value {
             "/agent/progress": {"post": op("Staging progress (kept in memory only)", agent, Some("ProgressReport"), json!({"description": "Noted"}))},
             "/agent/inventory": {"put": op("Replace this agent's inventory", agent, Some("Inventory"), json!({"description": "OK"}))},
             "/agent/site-poll": {"post": op("A relay's long poll for its site's agents: {epoch, wait, targets: [{id, gen}]} returns, once any target's work generation differs, {epoch, targets: [{id, gen, work}]}; only relays, only for targets of their site", agent, None, json!({"description": "OK"}))},
-            "/agent/me": {"get": op("The target an agent token belongs to ({target_id}); relays check the agents they serve with it", agent, None, json!({"description": "OK"}))}
+            "/agent/me": {"get": op("Who the agent is to the server: {target_id, labels, server_key, grant, grant_expires_at, relay_site}; the grant is what it shows relays and mirrors (header x-convoy-grant) instead of its token", agent, None, json!({"description": "OK"}))},
+            "/agent/refused": {"post": op("An agent refused work that did not verify against the server's key: {source, reason, instruction_id}; audited and shown in the target's status", agent, None, json!({"description": "OK"}))},
+            "/targets/{id}/labels": {"parameters": path_params(&["id"]), "patch": op("Set ({set: {k: v}}) and remove ({remove: [k]}) a target's labels; the only way labels change after enrolment; audited", "admin", None, json_ok("TargetInfo"))},
+            "/relays": {"get": op("Relays and the sites operators granted them", "viewer", None, json!({"description": "OK"}))},
+            "/relays/{id}": {"parameters": path_params(&["id"]),
+                "put": op("Make a target a site's relay ({site, url}); audited", "admin", None, json!({"description": "OK"})),
+                "delete": op("The target stops being a relay; audited", "admin", None, json!({"description": "OK"}))},
+            "/enrol-tokens": {
+                "post": op("Make an enrolment token ({labels, expires_in_secs, uses}); its secret is in the answer, once", "admin", None, json!({"description": "OK"})),
+                "get": op("Enrolment tokens: label scope, expiry, uses, revocation", "admin", None, json!({"description": "OK"}))},
+            "/enrol-tokens/{id}": {"parameters": path_params(&["id"]), "delete": op("Revoke an enrolment token; audited", "admin", None, json!({"description": "OK"}))},
+            "/users/{name}/token": {"parameters": path_params(&["name"]), "post": op("A new API token for a user (admin, or the user itself); the old one is revoked at once", "viewer", None, json!({"description": "OK"}))}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -186,9 +206,10 @@ pub fn document() -> Value {
                 "EventInfo": obj(&["at", "to", "actor"], json!({"at": int, "deployment_id": s("string"), "instruction_id": {"type": "string", "nullable": true}, "from": s("string"), "to": s("string"), "actor": s("string"), "note": s("string")})),
                 "DeploymentDetail": obj(&["deployment", "instructions", "events"], json!({"deployment": {"$ref": "#/components/schemas/DeploymentInfo"}, "instructions": {"type": "array", "items": {"$ref": "#/components/schemas/InstructionInfo"}}, "events": {"type": "array", "items": {"$ref": "#/components/schemas/EventInfo"}}})),
                 "EnrollRequest": obj(&["inventory"], json!({"inventory": {"$ref": "#/components/schemas/Inventory"}})),
-                "EnrollResponse": obj(&["target_id", "token"], json!({"target_id": s("string"), "token": s("string")})),
+                "EnrollResponse": obj(&["target_id", "token", "server_key"], json!({"target_id": s("string"), "token": s("string"), "server_key": s("string")})),
                 "Work": obj(&["instruction_id", "phase", "attempt"], json!({"instruction_id": s("string"), "deployment_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "app": s("string"), "version": s("string"), "digest": s("string"), "go_live_at": {"type": "integer", "nullable": true}, "previous_version": {"type": "string", "nullable": true}, "sources": {"type": "array", "items": s("string"), "description": "relays to fetch content from, in order, before the server"}})),
-                "WorkResponse": obj(&["work"], json!({"work": {"type": "array", "items": {"$ref": "#/components/schemas/Work"}}})),
+                "SignedWork": obj(&["payload", "sig"], json!({"payload": {"type": "string", "description": "JSON of {target, expires_at, work: Work}, exactly the bytes signed"}, "sig": {"type": "string", "description": "hex ed25519 signature by the server's key (EnrollResponse.server_key) over 'convoy work item v1\\n' + payload"}})),
+                "WorkResponse": obj(&["work"], json!({"work": {"type": "array", "items": {"$ref": "#/components/schemas/SignedWork"}}})),
                 "Report": obj(&["instruction_id", "phase", "attempt", "report"], json!({"instruction_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "report": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string", "enum": ["received", "staged", "succeeded", "rolled_back", "failed"]}, "digest": s("string"), "message": s("string")}}, "metrics": map, "output": s("string"), "inventory": {"$ref": "#/components/schemas/Inventory"}})),
                 "Progress": obj(&["done_bytes", "total_bytes"], json!({"done_bytes": int, "total_bytes": int})),
                 "ProgressReport": obj(&["instruction_id", "progress"], json!({"instruction_id": s("string"), "progress": {"$ref": "#/components/schemas/Progress"}})),

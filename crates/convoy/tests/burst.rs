@@ -49,7 +49,9 @@ fn a_burst_of_reports_is_batched_and_polls_go_on() {
         let (code, text) = http(f.port, "GET", "/api/v1/agent/work?wait=0", Some(t), b"").unwrap();
         assert_eq!(code, 200);
         let w: serde_json::Value = serde_json::from_str(&text).unwrap();
-        work.push(w["work"][0]["instruction_id"].as_str().unwrap().to_owned());
+        // each item is signed: the work is inside its payload
+        let signed: serde_json::Value = serde_json::from_str(w["work"][0]["payload"].as_str().unwrap()).unwrap();
+        work.push(signed["work"]["instruction_id"].as_str().unwrap().to_owned());
     }
 
     // the burst: every target says "received" many times over, from 16
