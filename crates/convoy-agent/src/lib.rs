@@ -107,16 +107,33 @@ pub struct Agent {
     server_key: String,
     /// The read grant shown to relays and mirrors instead of the credential.
     grant: client::GrantCell,
+    /// The server's clock minus this machine's (ms), learnt from the
+    /// server: expiries are checked in the server's time.
+    skew: Skew,
     /// `poll_via`'s client, and until when the relay is not asked after it failed.
     via: Option<(Client, std::sync::Mutex<Option<std::time::Instant>>)>,
     target_id: String,
     /// Work taken up and still under way (`journal::key`s); told to the
     /// server with each poll so it is not sent again.
     held: std::sync::Mutex<HashSet<String>>,
+    /// Relayed work the server said is no longer pending (`journal::key`s):
+    /// a relay replaying it is not asked about again.
+    withdrawn: std::sync::Mutex<HashSet<String>>,
     /// One lock per app: work on an app never overlaps (a rollback waits
     /// for an activation that has begun), work on different apps may.
     app_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// The server's clock minus this machine's, in ms.
+pub(crate) type Skew = Arc<std::sync::atomic::AtomicI64>;
+
+/// Now, by the server's clock as last learnt.
+pub(crate) fn server_now(skew: &Skew) -> i64 {
+    activate::now_ms() + skew.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Longest work answer taken from a relay.
+const MAX_WORK_BYTES: usize = 8 << 20;
 
 /// Activations planned further ahead than this wait in their own task, so
 /// the agent keeps staging and serving other work meanwhile.
@@ -161,22 +178,22 @@ impl Agent {
         let me: convoy_wire::AgentMe =
             retry("asking the server who this agent is", || client.get_json("/agent/me", Duration::from_secs(30)))
                 .await?;
-        let creds = match &creds.server_key {
-            Some(k) if *k != me.server_key => anyhow::bail!(
-                "the server at {} signs with another key than the one this agent enrolled with; refusing its work (to enrol again, remove {})",
-                cfg.server,
-                cred_path.display()
-            ),
-            Some(_) => creds,
-            // enrolled before work was signed: learn the key from the server itself
-            None => {
-                let creds = Credentials { server_key: Some(me.server_key.clone()), ..creds };
-                journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
-                creds
+        // the key is learnt from the server itself, over the agent's own
+        // authenticated connection; a changed key (rotated) replaces the old
+        let creds = if creds.server_key.as_deref() == Some(me.server_key.as_str()) {
+            creds
+        } else {
+            if let Some(old) = &creds.server_key {
+                tracing::warn!(old = %old, new = %me.server_key, "the server signs with a new key; using it from now on");
             }
+            let creds = Credentials { server_key: Some(me.server_key.clone()), ..creds };
+            journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
+            creds
         };
         let grant: client::GrantCell = Arc::new(std::sync::RwLock::new(me.grant.clone()));
-        tokio::spawn(renew_grant(client.clone(), grant.clone(), me.grant_expires_at));
+        let skew: Skew =
+            Arc::new(std::sync::atomic::AtomicI64::new(if me.now > 0 { me.now - activate::now_ms() } else { 0 }));
+        tokio::spawn(renew_grant(client.clone(), grant.clone(), skew.clone(), me.grant_expires_at));
         tracing::info!(target_id = %creds.target_id, root = %cfg.root.display(), "agent ready");
         println!("convoy: agent {} serving {} from {}", creds.target_id, cfg.root.display(), cfg.server);
         let via = match &cfg.poll_via {
@@ -188,9 +205,11 @@ impl Agent {
             client,
             server_key: me.server_key.clone(),
             grant,
+            skew,
             target_id: creds.target_id,
             cfg,
             held: Default::default(),
+            withdrawn: Default::default(),
             app_locks: Default::default(),
         };
         if let Some(rc) = &agent.cfg.relay {
@@ -203,6 +222,7 @@ impl Agent {
                 agent.client.clone(),
                 agent.grant.clone(),
                 agent.server_key.clone(),
+                agent.skew.clone(),
                 cache,
                 &agent.cfg.root,
             )?;
@@ -222,9 +242,11 @@ impl Agent {
         loop {
             let holding: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
             let path = format!("/agent/work?wait={}&holding={}", self.cfg.poll_wait, holding.join(","));
+            let asked = std::time::Instant::now();
             let (poll, source) = match &self.via {
                 Some((relay, down)) if down.lock().expect("via lock").is_none_or(|t| t.elapsed() > VIA_RETRY) => {
-                    match relay.get_json::<WorkResponse>(&path, Duration::from_secs(self.cfg.poll_wait + 15)).await {
+                    let wait = Duration::from_secs(self.cfg.poll_wait + 15);
+                    match relay.get_json_capped::<WorkResponse>(&path, wait, MAX_WORK_BYTES).await {
                         Err(e) => {
                             tracing::warn!(error = %client::short(&e), relay = %relay.server(), "polling the relay failed; polling the server meanwhile");
                             *down.lock().expect("via lock") = Some(std::time::Instant::now());
@@ -251,16 +273,22 @@ impl Agent {
                             _ => tokio::time::sleep(Duration::from_secs(5)).await,
                         }
                     }
+                    let mut took = 0;
                     for w in work {
                         let key = journal::key(&w);
+                        if source.is_some() && self.withdrawn.lock().expect("withdrawn lock").contains(&key) {
+                            continue;
+                        }
                         if !self.held.lock().expect("held lock").insert(key.clone()) {
                             continue;
                         }
+                        took += 1;
                         let deferred = w.phase == Phase::Activate
                             && w.go_live_at.is_some_and(|at| at - activate::now_ms() > DEFER_MS);
                         let me = self.clone();
+                        let relayed = source.is_some();
                         let task = async move {
-                            me.handle(w).await;
+                            me.handle(w, relayed).await;
                             me.held.lock().expect("held lock").remove(&key);
                         };
                         if deferred {
@@ -268,6 +296,11 @@ impl Agent {
                         } else {
                             task.await;
                         }
+                    }
+                    // a relay answering a long poll at once with nothing new
+                    // (or with replays) is not let to spin the agent
+                    if source.is_some() && took == 0 && asked.elapsed() < Duration::from_millis(500) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
                 Err(e) if e.downcast_ref::<client::ServerError>().is_some_and(|s| s.status == 401) => {
@@ -288,37 +321,42 @@ impl Agent {
     }
 
     /// The work that verifies against the server's key, for this target,
-    /// unexpired; anything else is refused, logged and told to the server.
-    /// Returns whether something was refused.
+    /// unexpired (in the server's time); anything else is refused, logged
+    /// and told to the server, once per poll. Returns whether something was
+    /// refused.
     async fn verified(&self, resp: WorkResponse, source: Option<&str>) -> (Vec<Work>, bool) {
         let mut out = Vec::new();
-        let mut refused = false;
+        let mut refused: Vec<(Option<String>, String)> = Vec::new();
         for sw in resp.work {
-            match sw.open(&self.server_key, &self.target_id, activate::now_ms()) {
+            match sw.open(&self.server_key, &self.target_id, server_now(&self.skew)) {
                 Ok(w) => out.push(w),
                 Err(e) => {
-                    refused = true;
-                    let from = source.unwrap_or(self.client.server()).to_owned();
-                    let instruction_id =
-                        sw.unverified().map(|s| s.work.instruction_id).filter(|i| i.len() <= 64 && !i.is_empty());
-                    tracing::error!(source = %from, instruction = ?instruction_id, "refusing work that does not verify: {e}");
-                    let r = convoy_wire::Refusal { source: from, reason: e.to_string(), instruction_id };
-                    if let Err(e) =
-                        self.client.send_json::<_, serde_json::Value>(reqwest::Method::POST, "/agent/refused", &r).await
-                    {
-                        tracing::warn!(error = %client::short(&e), "could not tell the server of the refused work");
-                    }
+                    let id = sw.unverified().map(|s| s.work.instruction_id).filter(|i| i.len() <= 64 && !i.is_empty());
+                    refused.push((id, e.to_string()));
                 }
             }
         }
-        (out, refused)
+        let Some((first_id, first_why)) = refused.first().cloned() else { return (out, false) };
+        let from = source.unwrap_or(self.client.server()).to_owned();
+        tracing::error!(source = %from, count = refused.len(), instruction = ?first_id, "refusing work that does not verify: {first_why}");
+        let reason =
+            if refused.len() == 1 { first_why } else { format!("{} items; first: {first_why}", refused.len()) };
+        let r = convoy_wire::Refusal { source: from, reason, instruction_id: first_id };
+        if let Err(e) = self.client.send_json::<_, serde_json::Value>(reqwest::Method::POST, "/agent/refused", &r).await
+        {
+            tracing::warn!(error = %client::short(&e), "could not tell the server of the refused work");
+        }
+        (out, true)
     }
 
     fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.app_locks.lock().expect("app locks").entry(app.to_owned()).or_default().clone()
     }
 
-    async fn handle(&self, w: Work) {
+    /// Does one piece of work. `relayed`: it came through a `--poll-via`
+    /// relay, which may hold back or replay (signed) work: an activation or
+    /// rollback from there is confirmed with the server first.
+    async fn handle(&self, w: Work, relayed: bool) {
         // A planned activation waits for its time without holding the app,
         // so a rollback or other work on it is not held up meanwhile.
         if w.phase == Phase::Activate {
@@ -348,13 +386,23 @@ impl Agent {
                 stage::stage(&self.cfg, &self.client, &self.grant, &w).await
             }
             Phase::Activate => {
-                if !self.still_current_at_go_live(&w).await {
-                    tracing::info!(instruction = %w.instruction_id, "work was withdrawn before go-live; not switching");
+                if !self.still_current_at_go_live(&w, relayed).await {
+                    if relayed {
+                        self.note_withdrawn(&key);
+                    }
+                    tracing::info!(instruction = %w.instruction_id, "work was withdrawn before go-live (or the server could not confirm relayed work); not switching");
                     return;
                 }
                 activate::activate(&self.cfg, &w).await
             }
-            Phase::Rollback => activate::rollback(&self.cfg, &w).await,
+            Phase::Rollback => {
+                if relayed && !self.server_confirms(&w).await {
+                    self.note_withdrawn(&key);
+                    tracing::info!(instruction = %w.instruction_id, "the server does not confirm this relayed rollback; not acting on it");
+                    return;
+                }
+                activate::rollback(&self.cfg, &w).await
+            }
             Phase::Preflight => preflight::run(&self.cfg, &w).await,
         };
         tracing::info!(target_id = %self.target_id, instruction = %w.instruction_id, phase = w.phase.as_str(), ms = started.elapsed().as_millis() as u64, "work done: {kind:?}");
@@ -382,20 +430,46 @@ impl Agent {
     }
 
     /// Asks the server, shortly before go-live, whether the activation still
-    /// stands (an operator may have rolled back meanwhile).
-    async fn still_current_at_go_live(&self, w: &Work) -> bool {
-        if w.go_live_at.is_none_or(|at| at - activate::now_ms() <= 0) {
+    /// stands (an operator may have rolled back meanwhile). Work that came
+    /// through a relay is always asked about, and does not go ahead while
+    /// the server cannot say.
+    async fn still_current_at_go_live(&self, w: &Work, relayed: bool) -> bool {
+        if !relayed && w.go_live_at.is_none_or(|at| at - activate::now_ms() <= 0) {
             return true;
         }
-        match self.client.get_json::<WorkResponse>("/agent/work?wait=0", Duration::from_secs(10)).await {
-            Ok(r) => r
-                .work
+        match self.pending_at_server().await {
+            Some(work) => work
                 .iter()
-                .filter_map(|sw| sw.open(&self.server_key, &self.target_id, activate::now_ms()).ok())
                 .any(|x| x.instruction_id == w.instruction_id && x.phase == w.phase && x.attempt == w.attempt),
-            // Unreachable server: the plan stands; go live as planned.
-            Err(_) => true,
+            // Unreachable server: the plan stands for work it sent itself
+            None => !relayed,
         }
+    }
+
+    fn note_withdrawn(&self, key: &str) {
+        let mut set = self.withdrawn.lock().expect("withdrawn lock");
+        if set.len() >= 10_000 {
+            set.clear();
+        }
+        set.insert(key.to_owned());
+    }
+
+    /// Whether the server itself still has this work pending for us.
+    async fn server_confirms(&self, w: &Work) -> bool {
+        self.pending_at_server().await.is_some_and(|work| {
+            work.iter().any(|x| x.instruction_id == w.instruction_id && x.phase == w.phase && x.attempt == w.attempt)
+        })
+    }
+
+    /// This target's pending work, asked of the server directly.
+    async fn pending_at_server(&self) -> Option<Vec<Work>> {
+        let r = self.client.get_json::<WorkResponse>("/agent/work?wait=0", Duration::from_secs(10)).await.ok()?;
+        Some(
+            r.work
+                .iter()
+                .filter_map(|sw| sw.open(&self.server_key, &self.target_id, server_now(&self.skew)).ok())
+                .collect(),
+        )
     }
 
     /// Sends a report until the server has it (or refuses it for good).
@@ -428,15 +502,18 @@ impl Agent {
 }
 
 /// Renews the read grant from the server well before it expires.
-async fn renew_grant(client: Client, grant: client::GrantCell, mut expires_at: i64) {
+async fn renew_grant(client: Client, grant: client::GrantCell, skew: Skew, mut expires_at: i64) {
     loop {
         // at two thirds of its life, at least a minute apart
-        let left = expires_at - activate::now_ms();
+        let left = expires_at - server_now(&skew);
         tokio::time::sleep(Duration::from_millis((left * 2 / 3).max(60_000) as u64)).await;
         match client.get_json::<convoy_wire::AgentMe>("/agent/me", Duration::from_secs(30)).await {
             Ok(me) => {
                 *grant.write().expect("grant lock") = me.grant;
                 expires_at = me.grant_expires_at;
+                if me.now > 0 {
+                    skew.store(me.now - activate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %client::short(&e), "renewing the read grant failed; retrying");

@@ -59,6 +59,10 @@ pub struct Relay {
     grant: convoy_client::GrantCell,
     /// The server's public key, to check callers' grants with.
     server_key: String,
+    /// The server's clock minus this machine's.
+    skew: crate::Skew,
+    /// Work kept for the `relay-replay` test hook.
+    kept: std::sync::Mutex<HashMap<String, Vec<convoy_wire::sign::SignedWork>>>,
     /// When the relay last asked the server for its grant (a grant to
     /// relay may have come since).
     asked: std::sync::Mutex<Option<Instant>>,
@@ -82,6 +86,7 @@ impl Relay {
         origin: Client,
         grant: convoy_client::GrantCell,
         server_key: String,
+        skew: crate::Skew,
         cache: ChunkStore,
         root: &std::path::Path,
     ) -> anyhow::Result<Self> {
@@ -101,6 +106,8 @@ impl Relay {
             proxied: Default::default(),
             grant,
             server_key,
+            skew,
+            kept: Default::default(),
             asked: Default::default(),
             served: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
@@ -113,8 +120,23 @@ impl Relay {
         let g = headers.get(GRANT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             Box::new(err(StatusCode::UNAUTHORIZED, "missing x-convoy-grant: a relay takes read grants, never tokens"))
         })?;
-        Grant::verify(g, &self.server_key, crate::activate::now_ms())
+        Grant::verify(g, &self.server_key, crate::server_now(&self.skew))
             .map_err(|e| Box::new(err(StatusCode::UNAUTHORIZED, &format!("read grant refused: {e}"))))
+    }
+
+    /// Test hook (`CONVOY_AGENT_FAULT=relay-replay`): a hostile relay that
+    /// keeps every signed work item it ever passed to an agent and serves
+    /// them all again, withdrawn ones included.
+    fn replay(&self, target: &str, work: Vec<convoy_wire::sign::SignedWork>) -> Vec<convoy_wire::sign::SignedWork> {
+        let mut kept = self.kept.lock().expect("kept lock");
+        let all = kept.entry(target.to_owned()).or_default();
+        for w in work {
+            if !all.contains(&w) && all.iter().all(|k| k.unverified().map(|s| s.work) != w.unverified().map(|s| s.work))
+            {
+                all.push(w);
+            }
+        }
+        all.clone()
     }
 
     /// The site an operator granted this relay, asking the server again
@@ -271,9 +293,13 @@ async fn proxy(State(r): State<Shared>, req: Request) -> Response {
     if let Err(resp) = r.check(req.headers()) {
         return *resp;
     }
-    // inside the nested API router the path comes without the API prefix
-    let Some(path) = req.uri().path_and_query().map(|p| p.as_str().to_owned()) else {
-        return err(StatusCode::BAD_REQUEST, "no path");
+    // inside the nested API router the path comes without the API prefix;
+    // only plain names and a `from` version go upstream (and into the cache key)
+    let Some(path) = clean_path(req.uri()) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "malformed path: names of letters, digits, . _ + - and ?from=VERSION only",
+        );
     };
     let rel = path.as_str();
     let key = blake3::hash(path.as_bytes()).to_hex().to_string();
@@ -314,6 +340,26 @@ async fn proxy(State(r): State<Shared>, req: Request) -> Response {
     respond(&r, meta, body)
 }
 
+/// The request's path and query if every segment is a plain name and the
+/// only query is `from=VERSION`.
+fn clean_path(uri: &axum::http::Uri) -> Option<String> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s != "."
+            && s != ".."
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+    };
+    let path = uri.path();
+    if !path.starts_with('/') || !path[1..].split('/').all(plain) {
+        return None;
+    }
+    match uri.query() {
+        None => Some(path.to_owned()),
+        Some(q) => q.strip_prefix("from=").filter(|v| plain(v)).map(|_| format!("{path}?{q}")),
+    }
+}
+
 /// Test hook (`CONVOY_AGENT_FAULT=relay-corrupt`): a relay with bad disks
 /// or bad intent, flipping a byte of everything it serves.
 fn corrupt(b: &mut [u8]) {
@@ -349,6 +395,8 @@ struct SiteControl {
     /// relay's grant revoked): agents are sent to the server meanwhile,
     /// never answered from what the relay last knew.
     failing: std::sync::atomic::AtomicBool,
+    /// Agents the server said are not of this relay's site, and since when.
+    refused: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 struct SiteEntry {
@@ -383,6 +431,9 @@ async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Que
         }
         Err(resp) => return *resp,
     };
+    if r.site.refused.lock().expect("refused lock").get(&target).is_some_and(|t| t.elapsed() < SITE_FORGET) {
+        return err(StatusCode::FORBIDDEN, &format!("the server says target {target} is not of this relay's site"));
+    }
     r.site.polls.fetch_add(1, Ordering::Relaxed);
     let holding: std::collections::HashSet<&str> = q.holding.split(',').filter(|k| !k.is_empty()).collect();
     let mut rx = {
@@ -426,6 +477,7 @@ async fn work(State(r): State<Shared>, headers: HeaderMap, q: axum::extract::Que
                 })
                 .unwrap_or_default()
         };
+        let work = if crate::fault("relay-replay") { r.replay(&target, work) } else { work };
         if !work.is_empty() {
             let work = if crate::fault("relay-forge-work") { forge(work) } else { work };
             return Json(convoy_wire::WorkResponse { work }).into_response();
@@ -463,6 +515,17 @@ async fn site_loop(r: Shared) {
                     r.site.failing.store(false, Ordering::Relaxed);
                     *r.site.epoch.lock().expect("epoch lock") = Some(resp.epoch);
                     let mut map = r.site.entries.lock().expect("site lock");
+                    if !resp.refused.is_empty() {
+                        let mut refused = r.site.refused.lock().expect("refused lock");
+                        refused.retain(|_, t| t.elapsed() < SITE_FORGET);
+                        for id in resp.refused {
+                            tracing::info!(target_id = %id, "relay: the server says this agent is not of this site; not serving it");
+                            if let Some(e) = map.remove(&id) {
+                                e.tx.send_modify(|g| *g += 1);
+                            }
+                            refused.insert(id, Instant::now());
+                        }
+                    }
                     for t in resp.targets {
                         if let Some(e) = map.get_mut(&t.id) {
                             e.gen = t.gen;
@@ -548,4 +611,23 @@ pub async fn start(cfg: &RelayConfig, relay: Shared) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_paths_and_from_go_upstream() {
+        let ok = |u: &str| super::clean_path(&u.parse().unwrap());
+        assert_eq!(ok("/releases/web/1.0/delta?from=0.9").as_deref(), Some("/releases/web/1.0/delta?from=0.9"));
+        assert_eq!(ok("/releases/web/1.0/manifest").as_deref(), Some("/releases/web/1.0/manifest"));
+        for bad in [
+            "/releases/../agent/me",
+            "/releases/web/1.0/delta?from=0.9&x=1",
+            "/releases/web/1.0/delta?x=1",
+            "/releases/w%2e/1/manifest",
+            "/releases//1/manifest",
+        ] {
+            assert_eq!(ok(bad), None, "{bad}");
+        }
+    }
 }

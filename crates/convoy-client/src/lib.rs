@@ -121,6 +121,34 @@ impl Client {
         Self::check(resp).await?.json().await.with_context(|| format!("decoding answer of GET {path}"))
     }
 
+    /// [`Client::get_json`] refusing answers longer than `max` bytes (from
+    /// a relay or mirror that may be hostile).
+    pub async fn get_json_capped<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+        max: usize,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .timeout(timeout)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let mut resp = Self::check(resp).await?;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            anyhow::bail!("answer of GET {path} is longer than {max} bytes");
+        }
+        let mut body = Vec::new();
+        while let Some(piece) = resp.chunk().await.with_context(|| format!("reading answer of GET {path}"))? {
+            if body.len() + piece.len() > max {
+                anyhow::bail!("answer of GET {path} is longer than {max} bytes");
+            }
+            body.extend_from_slice(&piece);
+        }
+        serde_json::from_slice(&body).with_context(|| format!("decoding answer of GET {path}"))
+    }
+
     pub async fn send_json<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,

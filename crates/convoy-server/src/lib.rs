@@ -60,6 +60,10 @@ pub struct ServerConfig {
     /// address (0: unlimited).
     pub enrol_rate_token: u32,
     pub enrol_rate_address: u32,
+    /// File holding the secret that seals the server's signing key in the
+    /// database [default: DATA_DIR/key-secret]; the same on every server
+    /// sharing a database.
+    pub key_secret_file: Option<PathBuf>,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -152,8 +156,13 @@ pub async fn serve(
     }
     let flusher = state.clone();
     tokio::spawn(async move {
-        loop {
+        for tick in 1u64.. {
             tokio::time::sleep(SEEN_FLUSH).await;
+            if tick % 15 == 0 {
+                if let Err(e) = flusher.refresh_sites().await {
+                    tracing::warn!(error = %e, "re-reading target sites failed");
+                }
+            }
             if let Err(e) = flusher.flush_seen().await {
                 tracing::warn!(error = %e, "recording last-seen times failed");
             }
@@ -263,22 +272,6 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
     };
     if let Some((t, print)) = secret {
         let by = if print { "first-start" } else { "config" };
-        // the configuration's earlier tokens are replaced
-        for old in store.list_enrol_tokens().await? {
-            if old.revoked_at.is_none() && matches!(old.created_by.as_str(), "config" | "first-start" | "bootstrap") {
-                let ev = EventRecord::audit(
-                    "server",
-                    "enrol_token_revoked",
-                    format!("{}: replaced by a new enrolment token in the configuration", old.id),
-                    now,
-                );
-                store.revoke_enrol_token(&old.id, &ev).await?;
-                println!(
-                    "convoy: enrolment token {} replaced by the configured one; it no longer enrols agents",
-                    old.id
-                );
-            }
-        }
         let rec = EnrolTokenRecord {
             id: new_id("e"),
             labels_json: None,
@@ -296,6 +289,26 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
             now,
         );
         store.create_enrol_token(&rec, &TokenRecord::new(&t, TokenKind::Enrol, &rec.id, now), &ev).await?;
+        // servers starting together: whichever record holds the secret stands
+        let current = store.find_token(&hash_token(&t)).await?.map(|r| r.subject).unwrap_or(rec.id.clone());
+        // the configuration's earlier tokens are replaced
+        for old in store.list_enrol_tokens().await? {
+            let bootstrap = matches!(old.created_by.as_str(), "config" | "first-start" | "bootstrap");
+            if old.revoked_at.is_none() && bootstrap && old.id != current {
+                let ev = EventRecord::audit(
+                    "server",
+                    "enrol_token_revoked",
+                    format!("{}: replaced by a new enrolment token in the configuration", old.id),
+                    now,
+                );
+                if store.revoke_enrol_token(&old.id, &ev).await? && old.id != rec.id {
+                    println!(
+                        "convoy: enrolment token {} replaced by the configured one; it no longer enrols agents",
+                        old.id
+                    );
+                }
+            }
+        }
         if print {
             println!("convoy: agent enrolment token (shown once, stored hashed): {t}");
         }
@@ -304,12 +317,61 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
 }
 
 /// The server's work-signing key: made on first start and kept in the
-/// database, so every server sharing it signs with the same key.
-pub async fn server_key(store: &dyn Store) -> anyhow::Result<convoy_wire::sign::ServerKey> {
-    let (public, secret) = store.server_key("work", convoy_wire::sign::ServerKey::generate(), state::now_ms()).await?;
-    let key = convoy_wire::sign::ServerKey::from_secret(&secret).context("the stored server key is corrupt")?;
+/// database encrypted under the key secret (a file outside the database),
+/// so every server sharing the database and the key secret signs with the
+/// same key, and a copy of the database alone signs nothing.
+pub async fn server_key(store: &dyn Store, kek: &[u8; 32]) -> anyhow::Result<convoy_wire::sign::ServerKey> {
+    use convoy_wire::sign::{open_secret, seal_secret, ServerKey};
+    let (public, secret) = ServerKey::generate();
+    let (public, sealed) = store.server_key("work", (public, seal_secret(kek, &secret)), state::now_ms()).await?;
+    let secret = open_secret(kek, &sealed).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the server's signing key in the database was sealed with another key secret: give every server on this database the same key secret file (key_secret_file)"
+        )
+    })?;
+    let key = ServerKey::from_secret(&secret).context("the stored server key is corrupt")?;
     anyhow::ensure!(key.public_hex() == public, "the stored server key does not match its public half");
     Ok(key)
+}
+
+/// The key secret: 32 bytes (hex) in a file only the server reads, made on
+/// first start if missing.
+pub fn key_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "key secret file {} is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                anyhow::anyhow!("key secret file {} must hold 64 hex digits (32 bytes)", path.display())
+            })?;
+            Ok(bytes.try_into().expect("32 bytes"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating key secret file {}", path.display()))?;
+            f.write_all(hex::encode(secret).as_bytes())?;
+            f.sync_all()?;
+            println!(
+                "convoy: made the key secret {} (back it up; servers sharing a database need the same one)",
+                path.display()
+            );
+            Ok(secret)
+        }
+        Err(e) => Err(anyhow::anyhow!("reading key secret file {}: {e}", path.display())),
+    }
 }
 
 /// The address a request came from (for enrolment rate limits and audit).
@@ -354,7 +416,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(url) = &config.nats {
         nats::check(url, &config.nats_subject)?;
     }
-    let key = server_key(store.as_ref()).await?;
+    let kek_path = config.key_secret_file.clone().unwrap_or_else(|| config.data_dir.join("key-secret"));
+    let key = server_key(store.as_ref(), &key_secret(&kek_path)?).await?;
     let mut state = AppState::new(store, chunks, deltas, key);
     state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
     state.mirrors = Arc::new(config.mirrors.clone());

@@ -56,6 +56,8 @@ pub struct AppState {
     pub key: Arc<convoy_wire::sign::ServerKey>,
     /// Enrolments lately, per enrolment token and per source address.
     pub enrol_limits: Arc<crate::limit::Limits>,
+    /// When each target last had a refusal of work recorded.
+    refusals: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
     /// Staging progress by instruction: (target, progress). Memory only.
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
 }
@@ -83,6 +85,7 @@ impl AppState {
             relay_urls: Default::default(),
             key: Arc::new(key),
             enrol_limits: Default::default(),
+            refusals: Default::default(),
             mirrors: Default::default(),
             nats: None,
             preflight_specs: Default::default(),
@@ -161,12 +164,37 @@ impl AppState {
         Ok(())
     }
 
-    /// Re-reads the grants (another server sharing the database may have
-    /// changed them).
+    /// Re-reads the grants and the URLs granted relays report (another
+    /// server sharing the database may have changed them).
     pub async fn refresh_relays(&self) -> Result<(), convoy_store::StoreError> {
         let grants = self.store.list_relays().await?;
-        let urls = self.relay_urls.lock().expect("relay urls lock").clone();
+        let mut urls = HashMap::new();
+        for g in grants.iter().filter(|g| g.url.is_none()) {
+            if let Some(t) = self.store.get_target(&g.target_id).await? {
+                if let Some(u) =
+                    serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json).ok().and_then(|i| i.relay)
+                {
+                    urls.insert(g.target_id.clone(), u);
+                }
+            }
+        }
         self.reload_grants(grants, urls);
+        Ok(())
+    }
+
+    /// Re-reads every target's site (an operator may have relabelled one
+    /// through another server on the database).
+    pub async fn refresh_sites(&self) -> Result<(), convoy_store::StoreError> {
+        let mut sites = HashMap::new();
+        for t in self.store.list_targets().await? {
+            if let Some(site) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json)
+                .ok()
+                .and_then(|l| l.0.get(crate::routes::agent::SITE_LABEL).cloned())
+            {
+                sites.insert(t.id, site);
+            }
+        }
+        *self.sites.lock().expect("sites lock") = sites;
         Ok(())
     }
 
@@ -174,6 +202,20 @@ impl AppState {
         *self.relays.lock().expect("relays lock") =
             grants.into_iter().map(|g| (g.target_id, (g.site, g.url))).collect();
         *self.relay_urls.lock().expect("relay urls lock") = urls;
+    }
+
+    /// Whether a refusal of work by `target` is to be recorded now (at most
+    /// one every 10 s per target).
+    pub fn note_refusal(&self, target: &str) -> bool {
+        let mut map = self.refusals.lock().expect("refusals lock");
+        if map.get(target).is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
+            return false;
+        }
+        if map.len() > 100_000 {
+            map.retain(|_, t| t.elapsed() < std::time::Duration::from_secs(10));
+        }
+        map.insert(target.to_owned(), std::time::Instant::now());
+        true
     }
 
     /// Whether an operator granted this target the relay role.

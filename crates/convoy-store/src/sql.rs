@@ -246,7 +246,9 @@ macro_rules! impl_sql_store {
                     ::sqlx::query("INSERT INTO enrol_tokens (id, labels, expires_at, max_uses, uses, created_by, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                         .bind(&e.id).bind(&e.labels_json).bind(e.expires_at).bind(e.max_uses).bind(e.uses).bind(&e.created_by).bind(e.created_at).bind(e.revoked_at)
                         .execute(&mut *tx).await.map_err(db)?;
-                    ::sqlx::query(INSERT_TOKEN)
+                    // the same secret stored by another server meanwhile stands
+                    let q = format!("{INSERT_TOKEN} ON CONFLICT (hash) DO NOTHING");
+                    ::sqlx::query(&q)
                         .bind(&t.hash).bind(t.kind.as_str()).bind(&t.subject).bind(t.created_at).bind(t.revoked_at).bind(&t.revoked_note)
                         .execute(&mut *tx).await.map_err(db)?;
                     write_event(&mut *tx, event).await?;

@@ -72,6 +72,10 @@ pub struct AgentMe {
     pub grant_expires_at: i64,
     /// The site it relays for, when an operator granted it that.
     pub relay_site: Option<String>,
+    /// The server's clock (unix ms) when it answered: agents check the
+    /// expiry of work and grants against the server's time, not their own.
+    #[serde(default)]
+    pub now: i64,
 }
 
 /// An agent telling its server it refused work (bad signature, another
@@ -220,6 +224,10 @@ pub struct SitePollResponse {
     pub epoch: String,
     /// Targets whose work changed: their whole pending work now.
     pub targets: Vec<SiteWork>,
+    /// Targets the relay asked for that are not (or no longer) of its
+    /// granted site: it stops serving them; the others are unaffected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

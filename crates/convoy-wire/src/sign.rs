@@ -5,8 +5,9 @@
 //! verifies against it, so a relay or mirror in the middle can delay work
 //! but neither invent nor alter it. A read grant is what an agent shows a
 //! relay or mirror instead of its credential: it lets its holder read
-//! content and its own work there for a short while, and the server itself
-//! never accepts it, so a relay learns nothing it could use at the server.
+//! content and its own work there for a short while; a server accepts it
+//! for content reads only (as a mirror), so a relay learns nothing it could
+//! use at the server beyond reading what it already relays.
 
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,37 @@ impl ServerKey {
     }
 }
 
+/// Encrypts a secret (a key's PKCS#8) under `kek` (32 bytes) for storage:
+/// `v1:` + hex of nonce and ChaCha20-Poly1305 ciphertext.
+pub fn seal_secret(kek: &[u8; 32], secret_hex: &str) -> String {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    use ring::rand::SecureRandom;
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, kek).expect("32-byte key"));
+    let mut nonce = [0u8; 12];
+    ring::rand::SystemRandom::new().fill(&mut nonce).expect("the system's random source works");
+    let mut buf = secret_hex.as_bytes().to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(SEAL_AAD), &mut buf)
+        .expect("sealing cannot fail");
+    format!("v1:{}{}", hex::encode(nonce), hex::encode(buf))
+}
+
+/// Opens what [`seal_secret`] made; `None` if `kek` is not the key it was
+/// sealed with (or the text was altered).
+pub fn open_secret(kek: &[u8; 32], sealed: &str) -> Option<String> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    let bytes = hex::decode(sealed.strip_prefix("v1:")?).ok()?;
+    if bytes.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, rest) = bytes.split_at(12);
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, kek).ok()?);
+    let mut buf = rest.to_vec();
+    let plain = key.open_in_place(Nonce::try_assume_unique_for_key(nonce).ok()?, Aad::from(SEAL_AAD), &mut buf).ok()?;
+    String::from_utf8(plain.to_vec()).ok()
+}
+
+const SEAL_AAD: &[u8] = b"convoy server key v1";
+
 fn verify(public_hex: &str, context: &[u8], msg: &[u8], sig_hex: &str) -> Result<(), SignError> {
     let public = hex::decode(public_hex).map_err(|_| SignError::Key)?;
     let sig = hex::decode(sig_hex).map_err(|_| SignError::Malformed("signature is not hex".into()))?;
@@ -97,8 +129,8 @@ fn verify(public_hex: &str, context: &[u8], msg: &[u8], sig_hex: &str) -> Result
 
 /// A work item as the server signed it: `payload` is the JSON of a
 /// [`WorkStatement`], `sig` the signature over exactly those bytes.
+// no deny_unknown_fields: later versions may add fields (a key id, say)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SignedWork {
     pub payload: String,
     pub sig: String,
@@ -106,7 +138,6 @@ pub struct SignedWork {
 
 /// What the server signs: which target the work is for, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WorkStatement {
     pub target: String,
     pub expires_at: i64,
@@ -203,6 +234,21 @@ mod tests {
         let (payload, sig) = g.split_once('.').unwrap();
         let forged = SignedWork { payload: payload.into(), sig: sig.into() };
         assert_eq!(forged.open(&public, "t-1", 50), Err(SignError::BadSignature));
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key() {
+        let (kek, other) = ([7u8; 32], [8u8; 32]);
+        let sealed = seal_secret(&kek, "abcdef");
+        assert!(!sealed.contains("abcdef"));
+        assert_eq!(open_secret(&kek, &sealed).as_deref(), Some("abcdef"));
+        assert_eq!(open_secret(&other, &sealed), None);
+        let mut altered = sealed.clone().into_bytes();
+        let last = altered.len() - 1;
+        altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(open_secret(&kek, std::str::from_utf8(&altered).unwrap()), None);
+        assert_eq!(open_secret(&kek, "abcdef"), None, "plain text is not taken");
+        assert_ne!(seal_secret(&kek, "abcdef"), sealed, "a fresh nonce each time");
     }
 
     #[test]

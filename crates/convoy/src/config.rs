@@ -35,6 +35,8 @@ pub struct ServerFile {
     /// Enrolments per minute per enrolment token / per source address (0: no limit).
     pub enrol_rate_token: Option<u32>,
     pub enrol_rate_address: Option<u32>,
+    /// Secret sealing the server's signing key (same on servers sharing a database).
+    pub key_secret_file: Option<PathBuf>,
 }
 
 /// `convoy agent --config FILE`.

@@ -79,6 +79,11 @@ enum Cmd {
         /// Enrolments allowed per minute from one source address (0: no limit) [default: 30].
         #[arg(long, env = "CONVOY_ENROL_RATE_ADDRESS")]
         enrol_rate_address: Option<u32>,
+        /// File with the secret that seals the server's signing key in the
+        /// database; servers sharing a database need the same one
+        /// [default: DATA_DIR/key-secret, made on first start].
+        #[arg(long, env = "CONVOY_KEY_SECRET_FILE")]
+        key_secret_file: Option<PathBuf>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -467,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             nats_subject,
             enrol_rate_token,
             enrol_rate_address,
+            key_secret_file,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -496,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 enrol_rate_address: enrol_rate_address
                     .or(file.enrol_rate_address)
                     .unwrap_or(convoy_server::DEFAULT_ENROL_RATE_ADDRESS),
+                key_secret_file: key_secret_file.clone().or(file.key_secret_file),
             })
             .await?;
         }

@@ -102,9 +102,12 @@ fn a_site_fetches_through_its_relay_once() {
     let (status, body) = poll(&w1, &w1["target_id"]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("only a relay"), "{body}");
+    // another site's target is named back as refused, never served
     let (status, body) = poll(&r, &far["target_id"]);
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("not in site sh"), "{body}");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["refused"], serde_json::json!([far["target_id"]]), "{body}");
+    assert_eq!(v["targets"], serde_json::json!([]), "{body}");
     let (status, body) = poll(&r, &w1["target_id"]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(w1["target_id"].as_str().unwrap()), "{body}");

@@ -247,7 +247,9 @@ fn labels_belong_to_the_server_and_enrolment_tokens_are_scoped() {
     }
     assert!(audit_has(&f, "target_enrolled", &f.target_id("a1")));
     let audit = f.json(&["audit", "--actor", &format!("enrol-token:{tok_id}")]);
-    assert_eq!(audit.as_array().unwrap().len(), 2, "every enrolment names its token: {audit:#}");
+    let by = |what: &str| audit.as_array().unwrap().iter().filter(|e| e["to"] == what).count();
+    assert_eq!(by("target_enrolled"), 2, "every enrolment names its token: {audit:#}");
+    assert_eq!(by("enrolment_refused"), 1, "the refused one too: {audit:#}");
     // used up
     let (ok, err) = agent_once(&f, "a3", "", &tok);
     assert!(!ok && err.contains("used up"), "{err}");
@@ -374,4 +376,39 @@ fn enrolment_is_rate_limited_per_address() {
     assert!(resp.contains("too many enrolments"), "{resp}");
     assert_eq!(f.json(&["targets"]).as_array().unwrap().len(), 5, "refused enrolments wrote nothing");
     f.kill_server();
+}
+
+#[test]
+fn a_relay_replaying_withdrawn_work_switches_nothing() {
+    let mut f = Fleet::start();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    f.start_agent(
+        "relay",
+        "site=sh,role=relay",
+        &[("CONVOY_AGENT_FAULT", "relay-replay")],
+        &["--relay", "--listen", &format!("127.0.0.1:{port}")],
+    );
+    f.grant_relay("relay", "sh", &url);
+    f.start_agent("w1", "site=sh,role=web", &[], &["--poll-via", &url, "--poll-wait", "1"]);
+    let src = f.path("src/1.0");
+    write_app(&src, "1.0", 20_000);
+    f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    // planned go-live; the operator withdraws it once every copy is staged
+    let id =
+        f.json(&["deploy", "web@1.0", "--selector", "role=web", "--at", "+15s"])["id"].as_str().unwrap().to_owned();
+    wait_until("the deployment to be scheduled", LONG, || {
+        (f.deployment(&id)["deployment"]["state"] == "scheduled").then_some(())
+    });
+    // the relay has now passed on the signed activation; withdraw it
+    std::thread::sleep(Duration::from_secs(2));
+    f.ok(&["rollback", &id]);
+    // past the planned time the relay keeps serving the old activation: the
+    // agent asks the server about relayed work, and switches nothing
+    std::thread::sleep(Duration::from_secs(20));
+    let live = f.live("web").into_iter().find(|(h, _)| h == "w1").unwrap().1;
+    assert_eq!(live, None, "a withdrawn activation replayed by a relay went live");
+    assert!(!f.agent_root("w1").join("current/web").exists());
+    let log = f.agents.iter().find(|(n, _)| n == "w1").unwrap().1.log_text();
+    assert!(log.contains("not switching"), "{log}");
 }

@@ -63,6 +63,12 @@ fn enrol_labels(scope: Option<&convoy_wire::Labels>, asked: &convoy_wire::Labels
     Ok(scope.clone())
 }
 
+/// Text an agent sent, fit for logs, terminals and the audit log: control
+/// characters (terminal escapes) become `?`.
+pub(crate) fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 pub(crate) fn labels_text(l: &convoy_wire::Labels) -> String {
     if l.0.is_empty() {
         return "no labels".into();
@@ -77,6 +83,15 @@ pub async fn enroll(
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Json<EnrollResponse>> {
     let now = now_ms();
+    let ip = peer.map(|p| p.0 .0 .0.ip());
+    let addr = ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
+    // attempts from one address are limited before any token is looked at
+    if let Some(ip) = ip {
+        if let Err((wait, why)) = st.enrol_limits.take_address(ip) {
+            tracing::warn!(%addr, "enrolment rate limited ({why})");
+            return Err(ApiError::rate_limited(format!("too many enrolments: at most {why}; retry later"), wait));
+        }
+    }
     let (token_id, actor, scope) = match auth::authenticate(&st, &headers).await? {
         Caller::Enrol(id) => {
             let Some(e) = st.store.get_enrol_token(&id).await? else {
@@ -101,9 +116,16 @@ pub async fn enroll(
     };
     let Json(req) = body?;
     check_inventory(&req.inventory)?;
-    let labels = enrol_labels(scope.as_ref(), &req.inventory.labels)?;
-    let addr = peer.map(|p| p.0 .0 .0.ip().to_string()).unwrap_or_else(|| "unknown".into());
-    if let Err((wait, why)) = st.enrol_limits.take(token_id.as_deref().unwrap_or(&actor), &addr) {
+    let labels = match enrol_labels(scope.as_ref(), &req.inventory.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            // a refused enrolment is audited (bounded by the address limit)
+            let note = format!("refused {} from {addr}: {}", clean(&req.inventory.hostname), e.message);
+            st.store.append_event(&convoy_store::EventRecord::audit(&actor, "enrolment_refused", note, now)).await?;
+            return Err(e);
+        }
+    };
+    if let Err((wait, why)) = st.enrol_limits.take_token(token_id.as_deref().unwrap_or(&actor)) {
         tracing::warn!(token = %actor, %addr, "enrolment rate limited ({why})");
         return Err(ApiError::rate_limited(format!("too many enrolments: at most {why}; retry later"), wait));
     }
@@ -118,7 +140,7 @@ pub async fn enroll(
         last_seen: now,
         warning: String::new(),
     };
-    let note = format!("{id} ({}) from {addr} with {}", req.inventory.hostname, labels_text(&labels));
+    let note = format!("{id} ({}) from {addr} with {}", clean(&req.inventory.hostname), labels_text(&labels));
     let event = convoy_store::EventRecord::audit(&actor, "target_enrolled", note, now);
     match st
         .store
@@ -411,11 +433,22 @@ pub async fn site_poll(
             }
         }
     }
-    if let Some(t) = req.targets.iter().find(|t| st.site_of(&t.id).as_deref() != Some(site.as_str())) {
-        return Err(ApiError::forbidden(format!("target {} is not in site {site}", t.id)));
+    // targets of other sites (relabelled, removed) are named back, not
+    // served; the rest of the site goes on
+    let (mine, foreign): (Vec<_>, Vec<_>) =
+        req.targets.iter().partition(|t| st.site_of(&t.id).as_deref() == Some(site.as_str()));
+    let refused: Vec<String> = foreign.iter().map(|t| t.id.clone()).collect();
+    if !refused.is_empty() {
+        tracing::info!(relay = %relay, %site, refused = ?refused, "site poll names targets of other sites; not served");
+    }
+    let reply = |targets: Vec<convoy_wire::SiteWork>| {
+        Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets, refused: refused.clone() })
+    };
+    if !refused.is_empty() {
+        return Ok(reply(Vec::new()));
     }
     let stale = req.epoch.as_deref() != Some(st.epoch.as_str());
-    let mut watches: Vec<_> = req.targets.iter().map(|t| (t, st.watch_target(&t.id))).collect();
+    let mut watches: Vec<_> = mine.into_iter().map(|t| (t, st.watch_target(&t.id))).collect();
     for (t, _) in &watches {
         st.saw(&t.id);
     }
@@ -432,15 +465,15 @@ pub async fn site_poll(
                 let gen = *rx.borrow_and_update();
                 out.push(convoy_wire::SiteWork { id: t.id.clone(), gen, work: pending_work(&st, &t.id).await? });
             }
-            return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: out }));
+            return Ok(reply(out));
         }
         if watches.is_empty() || *stopping.borrow() {
-            return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: Vec::new() }));
+            return Ok(reply(Vec::new()));
         }
         let any = futures_util::future::select_all(watches.iter_mut().map(|(_, rx)| Box::pin(rx.changed())));
         tokio::select! {
             r = tokio::time::timeout_at(deadline, any) => if r.is_err() {
-                return Ok(Json(convoy_wire::SitePollResponse { epoch: st.epoch.clone(), targets: Vec::new() }));
+                return Ok(reply(Vec::new()));
             },
             _ = stopping.changed() => {}
         }
@@ -468,6 +501,7 @@ pub async fn me(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Jso
         grant,
         grant_expires_at,
         relay_site: st.relay_site(&target),
+        now: now_ms(),
     }))
 }
 
@@ -486,12 +520,16 @@ pub async fn refused(
     }
     let what = format!(
         "refused work{} from {}: {}",
-        r.instruction_id.as_deref().map(|i| format!(" ({i})")).unwrap_or_default(),
-        r.source,
-        r.reason
+        r.instruction_id.as_deref().map(|i| format!(" ({})", clean(i))).unwrap_or_default(),
+        clean(&r.source),
+        clean(&r.reason)
     );
-    tracing::warn!(target_id = %target, "{what}");
     crate::metrics::add(&st.counters.refused_work, 1);
+    // one audit event per target per few seconds, however often it says so
+    if !st.note_refusal(&target) {
+        return Ok(Json(serde_json::json!({"ok": true})));
+    }
+    tracing::warn!(target_id = %target, "{what}");
     st.store.set_target_warning(&target, &what).await?;
     st.store
         .append_event(&convoy_store::EventRecord::audit(&format!("agent:{target}"), "work_refused", what, now_ms()))

@@ -6,7 +6,7 @@ use convoy_wire::TargetInfo;
 
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::{now_ms, AppState};
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TargetInfo>>> {
     auth::require(&st, &headers, Role::Viewer).await?;
@@ -26,9 +26,18 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = auth::require(&st, &headers, Role::Admin).await?;
+    let was_relay = st.relay_site(&id);
+    let host = st.store.get_target(&id).await?.map(|t| t.hostname).unwrap_or_default();
     if !st.store.remove_target(&id).await? {
         return Err(ApiError::not_found(format!("target {id} not found")));
     }
+    let note = match &was_relay {
+        Some(site) => format!("{id} ({host}); its credential and its relay grant for site {site} revoked"),
+        None => format!("{id} ({host}); its credential revoked"),
+    };
+    st.store.append_event(&convoy_store::EventRecord::audit(&user.actor(), "target_removed", note, now_ms())).await?;
+    st.refresh_relays().await?;
+    st.note_site(&id, None);
     tracing::info!(target_id = %id, user = %user.name, "target removed");
     Ok(Json(serde_json::json!({"removed": id})))
 }

@@ -12,6 +12,20 @@ pub const EXE: &str = env!("CARGO_BIN_EXE_convoy");
 pub const ADMIN: &str = "test-admin-token-0123456789";
 pub const ENROL: &str = "test-enrol-token-0123456789";
 
+/// One key secret file for every test server on PostgreSQL (made once,
+/// atomically, mode 0600).
+pub fn shared_key_secret() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join("convoy-test-key-secret");
+    if !path.exists() {
+        let tmp = std::env::temp_dir().join(format!("convoy-test-key-secret.{}", std::process::id()));
+        std::fs::write(&tmp, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -148,6 +162,12 @@ impl Fleet {
             ("CONVOY_ENROL_RATE_TOKEN", "0"),
             ("CONVOY_ENROL_RATE_ADDRESS", "0"),
         ];
+        // servers sharing a database share the secret that seals its signing key
+        let shared_secret;
+        if self.database.is_some() {
+            shared_secret = shared_key_secret();
+            env.push(("CONVOY_KEY_SECRET_FILE", shared_secret.to_str().unwrap()));
+        }
         env.retain(|(k, _)| !self.server_env.iter().any(|(o, _)| o == k));
         env.extend(self.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let p = Proc::spawn(&args, &env, self.path(&format!("server-{n}.log")));
