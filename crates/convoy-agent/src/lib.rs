@@ -523,7 +523,8 @@ async fn renew_grant(client: Client, grant: client::GrantCell, skew: Skew, mut e
     }
 }
 
-/// Retries a request through network failures (not through refusals).
+/// Retries a request through network failures (not through refusals),
+/// waiting as long as the server asks when it says "too many".
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -535,8 +536,9 @@ where
             Ok(v) => return Ok(v),
             Err(e) if client::is_permanent(&e) => return Err(e.context(what.to_owned())),
             Err(e) => {
-                tracing::warn!(error = %client::short(&e), "{what} failed; retrying");
-                tokio::time::sleep(backoff).await;
+                let asked = e.downcast_ref::<client::ServerError>().and_then(|s| s.retry_after);
+                tracing::warn!(error = %client::short(&e), retry_in_s = ?asked, "{what} failed; retrying");
+                tokio::time::sleep(asked.map(Duration::from_secs).unwrap_or(backoff)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

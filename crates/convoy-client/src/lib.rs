@@ -28,6 +28,8 @@ pub type GrantCell = std::sync::Arc<std::sync::RwLock<String>>;
 pub struct ServerError {
     pub status: u16,
     pub message: String,
+    /// Seconds the server asked the client to wait (`Retry-After`, on 429/503).
+    pub retry_after: Option<u64>,
 }
 
 impl Client {
@@ -106,9 +108,15 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.min(3600));
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error.message).unwrap_or(text);
-        Err(ServerError { status: status.as_u16(), message }.into())
+        Err(ServerError { status: status.as_u16(), message, retry_after }.into())
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
