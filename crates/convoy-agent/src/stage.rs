@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use convoy_pack::{
-    pack_tree, unpack, ChunkId, ChunkStore, Entry, FrameDecoder, Manifest, PackError, VerifiedChunk, CHUNK_MAX,
+    scan_tree, unpack, ChunkId, ChunkStore, Entry, FrameDecoder, Manifest, PackError, VerifiedChunk, CHUNK_MAX,
 };
 use convoy_wire::{ChunkIds, Progress, ProgressReport, ReportKind, Work};
 
@@ -46,9 +46,10 @@ pub fn release_dir(root: &Path, app: &str, version: &str) -> PathBuf {
     root.join("releases").join(app).join(version)
 }
 
-/// Computes the root digest of a tree on disk.
+/// Computes the root digest of a tree on disk, hashing before parsing
+/// anything in it: damage anywhere (`convoy.toml` included) is a mismatch.
 pub fn digest_of(dir: &Path) -> Result<String, PackError> {
-    Ok(pack_tree(dir, |_| Ok(()))?.digest())
+    Ok(scan_tree(dir, |_| Ok(()))?.digest())
 }
 
 pub async fn stage(
@@ -521,5 +522,20 @@ impl RateLimit {
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_damaged_descriptor_is_a_digest_mismatch_not_a_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("convoy.toml"), "[hooks]\nstart = \"true\"\n").unwrap();
+        std::fs::write(dir.path().join("app.txt"), "v1").unwrap();
+        let good = super::digest_of(dir.path()).unwrap();
+        assert_eq!(good, convoy_pack::pack_tree(dir.path(), |_| Ok(())).unwrap().digest());
+        std::fs::write(dir.path().join("convoy.toml"), "[hooks\ngarbage").unwrap();
+        let bad = super::digest_of(dir.path()).expect("hashing does not parse convoy.toml");
+        assert_ne!(bad, good);
     }
 }

@@ -147,7 +147,12 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
         .map(|a| {
             let void = if a.current { "" } else { ", void" };
             let note = if a.note.is_empty() { String::new() } else { format!(": {}", a.note) };
-            format!("{} {}d{void}{note}", a.approver, a.decision)
+            let decided = match a.decision.as_str() {
+                "approve" => "approved",
+                "reject" => "rejected",
+                other => other,
+            };
+            format!("{} {decided}{void}{note}", a.approver)
         })
         .collect();
     if !approvals.is_empty() {
@@ -195,7 +200,11 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
         .instructions
         .iter()
         .filter(|i| matches!(i.state.as_str(), "created" | "sent" | "received" | "activating" | "rolling_back"))
-        .map(|i| format!("{} ({}, last seen {}s ago)", i.hostname, i.state, (now - i.last_seen).max(0) / 1000))
+        .map(|i| match i.last_seen {
+            // a target removed meanwhile, or one never heard from
+            t if t <= 0 => format!("{} ({}, never seen)", i.hostname, i.state),
+            t => format!("{} ({}, last seen {}s ago)", i.hostname, i.state, (now - t).max(0) / 1000),
+        })
         .collect();
     if !waiting.is_empty() && !settled(d) {
         line(format!("  waiting  for {}", waiting.join(", ")));

@@ -29,4 +29,4 @@ pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
 pub use nofollow::{open_dir_nofollow, open_parent_nofollow, openat_nofollow};
 pub use path::{PathError, RelPath};
 pub use store::ChunkStore;
-pub use tree::{chunk_file, pack_tree, unpack, PackError};
+pub use tree::{chunk_file, pack_tree, scan_tree, unpack, PackError};

@@ -50,17 +50,27 @@ pub fn chunk_file(path: &Path, mut f: impl FnMut(VerifiedChunk) -> Result<(), Pa
 /// root is validated.
 pub fn pack_tree(
     root: &Path,
-    mut on_chunk: impl FnMut(&VerifiedChunk) -> Result<(), PackError>,
+    on_chunk: impl FnMut(&VerifiedChunk) -> Result<(), PackError>,
 ) -> Result<Manifest, PackError> {
     let desc = root.join(DESCRIPTOR_FILE);
     if desc.is_file() {
         Descriptor::parse(&fs::read_to_string(&desc).map_err(io_err(&desc))?)?;
     }
-    let mut entries = Vec::new();
-    walk(root, None, &mut entries, &mut on_chunk)?;
-    let m = Manifest::new(entries);
+    let m = scan_tree(root, on_chunk)?;
     crate::links::check_links(&m.entries)?;
     Ok(m)
+}
+
+/// The manifest of the tree under `root` as it is, parsing none of its
+/// files: for hashing what is on a target's disk, where a damaged
+/// `convoy.toml` must show as a digest mismatch, not as a parse error.
+pub fn scan_tree(
+    root: &Path,
+    mut on_chunk: impl FnMut(&VerifiedChunk) -> Result<(), PackError>,
+) -> Result<Manifest, PackError> {
+    let mut entries = Vec::new();
+    walk(root, None, &mut entries, &mut on_chunk)?;
+    Ok(Manifest::new(entries))
 }
 
 fn walk(
