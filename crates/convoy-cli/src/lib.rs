@@ -185,9 +185,9 @@ pub async fn watch_cmd(c: &Client, id: &str, fmt: Format) -> anyhow::Result<i32>
     finish(c, id, fmt).await
 }
 
-pub async fn rollback(c: &Client, id: &str, wait: bool, fmt: Format) -> anyhow::Result<i32> {
-    let d: DeploymentInfo =
-        c.send_json(reqwest::Method::POST, &format!("/deployments/{id}/rollback"), &serde_json::json!({})).await?;
+pub async fn rollback(c: &Client, id: &str, wait: bool, reason: &str, fmt: Format) -> anyhow::Result<i32> {
+    let body = convoy_wire::Decision { note: reason.into() };
+    let d: DeploymentInfo = c.send_json(reqwest::Method::POST, &format!("/deployments/{id}/rollback"), &body).await?;
     if wait {
         return finish(c, id, fmt).await;
     }

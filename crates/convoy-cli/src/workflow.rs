@@ -57,6 +57,8 @@ pub struct EnvArgs<'a> {
     pub approver_role: Option<&'a str>,
     pub confirm: Option<bool>,
     pub confirm_ttl: Option<&'a str>,
+    /// Who besides the requester may confirm: a role, or "" for nobody.
+    pub confirm_role: Option<&'a str>,
     pub windows: Option<Vec<String>>,
     pub outside_window: Option<&'a str>,
     pub waves: Option<&'a str>,
@@ -81,6 +83,9 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
     }
     if let Some(t) = a.confirm_ttl {
         p.confirm_ttl_secs = crate::parse_duration(t)?;
+    }
+    if let Some(r) = a.confirm_role {
+        p.confirm_role = if r.is_empty() || r == "none" { None } else { Some(Role::parse(r)?) };
     }
     if let Some(w) = &a.windows {
         p.windows = w.iter().filter(|w| !w.is_empty()).cloned().collect();
@@ -128,7 +133,12 @@ fn print_env(e: &EnvInfo) {
     line(format!("  approvals       {} from {} or above", p.approvals, p.approver_role));
     line(format!(
         "  confirmation    {}",
-        if p.confirm { format!("required, within {}s", p.confirm_ttl_secs) } else { "not needed".into() }
+        if p.confirm {
+            let who = p.confirm_role.map_or("the requester".to_owned(), |r| format!("the requester or a {r} or above"));
+            format!("required, within {}s, by {who}", p.confirm_ttl_secs)
+        } else {
+            "not needed".into()
+        }
     ));
     if p.windows.is_empty() {
         line("  windows         any time");
@@ -227,7 +237,7 @@ pub async fn requests(c: &Client, all: bool, fmt: Format) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// approve / reject / confirm / cancel.
+/// approve / reject / confirm / cancel (the note is the reason).
 pub async fn act(c: &Client, id: &str, action: &str, note: &str, fmt: Format) -> anyhow::Result<()> {
     let d: DeploymentInfo = c
         .send_json(reqwest::Method::POST, &format!("/deployments/{id}/{action}"), &Decision { note: note.into() })

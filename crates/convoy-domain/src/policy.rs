@@ -169,6 +169,10 @@ pub struct Policy {
     /// How long an unconfirmed request waits before it expires.
     #[serde(default = "day")]
     pub confirm_ttl_secs: u64,
+    /// Besides the requester, who may confirm: users with at least this
+    /// role (none: the requester only).
+    #[serde(default)]
+    pub confirm_role: Option<Role>,
     /// Allowed go-live windows, e.g. `Sat 01:00-05:00 Asia/Shanghai`; none: any time.
     #[serde(default)]
     pub windows: Vec<String>,
@@ -220,6 +224,7 @@ impl Default for Policy {
             approver_role: approver(),
             confirm: false,
             confirm_ttl_secs: day(),
+            confirm_role: None,
             windows: Vec::new(),
             outside_window: OutsideWindow::Refuse,
             waves: all(),

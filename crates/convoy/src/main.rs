@@ -208,10 +208,13 @@ enum Cmd {
         #[arg(value_name = "REQUEST")]
         id: String,
     },
-    /// Cancel a request before it is staged.
+    /// Cancel a request before it is staged (the requester or an admin).
     Cancel {
         #[arg(value_name = "REQUEST")]
         id: String,
+        /// Why; kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// The audit log: every state change with its actor, newest last.
     Audit {
@@ -253,6 +256,9 @@ enum Cmd {
         id: String,
         #[arg(long)]
         wait: bool,
+        /// Why; kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// List enrolled targets, or remove one.
     Targets {
@@ -335,6 +341,9 @@ enum EnvCmd {
         /// How long a request waits for confirmation [default: 24h].
         #[arg(long)]
         confirm_ttl: Option<String>,
+        /// Who besides the requester may confirm: users with this role or above ('' : the requester only).
+        #[arg(long)]
+        confirm_role: Option<String>,
         /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
         #[arg(long = "window")]
         windows: Vec<String>,
@@ -594,7 +603,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Approve { id, note } => convoy_cli::workflow::act(&api()?, id, "approve", note, fmt).await?,
         Cmd::Reject { id, note } => convoy_cli::workflow::act(&api()?, id, "reject", note, fmt).await?,
         Cmd::Confirm { id } => convoy_cli::workflow::act(&api()?, id, "confirm", "", fmt).await?,
-        Cmd::Cancel { id } => convoy_cli::workflow::act(&api()?, id, "cancel", "", fmt).await?,
+        Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?
         }
@@ -616,6 +625,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     approver_role,
                     confirm,
                     confirm_ttl,
+                    confirm_role,
                     windows,
                     outside_window,
                     waves,
@@ -632,6 +642,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 approver_role: approver_role.as_deref(),
                 confirm: *confirm,
                 confirm_ttl: confirm_ttl.as_deref(),
+                confirm_role: confirm_role.as_deref(),
                 windows: (!windows.is_empty()).then(|| windows.clone()),
                 outside_window: outside_window.as_deref(),
                 waves: waves.as_deref(),
@@ -649,7 +660,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Status { id, events } => convoy_cli::status(&api()?, id, *events, fmt).await?,
         Cmd::Watch { id } => return convoy_cli::watch_cmd(&api()?, id, fmt).await,
-        Cmd::Rollback { id, wait } => return convoy_cli::rollback(&api()?, id, *wait, fmt).await,
+        Cmd::Rollback { id, wait, reason } => return convoy_cli::rollback(&api()?, id, *wait, reason, fmt).await,
         Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
             convoy_cli::remove_target(&api()?, id, fmt).await?
         }

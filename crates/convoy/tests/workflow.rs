@@ -415,3 +415,69 @@ fn unconfirmed_requests_expire_and_failed_preflight_blocks() {
     assert!(note.contains("preflight failed on 1 of 1") && note.contains("check:1"), "{note}");
     assert_eq!(f.live("web"), vec![("a".to_owned(), None)], "nothing was deployed");
 }
+
+#[test]
+fn only_the_requester_confirms_and_every_refusal_and_change_is_audited() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "site=sh,role=web", &[], &[]);
+    publish(&f, "1.0");
+    let alice = add_user(&f, "alice", "deployer");
+    let dave = add_user(&f, "dave", "deployer");
+    let carol = add_user(&f, "carol", "approver");
+    f.ok(&["env", "set", "prod", "--confirm"]);
+    let req = |who: &str| {
+        json_as(&f, who, &["deploy", "web@1.0", "--env", "prod", "--selector", "role=web"])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let audit = |id: &str| f.json(&["audit", "--deployment", id]).as_array().unwrap().clone();
+
+    // another deployer neither confirms nor cancels alice's request; both are audited
+    let id = req(&alice);
+    f.wait_state(&id, &["awaiting_confirmation"], LONG);
+    refused_as(&f, &dave, &["confirm", &id], "only the requester (alice) confirms");
+    refused_as(&f, &dave, &["cancel", &id], "only the requester (alice) or an admin");
+    let refusals: Vec<String> = audit(&id)
+        .iter()
+        .filter(|e| e["to"] == "refused" && e["actor"] == "user:dave")
+        .map(|e| e["note"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].starts_with("cancel refused") || refusals[1].starts_with("cancel refused"), "{refusals:?}");
+
+    // a change is audited with what changed, from what to what
+    let (code, body) = http(
+        f.port,
+        "PATCH",
+        &format!("/api/v1/deployments/{id}"),
+        Some(&alice),
+        br#"{"selector":"site=sh","reason":"CHG-9"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let changed = audit(&id).iter().find_map(|e| {
+        let n = e["note"].as_str().unwrap_or_default();
+        n.starts_with("changed by alice").then(|| n.to_owned())
+    });
+    let changed = changed.expect("the change is in the audit log");
+    assert!(changed.contains("selector role=web -> site=sh") && changed.contains("\"CHG-9\""), "{changed}");
+
+    // alice cancels with a reason, kept
+    f.wait_state(&id, &["awaiting_confirmation"], LONG);
+    json_as(&f, &alice, &["cancel", &id, "--reason", "wrong window"]);
+    assert!(audit(&id).iter().any(|e| e["note"].as_str().unwrap_or_default().contains("wrong window")));
+
+    // an environment may let approvers confirm too
+    f.ok(&["env", "set", "prod", "--confirm-role", "approver"]);
+    let id = req(&alice);
+    f.wait_state(&id, &["awaiting_confirmation"], LONG);
+    refused_as(&f, &dave, &["confirm", &id], "or someone with the approver role or above");
+    assert_eq!(json_as(&f, &carol, &["confirm", &id])["state"], "staging");
+    let d = f.wait_state(&id, &["succeeded"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+
+    // a rollback says why
+    json_as(&f, &alice, &["rollback", &id, "--reason", "error rate up"]);
+    assert!(audit(&id).iter().any(|e| e["note"].as_str().unwrap_or_default().contains("error rate up")));
+}

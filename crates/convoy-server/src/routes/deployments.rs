@@ -179,13 +179,41 @@ pub async fn rollback(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Result<Json<convoy_wire::Decision>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    let user = auth::require(&st, &headers, Role::Deployer).await?;
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let reason = match body {
+        Ok(Json(d)) => d.note.chars().take(1024).collect::<String>(),
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let r = rollback_as(&st, &user, &id, &reason).await;
+    super::requests::audit_refusal(&st, &user, "rollback", &id, r).await
+}
+
+async fn rollback_as(
+    st: &AppState,
+    user: &crate::auth::User,
+    id: &str,
+    reason: &str,
+) -> ApiResult<Json<DeploymentInfo>> {
+    let (st, id) = (st.clone(), id.to_owned());
+    if user.role < Role::Deployer {
+        return Err(ApiError::forbidden(format!(
+            "rolling back needs the deployer role or higher; {} is {}",
+            user.name, user.role
+        )));
+    }
     let d = find(&st, &id).await?;
     let step = request_rollback(d.state).map_err(|m| ApiError::conflict(format!("cannot roll back {id}: {m}")))?;
     let bulk = bulk_for(step.action, "rollback requested by operator");
     let actor = user.actor();
-    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(d.state, step.to, &step.note, &actor, now_ms()) };
+    let note = if reason.trim().is_empty() {
+        format!("{} (by {})", step.note, user.name)
+    } else {
+        format!("{} (by {}: {reason})", step.note, user.name)
+    };
+    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(d.state, step.to, &note, &actor, now_ms()) };
     let moved = st.store.transition_deployment(&id, &m).await?;
     if !moved {
         return Err(ApiError::conflict(format!("deployment {id} changed state meanwhile; try again")));

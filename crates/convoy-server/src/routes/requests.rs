@@ -58,6 +58,32 @@ fn may_decide(d: &DeploymentRecord, user: &User, needed: Role) -> ApiResult<()> 
     Ok(())
 }
 
+/// Records a refused attempt (who, what, why) in the audit log of the
+/// deployment it was about, and passes the refusal on.
+pub(crate) async fn audit_refusal<T>(
+    st: &AppState,
+    user: &User,
+    action: &str,
+    id: &str,
+    r: ApiResult<T>,
+) -> ApiResult<T> {
+    let Err(e) = r else { return r };
+    if matches!(e.status.as_u16(), 403 | 409) && id.len() <= 64 && st.store.get_deployment(id).await?.is_some() {
+        let ev = convoy_store::EventRecord {
+            deployment_id: id.to_owned(),
+            ..convoy_store::EventRecord::audit(
+                &user.actor(),
+                "refused",
+                format!("{action} refused: {}", e.message),
+                now_ms(),
+            )
+        };
+        st.store.append_event(&ev).await?;
+        tracing::info!(deployment = %id, user = %user.name, action, "refused: {}", e.message);
+    }
+    Err(e)
+}
+
 pub async fn approve(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -66,6 +92,13 @@ pub async fn approve(
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
     let body = body_or_default(body)?;
+    let r = approve_as(&st, &user, &id, body).await;
+    audit_refusal(&st, &user, "approve", &id, r).await
+}
+
+async fn approve_as(st: &AppState, user: &User, id: &str, body: Decision) -> ApiResult<Json<DeploymentInfo>> {
+    let (st, id) = (st.clone(), id.to_owned());
+    let user = user.clone();
     let d = find(&st, &id).await?;
     let (policy, _) = policy_of(&d)?;
     may_decide(&d, &user, policy.approver_role)?;
@@ -104,6 +137,13 @@ pub async fn reject(
     if body.note.trim().is_empty() {
         return Err(ApiError::bad_request("a rejection needs a note saying why (--note)"));
     }
+    let r = reject_as(&st, &user, &id, body).await;
+    audit_refusal(&st, &user, "reject", &id, r).await
+}
+
+async fn reject_as(st: &AppState, user: &User, id: &str, body: Decision) -> ApiResult<Json<DeploymentInfo>> {
+    let (st, id) = (st.clone(), id.to_owned());
+    let user = user.clone();
     let d = find(&st, &id).await?;
     let (policy, _) = policy_of(&d)?;
     may_decide(&d, &user, policy.approver_role)?;
@@ -146,13 +186,46 @@ async fn end(
     current(st, &d.id).await
 }
 
+/// Whether `user` may confirm `d`: its requester, or a user with the role
+/// the environment names.
+fn may_confirm(d: &DeploymentRecord, user: &User) -> ApiResult<()> {
+    if user.name == d.created_by {
+        return Ok(());
+    }
+    let (policy, _) = policy_of(d)?;
+    match policy.confirm_role {
+        Some(r) if user.role >= r => Ok(()),
+        Some(r) => Err(ApiError::forbidden(format!(
+            "only the requester ({}) or someone with the {r} role or above confirms this request; {} is {}",
+            d.created_by, user.name, user.role
+        ))),
+        None => Err(ApiError::forbidden(format!(
+            "only the requester ({}) confirms this request (the environment names no other role)",
+            d.created_by
+        ))),
+    }
+}
+
 pub async fn confirm(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    let user = auth::require(&st, &headers, Role::Deployer).await?;
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let r = confirm_as(&st, &user, &id).await;
+    audit_refusal(&st, &user, "confirm", &id, r).await
+}
+
+async fn confirm_as(st: &AppState, user: &User, id: &str) -> ApiResult<Json<DeploymentInfo>> {
+    let (st, id) = (st.clone(), id.to_owned());
+    if user.role < Role::Deployer {
+        return Err(ApiError::forbidden(format!(
+            "confirming needs the deployer role or higher; {} is {}",
+            user.name, user.role
+        )));
+    }
     let d = find(&st, &id).await?;
+    may_confirm(&d, user)?;
     if d.state != D::AwaitingConfirmation {
         return Err(ApiError::conflict(format!("request {id} is {}, not awaiting confirmation", d.state.as_str())));
     }
@@ -172,17 +245,35 @@ pub async fn cancel(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Result<Json<Decision>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    let user = auth::require(&st, &headers, Role::Deployer).await?;
-    let d = find(&st, &id).await?;
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let body = body_or_default(body)?;
+    let r = cancel_as(&st, &user, &id, &body.note).await;
+    audit_refusal(&st, &user, "cancel", &id, r).await
+}
+
+async fn cancel_as(st: &AppState, user: &User, id: &str, reason: &str) -> ApiResult<Json<DeploymentInfo>> {
+    let d = find(st, id).await?;
+    if user.name != d.created_by && user.role < Role::Admin {
+        return Err(ApiError::forbidden(format!(
+            "only the requester ({}) or an admin may cancel this request",
+            d.created_by
+        )));
+    }
     if !d.state.is_request() {
         return Err(ApiError::conflict(format!(
             "{id} is {}; only a request (before staging) can be canceled; use `convoy rollback {id}`",
             d.state.as_str()
         )));
     }
-    let why = format!("canceled by {}", user.name);
-    end(&st, &d, D::Canceled, &why, &user, "canceled", "").await
+    let reason: String = reason.chars().take(1024).collect();
+    let why = if reason.trim().is_empty() {
+        format!("canceled by {}", user.name)
+    } else {
+        format!("canceled by {}: {reason}", user.name)
+    };
+    end(st, &d, D::Canceled, &why, user, "canceled", &reason).await
 }
 
 /// Changes a request before it is staged. Approvals given so far no longer
@@ -194,8 +285,21 @@ pub async fn revise(
     Path(id): Path<String>,
     body: Result<Json<ReviseRequest>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    let user = auth::require(&st, &headers, Role::Deployer).await?;
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
     let Json(r) = body?;
+    let res = revise_as(&st, &user, &id, r).await;
+    audit_refusal(&st, &user, "change", &id, res).await
+}
+
+async fn revise_as(st: &AppState, user: &User, id: &str, r: ReviseRequest) -> ApiResult<Json<DeploymentInfo>> {
+    let (st, id) = (st.clone(), id.to_owned());
+    let user = user.clone();
+    if user.role < Role::Deployer {
+        return Err(ApiError::forbidden(format!(
+            "changing a request needs the deployer role or higher; {} is {}",
+            user.name, user.role
+        )));
+    }
     let d = find(&st, &id).await?;
     if user.name != d.created_by && user.role < Role::Admin {
         return Err(ApiError::forbidden("only the requester (or an admin) may change a request"));
@@ -220,9 +324,21 @@ pub async fn revise(
         return Err(ApiError::bad_request("reason must be at most 1024 bytes"));
     }
     let voided = approvals_now(&st, &d).await?.len();
+    // the audit keeps what changed, from what to what
+    let mut diff = Vec::new();
+    if selector != d.selector {
+        diff.push(format!("selector {} -> {selector}", shown(&d.selector)));
+    }
+    if at != d.go_live_at {
+        diff.push(format!("go-live {} -> {}", time_text(d.go_live_at), time_text(at)));
+    }
+    if reason != d.reason {
+        diff.push(format!("reason {:?} -> {reason:?}", d.reason));
+    }
     let note = format!(
-        "changed by {}; {voided} approval(s) voided{}",
+        "changed by {}: {}; {voided} approval(s) voided{}",
         user.name,
+        if diff.is_empty() { "nothing but the revision".to_owned() } else { diff.join("; ") },
         moved.map(|m| format!("; {m}")).unwrap_or_default()
     );
     let now = now_ms();
@@ -251,6 +367,21 @@ pub async fn revise(
         crate::notify::send(&st, &policy, "approval_requested", &d, &user.actor(), &note);
     }
     current(&st, &id).await
+}
+
+fn shown(selector: &str) -> &str {
+    if selector.is_empty() {
+        "(all)"
+    } else {
+        selector
+    }
+}
+
+fn time_text(at: Option<i64>) -> String {
+    match at.and_then(|t| jiff::Timestamp::from_millisecond(t).ok()) {
+        Some(t) => t.to_string(),
+        None => "as soon as staged".into(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -285,7 +416,7 @@ pub async fn inbox(
             {
                 "approve"
             }
-            D::AwaitingConfirmation if user.role >= Role::Deployer => "confirm",
+            D::AwaitingConfirmation if user.role >= Role::Deployer && may_confirm(&d, &user).is_ok() => "confirm",
             _ => "",
         };
         if waiting_for.is_empty() && !q.all {
