@@ -185,8 +185,15 @@ pub async fn watch_cmd(c: &Client, id: &str, fmt: Format) -> anyhow::Result<i32>
     finish(c, id, fmt).await
 }
 
-pub async fn rollback(c: &Client, id: &str, wait: bool, reason: &str, fmt: Format) -> anyhow::Result<i32> {
-    let body = convoy_wire::Decision { note: reason.into() };
+pub async fn rollback(
+    c: &Client,
+    id: &str,
+    wait: bool,
+    reason: &str,
+    uninstall: bool,
+    fmt: Format,
+) -> anyhow::Result<i32> {
+    let body = convoy_wire::RollbackRequest { note: reason.into(), uninstall };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, &format!("/deployments/{id}/rollback"), &body).await?;
     if wait {
         return finish(c, id, fmt).await;

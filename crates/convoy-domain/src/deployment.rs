@@ -93,6 +93,8 @@ pub struct Tally {
     pub rolling_back: u32,
     pub rolled_back: u32,
     pub canceled: u32,
+    /// Left on a later deployment's release by a rollback.
+    pub superseded: u32,
 }
 
 impl Tally {
@@ -107,6 +109,7 @@ impl Tally {
             S::RollingBack => self.rolling_back += 1,
             S::RolledBack => self.rolled_back += 1,
             S::Canceled => self.canceled += 1,
+            S::Superseded => self.superseded += 1,
         }
     }
     pub fn total(&self) -> u32 {
@@ -118,6 +121,7 @@ impl Tally {
             + self.rolling_back
             + self.rolled_back
             + self.canceled
+            + self.superseded
     }
     pub fn plus(mut self, o: &Tally) -> Tally {
         self.staging += o.staging;
@@ -128,6 +132,7 @@ impl Tally {
         self.rolling_back += o.rolling_back;
         self.rolled_back += o.rolled_back;
         self.canceled += o.canceled;
+        self.superseded += o.superseded;
         self
     }
 }
@@ -253,7 +258,12 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
         ),
         D::RollingBack if t.rolling_back > 0 => None,
         D::RollingBack => {
-            adv(D::RolledBack, format!("{} rolled back", crate::targets(t.rolled_back)), InstrAction::None)
+            let left = if t.superseded > 0 {
+                format!("; {} left on the later deployment that moved them on", crate::targets(t.superseded))
+            } else {
+                String::new()
+            };
+            adv(D::RolledBack, format!("{} rolled back{left}", crate::targets(t.rolled_back)), InstrAction::None)
         }
         D::Succeeded | D::Failed | D::RolledBack | D::Canceled | D::Rejected | D::Expired => None,
     }

@@ -24,6 +24,9 @@ pub enum InstructionState {
     RollingBack,
     RolledBack,
     Canceled,
+    /// Left alone by a rollback: a later deployment moved the target on
+    /// from this release, so this one no longer speaks for it.
+    Superseded,
 }
 
 /// The work an agent does for an instruction in a given state.
@@ -50,7 +53,7 @@ impl Phase {
     }
 }
 
-const ALL: [InstructionState; 10] = [
+const ALL: [InstructionState; 11] = [
     InstructionState::Created,
     InstructionState::Sent,
     InstructionState::Received,
@@ -61,6 +64,7 @@ const ALL: [InstructionState; 10] = [
     InstructionState::RollingBack,
     InstructionState::RolledBack,
     InstructionState::Canceled,
+    InstructionState::Superseded,
 ];
 
 impl InstructionState {
@@ -76,6 +80,7 @@ impl InstructionState {
             Self::RollingBack => "rolling_back",
             Self::RolledBack => "rolled_back",
             Self::Canceled => "canceled",
+            Self::Superseded => "superseded",
         }
     }
 

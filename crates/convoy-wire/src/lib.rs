@@ -90,6 +90,19 @@ pub struct Refusal {
     pub instruction_id: Option<String>,
 }
 
+/// `POST /deployments/{id}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Why; kept in the audit log.
+    #[serde(default)]
+    pub note: String,
+    /// Also roll back targets that had no release before (a first
+    /// install): their app is stopped and its live link removed.
+    #[serde(default)]
+    pub uninstall: bool,
+}
+
 /// `POST /enrol-tokens` (admin).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

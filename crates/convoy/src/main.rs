@@ -259,6 +259,9 @@ enum Cmd {
         /// Why; kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Also roll back first installs (stops the app and removes its live link).
+        #[arg(long)]
+        uninstall: bool,
     },
     /// List enrolled targets, or remove one.
     Targets {
@@ -660,7 +663,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Status { id, events } => convoy_cli::status(&api()?, id, *events, fmt).await?,
         Cmd::Watch { id } => return convoy_cli::watch_cmd(&api()?, id, fmt).await,
-        Cmd::Rollback { id, wait, reason } => return convoy_cli::rollback(&api()?, id, *wait, reason, fmt).await,
+        Cmd::Rollback { id, wait, reason, uninstall } => {
+            return convoy_cli::rollback(&api()?, id, *wait, reason, *uninstall, fmt).await
+        }
         Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
             convoy_cli::remove_target(&api()?, id, fmt).await?
         }

@@ -356,7 +356,13 @@ fn rolling_back_a_first_install_stops_and_unlinks_it() {
     let root = f.agent_root("a");
     assert!(root.join("run/app").exists());
     let id = d["deployment"]["id"].as_str().unwrap();
+    // it would uninstall: refused, clearly, changing nothing, unless asked for
     let out = f.cli(&["rollback", id, "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--uninstall"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(f.deployment(id)["deployment"]["state"], "succeeded");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into()))]);
+    let out = f.cli(&["rollback", id, "--wait", "--uninstall"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(f.live("web"), vec![("a".into(), None)]);
     assert!(!root.join("current/web").exists(), "no live link");
@@ -507,4 +513,63 @@ fn a_server_restart_mid_download_costs_no_attempt() {
     let d = f.wait_state(&id, &["succeeded", "failed"], LONG);
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
     assert_eq!(instruction(&d, "a")["attempt"], 0, "the agent retried the download, not the whole staging: {d:#}");
+}
+
+#[test]
+fn rollback_leaves_targets_a_later_deployment_moved_on() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    f.start_agent("b", "role=web", &[], &[]);
+    for v in ["1.0", "2.0", "2.1"] {
+        publish(&f, v, 10_000);
+    }
+    let mut ids = Vec::new();
+    for v in ["1.0", "2.0", "2.1"] {
+        let (code, d) = deploy_wait(&f, &[&format!("web@{v}"), "--selector", "role=web"]);
+        assert_eq!(code, 0, "{d:#}");
+        ids.push(d["deployment"]["id"].as_str().unwrap().to_owned());
+    }
+    // 2.0 was superseded on every target: refused, naming the newer one;
+    // the fleet and the newer deployment are untouched
+    let out = f.cli(&["rollback", &ids[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("moved on by") && err.contains(&ids[2]), "{err}");
+    assert_eq!(f.deployment(&ids[1])["deployment"]["state"], "succeeded");
+    assert_eq!(f.deployment(&ids[2])["deployment"]["state"], "succeeded");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.1".into())), ("b".into(), Some("2.1".into()))]);
+    // newest first: 2.1 back to 2.0, then 2.0 back to 1.0
+    f.ok(&["rollback", &ids[2], "--wait"]);
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into())), ("b".into(), Some("2.0".into()))]);
+    f.ok(&["rollback", &ids[1], "--wait"]);
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into())), ("b".into(), Some("1.0".into()))]);
+}
+
+#[test]
+fn rollback_of_a_partly_superseded_deployment_moves_only_its_own_targets() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web,tier=canary", &[], &[]);
+    f.start_agent("b", "role=web", &[], &[]);
+    for v in ["1.0", "2.0", "2.1"] {
+        publish(&f, v, 10_000);
+    }
+    deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
+    let (_, d2) = deploy_wait(&f, &["web@2.0", "--selector", "role=web"]);
+    let d2 = d2["deployment"]["id"].as_str().unwrap().to_owned();
+    let (code, d3) = deploy_wait(&f, &["web@2.1", "--selector", "tier=canary"]);
+    assert_eq!(code, 0, "{d3:#}");
+    let d3 = d3["deployment"]["id"].as_str().unwrap().to_owned();
+    f.ok(&["rollback", &d2, "--wait", "--reason", "2.0 is slow"]);
+    // b goes back to 1.0; a stays on 2.1, which d3 still rightly reports
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.1".into())), ("b".into(), Some("1.0".into()))]);
+    let after = f.deployment(&d2);
+    assert_eq!(after["deployment"]["state"], "rolled_back", "{after:#}");
+    let note = after["deployment"]["note"].as_str().unwrap();
+    assert!(note.contains("left on the later deployment"), "{note}");
+    let a = instruction(&after, "a");
+    assert_eq!(a["state"], "superseded", "{a:#}");
+    assert!(a["note"].as_str().unwrap().contains(&d3), "{a:#}");
+    assert_eq!(f.deployment(&d3)["deployment"]["state"], "succeeded");
+    let events = f.json(&["audit", "--deployment", &d2]);
+    assert!(events.as_array().unwrap().iter().any(|e| e["note"].as_str().unwrap_or_default().contains("2.0 is slow")));
 }

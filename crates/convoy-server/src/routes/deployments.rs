@@ -7,8 +7,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use convoy_domain::{request_rollback, Role, Tally};
-use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord};
+use convoy_domain::{request_rollback, InstrAction, InstructionState as S, Role, Tally};
+use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord, InstructionUpdate};
 use convoy_wire::{
     ApprovalInfo, CheckInfo, Counts, DeployRequest, DeploymentDetail, DeploymentInfo, InstructionInfo, Labels,
 };
@@ -175,19 +175,41 @@ pub async fn get(
     }))
 }
 
+/// Targets of `d` that a later deployment of the same app went live on
+/// (or is going live on): target → (that deployment, its version).
+async fn moved_on(st: &AppState, d: &DeploymentRecord) -> ApiResult<BTreeMap<String, (String, String)>> {
+    let mut out = BTreeMap::new();
+    // newest first: the newest deployment that moved a target names it
+    for later in st.store.list_deployments(1000).await? {
+        if later.id == d.id || later.app != d.app || later.created_at < d.created_at || later.state.is_request() {
+            continue;
+        }
+        if later.created_at == d.created_at && later.id < d.id {
+            continue;
+        }
+        for i in st.store.list_instructions(&later.id).await? {
+            if matches!(i.state, S::Succeeded | S::Activating) {
+                out.entry(i.target_id).or_insert_with(|| (later.id.clone(), later.version.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub async fn rollback(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<convoy_wire::Decision>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<convoy_wire::RollbackRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
-    let reason = match body {
-        Ok(Json(d)) => d.note.chars().take(1024).collect::<String>(),
-        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => String::new(),
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => Default::default(),
         Err(e) => return Err(e.into()),
     };
-    let r = rollback_as(&st, &user, &id, &reason).await;
+    let reason: String = req.note.chars().take(1024).collect();
+    let r = rollback_as(&st, &user, &id, &reason, req.uninstall).await;
     super::requests::audit_refusal(&st, &user, "rollback", &id, r).await
 }
 
@@ -196,6 +218,7 @@ async fn rollback_as(
     user: &crate::auth::User,
     id: &str,
     reason: &str,
+    uninstall: bool,
 ) -> ApiResult<Json<DeploymentInfo>> {
     let (st, id) = (st.clone(), id.to_owned());
     if user.role < Role::Deployer {
@@ -206,14 +229,62 @@ async fn rollback_as(
     }
     let d = find(&st, &id).await?;
     let step = request_rollback(d.state).map_err(|m| ApiError::conflict(format!("cannot roll back {id}: {m}")))?;
-    let bulk = bulk_for(step.action, "rollback requested by operator");
     let actor = user.actor();
-    let note = if reason.trim().is_empty() {
-        format!("{} (by {})", step.note, user.name)
+    let now = now_ms();
+    // targets a later deployment moved on are left alone; the rest go back
+    let mut left = Vec::new();
+    if step.action == InstrAction::RollBackLive {
+        let instrs = st.store.list_instructions(&id).await?;
+        let live: Vec<&InstructionRecord> =
+            instrs.iter().filter(|i| matches!(i.state, S::Succeeded | S::Activating)).collect();
+        let later = moved_on(&st, &d).await?;
+        let (gone, back): (Vec<&InstructionRecord>, Vec<&InstructionRecord>) =
+            live.into_iter().partition(|i| later.contains_key(&i.target_id));
+        if back.is_empty() && !gone.is_empty() {
+            let (newer, _) = &later[&gone[0].target_id];
+            return Err(ApiError::conflict(format!(
+                "cannot roll back {id}: every target it went live on has since been moved on by {newer}; roll that one back instead"
+            )));
+        }
+        // a first install that may have switched (before its go-live it has not)
+        let switched = |i: &InstructionRecord| i.state == S::Succeeded || i.go_live_at.is_none_or(|t| t <= now);
+        let first: Vec<&str> = back
+            .iter()
+            .filter(|i| i.previous_version.is_none() && switched(i))
+            .map(|i| i.target_id.as_str())
+            .collect();
+        if !first.is_empty() && !uninstall {
+            return Err(ApiError::conflict(format!(
+                "cannot roll back {id}: it was the first install of {} on {} target(s) ({}); rolling back would stop it and remove it: pass --uninstall to do that",
+                d.app,
+                first.len(),
+                first.join(", ")
+            )));
+        }
+        for i in gone {
+            let (newer, version) = &later[&i.target_id];
+            let up = InstructionUpdate {
+                to: Some(S::Superseded),
+                note: format!("left alone: {newer} moved it on to {}@{version}", d.app),
+                ..Default::default()
+            };
+            if st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await? {
+                left.push(format!("{} ({newer})", i.target_id));
+            }
+        }
+    }
+    let bulk = bulk_for(step.action, "rollback requested by operator");
+    let left = if left.is_empty() {
+        String::new()
     } else {
-        format!("{} (by {}: {reason})", step.note, user.name)
+        format!("; left alone, moved on by later deployments: {}", left.join(", "))
     };
-    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(d.state, step.to, &note, &actor, now_ms()) };
+    let note = if reason.trim().is_empty() {
+        format!("{} (by {}){left}", step.note, user.name)
+    } else {
+        format!("{} (by {}: {reason}){left}", step.note, user.name)
+    };
+    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(d.state, step.to, &note, &actor, now) };
     let moved = st.store.transition_deployment(&id, &m).await?;
     if !moved {
         return Err(ApiError::conflict(format!("deployment {id} changed state meanwhile; try again")));
