@@ -59,6 +59,8 @@ pub struct EnvArgs<'a> {
     pub confirm_ttl: Option<&'a str>,
     /// Who besides the requester may confirm: a role, or "" for nobody.
     pub confirm_role: Option<&'a str>,
+    /// What a wave breaking its budget does: `all` or `wave`.
+    pub on_breach: Option<&'a str>,
     pub windows: Option<Vec<String>>,
     pub outside_window: Option<&'a str>,
     pub waves: Option<&'a str>,
@@ -83,6 +85,15 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
     }
     if let Some(t) = a.confirm_ttl {
         p.confirm_ttl_secs = crate::parse_duration(t)?;
+    }
+    if let Some(b) = a.on_breach {
+        p.on_breach = match b {
+            "all" => convoy_domain::OnBreach::RollbackAll,
+            "wave" => convoy_domain::OnBreach::RollbackWave,
+            _ => {
+                bail!("--on-breach must be all (roll back every wave that went live) or wave (only the breaching one)")
+            }
+        };
     }
     if let Some(r) = a.confirm_role {
         p.confirm_role = if r.is_empty() || r == "none" { None } else { Some(Role::parse(r)?) };
@@ -150,7 +161,14 @@ fn print_env(e: &EnvInfo) {
         line(format!("  windows         {} (a go-live outside is {outside})", p.windows.join("; ")));
     }
     line(format!("  waves           {} (gap {}s)", waves.join(","), p.wave_gap_secs));
-    line(format!("  max failures    {} per wave", p.max_failures));
+    line(format!("  max failures    {} per wave (a wave whose every target fails always halts)", p.max_failures));
+    line(format!(
+        "  on a breach     {}",
+        match p.on_breach {
+            convoy_domain::OnBreach::RollbackAll => "roll back every wave that went live",
+            convoy_domain::OnBreach::RollbackWave => "roll back the breaching wave only",
+        }
+    ));
     let on_failure = match p.preflight_failure {
         PreflightFailure::Block => "a failed target blocks the request",
         PreflightFailure::Skip => "failed targets are left out within the budget",

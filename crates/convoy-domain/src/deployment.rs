@@ -153,6 +153,7 @@ pub struct DeploymentView<'a> {
     /// Least time between a wave's success and the next wave's go-live.
     pub gap_ms: i64,
     pub windows: &'a [Window],
+    pub on_breach: crate::OnBreach,
 }
 
 /// What to do to the deployment's instructions along with a transition.
@@ -235,17 +236,36 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
             adv(D::Activating, format!("{}go-live time reached", of(k)), InstrAction::None)
         }
         D::Scheduled | D::Activating if cur.activating > 0 => None,
-        D::Scheduled | D::Activating if failures(&cur) > budget => {
+        // a wave breaches when its failures exceed its budget (equal is
+        // allowed), and always when every target of it failed
+        D::Scheduled | D::Activating if failures(&cur) > budget || (failures(&cur) > 0 && cur.succeeded == 0) => {
             let later = if k < count { format!("; waves {}-{count} not started", k + 1) } else { String::new() };
-            let failed = format!("{}{} failed (budget {budget})", of(k), crate::targets(failures(&cur)));
-            if cur.succeeded > 0 {
-                adv(
+            let all_failed = if failures(&cur) <= budget { ", every target of the wave" } else { "" };
+            let failed = format!("{}{} failed{all_failed} (budget {budget})", of(k), crate::targets(failures(&cur)));
+            match d.on_breach {
+                crate::OnBreach::RollbackAll if t.succeeded > 0 => adv(
+                    D::RollingBack,
+                    format!("{failed}; rolling back every wave that went live{later}"),
+                    InstrAction::RollBackLive,
+                ),
+                crate::OnBreach::RollbackAll => adv(D::Failed, format!("{failed}{later}"), InstrAction::RollBackLive),
+                crate::OnBreach::RollbackWave if cur.succeeded > 0 => adv(
                     D::RollingBack,
                     format!("{failed}; rolling the wave back{later}"),
                     InstrAction::RollBackWave { wave: k },
-                )
-            } else {
-                adv(D::Failed, format!("{failed}{later}"), InstrAction::RollBackWave { wave: k })
+                ),
+                crate::OnBreach::RollbackWave => adv(
+                    D::Failed,
+                    format!(
+                        "{failed}{later}{}",
+                        if t.succeeded > 0 {
+                            "; earlier waves stay live (policy: roll back the wave only)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    InstrAction::RollBackWave { wave: k },
+                ),
             }
         }
         D::Scheduled | D::Activating if k < count => {
@@ -334,7 +354,16 @@ mod tests {
     use DeploymentState as D;
 
     fn dep(state: D, at: Option<i64>, budget: u32) -> DeploymentView<'static> {
-        DeploymentView { state, go_live_at: at, max_failures: budget, wave: 1, waves: &[], gap_ms: 0, windows: &[] }
+        DeploymentView {
+            state,
+            go_live_at: at,
+            max_failures: budget,
+            wave: 1,
+            waves: &[],
+            gap_ms: 0,
+            windows: &[],
+            on_breach: crate::OnBreach::RollbackAll,
+        }
     }
 
     #[test]
@@ -366,7 +395,7 @@ mod tests {
     fn activation_failure_beyond_budget_rolls_back() {
         let t = Tally { succeeded: 2, rolled_back: 1, ..Default::default() };
         let a = advance(&dep(D::Activating, None, 0), &[t], 0).unwrap();
-        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 1 }));
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackLive));
         assert_eq!(advance(&dep(D::Activating, None, 1), &[t], 0).unwrap().to, D::Succeeded);
         let t = Tally { rolled_back: 3, ..Default::default() };
         assert_eq!(advance(&dep(D::RollingBack, None, 0), &[t], 0).unwrap().to, D::RolledBack);
@@ -387,7 +416,7 @@ mod tests {
         // a silent target fails the wave and takes the others back with it
         let t = Tally { succeeded: 2, rolling_back: 1, ..Default::default() };
         let a = advance(&dep(D::Activating, None, 0), &[t], 0).unwrap();
-        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 1 }));
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackLive));
         // and the rollback waits for it to come back
         assert_eq!(
             advance(
@@ -427,6 +456,7 @@ mod tests {
             waves: &plan,
             gap_ms: 100,
             windows: &[],
+            on_breach: crate::OnBreach::RollbackAll,
         };
         let staged = |n| Tally { staged: n, ..Default::default() };
         let a = advance(&v(D::Staging, 0, None), &[staged(1), staged(2), staged(2)], 500).unwrap();
@@ -438,14 +468,51 @@ mod tests {
         // wave 2 still switching: wait
         let switching = Tally { activating: 1, succeeded: 1, ..Default::default() };
         assert_eq!(advance(&v(D::Activating, 2, Some(2_600)), &[live(1), switching, staged(2)], 2_700), None);
-        // one failure in wave 2 is over its budget: roll wave 2 back, leave wave 3
+        // one failure in wave 2 is over its budget: by default every wave
+        // that went live rolls back and wave 3 never starts
         let broke = Tally { succeeded: 1, rolled_back: 1, ..Default::default() };
         let a = advance(&v(D::Activating, 2, Some(2_600)), &[live(1), broke, staged(2)], 2_800).unwrap();
-        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 2 }));
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackLive));
         assert!(a.note.contains("wave 2 of 3") && a.note.contains("waves 3-3 not started"), "{}", a.note);
+        assert!(a.note.contains("every wave that went live"), "{}", a.note);
+        // an environment may roll back the breaching wave only
+        let only = |state, wave, at| DeploymentView { on_breach: crate::OnBreach::RollbackWave, ..v(state, wave, at) };
+        let a = advance(&only(D::Activating, 2, Some(2_600)), &[live(1), broke, staged(2)], 2_800).unwrap();
+        assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 2 }));
+        let gone = Tally { rolled_back: 2, ..Default::default() };
+        let a = advance(&only(D::Activating, 2, Some(2_600)), &[live(1), gone, staged(2)], 2_800).unwrap();
+        assert_eq!((a.to, a.action), (D::Failed, InstrAction::RollBackWave { wave: 2 }));
+        assert!(a.note.contains("earlier waves stay live"), "{}", a.note);
         // the last wave done: succeeded
         let a = advance(&v(D::Activating, 3, Some(3_000)), &[live(1), live(2), live(2)], 3_500).unwrap();
         assert_eq!(a.to, D::Succeeded);
+    }
+
+    #[test]
+    fn a_wave_that_failed_entirely_always_halts() {
+        // a one-target canary under a count budget of 1 fails completely
+        let plan = [
+            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 1 },
+            WavePlan { wave: 2, targets: 4, at: Some(2_000), budget: 1 },
+        ];
+        let v = DeploymentView {
+            state: D::Activating,
+            go_live_at: Some(1_000),
+            max_failures: 1,
+            wave: 1,
+            waves: &plan,
+            gap_ms: 0,
+            windows: &[],
+            on_breach: crate::OnBreach::RollbackAll,
+        };
+        let canary = Tally { rolled_back: 1, ..Default::default() };
+        let a = advance(&v, &[canary, Tally { staged: 4, ..Default::default() }], 1_500).unwrap();
+        assert_eq!((a.to, a.action), (D::Failed, InstrAction::RollBackLive));
+        assert!(a.note.contains("every target of the wave"), "{}", a.note);
+        // equal to the budget with others healthy is allowed
+        let ok = Tally { rolled_back: 1, succeeded: 3, ..Default::default() };
+        let v2 = DeploymentView { wave: 2, ..v };
+        assert_eq!(advance(&v2, &[Tally { succeeded: 1, ..Default::default() }, ok], 2_500).unwrap().to, D::Succeeded);
     }
 
     #[test]

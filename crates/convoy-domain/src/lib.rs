@@ -14,6 +14,6 @@ pub use instruction::{on_report, InstructionState, InstructionView, Outcome, Pha
 pub use names::{parse_reference, targets, AppName, Labels, NameError, Selector, Version};
 pub use plan::{check_go_live, plan, wave_start, Plan, PlanTarget, WavePlan};
 pub use policy::{
-    in_windows, next_allowed, parse_waves, show_time, Amount, OutsideWindow, Policy, PolicyError, PreflightFailure,
-    Role, Window,
+    in_windows, next_allowed, parse_waves, show_time, Amount, OnBreach, OutsideWindow, Policy, PolicyError,
+    PreflightFailure, Role, Window,
 };

@@ -152,6 +152,18 @@ pub enum PreflightFailure {
     Skip,
 }
 
+/// What a wave that breaks its failure budget does to the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBreach {
+    /// Every wave that went live is rolled back; later waves never start.
+    #[default]
+    RollbackAll,
+    /// Only the breaching wave is rolled back; earlier waves stay live (the
+    /// deployment ends `failed`, saying so).
+    RollbackWave,
+}
+
 /// An environment's policy, stored as JSON with the environment and
 /// copied into each request made in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +202,9 @@ pub struct Policy {
     pub max_failures: Amount,
     #[serde(default)]
     pub preflight_failure: PreflightFailure,
+    /// What a breach of a wave's failure budget does.
+    #[serde(default)]
+    pub on_breach: OnBreach,
     /// Commands every target runs in preflight; exit 0 passes.
     #[serde(default)]
     pub checks: Vec<String>,
@@ -231,6 +246,7 @@ impl Default for Policy {
             wave_gap_secs: 0,
             max_failures: none(),
             preflight_failure: PreflightFailure::Block,
+            on_breach: OnBreach::RollbackAll,
             checks: Vec::new(),
             preflight_timeout_secs: ten_minutes(),
             webhook: None,

@@ -127,6 +127,7 @@ async fn step(
         waves: &plan,
         gap_ms: policy.wave_gap_secs as i64 * 1000,
         windows: &windows,
+        on_breach: policy.on_breach,
     };
     let Some(next) = advance(&view, &tallies, now) else {
         return Ok(moved);

@@ -347,6 +347,9 @@ enum EnvCmd {
         /// Who besides the requester may confirm: users with this role or above ('' : the requester only).
         #[arg(long)]
         confirm_role: Option<String>,
+        /// A wave breaking its failure budget rolls back every wave that went live (all, the default) or only itself (wave).
+        #[arg(long, value_parser = ["all", "wave"])]
+        on_breach: Option<String>,
         /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
         #[arg(long = "window")]
         windows: Vec<String>,
@@ -629,6 +632,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     confirm,
                     confirm_ttl,
                     confirm_role,
+                    on_breach,
                     windows,
                     outside_window,
                     waves,
@@ -646,6 +650,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 confirm: *confirm,
                 confirm_ttl: confirm_ttl.as_deref(),
                 confirm_role: confirm_role.as_deref(),
+                on_breach: on_breach.as_deref(),
                 windows: (!windows.is_empty()).then(|| windows.clone()),
                 outside_window: outside_window.as_deref(),
                 waves: waves.as_deref(),

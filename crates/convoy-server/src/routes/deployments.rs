@@ -248,11 +248,8 @@ async fn rollback_as(
         }
         // a first install that may have switched (before its go-live it has not)
         let switched = |i: &InstructionRecord| i.state == S::Succeeded || i.go_live_at.is_none_or(|t| t <= now);
-        let first: Vec<&str> = back
-            .iter()
-            .filter(|i| i.previous_version.is_none() && switched(i))
-            .map(|i| i.target_id.as_str())
-            .collect();
+        let first: Vec<&str> =
+            back.iter().filter(|i| i.previous_version.is_none() && switched(i)).map(|i| i.target_id.as_str()).collect();
         if !first.is_empty() && !uninstall {
             return Err(ApiError::conflict(format!(
                 "cannot roll back {id}: it was the first install of {} on {} target(s) ({}); rolling back would stop it and remove it: pass --uninstall to do that",
