@@ -61,6 +61,8 @@ pub struct EnvArgs<'a> {
     pub confirm_role: Option<&'a str>,
     /// What a wave breaking its budget does: `all` or `wave`.
     pub on_breach: Option<&'a str>,
+    /// How long a request waits for approvals.
+    pub approval_ttl: Option<&'a str>,
     pub windows: Option<Vec<String>>,
     pub outside_window: Option<&'a str>,
     pub waves: Option<&'a str>,
@@ -85,6 +87,9 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
     }
     if let Some(t) = a.confirm_ttl {
         p.confirm_ttl_secs = crate::parse_duration(t)?;
+    }
+    if let Some(t) = a.approval_ttl {
+        p.approval_ttl_secs = crate::parse_duration(t)?;
     }
     if let Some(b) = a.on_breach {
         p.on_breach = match b {
@@ -141,7 +146,10 @@ fn print_env(e: &EnvInfo) {
     let p = &e.policy;
     let waves: Vec<String> = p.waves.iter().map(Amount::to_string).collect();
     line(format!("environment {}", e.name));
-    line(format!("  approvals       {} from {} or above", p.approvals, p.approver_role));
+    line(format!(
+        "  approvals       {} from {} or above, within {}s",
+        p.approvals, p.approver_role, p.approval_ttl_secs
+    ));
     line(format!(
         "  confirmation    {}",
         if p.confirm {

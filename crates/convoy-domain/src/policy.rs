@@ -181,6 +181,10 @@ pub struct Policy {
     /// How long an unconfirmed request waits before it expires.
     #[serde(default = "day")]
     pub confirm_ttl_secs: u64,
+    /// How long a request waits for its approvals (since it was made or
+    /// last changed) before it expires.
+    #[serde(default = "week")]
+    pub approval_ttl_secs: u64,
     /// Besides the requester, who may confirm: users with at least this
     /// role (none: the requester only).
     #[serde(default)]
@@ -222,6 +226,9 @@ fn approver() -> Role {
 fn day() -> u64 {
     86_400
 }
+fn week() -> u64 {
+    7 * 86_400
+}
 fn ten_minutes() -> u64 {
     600
 }
@@ -240,6 +247,7 @@ impl Default for Policy {
             confirm: false,
             confirm_ttl_secs: day(),
             confirm_role: None,
+            approval_ttl_secs: week(),
             windows: Vec::new(),
             outside_window: OutsideWindow::Refuse,
             waves: all(),

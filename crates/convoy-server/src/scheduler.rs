@@ -81,6 +81,27 @@ pub async fn tick(st: &AppState) -> Result<usize, convoy_store::StoreError> {
                     }
                 }
             }
+            D::AwaitingApproval
+                if crate::workflow::policy_of(&d)
+                    .is_ok_and(|(p, _)| now >= d.updated_at + p.approval_ttl_secs as i64 * 1000) =>
+            {
+                let m = DeploymentMove {
+                    from_revision: Some(d.revision),
+                    ..DeploymentMove::new(
+                        d.state,
+                        D::Expired,
+                        "not approved in time; request it again",
+                        "scheduler",
+                        now,
+                    )
+                };
+                if st.store.transition_deployment(&d.id, &m).await? {
+                    moved += 1;
+                    if let Ok((policy, _)) = crate::workflow::policy_of(&d) {
+                        crate::notify::send(st, &policy, "expired", &d, "scheduler", "");
+                    }
+                }
+            }
             D::AwaitingApproval | D::AwaitingConfirmation => {}
             _ => moved += step(st, &d, now, &mut touched).await?,
         }

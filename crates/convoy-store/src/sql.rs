@@ -468,7 +468,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
-                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE state IN ('preflight', 'awaiting_confirmation', 'staging', 'scheduled', 'activating', 'rolling_back') ORDER BY created_at, id");
+                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE state IN ('awaiting_approval', 'preflight', 'awaiting_confirmation', 'staging', 'scheduled', 'activating', 'rolling_back') ORDER BY created_at, id");
                     ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
                 }
 

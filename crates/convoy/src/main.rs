@@ -347,6 +347,9 @@ enum EnvCmd {
         /// Who besides the requester may confirm: users with this role or above ('' : the requester only).
         #[arg(long)]
         confirm_role: Option<String>,
+        /// How long a request waits for its approvals before it expires [default: 7d].
+        #[arg(long)]
+        approval_ttl: Option<String>,
         /// A wave breaking its failure budget rolls back every wave that went live (all, the default) or only itself (wave).
         #[arg(long, value_parser = ["all", "wave"])]
         on_breach: Option<String>,
@@ -633,6 +636,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     confirm_ttl,
                     confirm_role,
                     on_breach,
+                    approval_ttl,
                     windows,
                     outside_window,
                     waves,
@@ -651,6 +655,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 confirm_ttl: confirm_ttl.as_deref(),
                 confirm_role: confirm_role.as_deref(),
                 on_breach: on_breach.as_deref(),
+                approval_ttl: approval_ttl.as_deref(),
                 windows: (!windows.is_empty()).then(|| windows.clone()),
                 outside_window: outside_window.as_deref(),
                 waves: waves.as_deref(),

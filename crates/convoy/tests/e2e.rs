@@ -573,3 +573,25 @@ fn rollback_of_a_partly_superseded_deployment_moves_only_its_own_targets() {
     let events = f.json(&["audit", "--deployment", &d2]);
     assert!(events.as_array().unwrap().iter().any(|e| e["note"].as_str().unwrap_or_default().contains("2.0 is slow")));
 }
+
+#[test]
+fn rolling_back_after_a_target_was_removed_finishes() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    f.start_agent("b", "role=web", &[], &[]);
+    publish(&f, "1.0", 10_000);
+    publish(&f, "2.0", 10_000);
+    deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
+    let (_, d) = deploy_wait(&f, &["web@2.0", "--selector", "role=web"]);
+    let id = d["deployment"]["id"].as_str().unwrap().to_owned();
+    let b = instruction(&d, "b")["target_id"].as_str().unwrap().to_owned();
+    f.kill_agent("b");
+    f.ok(&["targets", "remove", &b]);
+    f.ok(&["rollback", &id]);
+    let after = f.wait_state(&id, &["rolled_back"], Duration::from_secs(60));
+    let gone = after["instructions"].as_array().unwrap().iter().find(|i| i["target_id"] == b.as_str()).unwrap();
+    assert_eq!(gone["state"], "failed", "{gone:#}");
+    assert!(gone["note"].as_str().unwrap().contains("was removed"), "{gone:#}");
+    assert_eq!(instruction(&after, "a")["state"], "rolled_back");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into()))]);
+}

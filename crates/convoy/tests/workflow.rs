@@ -404,6 +404,13 @@ fn unconfirmed_requests_expire_and_failed_preflight_blocks() {
     assert!(!out.status.success(), "an expired request cannot be confirmed");
     assert!(d["instructions"].as_array().unwrap().is_empty());
 
+    // nor does a request wait for its approvals for ever
+    f.ok(&["env", "set", "slow", "--approvals", "1", "--approval-ttl", "2s"]);
+    let id =
+        f.json(&["deploy", "web@1.0", "--env", "slow", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = f.wait_state(&id, &["expired"], LONG);
+    assert!(d["deployment"]["note"].as_str().unwrap().contains("not approved in time"), "{d:#}");
+
     // a failing custom check blocks the request (the default policy)
     f.ok(&["env", "set", "strict", "--check", "test -e /nonexistent-convoy-precondition"]);
     let id =

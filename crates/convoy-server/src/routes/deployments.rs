@@ -235,8 +235,21 @@ async fn rollback_as(
     let mut left = Vec::new();
     if step.action == InstrAction::RollBackLive {
         let instrs = st.store.list_instructions(&id).await?;
-        let live: Vec<&InstructionRecord> =
-            instrs.iter().filter(|i| matches!(i.state, S::Succeeded | S::Activating)).collect();
+        let mut live: Vec<&InstructionRecord> = Vec::new();
+        for i in instrs.iter().filter(|i| matches!(i.state, S::Succeeded | S::Activating)) {
+            // a removed target can roll nothing back: it ends failed, saying
+            // so, rather than leaving the rollback waiting for ever
+            if st.store.get_target(&i.target_id).await?.is_none() {
+                let up = InstructionUpdate {
+                    to: Some(S::Failed),
+                    note: format!("target {} was removed; nothing to roll back", i.target_id),
+                    ..Default::default()
+                };
+                st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
+                continue;
+            }
+            live.push(i);
+        }
         let later = moved_on(&st, &d).await?;
         let (gone, back): (Vec<&InstructionRecord>, Vec<&InstructionRecord>) =
             live.into_iter().partition(|i| later.contains_key(&i.target_id));
