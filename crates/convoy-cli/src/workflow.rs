@@ -263,6 +263,34 @@ pub async fn requests(c: &Client, all: bool, fmt: Format) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `convoy change`: a request's go-live, selector or reason.
+pub async fn change(
+    c: &Client,
+    id: &str,
+    at: Option<&str>,
+    asap: bool,
+    selector: Option<&str>,
+    reason: Option<&str>,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    if at.is_none() && !asap && selector.is_none() && reason.is_none() {
+        bail!("nothing to change: give --at, --asap, --selector or --reason");
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let req = convoy_wire::ReviseRequest {
+        selector: selector.map(str::to_owned),
+        at: at.map(|a| crate::parse_at(a, now)).transpose()?,
+        clear_at: asap,
+        reason: reason.map(str::to_owned),
+    };
+    let d: DeploymentInfo = c.send_json(reqwest::Method::PATCH, &format!("/deployments/{id}"), &req).await?;
+    match fmt {
+        Format::Json => output::json(&d),
+        Format::Table => line(format!("{} {}@{}: {} ({})", d.id, d.app, d.version, d.state, d.note)),
+    }
+    Ok(())
+}
+
 /// approve / reject / confirm / cancel (the note is the reason).
 pub async fn act(c: &Client, id: &str, action: &str, note: &str, fmt: Format) -> anyhow::Result<()> {
     let d: DeploymentInfo = c

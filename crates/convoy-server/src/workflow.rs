@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use convoy_domain::{
-    check_go_live, plan, AppName, DeploymentState as D, InstructionState, PlanTarget, Policy, PreflightFailure,
-    Selector, Version, Window,
+    check_go_live, plan, show_time, AppName, DeploymentState as D, InstructionState, PlanTarget, Policy,
+    PreflightFailure, Selector, Version, Window,
 };
 use convoy_store::{new_id, CheckRecord, DeploymentMove, DeploymentRecord, InstructionRecord};
 use convoy_wire::{DeployRequest, DeploymentInfo, PlanInfo, PreflightSpec, TargetInfo};
@@ -291,7 +291,7 @@ async fn make_preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<P
 /// The scheduler's step for a request in preflight: once every target
 /// answered (or the time-out passed), fail it or move it on.
 pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> ApiResult<bool> {
-    let (policy, _) = policy_of(d)?;
+    let (policy, windows) = policy_of(d)?;
     let mut checks = st.store.list_checks(&d.id).await?;
     let overdue = now >= d.updated_at + policy.preflight_timeout_secs as i64 * 1000;
     for c in checks.iter_mut().filter(|c| c.state == "pending") {
@@ -344,11 +344,17 @@ pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> 
             names.join("; ")
         )
     };
-    if policy.confirm {
-        let note = format!(
-            "preflight passed on {} of {total}{skipped}; waiting for confirmation",
-            total - failed.len() as u32
-        );
+    let missed = late_go_live(d, &policy, &windows, now).err().map(|e| e.message);
+    if policy.confirm || missed.is_some() {
+        let note = match &missed {
+            Some(why) => {
+                format!("preflight passed on {} of {total}{skipped}; {why}; then confirm", total - failed.len() as u32)
+            }
+            None => format!(
+                "preflight passed on {} of {total}{skipped}; waiting for confirmation",
+                total - failed.len() as u32
+            ),
+        };
         let m = DeploymentMove {
             from_revision: Some(d.revision),
             expires_at: Some(now + policy.confirm_ttl_secs as i64 * 1000),
@@ -441,6 +447,38 @@ pub async fn plan_view(
 
 /// Confirmed (or no confirmation needed): plans the waves and writes one
 /// instruction per target; staging of every wave starts at once.
+/// The go-live a request starts its rollout with, and a note when its
+/// planned time has passed: moved to the next window (`--outside-window
+/// next`), or refused (`Conflict`) until the request is given a new time.
+pub fn late_go_live(
+    d: &DeploymentRecord,
+    policy: &Policy,
+    windows: &[Window],
+    now: i64,
+) -> ApiResult<(Option<i64>, String)> {
+    match d.go_live_at {
+        None => Ok((None, String::new())),
+        Some(at) if at > now => Ok((Some(at), String::new())),
+        Some(at) if !windows.is_empty() && policy.outside_window == convoy_domain::OutsideWindow::Next => {
+            let next = convoy_domain::next_allowed(windows, now);
+            Ok((
+                Some(next),
+                format!(
+                    "; the planned go-live {} passed before the request was ready: moved to the next window, {}",
+                    show_time(at),
+                    show_time(next)
+                ),
+            ))
+        }
+        Some(at) => Err(ApiError::conflict(format!(
+            "the planned go-live {} passed before request {} was ready; nothing goes live on a missed plan: give it a new time (convoy change {} --at ...)",
+            show_time(at),
+            d.id,
+            d.id
+        ))),
+    }
+}
+
 pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, note: &str) -> ApiResult<bool> {
     let (policy, windows) = policy_of(d)?;
     let targets = rollout_targets(st, d).await?;
@@ -449,8 +487,10 @@ pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, not
     }
     refuse_busy(st, &d.app, &targets).await?;
     let now = now_ms();
-    // a planned go-live that has passed meanwhile means: as soon as ready
-    let at = d.go_live_at.filter(|at| *at > now);
+    // a planned go-live that passed before the request was ready never goes
+    // live silently: it moves to the next window, or waits for a new time
+    let (at, late) = late_go_live(d, &policy, &windows, now)?;
+    let note = format!("{note}{late}");
     let p = plan(&plan_targets(&targets), &policy, &windows, at).map_err(|e| ApiError::bad_request(e.0))?;
     let by_id: BTreeMap<&str, &TargetInfo> = targets.iter().map(|t| (t.id.as_str(), t)).collect();
     let instrs: Vec<InstructionRecord> = p

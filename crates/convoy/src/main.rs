@@ -208,6 +208,22 @@ enum Cmd {
         #[arg(value_name = "REQUEST")]
         id: String,
     },
+    /// Change a request (the requester or an admin): its go-live, selector or
+    /// reason. Approvals given so far no longer count.
+    Change {
+        #[arg(value_name = "REQUEST")]
+        id: String,
+        /// New go-live: RFC 3339, or +90s / +5m.
+        #[arg(long, conflicts_with = "asap")]
+        at: Option<String>,
+        /// Go live as soon as every copy matches (drops the planned time).
+        #[arg(long)]
+        asap: bool,
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Cancel a request before it is staged (the requester or an admin).
     Cancel {
         #[arg(value_name = "REQUEST")]
@@ -612,6 +628,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Approve { id, note } => convoy_cli::workflow::act(&api()?, id, "approve", note, fmt).await?,
         Cmd::Reject { id, note } => convoy_cli::workflow::act(&api()?, id, "reject", note, fmt).await?,
         Cmd::Confirm { id } => convoy_cli::workflow::act(&api()?, id, "confirm", "", fmt).await?,
+        Cmd::Change { id, at, asap, selector, reason } => {
+            convoy_cli::workflow::change(&api()?, id, at.as_deref(), *asap, selector.as_deref(), reason.as_deref(), fmt)
+                .await?
+        }
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?

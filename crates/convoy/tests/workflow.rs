@@ -487,3 +487,36 @@ fn only_the_requester_confirms_and_every_refusal_and_change_is_audited() {
     json_as(&f, &alice, &["rollback", &id, "--reason", "error rate up", "--uninstall"]);
     assert!(audit(&id).iter().any(|e| e["note"].as_str().unwrap_or_default().contains("error rate up")));
 }
+
+#[test]
+fn a_request_approved_after_its_planned_go_live_waits_for_a_new_time() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    publish(&f, "1.0");
+    let alice = add_user(&f, "alice", "deployer");
+    let bob = add_user(&f, "bob", "approver");
+    f.ok(&["env", "set", "late", "--approvals", "1"]);
+    let id = json_as(&f, &alice, &["deploy", "web@1.0", "--env", "late", "--selector", "role=web", "--at", "+3s"])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(5));
+    // approved after the planned time: nothing goes live on the missed plan
+    json_as(&f, &bob, &["approve", &id]);
+    let d = f.wait_state(&id, &["awaiting_confirmation", "staging", "succeeded", "failed"], LONG);
+    assert_eq!(d["deployment"]["state"], "awaiting_confirmation", "{d:#}");
+    assert!(d["deployment"]["note"].as_str().unwrap().contains("passed before request"), "{d:#}");
+    assert!(d["instructions"].as_array().unwrap().is_empty());
+    refused_as(&f, &alice, &["confirm", &id], "give it a new time");
+    assert_eq!(f.live("web"), vec![("a".to_owned(), None)]);
+    // a new time, approved again, goes live then
+    let c = json_as(&f, &alice, &["change", &id, "--at", "+20s"]);
+    assert_eq!(c["state"], "awaiting_approval", "{c:#}");
+    json_as(&f, &bob, &["approve", &id]);
+    let d = f.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    assert_eq!(f.live("web"), vec![("a".to_owned(), Some("1.0".to_owned()))]);
+    let audit = f.json(&["audit", "--deployment", &id]);
+    assert!(audit.as_array().unwrap().iter().any(|e| e["note"].as_str().unwrap_or_default().contains("passed before")));
+}
