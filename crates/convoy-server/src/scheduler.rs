@@ -60,6 +60,14 @@ pub async fn tick(st: &AppState) -> Result<usize, convoy_store::StoreError> {
     let mut touched: Vec<String> = Vec::new();
     for d in st.store.active_deployments().await? {
         let now = now_ms();
+        // a request is bound by its environment's policy as it is now
+        let d = match crate::workflow::under_current_policy(st, d).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "reading an environment's policy failed");
+                continue;
+            }
+        };
         match d.state {
             D::Preflight => match crate::workflow::settle_preflight(st, &d, now).await {
                 Ok(true) => moved += 1,
@@ -122,8 +130,23 @@ async fn step(
 ) -> Result<usize, convoy_store::StoreError> {
     let mut moved = 0;
     let deadlines = Deadlines { stage_by: d.stage_deadline, activate_within_ms: d.activate_timeout_ms };
-    let plan: Vec<WavePlan> = serde_json::from_str(&d.plan_json).unwrap_or_default();
-    let (policy, windows) = crate::workflow::policy_of(d).unwrap_or_default();
+    // a corrupt stored plan or policy halts this deployment's steps, loudly;
+    // it never becomes a default (one wave of every target)
+    let plan: Vec<WavePlan> = if d.plan_json.is_empty() {
+        Vec::new()
+    } else {
+        match serde_json::from_str(&d.plan_json) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(deployment = %d.id, error = %e, "stored plan is corrupt; not advancing this deployment");
+                return Ok(0);
+            }
+        }
+    };
+    let Ok((policy, windows)) = crate::workflow::policy_of(d) else {
+        tracing::error!(deployment = %d.id, "stored policy is corrupt; not advancing this deployment");
+        return Ok(0);
+    };
     let waves = plan.len().max(1);
     let mut tallies = vec![Tally::default(); waves];
     let instructions = st.store.list_instructions(&d.id).await?;

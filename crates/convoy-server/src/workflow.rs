@@ -25,6 +25,25 @@ const DEFAULT_ACTIVATE_TIMEOUT_SECS: u64 = 900;
 const PAST_GRACE_MS: i64 = 60_000;
 
 /// The environment's policy as stored with a request, and its windows.
+/// `d` under its environment's policy as it is now: a request is bound by
+/// the policy at each step (a stricter one made after it applies), and
+/// the policy is written with the request's next move. Settled and
+/// rolling-out deployments keep the policy they were confirmed under.
+pub async fn under_current_policy(st: &AppState, mut d: DeploymentRecord) -> ApiResult<DeploymentRecord> {
+    if !d.state.is_request() {
+        return Ok(d);
+    }
+    if let Some(env) = &d.env {
+        if let Some(e) = st.store.get_env(env).await? {
+            if e.policy_json != d.policy_json {
+                tracing::debug!(deployment = %d.id, env = %env, "the environment's policy changed since the request; it applies");
+                d.policy_json = e.policy_json;
+            }
+        }
+    }
+    Ok(d)
+}
+
 pub fn policy_of(d: &DeploymentRecord) -> ApiResult<(Policy, Vec<Window>)> {
     if d.policy_json.is_empty() {
         return Ok((Policy::default(), Vec::new()));
@@ -235,6 +254,7 @@ pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, ac
     let m = DeploymentMove {
         from_revision: Some(d.revision),
         new_checks: &checks,
+        policy_json: Some(&d.policy_json),
         ..DeploymentMove::new(d.state, D::Preflight, &note, actor, now)
     };
     let moved = st.store.transition_deployment(&d.id, &m).await?;
@@ -509,6 +529,7 @@ pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, not
     let m = DeploymentMove {
         from_revision: Some(d.revision),
         plan_json: Some(&plan_json),
+        policy_json: Some(&d.policy_json),
         new_instructions: &instrs,
         ..DeploymentMove::new(d.state, D::Staging, &note, actor, now)
     };

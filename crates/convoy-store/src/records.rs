@@ -286,6 +286,8 @@ pub struct DeploymentMove<'a> {
     pub go_live_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub plan_json: Option<&'a str>,
+    /// The policy the request is now under (the environment's at this step).
+    pub policy_json: Option<&'a str>,
     /// Rows created with the move (preflight checks, planned instructions).
     pub new_checks: &'a [CheckRecord],
     pub new_instructions: &'a [InstructionRecord],
@@ -306,6 +308,7 @@ impl<'a> DeploymentMove<'a> {
             go_live_at: None,
             expires_at: None,
             plan_json: None,
+            policy_json: None,
             new_checks: &[],
             new_instructions: &[],
         }

@@ -515,9 +515,10 @@ macro_rules! impl_sql_store {
                 async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
                     let (from, to, note, actor, now) = (m.from, m.to, m.note, m.actor, m.now);
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    let done = ::sqlx::query("UPDATE deployments SET state = $1, note = $2, updated_at = $3, wave = COALESCE($4, wave), go_live_at = COALESCE($5, go_live_at), expires_at = COALESCE($6, expires_at), plan = COALESCE($7, plan) WHERE id = $8 AND state = $9 AND ($10 < 0 OR wave = $10) AND ($11 < 0 OR revision = $11)")
+                    let done = ::sqlx::query("UPDATE deployments SET state = $1, note = $2, updated_at = $3, wave = COALESCE($4, wave), go_live_at = COALESCE($5, go_live_at), expires_at = COALESCE($6, expires_at), plan = COALESCE($7, plan), policy = COALESCE($12, policy) WHERE id = $8 AND state = $9 AND ($10 < 0 OR wave = $10) AND ($11 < 0 OR revision = $11)")
                         .bind(to.as_str()).bind(note).bind(now).bind(m.wave.map(i64::from)).bind(m.go_live_at).bind(m.expires_at).bind(m.plan_json)
                         .bind(id).bind(from.as_str()).bind(m.from_wave.map_or(-1, i64::from)).bind(m.from_revision.map_or(-1, i64::from))
+                        .bind(m.policy_json)
                         .execute(&mut *tx).await.map_err(db)?;
                     if done.rows_affected() == 0 {
                         tx.rollback().await.map_err(db)?;

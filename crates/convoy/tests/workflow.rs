@@ -520,3 +520,29 @@ fn a_request_approved_after_its_planned_go_live_waits_for_a_new_time() {
     let audit = f.json(&["audit", "--deployment", &id]);
     assert!(audit.as_array().unwrap().iter().any(|e| e["note"].as_str().unwrap_or_default().contains("passed before")));
 }
+
+#[test]
+fn a_policy_made_stricter_after_a_request_binds_it() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    publish(&f, "1.0");
+    let alice = add_user(&f, "alice", "deployer");
+    let bob = add_user(&f, "bob", "approver");
+    let carol = add_user(&f, "carol", "approver");
+    f.ok(&["env", "set", "prod", "--approvals", "1"]);
+    let id = json_as(&f, &alice, &["deploy", "web@1.0", "--env", "prod", "--selector", "role=web"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // the environment now wants two approvals and a confirmation
+    f.ok(&["env", "set", "prod", "--approvals", "2", "--confirm"]);
+    let one = json_as(&f, &bob, &["approve", &id]);
+    assert_eq!(one["state"], "awaiting_approval", "one approval no longer suffices: {one:#}");
+    let two = json_as(&f, &carol, &["approve", &id]);
+    assert_eq!(two["state"], "preflight", "{two:#}");
+    let d = f.wait_state(&id, &["awaiting_confirmation", "staging", "succeeded"], LONG);
+    assert_eq!(d["deployment"]["state"], "awaiting_confirmation", "the new policy wants a confirmation: {d:#}");
+    let inbox = json_as(&f, &bob, &["requests", "--all"]);
+    let r = inbox.as_array().unwrap().iter().find(|r| r["deployment"]["id"] == id.as_str()).unwrap();
+    assert_eq!(r["approvals_needed"], 2, "{r:#}");
+}

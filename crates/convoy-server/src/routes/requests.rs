@@ -17,8 +17,10 @@ use crate::routes::deployments::info;
 use crate::state::{now_ms, AppState};
 use crate::workflow::{policy_of, start_preflight, start_rollout};
 
+/// The request, under its environment's policy as it is now.
 async fn find(st: &AppState, id: &str) -> ApiResult<DeploymentRecord> {
-    st.store.get_deployment(id).await?.ok_or_else(|| ApiError::not_found(format!("request {id} not found")))
+    let d = st.store.get_deployment(id).await?.ok_or_else(|| ApiError::not_found(format!("request {id} not found")))?;
+    crate::workflow::under_current_policy(st, d).await
 }
 
 async fn current(st: &AppState, id: &str) -> ApiResult<Json<DeploymentInfo>> {
@@ -405,6 +407,7 @@ pub async fn inbox(
         if !d.state.is_request() {
             continue;
         }
+        let d = crate::workflow::under_current_policy(&st, d).await?;
         let (policy, _) = policy_of(&d)?;
         let approvals = approvals_now(&st, &d).await?;
         let given = approvals.iter().filter(|a| a.decision == "approve").count() as u32;
