@@ -196,6 +196,12 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
     for c in &d.changes {
         line(format!("  changes  {}", changes_line(c)));
     }
+    if !d.not_included.is_empty() {
+        line(format!(
+            "  not in this deployment (matched the selector after it was planned): {}",
+            d.not_included.join(", ")
+        ));
+    }
     let waiting: Vec<String> = d
         .instructions
         .iter()

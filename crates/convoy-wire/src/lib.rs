@@ -544,6 +544,10 @@ pub struct DeploymentDetail {
     pub checks: Vec<CheckInfo>,
     #[serde(default)]
     pub plan: Option<PlanInfo>,
+    /// Targets the selector matches now that are not in the deployment
+    /// (enrolled or relabelled after it was planned), as `HOST (ID)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_included: Vec<String>,
 }
 
 /// The generated description of an upgrade (P-strategy).

@@ -595,3 +595,20 @@ fn rolling_back_after_a_target_was_removed_finishes() {
     assert_eq!(instruction(&after, "a")["state"], "rolled_back");
     assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into()))]);
 }
+
+#[test]
+fn targets_enrolled_after_planning_are_named_not_silently_left_out() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    publish(&f, "1.0", 10_000);
+    let (_, d) = deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
+    let id = d["deployment"]["id"].as_str().unwrap().to_owned();
+    assert!(f.deployment(&id)["not_included"].is_null(), "nobody is left out yet");
+    f.start_agent("late", "role=web", &[], &[]);
+    let after = f.deployment(&id);
+    let late = after["not_included"].as_array().unwrap();
+    assert_eq!(late.len(), 1, "{after:#}");
+    assert!(late[0].as_str().unwrap().starts_with("late ("), "{late:?}");
+    let table = f.ok(&["status", &id]);
+    assert!(table.contains("not in this deployment") && table.contains("late ("), "{table}");
+}

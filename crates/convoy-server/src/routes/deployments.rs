@@ -164,6 +164,19 @@ pub async fn get(
         .collect();
     let hosts = targets.iter().map(|(id, t)| (id.clone(), t.hostname.clone())).collect();
     let plan = crate::workflow::plan_view(&st, &d, &instrs, &hosts).await?;
+    // late targets: the selector matches them, the deployment has none of their work
+    let mut not_included = Vec::new();
+    if !instrs.is_empty() {
+        let selector = convoy_domain::Selector::parse(&d.selector).map_err(ApiError::internal)?;
+        let planned: std::collections::BTreeSet<&str> = instrs.iter().map(|i| i.target_id.as_str()).collect();
+        for (tid, t) in &targets {
+            let labels: Labels = serde_json::from_str(&t.labels_json).unwrap_or_default();
+            if !planned.contains(tid.as_str()) && selector.matches(&labels) {
+                not_included.push(format!("{} ({tid})", t.hostname));
+            }
+        }
+        not_included.sort();
+    }
     Ok(Json(DeploymentDetail {
         deployment: info(&d, &instrs),
         instructions: out,
@@ -172,6 +185,7 @@ pub async fn get(
         approvals,
         checks,
         plan,
+        not_included,
     }))
 }
 
