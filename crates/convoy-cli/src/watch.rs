@@ -395,6 +395,7 @@ mod tests {
             approvals: vec![],
             checks: vec![],
             plan: None,
+            not_included: vec![],
         }
     }
 
