@@ -196,6 +196,9 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
     for c in &d.changes {
         line(format!("  changes  {}", changes_line(c)));
     }
+    if let Some(by) = &dep.paused_by {
+        line(format!("  paused   by {by}: no new wave starts until `convoy resume {}`", dep.id));
+    }
     if !d.not_included.is_empty() {
         line(format!(
             "  not in this deployment (matched the selector after it was planned): {}",
@@ -355,6 +358,7 @@ mod tests {
                 wave: 0,
                 revision: 0,
                 expires_at: None,
+                paused_by: None,
             },
             instructions: vec![live, bad, slow],
             events: vec![

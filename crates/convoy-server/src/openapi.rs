@@ -25,6 +25,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/deployments"),
     ("get", "/deployments/{id}"),
     ("post", "/deployments/{id}/rollback"),
+    ("post", "/deployments/{id}/pause"),
+    ("post", "/deployments/{id}/resume"),
     ("patch", "/deployments/{id}"),
     ("post", "/deployments/{id}/approve"),
     ("post", "/deployments/{id}/reject"),
@@ -178,6 +180,8 @@ pub fn document() -> Value {
                 "post": op("Make an enrolment token ({labels, expires_in_secs, uses}); its secret is in the answer, once", "admin", None, json!({"description": "OK"})),
                 "get": op("Enrolment tokens: label scope, expiry, uses, revocation", "admin", None, json!({"description": "OK"}))},
             "/enrol-tokens/{id}": {"parameters": path_params(&["id"]), "delete": op("Revoke an enrolment token; audited", "admin", None, json!({"description": "OK"}))},
+            "/deployments/{id}/pause": {"parameters": path_params(&["id"]), "post": op("Pause a deployment under way ({note}: the reason): no new wave starts; staging goes on; audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
+            "/deployments/{id}/resume": {"parameters": path_params(&["id"]), "post": op("Resume a paused deployment ({note}: the reason); audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
             "/users/{name}/token": {"parameters": path_params(&["name"]), "post": op("A new API token for a user (admin, or the user itself); the old one is revoked at once", "viewer", None, json!({"description": "OK"}))}
         },
         "components": {

@@ -176,6 +176,13 @@ async fn step(
     let Some(next) = advance(&view, &tallies, now) else {
         return Ok(moved);
     };
+    // a paused deployment starts no new wave (rollbacks and failures go on)
+    if matches!(next.action, InstrAction::ActivateWave { .. }) {
+        if let Some(by) = st.store.paused_by(&d.id).await? {
+            tracing::debug!(deployment = %d.id, paused_by = %by, "paused: not starting the next wave");
+            return Ok(moved);
+        }
+    }
     let bulk = bulk_for(next.action, &next.note);
     let (wave, go_live_at) = match next.action {
         InstrAction::ActivateWave { wave, at } => (Some(wave), Some(at)),

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_deadlines.sql")),
     (3, include_str!("../migrations/0003_workflow.sql")),
     (4, include_str!("../migrations/0004_trust.sql")),
+    (5, include_str!("../migrations/0005_pause.sql")),
 ];
 
 pub struct SqliteStore {

@@ -73,6 +73,40 @@ async fn trust(s: &dyn Store) {
     );
     check("enrol tokens", s.list_enrol_tokens().await.unwrap().len(), 1);
 
+    // pauses: only an unsettled deployment, once; resumed once
+    let d = DeploymentRecord {
+        id: "d-pause".into(),
+        app: "web".into(),
+        version: "1".into(),
+        digest: "aa".into(),
+        selector: String::new(),
+        state: D::Staging,
+        go_live_at: None,
+        max_failures: 0,
+        stage_deadline: None,
+        activate_timeout_ms: 1,
+        created_by: "admin".into(),
+        created_at: 90,
+        updated_at: 90,
+        note: String::new(),
+        env: None,
+        reason: String::new(),
+        policy_json: String::new(),
+        plan_json: String::new(),
+        wave: 0,
+        revision: 0,
+        expires_at: None,
+    };
+    s.create_deployment(&d, &[], "admin").await.unwrap();
+    let pe = |what: &str| EventRecord { deployment_id: "d-pause".into(), ..ev(what) };
+    check("pause", s.pause("d-pause", "alice", &pe("paused")).await.unwrap(), true);
+    check("pause twice", s.pause("d-pause", "alice", &pe("paused")).await.unwrap(), false);
+    check("paused by", s.paused_by("d-pause").await.unwrap(), Some("alice".to_owned()));
+    check("pause unknown", s.pause("d-none", "alice", &ev("paused")).await.unwrap(), false);
+    check("resume", s.resume("d-pause", &pe("resumed")).await.unwrap(), true);
+    check("resume twice", s.resume("d-pause", &pe("resumed")).await.unwrap(), false);
+    check("running", s.paused_by("d-pause").await.unwrap(), None);
+
     // relays exist by grant only
     let r = RelayRecord {
         target_id: "t-e1".into(),

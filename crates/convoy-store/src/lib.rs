@@ -91,6 +91,14 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false if there was no such target.
     async fn remove_target(&self, id: &str) -> Result<bool>;
 
+    /// Pauses an unsettled deployment (no new wave starts), with its event;
+    /// false if it is settled, unknown or already paused.
+    async fn pause(&self, id: &str, by: &str, event: &EventRecord) -> Result<bool>;
+    /// Resumes a paused deployment, with its event; false if it was not paused.
+    async fn resume(&self, id: &str, event: &EventRecord) -> Result<bool>;
+    /// Who paused the deployment, if it is paused.
+    async fn paused_by(&self, id: &str) -> Result<Option<String>>;
+
     /// Grants (or re-grants) a target the relay role for a site, with its event.
     async fn grant_relay(&self, r: &RelayRecord, event: &EventRecord) -> Result<()>;
     /// False if the target was no relay.

@@ -319,6 +319,38 @@ macro_rules! impl_sql_store {
                     Ok(())
                 }
 
+                async fn pause(&self, id: &str, by: &str, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("INSERT INTO pauses (deployment_id, paused_by, at) SELECT id, $1, $2 FROM deployments WHERE id = $3 AND state IN ('staging', 'scheduled', 'activating') ON CONFLICT (deployment_id) DO NOTHING")
+                        .bind(by).bind(event.at).bind(id).execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn resume(&self, id: &str, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("DELETE FROM pauses WHERE deployment_id = $1").bind(id)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn paused_by(&self, id: &str) -> Result<Option<String>> {
+                    let row = ::sqlx::query("SELECT paused_by FROM pauses WHERE deployment_id = $1").bind(id)
+                        .fetch_optional(&self.read).await.map_err(db)?;
+                    row.map(|r| r.try_get("paused_by").map_err(db)).transpose()
+                }
+
                 async fn grant_relay(&self, r: &RelayRecord, event: &EventRecord) -> Result<()> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
                     ::sqlx::query("INSERT INTO relays (target_id, site, url, granted_by, granted_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target_id) DO UPDATE SET site = excluded.site, url = excluded.url, granted_by = excluded.granted_by, granted_at = excluded.granted_at")

@@ -474,6 +474,9 @@ pub struct DeploymentInfo {
     /// An unconfirmed request expires then.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// Who paused it (no new wave starts until it is resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

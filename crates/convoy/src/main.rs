@@ -224,6 +224,22 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Pause a deployment under way: no new wave starts (staging goes on).
+    Pause {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+        /// Why; kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a paused deployment.
+    Resume {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+        /// Why; kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Cancel a request before it is staged (the requester or an admin).
     Cancel {
         #[arg(value_name = "REQUEST")]
@@ -632,6 +648,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             convoy_cli::workflow::change(&api()?, id, at.as_deref(), *asap, selector.as_deref(), reason.as_deref(), fmt)
                 .await?
         }
+        Cmd::Pause { id, reason } => convoy_cli::workflow::act(&api()?, id, "pause", reason, fmt).await?,
+        Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?

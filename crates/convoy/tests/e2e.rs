@@ -612,3 +612,35 @@ fn targets_enrolled_after_planning_are_named_not_silently_left_out() {
     let table = f.ok(&["status", &id]);
     assert!(table.contains("not in this deployment") && table.contains("late ("), "{table}");
 }
+
+#[test]
+fn a_paused_deployment_starts_no_wave_until_resumed() {
+    let mut f = Fleet::start();
+    // a slow line: staging takes seconds, time enough to pause
+    f.start_agent("a", "role=web", &[], &["--max-rate", "300000"]);
+    publish(&f, "1.0", 2_000_000);
+    let id = f.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    f.ok(&["pause", &id, "--reason", "hold for the sale"]);
+    let out = f.cli(&["pause", &id]);
+    assert_eq!(out.status.code(), Some(1), "pausing twice is refused");
+    // every copy staged, yet nothing goes live while paused
+    wait_until("the target to stage", LONG, || {
+        let d = f.deployment(&id);
+        (instruction(&d, "a")["state"] == "staged").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let d = f.deployment(&id);
+    assert_eq!(d["deployment"]["state"], "staging", "{d:#}");
+    assert_eq!(d["deployment"]["paused_by"], "admin");
+    assert!(f.ok(&["status", &id]).contains("paused   by admin"));
+    assert_eq!(f.live("web"), vec![("a".into(), None)]);
+    f.ok(&["resume", &id, "--reason", "sale over"]);
+    let d = f.wait_state(&id, &["succeeded", "failed"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    let notes: Vec<String> =
+        d["events"].as_array().unwrap().iter().map(|e| e["note"].as_str().unwrap().to_owned()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("hold for the sale")) && notes.iter().any(|n| n.contains("sale over")),
+        "{notes:?}"
+    );
+}

@@ -55,6 +55,7 @@ pub fn info(d: &DeploymentRecord, instrs: &[InstructionRecord]) -> DeploymentInf
         wave: d.wave,
         revision: d.revision,
         expires_at: d.expires_at,
+        paused_by: None,
     }
 }
 
@@ -177,16 +178,82 @@ pub async fn get(
         }
         not_included.sort();
     }
-    Ok(Json(DeploymentDetail {
-        deployment: info(&d, &instrs),
-        instructions: out,
-        events,
-        changes,
-        approvals,
-        checks,
-        plan,
-        not_included,
-    }))
+    let mut deployment = info(&d, &instrs);
+    deployment.paused_by = st.store.paused_by(&id).await?;
+    Ok(Json(DeploymentDetail { deployment, instructions: out, events, changes, approvals, checks, plan, not_included }))
+}
+
+/// `POST /deployments/{id}/pause` and `/resume` (deployer; audited with a
+/// reason): a paused deployment starts no new wave; staging goes on, and a
+/// wave already going live finishes.
+pub async fn pause(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<convoy_wire::Decision>, JsonRejection>,
+) -> ApiResult<Json<DeploymentInfo>> {
+    pause_or_resume(st, headers, id, body, true).await
+}
+
+pub async fn resume(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<convoy_wire::Decision>, JsonRejection>,
+) -> ApiResult<Json<DeploymentInfo>> {
+    pause_or_resume(st, headers, id, body, false).await
+}
+
+async fn pause_or_resume(
+    st: AppState,
+    headers: HeaderMap,
+    id: String,
+    body: Result<Json<convoy_wire::Decision>, JsonRejection>,
+    pausing: bool,
+) -> ApiResult<Json<DeploymentInfo>> {
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let reason: String = match body {
+        Ok(Json(d)) => d.note.chars().take(1024).collect(),
+        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let what = if pausing { "pause" } else { "resume" };
+    let r = async {
+        if user.role < Role::Deployer {
+            return Err(ApiError::forbidden(format!(
+                "{what} needs the deployer role or higher; {} is {}",
+                user.name, user.role
+            )));
+        }
+        let d = find(&st, &id).await?;
+        let why = if reason.trim().is_empty() { String::new() } else { format!(": {reason}") };
+        let ev = convoy_store::EventRecord {
+            deployment_id: id.clone(),
+            ..convoy_store::EventRecord::audit(
+                &user.actor(),
+                if pausing { "paused" } else { "resumed" },
+                format!("{} by {}{why}", if pausing { "paused" } else { "resumed" }, user.name),
+                now_ms(),
+            )
+        };
+        let done =
+            if pausing { st.store.pause(&id, &user.name, &ev).await? } else { st.store.resume(&id, &ev).await? };
+        if !done {
+            return Err(ApiError::conflict(if pausing {
+                format!("{id} is {} or already paused; only a deployment under way can be paused", d.state.as_str())
+            } else {
+                format!("{id} is not paused")
+            }));
+        }
+        tracing::info!(deployment = %id, user = %user.name, "{what}d");
+        st.wake.notify_one();
+        let instrs = st.store.list_instructions(&id).await?;
+        let mut out = info(&find(&st, &id).await?, &instrs);
+        out.paused_by = st.store.paused_by(&id).await?;
+        Ok(Json(out))
+    }
+    .await;
+    super::requests::audit_refusal(&st, &user, what, &id, r).await
 }
 
 /// Targets of `d` that a later deployment of the same app went live on

@@ -256,26 +256,40 @@ pub async fn cancel(
 }
 
 async fn cancel_as(st: &AppState, user: &User, id: &str, reason: &str) -> ApiResult<Json<DeploymentInfo>> {
-    let d = find(st, id).await?;
-    if user.name != d.created_by && user.role < Role::Admin {
-        return Err(ApiError::forbidden(format!(
-            "only the requester ({}) or an admin may cancel this request",
-            d.created_by
-        )));
-    }
-    if !d.state.is_request() {
-        return Err(ApiError::conflict(format!(
-            "{id} is {}; only a request (before staging) can be canceled; use `convoy rollback {id}`",
-            d.state.as_str()
-        )));
-    }
     let reason: String = reason.chars().take(1024).collect();
     let why = if reason.trim().is_empty() {
         format!("canceled by {}", user.name)
     } else {
         format!("canceled by {}: {reason}", user.name)
     };
-    end(st, &d, D::Canceled, &why, user, "canceled", &reason).await
+    // the scheduler may move the request (preflight, confirmation) while we
+    // look: cancel it in whichever request state it is now
+    for _ in 0..5 {
+        let d = find(st, id).await?;
+        if user.name != d.created_by && user.role < Role::Admin {
+            return Err(ApiError::forbidden(format!(
+                "only the requester ({}) or an admin may cancel this request",
+                d.created_by
+            )));
+        }
+        if !d.state.is_request() {
+            return Err(ApiError::conflict(format!(
+                "{id} is {}; only a request (before staging) can be canceled; use `convoy rollback {id}`",
+                d.state.as_str()
+            )));
+        }
+        let actor = user.actor();
+        let m = DeploymentMove {
+            from_revision: Some(d.revision),
+            ..DeploymentMove::new(d.state, D::Canceled, &why, &actor, now_ms())
+        };
+        if st.store.transition_deployment(&d.id, &m).await? {
+            let (policy, _) = policy_of(&d)?;
+            crate::notify::send(st, &policy, "canceled", &d, &actor, &reason);
+            return current(st, &d.id).await;
+        }
+    }
+    Err(ApiError::conflict(format!("request {id} keeps changing; look again")))
 }
 
 /// Changes a request before it is staged. Approvals given so far no longer
