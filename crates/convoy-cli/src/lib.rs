@@ -185,6 +185,26 @@ pub async fn watch_cmd(c: &Client, id: &str, fmt: Format) -> anyhow::Result<i32>
     finish(c, id, fmt).await
 }
 
+pub async fn retry(
+    c: &Client,
+    id: &str,
+    targets: &[String],
+    reason: &str,
+    wait: bool,
+    fmt: Format,
+) -> anyhow::Result<i32> {
+    let body = convoy_wire::RetryRequest { note: reason.into(), targets: targets.to_vec() };
+    let d: DeploymentInfo = c.send_json(reqwest::Method::POST, &format!("/deployments/{id}/retry"), &body).await?;
+    if wait {
+        return finish(c, id, fmt).await;
+    }
+    match fmt {
+        Format::Json => output::json(&d),
+        Format::Table => line(format!("deployment {}: {} ({})", d.id, d.state, d.note)),
+    }
+    Ok(0)
+}
+
 pub async fn rollback(
     c: &Client,
     id: &str,

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}", get(deployments::get).patch(requests::revise))
         .route("/deployments/{id}/rollback", post(deployments::rollback))
         .route("/deployments/{id}/pause", post(deployments::pause))
+        .route("/deployments/{id}/retry", post(deployments::retry))
         .route("/deployments/{id}/resume", post(deployments::resume))
         .route("/deployments/{id}/approve", post(requests::approve))
         .route("/deployments/{id}/reject", post(requests::reject))

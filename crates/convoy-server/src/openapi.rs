@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/deployments/{id}"),
     ("post", "/deployments/{id}/rollback"),
     ("post", "/deployments/{id}/pause"),
+    ("post", "/deployments/{id}/retry"),
     ("post", "/deployments/{id}/resume"),
     ("patch", "/deployments/{id}"),
     ("post", "/deployments/{id}/approve"),
@@ -181,6 +182,7 @@ pub fn document() -> Value {
                 "get": op("Enrolment tokens: label scope, expiry, uses, revocation", "admin", None, json!({"description": "OK"}))},
             "/enrol-tokens/{id}": {"parameters": path_params(&["id"]), "delete": op("Revoke an enrolment token; audited", "admin", None, json!({"description": "OK"}))},
             "/deployments/{id}/pause": {"parameters": path_params(&["id"]), "post": op("Pause a deployment under way ({note}: the reason): no new wave starts; staging goes on; audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
+            "/deployments/{id}/retry": {"parameters": path_params(&["id"]), "post": op("Retry a finished deployment's failed or canceled targets ({note, targets: [ID or hostname]}); healthy targets are untouched; audited", "deployer", None, json_ok("DeploymentInfo"))},
             "/deployments/{id}/resume": {"parameters": path_params(&["id"]), "post": op("Resume a paused deployment ({note}: the reason); audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
             "/users/{name}/token": {"parameters": path_params(&["name"]), "post": op("A new API token for a user (admin, or the user itself); the old one is revoked at once", "viewer", None, json!({"description": "OK"}))}
         },

@@ -103,6 +103,19 @@ pub struct RollbackRequest {
     pub uninstall: bool,
 }
 
+/// `POST /deployments/{id}/retry`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Why; kept in the audit log.
+    #[serde(default)]
+    pub note: String,
+    /// Only these targets (ids or hostnames); empty: every failed or
+    /// canceled one.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
 /// `POST /enrol-tokens` (admin).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

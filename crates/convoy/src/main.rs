@@ -224,6 +224,21 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Stage and go live again on a finished deployment's failed or canceled
+    /// targets only (healthy ones are untouched).
+    Retry {
+        #[arg(value_name = "DEPLOYMENT")]
+        id: String,
+        /// Only this target, by id or hostname (repeatable).
+        #[arg(long = "target", value_name = "ID|HOSTNAME")]
+        targets: Vec<String>,
+        /// Why; kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Watch until it settles.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Pause a deployment under way: no new wave starts (staging goes on).
     Pause {
         #[arg(value_name = "DEPLOYMENT")]
@@ -647,6 +662,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Change { id, at, asap, selector, reason } => {
             convoy_cli::workflow::change(&api()?, id, at.as_deref(), *asap, selector.as_deref(), reason.as_deref(), fmt)
                 .await?
+        }
+        Cmd::Retry { id, targets, reason, wait } => {
+            return convoy_cli::retry(&api()?, id, targets, reason, *wait, fmt).await
         }
         Cmd::Pause { id, reason } => convoy_cli::workflow::act(&api()?, id, "pause", reason, fmt).await?,
         Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,

@@ -644,3 +644,44 @@ fn a_paused_deployment_starts_no_wave_until_resumed() {
         "{notes:?}"
     );
 }
+
+#[test]
+fn retry_takes_only_the_failed_targets_again() {
+    let mut f = Fleet::start();
+    for n in ["a", "b", "c"] {
+        f.start_agent(n, "role=web", &[], &[]);
+    }
+    publish(&f, "1.0", 10_000);
+    publish(&f, "2.0", 10_000);
+    deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
+    std::fs::write(f.agent_root("c").join("simulate-outage"), b"").unwrap();
+    let (code, d) = deploy_wait(&f, &["web@2.0", "--selector", "role=web", "--max-failures", "1"]);
+    assert_eq!((code, d["deployment"]["state"].as_str()), (0, Some("succeeded")), "{d:#}");
+    assert_eq!(instruction(&d, "c")["state"], "rolled_back");
+    let id = d["deployment"]["id"].as_str().unwrap().to_owned();
+    let c_attempt = instruction(&d, "c")["attempt"].as_i64().unwrap();
+    let before: Vec<(String, i64)> =
+        ["a", "b"].iter().map(|h| (h.to_string(), instruction(&d, h)["updated_at"].as_i64().unwrap())).collect();
+    // bad targets are refused clearly, changing nothing
+    let out = f.cli(&["retry", &id, "--target", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a target of"));
+    let out = f.cli(&["retry", &id, "--target", "a"]);
+    assert_eq!(out.status.code(), Some(1), "a is healthy: nothing to retry");
+    // the outage is over: retry c only
+    std::fs::remove_file(f.agent_root("c").join("simulate-outage")).unwrap();
+    let out = f.cli(&["retry", &id, "--target", "c", "--reason", "outage fixed", "--wait", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = f.deployment(&id);
+    assert_eq!(after["deployment"]["state"], "succeeded", "{after:#}");
+    assert_eq!(instruction(&after, "c")["state"], "succeeded");
+    assert_eq!(instruction(&after, "c")["attempt"].as_i64().unwrap(), c_attempt + 1, "a new attempt");
+    for (h, at) in before {
+        assert_eq!(instruction(&after, &h)["updated_at"].as_i64().unwrap(), at, "{h} was untouched");
+    }
+    assert_eq!(
+        f.live("web"),
+        vec![("a".into(), Some("2.0".into())), ("b".into(), Some("2.0".into())), ("c".into(), Some("2.0".into()))]
+    );
+    assert!(f.ok(&["status", &id, "--events"]).contains("outage fixed"));
+}

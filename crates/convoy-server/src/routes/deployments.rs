@@ -183,6 +183,117 @@ pub async fn get(
     Ok(Json(DeploymentDetail { deployment, instructions: out, events, changes, approvals, checks, plan, not_included }))
 }
 
+/// `POST /deployments/{id}/retry` (deployer; audited): the failed or
+/// canceled targets of a finished deployment (all, or those named) stage
+/// and go live again with a new attempt; healthy targets are untouched.
+pub async fn retry(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<convoy_wire::RetryRequest>, JsonRejection>,
+) -> ApiResult<Json<DeploymentInfo>> {
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(JsonRejection::MissingJsonContentType(_)) => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
+    let r = retry_as(&st, &user, &id, req).await;
+    super::requests::audit_refusal(&st, &user, "retry", &id, r).await
+}
+
+async fn retry_as(
+    st: &AppState,
+    user: &crate::auth::User,
+    id: &str,
+    req: convoy_wire::RetryRequest,
+) -> ApiResult<Json<DeploymentInfo>> {
+    if user.role < Role::Deployer {
+        return Err(ApiError::forbidden(format!(
+            "retrying needs the deployer role or higher; {} is {}",
+            user.name, user.role
+        )));
+    }
+    if req.targets.len() > 10_000 || req.note.len() > 1024 {
+        return Err(ApiError::bad_request("at most 10000 targets and a reason of 1024 bytes"));
+    }
+    let d = find(st, id).await?;
+    if !matches!(d.state, convoy_domain::DeploymentState::Succeeded | convoy_domain::DeploymentState::Failed) {
+        return Err(ApiError::conflict(format!(
+            "{id} is {}; only a finished deployment (succeeded or failed) is retried; {}",
+            d.state.as_str(),
+            if d.state.is_settled() { "deploy the release again" } else { "wait for it to finish" }
+        )));
+    }
+    let instrs = st.store.list_instructions(id).await?;
+    let all = st.store.list_targets().await?;
+    let host: BTreeMap<&str, &str> = all.iter().map(|t| (t.id.as_str(), t.hostname.as_str())).collect();
+    let named = |i: &InstructionRecord| {
+        req.targets.is_empty()
+            || req.targets.iter().any(|t| *t == i.target_id || host.get(i.target_id.as_str()) == Some(&t.as_str()))
+    };
+    if let Some(t) = req
+        .targets
+        .iter()
+        .find(|t| !instrs.iter().any(|i| i.target_id == **t || host.get(i.target_id.as_str()) == Some(&t.as_str())))
+    {
+        return Err(ApiError::bad_request(format!("{t} is not a target of {id}")));
+    }
+    let again: Vec<&InstructionRecord> = instrs
+        .iter()
+        .filter(|i| {
+            // failed: it failed, or failed and switched back (rolled_back)
+            matches!(i.state, S::Failed | S::Canceled | S::RolledBack)
+                && named(i)
+                && host.contains_key(i.target_id.as_str())
+        })
+        .collect();
+    if again.is_empty() {
+        return Err(ApiError::conflict(format!("{id} has no failed or canceled target (of those named) to retry")));
+    }
+    // never over a later deployment's release, never beside unfinished work
+    let later = moved_on(st, &d).await?;
+    if let Some(i) = again.iter().find(|i| later.contains_key(&i.target_id)) {
+        return Err(ApiError::conflict(format!(
+            "target {} has since been moved on by {}; retry that one instead",
+            i.target_id, later[&i.target_id].0
+        )));
+    }
+    let busy = st.store.busy_targets(&d.app).await?;
+    if let Some(i) = again.iter().find(|i| busy.contains(&i.target_id)) {
+        return Err(ApiError::conflict(format!("target {} is in an unfinished deployment of {}", i.target_id, d.app)));
+    }
+    let now = now_ms();
+    let actor = user.actor();
+    let names: Vec<String> =
+        again.iter().map(|i| host.get(i.target_id.as_str()).copied().unwrap_or("?").to_owned()).collect();
+    let why = if req.note.trim().is_empty() { String::new() } else { format!(": {}", req.note) };
+    let note =
+        format!("retry of {} by {}{why}: {}", convoy_domain::targets(again.len() as u64), user.name, names.join(", "));
+    // the deployment reopens first (so nothing is left pending under a
+    // settled deployment), then each retried target gets a new attempt
+    let m = DeploymentMove {
+        wave: Some(0),
+        ..DeploymentMove::new(d.state, convoy_domain::DeploymentState::Staging, &note, &actor, now)
+    };
+    if !st.store.transition_deployment(id, &m).await? {
+        return Err(ApiError::conflict(format!("deployment {id} changed state meanwhile; try again")));
+    }
+    for i in &again {
+        let up = InstructionUpdate {
+            to: Some(S::Created),
+            attempt: Some(i.attempt + 1),
+            note: format!("retry (attempt {}){why}", i.attempt + 1),
+            ..Default::default()
+        };
+        st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
+    }
+    tracing::info!(deployment = %id, user = %user.name, targets = again.len(), "retry");
+    st.changed(again.iter().map(|i| i.target_id.as_str()));
+    let instrs = st.store.list_instructions(id).await?;
+    Ok(Json(info(&find(st, id).await?, &instrs)))
+}
+
 /// `POST /deployments/{id}/pause` and `/resume` (deployer; audited with a
 /// reason): a paused deployment starts no new wave; staging goes on, and a
 /// wave already going live finishes.
