@@ -75,40 +75,13 @@ pub async fn tick(st: &AppState) -> Result<usize, convoy_store::StoreError> {
                 Err(e) => tracing::warn!(deployment = %d.id, error = %e.message, "preflight step failed"),
             },
             D::AwaitingConfirmation if d.expires_at.is_some_and(|t| now >= t) => {
-                let m = DeploymentMove::new(
-                    d.state,
-                    D::Expired,
-                    "not confirmed in time; request it again",
-                    "scheduler",
-                    now,
-                );
-                if st.store.transition_deployment(&d.id, &m).await? {
-                    moved += 1;
-                    if let Ok((policy, _)) = crate::workflow::policy_of(&d) {
-                        crate::notify::send(st, &policy, "expired", &d, "scheduler", "");
-                    }
-                }
+                moved += expire(st, &d, "not confirmed in time; request it again", now).await?;
             }
             D::AwaitingApproval
                 if crate::workflow::policy_of(&d)
                     .is_ok_and(|(p, _)| now >= d.updated_at + p.approval_ttl_secs as i64 * 1000) =>
             {
-                let m = DeploymentMove {
-                    from_revision: Some(d.revision),
-                    ..DeploymentMove::new(
-                        d.state,
-                        D::Expired,
-                        "not approved in time; request it again",
-                        "scheduler",
-                        now,
-                    )
-                };
-                if st.store.transition_deployment(&d.id, &m).await? {
-                    moved += 1;
-                    if let Ok((policy, _)) = crate::workflow::policy_of(&d) {
-                        crate::notify::send(st, &policy, "expired", &d, "scheduler", "");
-                    }
-                }
+                moved += expire(st, &d, "not approved in time; request it again", now).await?;
             }
             D::AwaitingApproval | D::AwaitingConfirmation => {}
             _ => moved += step(st, &d, now, &mut touched).await?,
@@ -119,6 +92,22 @@ pub async fn tick(st: &AppState) -> Result<usize, convoy_store::StoreError> {
         st.changed(touched.iter().map(String::as_str));
     }
     Ok(moved)
+}
+
+/// Ends a request that waited too long (for approvals or confirmation),
+/// if it is still as seen, and tells the environment's webhook.
+async fn expire(st: &AppState, d: &DeploymentRecord, why: &str, now: i64) -> Result<usize, convoy_store::StoreError> {
+    let m = DeploymentMove {
+        from_revision: Some(d.revision),
+        ..DeploymentMove::new(d.state, D::Expired, why, "scheduler", now)
+    };
+    if !st.store.transition_deployment(&d.id, &m).await? {
+        return Ok(0);
+    }
+    if let Ok((policy, _)) = crate::workflow::policy_of(d) {
+        crate::notify::send(st, &policy, "expired", d, "scheduler", "");
+    }
+    Ok(1)
 }
 
 /// Advances one deployment past staging: deadlines, the gate, the waves.

@@ -167,19 +167,25 @@ fn relays_are_granted_never_claimed_and_see_no_agent_token() {
     assert_eq!(f.json(&["relays", "list"]).as_array().unwrap().len(), 0);
 }
 
-#[test]
-fn agents_refuse_work_a_relay_altered_or_invented() {
-    let mut f = Fleet::start();
+/// A granted relay of site sh behaving as the fault says, and an agent
+/// w1 that long-polls it for work.
+fn hostile_relay(f: &mut Fleet, fault: &str) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     f.start_agent(
         "relay",
         "site=sh,role=relay",
-        &[("CONVOY_AGENT_FAULT", "relay-forge-work")],
+        &[("CONVOY_AGENT_FAULT", fault)],
         &["--relay", "--listen", &format!("127.0.0.1:{port}")],
     );
     f.grant_relay("relay", "sh", &url);
     f.start_agent("w1", "site=sh,role=web", &[], &["--poll-via", &url, "--poll-wait", "1"]);
+}
+
+#[test]
+fn agents_refuse_work_a_relay_altered_or_invented() {
+    let mut f = Fleet::start();
+    hostile_relay(&mut f, "relay-forge-work");
     let w1 = f.target_id("w1");
     let src = f.path("src/1.0");
     write_app(&src, "1.0", 50_000);
@@ -381,16 +387,7 @@ fn enrolment_is_rate_limited_per_address() {
 #[test]
 fn a_relay_replaying_withdrawn_work_switches_nothing() {
     let mut f = Fleet::start();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    f.start_agent(
-        "relay",
-        "site=sh,role=relay",
-        &[("CONVOY_AGENT_FAULT", "relay-replay")],
-        &["--relay", "--listen", &format!("127.0.0.1:{port}")],
-    );
-    f.grant_relay("relay", "sh", &url);
-    f.start_agent("w1", "site=sh,role=web", &[], &["--poll-via", &url, "--poll-wait", "1"]);
+    hostile_relay(&mut f, "relay-replay");
     let src = f.path("src/1.0");
     write_app(&src, "1.0", 20_000);
     f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
