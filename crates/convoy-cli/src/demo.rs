@@ -141,6 +141,7 @@ async fn deploy(c: &Client, version: &str, at: Option<i64>) -> anyhow::Result<De
         activate_timeout_secs: None,
         env: None,
         reason: String::new(),
+        targets: Vec::new(),
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("deployment {} created; staging to {}", d.id, convoy_domain::targets(d.counts.total)));
@@ -192,6 +193,7 @@ async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<DeploymentDe
         activate_timeout_secs: None,
         env: Some("prod".into()),
         reason: "CHG-7: fix for the v3.0 outage".into(),
+        targets: Vec::new(),
     };
     let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("ana requests {APP}@3.1 in prod: {} is {}", r.id, r.state));

@@ -96,6 +96,8 @@ pub struct DeployArgs<'a> {
     pub wait: bool,
     pub env: Option<&'a str>,
     pub reason: &'a str,
+    /// Targets by id or hostname, besides the selector.
+    pub targets: &'a [String],
 }
 
 pub async fn deploy(c: &Client, a: DeployArgs<'_>, fmt: Format) -> anyhow::Result<i32> {
@@ -113,6 +115,7 @@ pub async fn deploy(c: &Client, a: DeployArgs<'_>, fmt: Format) -> anyhow::Resul
         activate_timeout_secs: a.activate_timeout.map(parse_duration).transpose()?,
         env: a.env.map(str::to_owned),
         reason: a.reason.into(),
+        targets: a.targets.to_vec(),
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     if !a.wait {

@@ -95,8 +95,9 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
         p.on_breach = match b {
             "all" => convoy_domain::OnBreach::RollbackAll,
             "wave" => convoy_domain::OnBreach::RollbackWave,
+            "pause" => convoy_domain::OnBreach::Pause,
             _ => {
-                bail!("--on-breach must be all (roll back every wave that went live) or wave (only the breaching one)")
+                bail!("--on-breach must be all (roll back every wave that went live), wave (only the breaching one) or pause (halt; an operator resumes or rolls back)")
             }
         };
     }
@@ -174,7 +175,9 @@ fn print_env(e: &EnvInfo) {
         "  on a breach     {}",
         match p.on_breach {
             convoy_domain::OnBreach::RollbackAll => "roll back every wave that went live",
-            convoy_domain::OnBreach::RollbackWave => "roll back the breaching wave only",
+            convoy_domain::OnBreach::RollbackWave => "roll back the breaching wave only; the deployment ends halted",
+            convoy_domain::OnBreach::Pause =>
+                "halt where it is; `convoy resume` starts the next wave, `convoy rollback` rolls back",
         }
     ));
     let on_failure = match p.preflight_failure {

@@ -30,9 +30,13 @@ pub enum DeploymentState {
     Rejected,
     /// Nobody confirmed in time.
     Expired,
+    /// Stopped with a mixed outcome (some targets live on the release,
+    /// others back or failed), or paused by a breach; waits for an
+    /// operator: `convoy resume` (after a pause) or `convoy rollback`.
+    Halted,
 }
 
-const ALL: [DeploymentState; 13] = [
+const ALL: [DeploymentState; 14] = [
     DeploymentState::AwaitingApproval,
     DeploymentState::Preflight,
     DeploymentState::AwaitingConfirmation,
@@ -46,6 +50,7 @@ const ALL: [DeploymentState; 13] = [
     DeploymentState::Canceled,
     DeploymentState::Rejected,
     DeploymentState::Expired,
+    DeploymentState::Halted,
 ];
 
 impl DeploymentState {
@@ -64,6 +69,7 @@ impl DeploymentState {
             Self::Canceled => "canceled",
             Self::Rejected => "rejected",
             Self::Expired => "expired",
+            Self::Halted => "halted",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -73,7 +79,13 @@ impl DeploymentState {
     pub fn is_settled(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled | Self::Rejected | Self::Expired
+            Self::Succeeded
+                | Self::Failed
+                | Self::RolledBack
+                | Self::Canceled
+                | Self::Rejected
+                | Self::Expired
+                | Self::Halted
         )
     }
     /// Still a request: no instructions exist yet.
@@ -242,6 +254,7 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
             let later = if k < count { format!("; waves {}-{count} not started", k + 1) } else { String::new() };
             let all_failed = if failures(&cur) <= budget { ", every target of the wave" } else { "" };
             let failed = format!("{}{} failed{all_failed} (budget {budget})", of(k), crate::targets(failures(&cur)));
+            let halted = |what: &str| format!("{failed}{later}; halted: {}{what}", mixed(&t),);
             match d.on_breach {
                 crate::OnBreach::RollbackAll if t.succeeded > 0 => adv(
                     D::RollingBack,
@@ -254,17 +267,26 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
                     format!("{failed}; rolling the wave back{later}"),
                     InstrAction::RollBackWave { wave: k },
                 ),
-                crate::OnBreach::RollbackWave => adv(
-                    D::Failed,
-                    format!(
-                        "{failed}{later}{}",
-                        if t.succeeded > 0 {
-                            "; earlier waves stay live (policy: roll back the wave only)"
-                        } else {
-                            ""
-                        }
+                // earlier waves stay live: a mixed outcome, never "failed"
+                crate::OnBreach::RollbackWave if t.succeeded > 0 => adv(
+                    D::Halted,
+                    halted(
+                        "; earlier waves stay live (policy: roll back the wave only); `convoy rollback` finishes it",
                     ),
                     InstrAction::RollBackWave { wave: k },
+                ),
+                crate::OnBreach::RollbackWave => {
+                    adv(D::Failed, format!("{failed}{later}"), InstrAction::RollBackWave { wave: k })
+                }
+                // nothing moves: an operator decides
+                crate::OnBreach::Pause => adv(
+                    D::Halted,
+                    halted(if k < count {
+                        "; paused by the breach (policy): `convoy resume` starts the next wave, `convoy rollback` rolls back"
+                    } else {
+                        "; paused by the breach (policy): `convoy rollback` rolls back, or leave it"
+                    }),
+                    InstrAction::None,
                 ),
             }
         }
@@ -277,6 +299,11 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
             InstrAction::None,
         ),
         D::RollingBack if t.rolling_back > 0 => None,
+        // some targets stay live on the release (the policy rolled back one
+        // wave only): the outcome is mixed, and says so
+        D::RollingBack if t.succeeded > 0 => {
+            adv(D::Halted, format!("halted: {}; `convoy rollback` rolls the rest back", mixed(&t)), InstrAction::None)
+        }
         D::RollingBack => {
             let left = if t.superseded > 0 {
                 format!("; {} left on the later deployment that moved them on", crate::targets(t.superseded))
@@ -285,8 +312,53 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
             };
             adv(D::RolledBack, format!("{} rolled back{left}", crate::targets(t.rolled_back)), InstrAction::None)
         }
-        D::Succeeded | D::Failed | D::RolledBack | D::Canceled | D::Rejected | D::Expired => None,
+        D::Succeeded | D::Failed | D::RolledBack | D::Canceled | D::Rejected | D::Expired | D::Halted => None,
     }
+}
+
+/// The counts of a mixed outcome, e.g. `2 live on the release, 2 rolled
+/// back, 1 failed, 2 never went live`.
+fn mixed(t: &Tally) -> String {
+    let mut parts = vec![format!("{} live on the release", t.succeeded)];
+    for (n, what) in [
+        (t.rolled_back + t.rolling_back, "rolled back"),
+        (t.failed, "failed"),
+        (t.staged + t.staging + t.canceled, "never went live"),
+        (t.superseded, "moved on by a later deployment"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// An operator's resume of a deployment a breach paused (`halted` with
+/// waves left): the failures are accepted and the next wave goes live.
+pub fn resume_after_breach(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Result<Advance, String> {
+    use DeploymentState as D;
+    if d.state != D::Halted {
+        return Err(format!("deployment is {}, not halted", d.state.as_str()));
+    }
+    let count = waves.len().max(1) as u32;
+    let k = d.wave.clamp(1, count);
+    if k >= count {
+        return Err("no wave is left to start; roll it back (`convoy rollback`) or leave it".into());
+    }
+    let next = waves[k as usize];
+    if next.staged == 0 {
+        return Err(format!("wave {} has no staged target left to go live", k + 1));
+    }
+    let first = d.waves.get(k as usize).and_then(|w| w.at);
+    let at = wave_start(first, k + 1, d.gap_ms, d.windows, now);
+    let what =
+        format!("resumed after the breach of wave {k}: wave {} of {count} ({})", k + 1, crate::targets(next.staged));
+    let (to, note) = if at > now {
+        (D::Scheduled, format!("{what} planned at {}", show_time(at)))
+    } else {
+        (D::Activating, format!("{what} going live"))
+    };
+    Ok(Advance { to, note, action: InstrAction::ActivateWave { wave: k + 1, at } })
 }
 
 /// Time limits of a deployment.
@@ -333,7 +405,7 @@ pub fn overdue(
 pub fn request_rollback(state: DeploymentState) -> Result<Advance, String> {
     use DeploymentState as D;
     match state {
-        D::Scheduled | D::Activating | D::Succeeded | D::Failed => {
+        D::Scheduled | D::Activating | D::Succeeded | D::Failed | D::Halted => {
             Ok(Advance { to: D::RollingBack, note: "rollback requested".into(), action: InstrAction::RollBackLive })
         }
         D::Staging => {
@@ -481,8 +553,27 @@ mod tests {
         assert_eq!((a.to, a.action), (D::RollingBack, InstrAction::RollBackWave { wave: 2 }));
         let gone = Tally { rolled_back: 2, ..Default::default() };
         let a = advance(&only(D::Activating, 2, Some(2_600)), &[live(1), gone, staged(2)], 2_800).unwrap();
-        assert_eq!((a.to, a.action), (D::Failed, InstrAction::RollBackWave { wave: 2 }));
-        assert!(a.note.contains("earlier waves stay live"), "{}", a.note);
+        assert_eq!((a.to, a.action), (D::Halted, InstrAction::RollBackWave { wave: 2 }));
+        assert!(a.note.contains("earlier waves stay live") && a.note.contains("1 live on the release"), "{}", a.note);
+        // wave 2 back, wave 1 still live: the rollback ends halted, with counts
+        let a = advance(
+            &only(D::RollingBack, 2, Some(2_600)),
+            &[live(1), gone, Tally { canceled: 2, ..Default::default() }],
+            2_900,
+        )
+        .unwrap();
+        assert_eq!(a.to, D::Halted);
+        assert!(a.note.contains("1 live on the release, 2 rolled back, 2 never went live"), "{}", a.note);
+        // or pause: nothing moves, and an operator resumes with wave 3
+        let pause = |state, wave, at| DeploymentView { on_breach: crate::OnBreach::Pause, ..v(state, wave, at) };
+        let a = advance(&pause(D::Activating, 2, Some(2_600)), &[live(1), broke, staged(2)], 2_800).unwrap();
+        assert_eq!((a.to, a.action), (D::Halted, InstrAction::None));
+        assert!(a.note.contains("paused by the breach"), "{}", a.note);
+        let r = resume_after_breach(&pause(D::Halted, 2, Some(2_600)), &[live(1), broke, staged(2)], 3_500).unwrap();
+        assert_eq!((r.to, r.action), (D::Scheduled, InstrAction::ActivateWave { wave: 3, at: 3_600 }));
+        assert!(resume_after_breach(&pause(D::Halted, 3, Some(3_000)), &[live(1), broke, broke], 3_500).is_err());
+        assert!(resume_after_breach(&pause(D::Activating, 2, None), &[live(1), broke, staged(2)], 3_500).is_err());
+        assert_eq!(request_rollback(D::Halted).unwrap().to, D::RollingBack);
         // the last wave done: succeeded
         let a = advance(&v(D::Activating, 3, Some(3_000)), &[live(1), live(2), live(2)], 3_500).unwrap();
         assert_eq!(a.to, D::Succeeded);

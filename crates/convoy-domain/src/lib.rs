@@ -6,9 +6,11 @@ mod instruction;
 mod names;
 mod plan;
 mod policy;
+mod request;
 
 pub use deployment::{
-    advance, overdue, request_rollback, Advance, Deadlines, DeploymentState, DeploymentView, InstrAction, Tally,
+    advance, overdue, request_rollback, resume_after_breach, Advance, Deadlines, DeploymentState, DeploymentView,
+    InstrAction, Tally,
 };
 pub use instruction::{on_report, InstructionState, InstructionView, Outcome, Phase, ReportKind, MAX_STAGE_ATTEMPTS};
 pub use names::{parse_reference, targets, AppName, Labels, NameError, Selector, Version};
@@ -17,3 +19,4 @@ pub use policy::{
     in_windows, next_allowed, parse_waves, show_time, Amount, OnBreach, OutsideWindow, Policy, PolicyError,
     PreflightFailure, Role, Window,
 };
+pub use request::{request_step, RequestEvent, RequestRules, RequestStep};

@@ -160,8 +160,12 @@ pub enum OnBreach {
     #[default]
     RollbackAll,
     /// Only the breaching wave is rolled back; earlier waves stay live (the
-    /// deployment ends `failed`, saying so).
+    /// deployment ends `halted`, with counts, until an operator rolls it
+    /// back).
     RollbackWave,
+    /// Nothing is rolled back and no later wave starts: the deployment is
+    /// `halted` until an operator resumes (next wave) or rolls back.
+    Pause,
 }
 
 /// An environment's policy, stored as JSON with the environment and

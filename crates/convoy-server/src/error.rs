@@ -64,6 +64,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::app::AppError> for ApiError {
+    fn from(e: crate::app::AppError) -> Self {
+        use crate::app::AppError as A;
+        match e {
+            A::Invalid(m) => Self::bad_request(m),
+            A::NotFound(m) => Self::not_found(m),
+            A::Forbidden(m) => Self::forbidden(m),
+            A::Conflict(m) => Self::conflict(m),
+            A::Corrupt(m) | A::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -6,6 +6,7 @@
 // the OpenAPI document is one large `json!` literal
 #![recursion_limit = "512"]
 
+mod app;
 mod auth;
 mod error;
 mod limit;
@@ -13,12 +14,10 @@ mod metrics;
 mod nats;
 mod notify;
 mod openapi;
-mod reports;
 mod routes;
 pub mod scheduler;
 mod state;
 mod tls;
-mod workflow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -152,7 +151,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tokio::spawn(scheduler::run(state.clone()));
     if let Some(rx) = state.report_rx.lock().expect("report queue lock").take() {
-        tokio::spawn(reports::run(state.clone(), rx));
+        tokio::spawn(app::reports::run(state.clone(), rx));
     }
     if let Some((url, subject)) = &state.nats {
         tokio::spawn(nats::run(state.clone(), url.clone(), subject.clone()));
@@ -409,7 +408,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         store.backend(),
         config.data_dir.display()
     );
-    let deltas = routes::deltas::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
+    let deltas = app::content::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
     for m in &config.mirrors {
         let plain = m.strip_prefix("store+").unwrap_or(m);
         if !(plain.starts_with("http://") || plain.starts_with("https://")) || m.len() > 256 {

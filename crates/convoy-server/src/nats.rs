@@ -131,7 +131,7 @@ async fn handle(st: &AppState, payload: &[u8]) -> serde_json::Value {
         Ok(u) => u,
         Err(e) => return refusal(e),
     };
-    match crate::workflow::submit(st, &user, m.request).await {
+    match crate::app::requests::submit(st, &user, m.request).await.map_err(ApiError::from) {
         Ok(d) => {
             tracing::info!(deployment = %d.id, user = %user.name, "deployment requested over NATS");
             serde_json::json!({"ok": true, "deployment": d})

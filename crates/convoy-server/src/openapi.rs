@@ -250,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = convoy_store_sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap();
         let chunks = convoy_pack::ChunkStore::open(dir.path().join("chunks")).unwrap();
-        let deltas = crate::routes::deltas::Deltas::open(dir.path().join("deltas")).unwrap();
+        let deltas = crate::app::content::Deltas::open(dir.path().join("deltas")).unwrap();
         let key = convoy_wire::sign::ServerKey::from_secret(&convoy_wire::sign::ServerKey::generate().1).unwrap();
         let app = crate::router(crate::AppState::new(std::sync::Arc::new(store), chunks, deltas, key));
         for (method, path) in super::ROUTES {

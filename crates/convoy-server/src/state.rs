@@ -14,7 +14,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub chunks: ChunkStore,
     /// Release deltas and compressed manifests, made once each.
-    pub deltas: Arc<crate::routes::deltas::Deltas>,
+    pub deltas: Arc<crate::app::content::Deltas>,
     /// One generation counter per target, bumped when its instructions
     /// change; a target's long poll waits on its own only.
     changes: Arc<std::sync::Mutex<HashMap<String, watch::Sender<u64>>>>,
@@ -30,9 +30,9 @@ pub struct AppState {
     /// own order (see [`AppState::mirrors_for`]).
     pub mirrors: Arc<Vec<String>>,
     /// Agent reports waiting to be written in batches (see `reports`).
-    pub reports: crate::reports::Queue,
+    pub reports: crate::app::reports::Queue,
     /// The queue's receiving end, until the writer takes it.
-    pub report_rx: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::reports::Queued>>>>,
+    pub report_rx: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::app::reports::Queued>>>>,
     /// Preflight specs by request id (see `workflow::preflight_spec`).
     pub preflight_specs: Arc<std::sync::Mutex<HashMap<String, convoy_wire::PreflightSpec>>>,
     /// NATS server and subject deployment requests arrive on.
@@ -66,10 +66,10 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         chunks: ChunkStore,
-        deltas: crate::routes::deltas::Deltas,
+        deltas: crate::app::content::Deltas,
         key: convoy_wire::sign::ServerKey,
     ) -> Self {
-        let (reports, rx) = tokio::sync::mpsc::channel(crate::reports::QUEUE);
+        let (reports, rx) = tokio::sync::mpsc::channel(crate::app::reports::QUEUE);
         Self {
             reports,
             report_rx: Arc::new(std::sync::Mutex::new(Some(rx))),
@@ -150,7 +150,7 @@ impl AppState {
         let mut urls = HashMap::new();
         for t in self.store.list_targets().await? {
             if let Ok(labels) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json) {
-                self.note_site(&t.id, labels.0.get(crate::routes::agent::SITE_LABEL).map(String::as_str));
+                self.note_site(&t.id, labels.0.get(crate::app::SITE_LABEL).map(String::as_str));
             }
             if grants.iter().any(|g| g.target_id == t.id) {
                 if let Some(u) =
@@ -189,7 +189,7 @@ impl AppState {
         for t in self.store.list_targets().await? {
             if let Some(site) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json)
                 .ok()
-                .and_then(|l| l.0.get(crate::routes::agent::SITE_LABEL).cloned())
+                .and_then(|l| l.0.get(crate::app::SITE_LABEL).cloned())
             {
                 sites.insert(t.id, site);
             }

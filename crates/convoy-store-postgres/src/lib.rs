@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_workflow.sql")),
     (4, include_str!("../migrations/0004_trust.sql")),
     (5, include_str!("../migrations/0005_pause.sql")),
+    (6, include_str!("../migrations/0006_targets.sql")),
 ];
 
 /// Advisory lock key taken while migrating, so two servers never race.

@@ -96,6 +96,7 @@ async fn trust(s: &dyn Store) {
         wave: 0,
         revision: 0,
         expires_at: None,
+        targets: String::new(),
     };
     s.create_deployment(&d, &[], "admin").await.unwrap();
     let pe = |what: &str| EventRecord { deployment_id: "d-pause".into(), ..ev(what) };
@@ -239,6 +240,7 @@ async fn deployments(s: &dyn Store) {
         wave: 0,
         revision: 0,
         expires_at: None,
+        targets: String::new(),
     };
     let instrs = [instruction("i-1", "t-1", S::Created), instruction("i-2", "t-2", S::Created)];
     s.create_deployment(&d, &instrs, "admin").await.unwrap();
@@ -437,6 +439,7 @@ async fn workflow(s: &dyn Store) {
         wave: 0,
         revision: 0,
         expires_at: None,
+        targets: String::new(),
     };
     s.create_deployment(&d, &[], "user:alice").await.unwrap();
     check("request read back", s.get_deployment("d-2").await.unwrap(), Some(d.clone()));

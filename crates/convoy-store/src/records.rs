@@ -175,6 +175,9 @@ pub struct DeploymentRecord {
     pub revision: u32,
     /// An unconfirmed request expires then.
     pub expires_at: Option<i64>,
+    /// Targets picked by id (comma-separated), besides the selector; empty:
+    /// every target the selector matches.
+    pub targets: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

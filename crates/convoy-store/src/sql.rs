@@ -25,7 +25,7 @@ macro_rules! impl_sql_store {
             }
 
             const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at";
-            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at";
+            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets";
             const CHECK_COLS: &str = "id, deployment_id, target_id, state, result, output, updated_at";
             const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen, warning";
             const ENROL_COLS: &str = "id, labels, expires_at, max_uses, uses, created_by, created_at, revoked_at";
@@ -105,6 +105,7 @@ macro_rules! impl_sql_store {
                     wave: r.try_get::<i64, _>("wave").map_err(db)? as u32,
                     revision: r.try_get::<i64, _>("revision").map_err(db)? as u32,
                     expires_at: r.try_get("expires_at").map_err(db)?,
+                    targets: r.try_get("targets").map_err(db)?,
                 })
             }
 
@@ -474,10 +475,10 @@ macro_rules! impl_sql_store {
 
                 async fn create_deployment(&self, d: &DeploymentRecord, instructions: &[InstructionRecord], actor: &str) -> Result<()> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)")
+                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)")
                         .bind(&d.id).bind(&d.app).bind(&d.version).bind(&d.digest).bind(&d.selector).bind(d.state.as_str())
                         .bind(d.go_live_at).bind(d.max_failures as i64).bind(d.stage_deadline).bind(d.activate_timeout_ms).bind(&d.created_by).bind(d.created_at).bind(d.updated_at).bind(&d.note)
-                        .bind(&d.env).bind(&d.reason).bind(&d.policy_json).bind(&d.plan_json).bind(d.wave as i64).bind(d.revision as i64).bind(d.expires_at)
+                        .bind(&d.env).bind(&d.reason).bind(&d.policy_json).bind(&d.plan_json).bind(d.wave as i64).bind(d.revision as i64).bind(d.expires_at).bind(&d.targets)
                         .execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(None::<String>).bind("").bind(d.state.as_str()).bind(actor).bind(&d.note).bind(d.created_at)
                         .execute(&mut *tx).await.map_err(db)?;

@@ -358,6 +358,10 @@ pub struct DeployRequest {
     /// Why (a change ticket, say); shown to approvers.
     #[serde(default)]
     pub reason: String,
+    /// Targets picked by id or hostname, besides the selector (every one
+    /// named must exist and match it); none: every target it matches.
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
 
 /// `PATCH /deployments/{id}`: changes a request; approvals given so far are void.

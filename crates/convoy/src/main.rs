@@ -150,14 +150,17 @@ enum Cmd {
         #[arg(long)]
         version: String,
     },
-    /// Deploy APP@VERSION to the targets a label selector picks.
+    /// Deploy APP@VERSION to the targets a label selector (or --target) picks.
     Deploy {
         /// The release to deploy.
         #[arg(value_name = "APP@VERSION")]
         release: String,
         /// Labels the targets must have, e.g. site=sh,role=web.
-        #[arg(long, required_unless_present = "all")]
+        #[arg(long, required_unless_present_any = ["all", "targets"])]
         selector: Option<String>,
+        /// A target by id or hostname (repeatable); with --selector, each must also match it.
+        #[arg(long = "target", value_name = "ID|HOSTNAME")]
+        targets: Vec<String>,
         /// Deploy to every enrolled target.
         #[arg(long, conflicts_with = "selector")]
         all: bool,
@@ -397,8 +400,9 @@ enum EnvCmd {
         /// How long a request waits for its approvals before it expires [default: 7d].
         #[arg(long)]
         approval_ttl: Option<String>,
-        /// A wave breaking its failure budget rolls back every wave that went live (all, the default) or only itself (wave).
-        #[arg(long, value_parser = ["all", "wave"])]
+        /// A wave breaking its failure budget rolls back every wave that went live (all, the default), only itself (wave),
+        /// or halts the deployment where it is for an operator to resume or roll back (pause).
+        #[arg(long, value_parser = ["all", "wave", "pause"])]
         on_breach: Option<String>,
         /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
         #[arg(long = "window")]
@@ -633,6 +637,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Deploy {
             release,
             selector,
+            targets,
             all: _,
             at,
             max_failures,
@@ -645,6 +650,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let args = convoy_cli::DeployArgs {
                 reference: release,
                 selector: selector.as_deref().unwrap_or(""),
+                targets,
                 at: at.as_deref(),
                 max_failures: *max_failures,
                 stage_timeout: stage_timeout.as_deref(),

@@ -174,5 +174,5 @@ pub async fn audit(
         limit: q.limit.unwrap_or(200).clamp(1, 10_000),
     };
     let events = st.store.audit(&f).await?;
-    Ok(Json(events.into_iter().map(super::event_info).collect()))
+    Ok(Json(events.into_iter().map(crate::app::event_info).collect()))
 }

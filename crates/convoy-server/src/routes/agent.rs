@@ -15,6 +15,7 @@ use convoy_wire::{
 };
 use serde::Deserialize;
 
+use crate::app::SITE_LABEL;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
@@ -273,9 +274,6 @@ pub async fn work(
     }
 }
 
-/// The label that groups targets into sites served by a relay.
-pub const SITE_LABEL: &str = "site";
-
 /// Where a target fetches content, in order, before the server itself:
 /// the relays of its site (by the `site` label; parent relays are theirs
 /// to know), then the mirrors in the target's order.
@@ -341,7 +339,7 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             go_live_at: None,
             previous_version: None,
             sources: Vec::new(),
-            preflight: Some(crate::workflow::preflight_spec(st, &d).await?),
+            preflight: Some(crate::app::rollout::preflight_spec(st, &d).await?),
         });
     }
     Ok(out)
@@ -399,7 +397,7 @@ pub async fn report(
         return preflight_report(&st, &target, &r).await;
     }
     // written with others in one transaction; answered once persisted
-    Ok(Json(crate::reports::submit(&st, target, r).await?))
+    Ok(Json(crate::app::reports::submit(&st, target, r).await?))
 }
 
 /// Most targets one relay may poll for.

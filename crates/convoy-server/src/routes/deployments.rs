@@ -1,61 +1,25 @@
-//! Creating, reading and rolling back deployments. A deployment and one
-//! instruction per selected target are written before anything acts on them.
-
-use std::collections::BTreeMap;
+//! `/deployments`: create (a deployment, or a request in an environment),
+//! list, detail, retry, pause, resume, rollback. Adapters over
+//! `app::requests` and `app::operations`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use convoy_domain::{request_rollback, InstrAction, InstructionState as S, Role, Tally};
-use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord, InstructionUpdate};
-use convoy_wire::{
-    ApprovalInfo, CheckInfo, Counts, DeployRequest, DeploymentDetail, DeploymentInfo, InstructionInfo, Labels,
-};
+use convoy_domain::Role;
+use convoy_wire::{DeployRequest, DeploymentDetail, DeploymentInfo};
 
+use crate::app::{operations, requests};
 use crate::auth;
-use crate::error::{ApiError, ApiResult};
-use crate::scheduler::bulk_for;
-use crate::state::{now_ms, AppState};
+use crate::error::ApiResult;
+use crate::state::AppState;
 
-pub fn counts(instrs: &[InstructionRecord]) -> Counts {
-    let mut t = Tally::default();
-    for i in instrs {
-        t.add(i.state);
-    }
-    Counts {
-        total: t.total(),
-        // every target past the gate: staged, then live or rolled back
-        staged: t.staged + t.activating + t.succeeded + t.rolling_back + t.rolled_back,
-        live: t.succeeded,
-        failed: t.failed,
-        rolled_back: t.rolled_back,
-    }
-}
-
-pub fn info(d: &DeploymentRecord, instrs: &[InstructionRecord]) -> DeploymentInfo {
-    DeploymentInfo {
-        id: d.id.clone(),
-        app: d.app.clone(),
-        version: d.version.clone(),
-        digest: d.digest.clone(),
-        selector: d.selector.clone(),
-        state: d.state.as_str().to_owned(),
-        go_live_at: d.go_live_at,
-        max_failures: d.max_failures,
-        stage_deadline: d.stage_deadline,
-        activate_timeout_secs: (d.activate_timeout_ms / 1000) as u64,
-        created_by: d.created_by.clone(),
-        created_at: d.created_at,
-        updated_at: d.updated_at,
-        note: d.note.clone(),
-        counts: counts(instrs),
-        env: d.env.clone(),
-        reason: d.reason.clone(),
-        wave: d.wave,
-        revision: d.revision,
-        expires_at: d.expires_at,
-        paused_by: None,
+/// An optional JSON body: none (no content type) is the default.
+pub fn optional<T: Default>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    match body {
+        Ok(Json(b)) => Ok(b),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -66,21 +30,12 @@ pub async fn create(
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Deployer).await?;
     let Json(req) = body?;
-    Ok(Json(crate::workflow::submit(&st, &user, req).await?))
+    Ok(Json(requests::submit(&st, &user, req).await?))
 }
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<DeploymentInfo>>> {
     auth::require(&st, &headers, Role::Viewer).await?;
-    let mut out = Vec::new();
-    for d in st.store.list_deployments(100).await? {
-        let instrs = st.store.list_instructions(&d.id).await?;
-        out.push(info(&d, &instrs));
-    }
-    Ok(Json(out))
-}
-
-async fn find(st: &AppState, id: &str) -> ApiResult<DeploymentRecord> {
-    st.store.get_deployment(id).await?.ok_or_else(|| ApiError::not_found(format!("deployment {id} not found")))
+    Ok(Json(operations::list(&st).await?))
 }
 
 pub async fn get(
@@ -89,103 +44,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentDetail>> {
     auth::require(&st, &headers, Role::Viewer).await?;
-    let d = find(&st, &id).await?;
-    let instrs = st.store.list_instructions(&id).await?;
-    let targets: BTreeMap<String, _> = st.store.list_targets().await?.into_iter().map(|t| (t.id.clone(), t)).collect();
-    let mut out = Vec::new();
-    for i in &instrs {
-        let (hostname, labels, last_seen) = match targets.get(&i.target_id) {
-            Some(t) => {
-                (t.hostname.clone(), serde_json::from_str::<Labels>(&t.labels_json).unwrap_or_default(), t.last_seen)
-            }
-            None => (String::new(), Labels::default(), 0),
-        };
-        out.push(InstructionInfo {
-            id: i.id.clone(),
-            target_id: i.target_id.clone(),
-            hostname,
-            labels,
-            state: i.state.as_str().to_owned(),
-            attempt: i.attempt,
-            previous_version: i.previous_version.clone(),
-            reported_digest: i.reported_digest.clone(),
-            metrics: serde_json::from_str(&i.metrics_json).unwrap_or_default(),
-            output: i.output.clone(),
-            note: i.note.clone(),
-            updated_at: i.updated_at,
-            wave: i.wave,
-            planned_at: i.planned_at,
-            last_seen,
-            progress: i
-                .state
-                .phase()
-                .filter(|p| *p == convoy_domain::Phase::Stage)
-                .and_then(|_| st.progress.lock().expect("progress lock").get(&i.id).cloned())
-                .filter(|(t, _)| *t == i.target_id)
-                .map(|(_, p)| p),
-        });
-    }
-    out.sort_by(|a, b| (&a.hostname, &a.target_id).cmp(&(&b.hostname, &b.target_id)));
-    let events = st.store.events(&id).await?.into_iter().map(super::event_info).collect();
-    let froms: std::collections::BTreeSet<&String> =
-        instrs.iter().filter_map(|i| i.previous_version.as_ref()).filter(|v| **v != d.version).collect();
-    let mut changes = Vec::new();
-    for from in froms {
-        match super::deltas::changes(&st, &d.app, from, &d.version).await {
-            Ok(c) => changes.push(c),
-            Err(e) => tracing::debug!(error = %e.message, %from, "no change description"),
-        }
-    }
-    let approvals = st
-        .store
-        .list_approvals(&id)
-        .await?
-        .into_iter()
-        .map(|a| ApprovalInfo {
-            current: a.revision == d.revision,
-            approver: a.approver,
-            decision: a.decision,
-            note: a.note,
-            at: a.at,
-        })
-        .collect();
-    let checks = st
-        .store
-        .list_checks(&id)
-        .await?
-        .into_iter()
-        .map(|c| CheckInfo {
-            hostname: targets.get(&c.target_id).map(|t| t.hostname.clone()).unwrap_or_default(),
-            target_id: c.target_id,
-            state: c.state,
-            results: serde_json::from_str(&c.result_json).unwrap_or_default(),
-            output: c.output,
-            updated_at: c.updated_at,
-        })
-        .collect();
-    let hosts = targets.iter().map(|(id, t)| (id.clone(), t.hostname.clone())).collect();
-    let plan = crate::workflow::plan_view(&st, &d, &instrs, &hosts).await?;
-    // late targets: the selector matches them, the deployment has none of their work
-    let mut not_included = Vec::new();
-    if !instrs.is_empty() {
-        let selector = convoy_domain::Selector::parse(&d.selector).map_err(ApiError::internal)?;
-        let planned: std::collections::BTreeSet<&str> = instrs.iter().map(|i| i.target_id.as_str()).collect();
-        for (tid, t) in &targets {
-            let labels: Labels = serde_json::from_str(&t.labels_json).unwrap_or_default();
-            if !planned.contains(tid.as_str()) && selector.matches(&labels) {
-                not_included.push(format!("{} ({tid})", t.hostname));
-            }
-        }
-        not_included.sort();
-    }
-    let mut deployment = info(&d, &instrs);
-    deployment.paused_by = st.store.paused_by(&id).await?;
-    Ok(Json(DeploymentDetail { deployment, instructions: out, events, changes, approvals, checks, plan, not_included }))
+    Ok(Json(operations::detail(&st, &id).await?))
 }
 
-/// `POST /deployments/{id}/retry` (deployer; audited): the failed or
-/// canceled targets of a finished deployment (all, or those named) stage
-/// and go live again with a new attempt; healthy targets are untouched.
+/// `POST /deployments/{id}/retry` (deployer; audited).
 pub async fn retry(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -193,307 +55,42 @@ pub async fn retry(
     body: Result<Json<convoy_wire::RetryRequest>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(JsonRejection::MissingJsonContentType(_)) => Default::default(),
-        Err(e) => return Err(e.into()),
-    };
-    let r = retry_as(&st, &user, &id, req).await;
-    super::requests::audit_refusal(&st, &user, "retry", &id, r).await
+    let req = optional(body)?;
+    Ok(Json(operations::retry(&st, &user, &id, req).await?))
 }
 
-async fn retry_as(
-    st: &AppState,
-    user: &crate::auth::User,
-    id: &str,
-    req: convoy_wire::RetryRequest,
-) -> ApiResult<Json<DeploymentInfo>> {
-    if user.role < Role::Deployer {
-        return Err(ApiError::forbidden(format!(
-            "retrying needs the deployer role or higher; {} is {}",
-            user.name, user.role
-        )));
-    }
-    if req.targets.len() > 10_000 || req.note.len() > 1024 {
-        return Err(ApiError::bad_request("at most 10000 targets and a reason of 1024 bytes"));
-    }
-    let d = find(st, id).await?;
-    if !matches!(d.state, convoy_domain::DeploymentState::Succeeded | convoy_domain::DeploymentState::Failed) {
-        return Err(ApiError::conflict(format!(
-            "{id} is {}; only a finished deployment (succeeded or failed) is retried; {}",
-            d.state.as_str(),
-            if d.state.is_settled() { "deploy the release again" } else { "wait for it to finish" }
-        )));
-    }
-    let instrs = st.store.list_instructions(id).await?;
-    let all = st.store.list_targets().await?;
-    let host: BTreeMap<&str, &str> = all.iter().map(|t| (t.id.as_str(), t.hostname.as_str())).collect();
-    let named = |i: &InstructionRecord| {
-        req.targets.is_empty()
-            || req.targets.iter().any(|t| *t == i.target_id || host.get(i.target_id.as_str()) == Some(&t.as_str()))
-    };
-    if let Some(t) = req
-        .targets
-        .iter()
-        .find(|t| !instrs.iter().any(|i| i.target_id == **t || host.get(i.target_id.as_str()) == Some(&t.as_str())))
-    {
-        return Err(ApiError::bad_request(format!("{t} is not a target of {id}")));
-    }
-    let again: Vec<&InstructionRecord> = instrs
-        .iter()
-        .filter(|i| {
-            // failed: it failed, or failed and switched back (rolled_back)
-            matches!(i.state, S::Failed | S::Canceled | S::RolledBack)
-                && named(i)
-                && host.contains_key(i.target_id.as_str())
-        })
-        .collect();
-    if again.is_empty() {
-        return Err(ApiError::conflict(format!("{id} has no failed or canceled target (of those named) to retry")));
-    }
-    // never over a later deployment's release, never beside unfinished work
-    let later = moved_on(st, &d).await?;
-    if let Some(i) = again.iter().find(|i| later.contains_key(&i.target_id)) {
-        return Err(ApiError::conflict(format!(
-            "target {} has since been moved on by {}; retry that one instead",
-            i.target_id, later[&i.target_id].0
-        )));
-    }
-    let busy = st.store.busy_targets(&d.app).await?;
-    if let Some(i) = again.iter().find(|i| busy.contains(&i.target_id)) {
-        return Err(ApiError::conflict(format!("target {} is in an unfinished deployment of {}", i.target_id, d.app)));
-    }
-    let now = now_ms();
-    let actor = user.actor();
-    let names: Vec<String> =
-        again.iter().map(|i| host.get(i.target_id.as_str()).copied().unwrap_or("?").to_owned()).collect();
-    let why = if req.note.trim().is_empty() { String::new() } else { format!(": {}", req.note) };
-    let note =
-        format!("retry of {} by {}{why}: {}", convoy_domain::targets(again.len() as u64), user.name, names.join(", "));
-    // the deployment reopens first (so nothing is left pending under a
-    // settled deployment), then each retried target gets a new attempt
-    let m = DeploymentMove {
-        wave: Some(0),
-        ..DeploymentMove::new(d.state, convoy_domain::DeploymentState::Staging, &note, &actor, now)
-    };
-    if !st.store.transition_deployment(id, &m).await? {
-        return Err(ApiError::conflict(format!("deployment {id} changed state meanwhile; try again")));
-    }
-    for i in &again {
-        let up = InstructionUpdate {
-            to: Some(S::Created),
-            attempt: Some(i.attempt + 1),
-            note: format!("retry (attempt {}){why}", i.attempt + 1),
-            ..Default::default()
-        };
-        st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
-    }
-    tracing::info!(deployment = %id, user = %user.name, targets = again.len(), "retry");
-    st.changed(again.iter().map(|i| i.target_id.as_str()));
-    let instrs = st.store.list_instructions(id).await?;
-    Ok(Json(info(&find(st, id).await?, &instrs)))
-}
-
-/// `POST /deployments/{id}/pause` and `/resume` (deployer; audited with a
-/// reason): a paused deployment starts no new wave; staging goes on, and a
-/// wave already going live finishes.
+/// `POST /deployments/{id}/pause` (deployer; audited with a reason).
 pub async fn pause(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<convoy_wire::Decision>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    pause_or_resume(st, headers, id, body, true).await
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let d = optional(body)?;
+    Ok(Json(operations::pause(&st, &user, &id, &d.note).await?))
 }
 
+/// `POST /deployments/{id}/resume` (deployer; audited with a reason).
 pub async fn resume(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<convoy_wire::Decision>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
-    pause_or_resume(st, headers, id, body, false).await
-}
-
-async fn pause_or_resume(
-    st: AppState,
-    headers: HeaderMap,
-    id: String,
-    body: Result<Json<convoy_wire::Decision>, JsonRejection>,
-    pausing: bool,
-) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
-    let reason: String = match body {
-        Ok(Json(d)) => d.note.chars().take(1024).collect(),
-        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let what = if pausing { "pause" } else { "resume" };
-    let r = async {
-        if user.role < Role::Deployer {
-            return Err(ApiError::forbidden(format!(
-                "{what} needs the deployer role or higher; {} is {}",
-                user.name, user.role
-            )));
-        }
-        let d = find(&st, &id).await?;
-        let why = if reason.trim().is_empty() { String::new() } else { format!(": {reason}") };
-        let ev = convoy_store::EventRecord {
-            deployment_id: id.clone(),
-            ..convoy_store::EventRecord::audit(
-                &user.actor(),
-                if pausing { "paused" } else { "resumed" },
-                format!("{} by {}{why}", if pausing { "paused" } else { "resumed" }, user.name),
-                now_ms(),
-            )
-        };
-        let done =
-            if pausing { st.store.pause(&id, &user.name, &ev).await? } else { st.store.resume(&id, &ev).await? };
-        if !done {
-            return Err(ApiError::conflict(if pausing {
-                format!("{id} is {} or already paused; only a deployment under way can be paused", d.state.as_str())
-            } else {
-                format!("{id} is not paused")
-            }));
-        }
-        tracing::info!(deployment = %id, user = %user.name, "{what}d");
-        st.wake.notify_one();
-        let instrs = st.store.list_instructions(&id).await?;
-        let mut out = info(&find(&st, &id).await?, &instrs);
-        out.paused_by = st.store.paused_by(&id).await?;
-        Ok(Json(out))
-    }
-    .await;
-    super::requests::audit_refusal(&st, &user, what, &id, r).await
+    let d = optional(body)?;
+    Ok(Json(operations::resume(&st, &user, &id, &d.note).await?))
 }
 
-/// Targets of `d` that a later deployment of the same app went live on
-/// (or is going live on): target → (that deployment, its version).
-async fn moved_on(st: &AppState, d: &DeploymentRecord) -> ApiResult<BTreeMap<String, (String, String)>> {
-    let mut out = BTreeMap::new();
-    // newest first: the newest deployment that moved a target names it
-    for later in st.store.list_deployments(1000).await? {
-        if later.id == d.id || later.app != d.app || later.created_at < d.created_at || later.state.is_request() {
-            continue;
-        }
-        if later.created_at == d.created_at && later.id < d.id {
-            continue;
-        }
-        for i in st.store.list_instructions(&later.id).await? {
-            if matches!(i.state, S::Succeeded | S::Activating) {
-                out.entry(i.target_id).or_insert_with(|| (later.id.clone(), later.version.clone()));
-            }
-        }
-    }
-    Ok(out)
-}
-
+/// `POST /deployments/{id}/rollback` (deployer; audited with a reason).
 pub async fn rollback(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<convoy_wire::RollbackRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<convoy_wire::RollbackRequest>, JsonRejection>,
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => Default::default(),
-        Err(e) => return Err(e.into()),
-    };
-    let reason: String = req.note.chars().take(1024).collect();
-    let r = rollback_as(&st, &user, &id, &reason, req.uninstall).await;
-    super::requests::audit_refusal(&st, &user, "rollback", &id, r).await
-}
-
-async fn rollback_as(
-    st: &AppState,
-    user: &crate::auth::User,
-    id: &str,
-    reason: &str,
-    uninstall: bool,
-) -> ApiResult<Json<DeploymentInfo>> {
-    let (st, id) = (st.clone(), id.to_owned());
-    if user.role < Role::Deployer {
-        return Err(ApiError::forbidden(format!(
-            "rolling back needs the deployer role or higher; {} is {}",
-            user.name, user.role
-        )));
-    }
-    let d = find(&st, &id).await?;
-    let step = request_rollback(d.state).map_err(|m| ApiError::conflict(format!("cannot roll back {id}: {m}")))?;
-    let actor = user.actor();
-    let now = now_ms();
-    // targets a later deployment moved on are left alone; the rest go back
-    let mut left = Vec::new();
-    if step.action == InstrAction::RollBackLive {
-        let instrs = st.store.list_instructions(&id).await?;
-        let mut live: Vec<&InstructionRecord> = Vec::new();
-        for i in instrs.iter().filter(|i| matches!(i.state, S::Succeeded | S::Activating)) {
-            // a removed target can roll nothing back: it ends failed, saying
-            // so, rather than leaving the rollback waiting for ever
-            if st.store.get_target(&i.target_id).await?.is_none() {
-                let up = InstructionUpdate {
-                    to: Some(S::Failed),
-                    note: format!("target {} was removed; nothing to roll back", i.target_id),
-                    ..Default::default()
-                };
-                st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
-                continue;
-            }
-            live.push(i);
-        }
-        let later = moved_on(&st, &d).await?;
-        let (gone, back): (Vec<&InstructionRecord>, Vec<&InstructionRecord>) =
-            live.into_iter().partition(|i| later.contains_key(&i.target_id));
-        if back.is_empty() && !gone.is_empty() {
-            let (newer, _) = &later[&gone[0].target_id];
-            return Err(ApiError::conflict(format!(
-                "cannot roll back {id}: every target it went live on has since been moved on by {newer}; roll that one back instead"
-            )));
-        }
-        // a first install that may have switched (before its go-live it has not)
-        let switched = |i: &InstructionRecord| i.state == S::Succeeded || i.go_live_at.is_none_or(|t| t <= now);
-        let first: Vec<&str> =
-            back.iter().filter(|i| i.previous_version.is_none() && switched(i)).map(|i| i.target_id.as_str()).collect();
-        if !first.is_empty() && !uninstall {
-            return Err(ApiError::conflict(format!(
-                "cannot roll back {id}: it was the first install of {} on {} target(s) ({}); rolling back would stop it and remove it: pass --uninstall to do that",
-                d.app,
-                first.len(),
-                first.join(", ")
-            )));
-        }
-        for i in gone {
-            let (newer, version) = &later[&i.target_id];
-            let up = InstructionUpdate {
-                to: Some(S::Superseded),
-                note: format!("left alone: {newer} moved it on to {}@{version}", d.app),
-                ..Default::default()
-            };
-            if st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await? {
-                left.push(format!("{} ({newer})", i.target_id));
-            }
-        }
-    }
-    let bulk = bulk_for(step.action, "rollback requested by operator");
-    let left = if left.is_empty() {
-        String::new()
-    } else {
-        format!("; left alone, moved on by later deployments: {}", left.join(", "))
-    };
-    let note = if reason.trim().is_empty() {
-        format!("{} (by {}){left}", step.note, user.name)
-    } else {
-        format!("{} (by {}: {reason}){left}", step.note, user.name)
-    };
-    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(d.state, step.to, &note, &actor, now) };
-    let moved = st.store.transition_deployment(&id, &m).await?;
-    if !moved {
-        return Err(ApiError::conflict(format!("deployment {id} changed state meanwhile; try again")));
-    }
-    tracing::info!(deployment = %id, user = %user.name, "rollback requested");
-    let instrs = st.store.list_instructions(&id).await?;
-    st.changed(instrs.iter().map(|i| i.target_id.as_str()));
-    let d = find(&st, &id).await?;
-    Ok(Json(info(&d, &instrs)))
+    let req = optional(body)?;
+    Ok(Json(operations::rollback(&st, &user, &id, &req.note, req.uninstall).await?))
 }

@@ -106,8 +106,8 @@ pub async fn publish(
         for from in live {
             let (st, app, to) = (st.clone(), app.to_string(), rec.version.clone());
             tokio::spawn(async move {
-                if let Err(e) = super::deltas::prepare(&st, &app, &from, &to).await {
-                    tracing::debug!(error = %e.message, %from, %to, "no delta prepared");
+                if let Err(e) = crate::app::content::prepare(&st, &app, &from, &to).await {
+                    tracing::debug!(error = %e, %from, %to, "no delta prepared");
                 }
             });
         }

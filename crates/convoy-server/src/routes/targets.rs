@@ -14,7 +14,7 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<J
         .list_targets()
         .await?
         .iter()
-        .map(|t| super::target_info(t, st.relay_site(&t.id)))
+        .map(|t| crate::app::target_info(t, st.relay_site(&t.id)).map_err(ApiError::from))
         .collect::<ApiResult<Vec<_>>>()
         .map(Json)
 }

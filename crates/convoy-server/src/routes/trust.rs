@@ -12,7 +12,8 @@ use convoy_wire::{
     EnrolTokenInfo, LabelChange, Labels, NewEnrolToken, RelayGrant, RelayInfo, RotatedToken, TargetInfo,
 };
 
-use super::agent::{labels_text, SITE_LABEL};
+use super::agent::labels_text;
+use crate::app::SITE_LABEL;
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
@@ -182,7 +183,7 @@ pub async fn label(
     st.changed([id.as_str()]);
     tracing::info!(target_id = %id, by = %admin.name, "labels changed");
     let t = target_or_404(&st, &id).await?;
-    super::target_info(&t, st.relay_site(&id)).map(Json)
+    Ok(Json(crate::app::target_info(&t, st.relay_site(&id))?))
 }
 
 fn relay_info(st: &AppState, r: RelayRecord, hostname: String) -> RelayInfo {

@@ -10,7 +10,7 @@ use convoy_store::{DeploymentRecord, InstructionMove, InstructionUpdate};
 use convoy_wire::{Report, ReportResponse};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{ApiError, ApiResult};
+use super::{AppError, AppResult};
 use crate::state::{now_ms, AppState};
 
 /// Most reports written in one transaction.
@@ -21,19 +21,19 @@ pub const QUEUE: usize = 20_000;
 pub struct Queued {
     target: String,
     report: Report,
-    reply: oneshot::Sender<ApiResult<ReportResponse>>,
+    reply: oneshot::Sender<AppResult<ReportResponse>>,
 }
 
 pub type Queue = mpsc::Sender<Queued>;
 
 /// Queues a report and waits until it is written (or found stale).
-pub async fn submit(st: &AppState, target: String, report: Report) -> ApiResult<ReportResponse> {
+pub async fn submit(st: &AppState, target: String, report: Report) -> AppResult<ReportResponse> {
     let (reply, answer) = oneshot::channel();
     st.reports
         .send(Queued { target, report, reply })
         .await
-        .map_err(|_| ApiError::internal("the report writer has stopped"))?;
-    answer.await.map_err(|_| ApiError::internal("the report writer dropped a report"))?
+        .map_err(|_| AppError::internal("the report writer has stopped"))?;
+    answer.await.map_err(|_| AppError::internal("the report writer dropped a report"))?
 }
 
 /// The writer: takes what is queued, up to [`BATCH`] at a time.
@@ -46,9 +46,9 @@ pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
 }
 
 struct Pending {
-    reply: oneshot::Sender<ApiResult<ReportResponse>>,
+    reply: oneshot::Sender<AppResult<ReportResponse>>,
     /// Index into the moves, or the answer already known.
-    outcome: Result<usize, ApiResult<ReportResponse>>,
+    outcome: Result<usize, AppResult<ReportResponse>>,
     note: String,
     target: String,
     to: InstructionState,
@@ -82,7 +82,7 @@ async fn write(st: &AppState, items: Vec<Queued>) {
         };
         let Some(i) = found else {
             p.outcome =
-                Err(Err(ApiError::not_found(format!("instruction {} not found for this target", r.instruction_id))));
+                Err(Err(AppError::not_found(format!("instruction {} not found for this target", r.instruction_id))));
             pending.push(p);
             continue;
         };
@@ -92,7 +92,7 @@ async fn write(st: &AppState, items: Vec<Queued>) {
                     deployments.insert(d.id.clone(), d);
                 }
                 Ok(None) => {
-                    p.outcome = Err(Err(ApiError::internal("instruction without deployment")));
+                    p.outcome = Err(Err(AppError::internal("instruction without deployment")));
                     pending.push(p);
                     continue;
                 }
@@ -160,7 +160,7 @@ async fn write(st: &AppState, items: Vec<Queued>) {
         let answer = match p.outcome {
             Err(known) => known,
             Ok(k) => match &written {
-                Err(e) => Err(ApiError::internal(e)),
+                Err(e) => Err(AppError::internal(e)),
                 Ok(done) => {
                     let moved = done.get(k).copied().unwrap_or(false);
                     crate::metrics::add(

@@ -7,29 +7,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use convoy_domain::{
-    check_go_live, plan, show_time, AppName, DeploymentState as D, InstructionState, PlanTarget, Policy,
-    PreflightFailure, Selector, Version, Window,
+    plan, request_step, show_time, DeploymentState as D, InstructionState, PlanTarget, Policy, RequestEvent,
+    RequestRules, RequestStep, Selector, Window,
 };
 use convoy_store::{new_id, CheckRecord, DeploymentMove, DeploymentRecord, InstructionRecord};
-use convoy_wire::{DeployRequest, DeploymentInfo, PlanInfo, PreflightSpec, TargetInfo};
+use convoy_wire::{PlanInfo, PreflightSpec, TargetInfo};
 
-use crate::auth::User;
-use crate::error::{ApiError, ApiResult};
-use crate::routes::deployments::info;
+use super::{target_info, AppError, AppResult, Rules, SITE_LABEL};
 use crate::state::{now_ms, AppState};
 
-/// How long after go-live a target may stay silent, unless the request says.
-const DEFAULT_ACTIVATE_TIMEOUT_SECS: u64 = 900;
-
-/// How far in the past a go-live time may be (clock skew, typing time).
-const PAST_GRACE_MS: i64 = 60_000;
-
-/// The environment's policy as stored with a request, and its windows.
 /// `d` under its environment's policy as it is now: a request is bound by
 /// the policy at each step (a stricter one made after it applies), and
 /// the policy is written with the request's next move. Settled and
 /// rolling-out deployments keep the policy they were confirmed under.
-pub async fn under_current_policy(st: &AppState, mut d: DeploymentRecord) -> ApiResult<DeploymentRecord> {
+pub async fn under_current_policy(st: &AppState, mut d: DeploymentRecord) -> AppResult<DeploymentRecord> {
     if !d.state.is_request() {
         return Ok(d);
     }
@@ -44,31 +35,78 @@ pub async fn under_current_policy(st: &AppState, mut d: DeploymentRecord) -> Api
     Ok(d)
 }
 
-pub fn policy_of(d: &DeploymentRecord) -> ApiResult<(Policy, Vec<Window>)> {
-    if d.policy_json.is_empty() {
-        return Ok((Policy::default(), Vec::new()));
+/// The stored policy of `d` and its windows (corrupt: an error).
+pub fn policy_of(d: &DeploymentRecord) -> AppResult<(Policy, Vec<Window>)> {
+    let r = Rules::of(d)?;
+    Ok((r.policy, r.windows))
+}
+
+/// What of a policy the request machine reads.
+pub fn request_rules(p: &Policy) -> RequestRules {
+    RequestRules {
+        approvals: p.approvals,
+        preflight_failure: p.preflight_failure,
+        max_failures: p.max_failures,
+        confirm: p.confirm,
     }
-    let p: Policy = serde_json::from_str(&d.policy_json).map_err(ApiError::internal)?;
-    let w = p.validate().map_err(ApiError::internal)?;
-    Ok((p, w))
 }
 
 /// Enrolled targets the selector matches, by id.
-async fn in_scope(st: &AppState, selector: &Selector) -> ApiResult<Vec<TargetInfo>> {
+/// Enrolled targets in scope of `d`: those its selector matches, and of
+/// them only the ones it picked by id, if it picked any.
+pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<Vec<TargetInfo>> {
+    let selector = Selector::parse(&d.selector).map_err(|e| AppError::corrupt("selector", &d.id, e))?;
+    let picked: BTreeSet<&str> = d.targets.split(',').filter(|s| !s.is_empty()).collect();
     let mut out = Vec::new();
     for t in st.store.list_targets().await? {
-        let info = crate::routes::target_info(&t, None)?;
-        if selector.matches(&info.labels) {
+        let info = target_info(&t, None)?;
+        if selector.matches(&info.labels) && (picked.is_empty() || picked.contains(info.id.as_str())) {
             out.push(info);
         }
     }
     Ok(out)
 }
 
-async fn refuse_busy(st: &AppState, app: &str, targets: &[TargetInfo]) -> ApiResult<()> {
+/// Resolves targets named by id or hostname to ids: each must be enrolled,
+/// a hostname must name one target only, and each must match `selector`.
+pub(super) async fn pick(st: &AppState, names: &[String], selector: &Selector) -> AppResult<Vec<String>> {
+    if names.len() > 10_000 {
+        return Err(AppError::bad_request("at most 10000 targets by name; use a selector"));
+    }
+    let all = st.store.list_targets().await?;
+    let mut out = BTreeSet::new();
+    for n in names {
+        let found: Vec<&convoy_store::TargetRecord> = all.iter().filter(|t| t.id == *n || t.hostname == *n).collect();
+        let t = match found.as_slice() {
+            [] => return Err(AppError::bad_request(format!("no enrolled target has the id or hostname {n:?}"))),
+            [t] => *t,
+            many => {
+                let ids: Vec<&str> = many.iter().map(|t| t.id.as_str()).collect();
+                return Err(AppError::bad_request(format!(
+                    "hostname {n:?} names {} targets ({}); pick them by id",
+                    many.len(),
+                    ids.join(", ")
+                )));
+            }
+        };
+        let info = target_info(t, None)?;
+        if !selector.matches(&info.labels) {
+            return Err(AppError::bad_request(format!(
+                "target {} ({}) does not match the selector {:?}",
+                t.id,
+                t.hostname,
+                selector.0.to_string()
+            )));
+        }
+        out.insert(t.id.clone());
+    }
+    Ok(out.into_iter().collect())
+}
+
+pub(super) async fn refuse_busy(st: &AppState, app: &str, targets: &[TargetInfo]) -> AppResult<()> {
     let busy = st.store.busy_targets(app).await?;
     if let Some(t) = targets.iter().find(|t| busy.contains(&t.id)) {
-        return Err(ApiError::conflict(format!(
+        return Err(AppError::conflict(format!(
             "target {} ({}) is already in an unfinished deployment of {app}; wait for it or roll it back",
             t.id, t.hostname
         )));
@@ -76,118 +114,7 @@ async fn refuse_busy(st: &AppState, app: &str, targets: &[TargetInfo]) -> ApiRes
     Ok(())
 }
 
-/// Validates and records a deployment request: at once as a deployment
-/// without an environment, or as a request that goes through the
-/// environment's approvals, preflight and confirmation.
-pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> ApiResult<DeploymentInfo> {
-    let app = AppName::parse(&req.app).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let version = Version::parse(&req.version).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let selector = Selector::parse(&req.selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if req.reason.len() > 1024 {
-        return Err(ApiError::bad_request("reason must be at most 1024 bytes"));
-    }
-    let now = now_ms();
-    if let Some(at) = req.at {
-        if at < now - PAST_GRACE_MS {
-            return Err(ApiError::bad_request(format!(
-                "go-live time is {}s in the past; give a future time, or none to go live as soon as every copy matches",
-                (now - at) / 1000
-            )));
-        }
-    }
-    for (what, v, max) in [
-        ("stage_timeout_secs", req.stage_timeout_secs, 30 * 86_400),
-        ("activate_timeout_secs", req.activate_timeout_secs, 7 * 86_400),
-    ] {
-        if v.is_some_and(|v| v == 0 || v > max) {
-            return Err(ApiError::bad_request(format!("{what} must be between 1 and {max}")));
-        }
-    }
-    let env = match &req.env {
-        // without an environment nothing is approved: only admins may
-        None if user.role < convoy_domain::Role::Admin => {
-            return Err(ApiError::forbidden(format!(
-                "{} ({}) deploys through an environment: add --env NAME (deployments without one need the admin role)",
-                user.name, user.role
-            )))
-        }
-        None => None,
-        Some(name) => {
-            let rec = st.store.get_env(name).await?.ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "environment {name:?} not found; an admin creates it with `convoy env set {name}`"
-                ))
-            })?;
-            let policy: Policy = serde_json::from_str(&rec.policy_json).map_err(ApiError::internal)?;
-            Some((rec.name, policy))
-        }
-    };
-    let release = st
-        .store
-        .get_release(app.as_str(), version.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("release {app}@{version} not found; publish it first")))?;
-    let chosen = in_scope(st, &selector).await?;
-    if chosen.is_empty() {
-        return Err(ApiError::bad_request(format!("selector {:?} matches no enrolled target", req.selector)));
-    }
-    refuse_busy(st, app.as_str(), &chosen).await?;
-    let mut dep = DeploymentRecord {
-        id: new_id("d"),
-        app: app.to_string(),
-        version: version.to_string(),
-        digest: release.digest.clone(),
-        selector: selector.0.to_string(),
-        state: D::Staging,
-        go_live_at: req.at,
-        max_failures: req.max_failures,
-        stage_deadline: req.stage_timeout_secs.map(|s| now + s as i64 * 1000),
-        activate_timeout_ms: req.activate_timeout_secs.unwrap_or(DEFAULT_ACTIVATE_TIMEOUT_SECS) as i64 * 1000,
-        created_by: user.name.clone(),
-        created_at: now,
-        updated_at: now,
-        note: format!("staging {app}@{version} to {}", convoy_domain::targets(chosen.len() as u64)),
-        env: None,
-        reason: req.reason.clone(),
-        policy_json: String::new(),
-        plan_json: String::new(),
-        wave: 0,
-        revision: 0,
-        expires_at: None,
-    };
-    let Some((env, policy)) = env else {
-        let instrs: Vec<InstructionRecord> = chosen.iter().map(|t| instruction(&dep, t, 1, None, now)).collect();
-        st.store.create_deployment(&dep, &instrs, &user.actor()).await?;
-        tracing::info!(deployment = %dep.id, app = %app, version = %version, targets = instrs.len(), "deployment created");
-        st.changed(instrs.iter().map(|i| i.target_id.as_str()));
-        prepare_deltas(st, &dep, &instrs);
-        return Ok(info(&dep, &instrs));
-    };
-    let windows = policy.validate().map_err(ApiError::internal)?;
-    let (at, moved) = check_go_live(&policy, &windows, req.at).map_err(|e| ApiError::bad_request(e.0))?;
-    dep.go_live_at = at;
-    dep.env = Some(env.clone());
-    dep.policy_json = serde_json::to_string(&policy).map_err(ApiError::internal)?;
-    dep.max_failures = policy.max_failures.floor_of(chosen.len() as u32);
-    dep.state = D::AwaitingApproval;
-    dep.note = format!(
-        "requested in {env}: {} approval(s) from {} or above needed{}",
-        policy.approvals,
-        policy.approver_role,
-        moved.map(|m| format!("; {m}")).unwrap_or_default()
-    );
-    st.store.create_deployment(&dep, &[], &user.actor()).await?;
-    tracing::info!(deployment = %dep.id, %env, app = %app, version = %version, "deployment requested");
-    if policy.approvals == 0 {
-        start_preflight(st, &dep, "no approval needed; preflight", &user.actor()).await?;
-    } else {
-        crate::notify::send(st, &policy, "approval_requested", &dep, &user.actor(), &req.reason);
-    }
-    let dep = st.store.get_deployment(&dep.id).await?.ok_or_else(|| ApiError::internal("request vanished"))?;
-    Ok(info(&dep, &[]))
-}
-
-fn instruction(
+pub(super) fn instruction(
     d: &DeploymentRecord,
     t: &TargetInfo,
     wave: u32,
@@ -213,23 +140,22 @@ fn instruction(
 }
 
 /// Makes the deltas this fleet will ask for while agents read manifests.
-fn prepare_deltas(st: &AppState, d: &DeploymentRecord, instrs: &[InstructionRecord]) {
+pub(super) fn prepare_deltas(st: &AppState, d: &DeploymentRecord, instrs: &[InstructionRecord]) {
     let pairs: BTreeSet<String> =
         instrs.iter().filter_map(|i| i.previous_version.clone()).filter(|v| *v != d.version).collect();
     for from in pairs {
         let (st, app, to) = (st.clone(), d.app.clone(), d.version.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::routes::deltas::prepare(&st, &app, &from, &to).await {
-                tracing::debug!(error = %e.message, %from, %to, "no delta prepared");
+            if let Err(e) = super::content::prepare(&st, &app, &from, &to).await {
+                tracing::debug!(error = %e, %from, %to, "no delta prepared");
             }
         });
     }
 }
 
 /// Approved (or no approval needed): one pending check per target in scope.
-pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, actor: &str) -> ApiResult<bool> {
-    let selector = Selector::parse(&d.selector).map_err(ApiError::internal)?;
-    let targets = in_scope(st, &selector).await?;
+pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, actor: &str) -> AppResult<bool> {
+    let targets = in_scope(st, d).await?;
     let now = now_ms();
     if targets.is_empty() {
         let m = DeploymentMove {
@@ -268,7 +194,7 @@ pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, ac
 /// requirements, then the environment's checks. Made once per request (its
 /// release and policy never change) and kept in memory, since polls ask
 /// for it until the target answers.
-pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<PreflightSpec> {
+pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> AppResult<PreflightSpec> {
     if let Some(spec) = st.preflight_specs.lock().expect("spec cache lock").get(&d.id) {
         return Ok(spec.clone());
     }
@@ -281,20 +207,20 @@ pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<Pr
     Ok(spec)
 }
 
-async fn make_preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<PreflightSpec> {
+async fn make_preflight_spec(st: &AppState, d: &DeploymentRecord) -> AppResult<PreflightSpec> {
     let (policy, _) = policy_of(d)?;
     let release = st
         .store
         .get_release(&d.app, &d.version)
         .await?
-        .ok_or_else(|| ApiError::internal("release of a request vanished"))?;
+        .ok_or_else(|| AppError::internal("release of a request vanished"))?;
     let chunks = st.chunks.clone();
     let desc = tokio::task::spawn_blocking(move || {
         let m = convoy_pack::Manifest::from_slice(&release.manifest).ok()?;
-        crate::routes::deltas::descriptor_of(&chunks, &m)
+        super::content::descriptor_of(&chunks, &m)
     })
     .await
-    .map_err(ApiError::internal)?
+    .map_err(AppError::internal)?
     .unwrap_or_default();
     let mut checks = desc.requires.checks;
     checks.extend(policy.checks.iter().cloned());
@@ -309,15 +235,21 @@ async fn make_preflight_spec(st: &AppState, d: &DeploymentRecord) -> ApiResult<P
 }
 
 /// The scheduler's step for a request in preflight: once every target
-/// answered (or the time-out passed), fail it or move it on.
-pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> ApiResult<bool> {
+/// answered (or the time-out passed), the request machine says whether it
+/// fails, waits for confirmation, or starts its rollout.
+pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> AppResult<bool> {
     let (policy, windows) = policy_of(d)?;
     let mut checks = st.store.list_checks(&d.id).await?;
     let overdue = now >= d.updated_at + policy.preflight_timeout_secs as i64 * 1000;
+    let pending = checks.iter().filter(|c| c.state == "pending").count() as u32;
+    let failed = checks.iter().filter(|c| c.state == "failed").count() as u32;
+    let answers = RequestEvent::PreflightAnswers { total: checks.len() as u32, failed, pending, overdue };
+    let step = request_step(d.state, &answers, &request_rules(&policy));
+    if let RequestStep::Wait(_) | RequestStep::Refuse(_) = step {
+        return Ok(false);
+    }
+    // the silent ones failed: record it before moving on
     for c in checks.iter_mut().filter(|c| c.state == "pending") {
-        if !overdue {
-            return Ok(false);
-        }
         let done = CheckRecord {
             state: "failed".into(),
             result_json:
@@ -332,29 +264,13 @@ pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> 
     }
     let failed: Vec<&CheckRecord> = checks.iter().filter(|c| c.state == "failed").collect();
     let total = checks.len() as u32;
-    let budget = policy.max_failures.floor_of(total);
     let names: Vec<String> = if failed.is_empty() {
         Vec::new()
     } else {
         let hosts = hostnames(st).await?;
         failed.iter().take(10).map(|c| describe_failure(c, &hosts)).collect()
     };
-    let blocked = match policy.preflight_failure {
-        PreflightFailure::Block => !failed.is_empty(),
-        PreflightFailure::Skip => failed.len() as u32 > budget || failed.len() as u32 == total,
-    };
-    if blocked {
-        let note = format!("preflight failed on {} of {total}: {}", failed.len(), names.join("; "));
-        let m = DeploymentMove {
-            from_revision: Some(d.revision),
-            ..DeploymentMove::new(D::Preflight, D::Failed, &note, "scheduler", now)
-        };
-        let moved = st.store.transition_deployment(&d.id, &m).await?;
-        if moved {
-            crate::notify::send(st, &policy, "preflight_failed", d, "scheduler", &note);
-        }
-        return Ok(moved);
-    }
+    let passed = total - failed.len() as u32;
     let skipped = if failed.is_empty() {
         String::new()
     } else {
@@ -364,41 +280,61 @@ pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> 
             names.join("; ")
         )
     };
-    let missed = late_go_live(d, &policy, &windows, now).err().map(|e| e.message);
-    if policy.confirm || missed.is_some() {
-        let note = match &missed {
-            Some(why) => {
-                format!("preflight passed on {} of {total}{skipped}; {why}; then confirm", total - failed.len() as u32)
+    // a planned go-live that passed meanwhile never goes live silently
+    let missed = late_go_live(d, &policy, &windows, now).err().map(|e| e.to_string());
+    let step = match (step, &missed) {
+        (RequestStep::StartRollout { .. }, Some(_)) => {
+            request_step(d.state, &RequestEvent::GoLiveMissed, &request_rules(&policy))
+        }
+        (s, _) => s,
+    };
+    match step {
+        RequestStep::Move { to: D::Failed, .. } => {
+            let note = format!("preflight failed on {} of {total}: {}", failed.len(), names.join("; "));
+            let m = DeploymentMove {
+                from_revision: Some(d.revision),
+                ..DeploymentMove::new(D::Preflight, D::Failed, &note, "scheduler", now)
+            };
+            let moved = st.store.transition_deployment(&d.id, &m).await?;
+            if moved {
+                crate::notify::send(st, &policy, "preflight_failed", d, "scheduler", &note);
             }
-            None => format!(
-                "preflight passed on {} of {total}{skipped}; waiting for confirmation",
-                total - failed.len() as u32
-            ),
-        };
-        let m = DeploymentMove {
-            from_revision: Some(d.revision),
-            expires_at: Some(now + policy.confirm_ttl_secs as i64 * 1000),
-            ..DeploymentMove::new(D::Preflight, D::AwaitingConfirmation, &note, "scheduler", now)
-        };
-        let moved = st.store.transition_deployment(&d.id, &m).await?;
-        if moved {
-            crate::notify::send(st, &policy, "confirmation_requested", d, "scheduler", &note);
+            Ok(moved)
         }
-        return Ok(moved);
-    }
-    let note = format!("preflight passed on {} of {total}{skipped}; planned and staging", total - failed.len() as u32);
-    match start_rollout(st, d, "scheduler", &note).await {
-        Ok(moved) => Ok(moved),
-        Err(e) if e.status == axum::http::StatusCode::CONFLICT || e.status == axum::http::StatusCode::BAD_REQUEST => {
-            let note = format!("could not start: {}", e.message);
-            let m = DeploymentMove::new(D::Preflight, D::Failed, &note, "scheduler", now);
-            Ok(st.store.transition_deployment(&d.id, &m).await?)
+        RequestStep::Move { to: D::AwaitingConfirmation, .. } => {
+            let note = match &missed {
+                Some(why) => format!("preflight passed on {passed} of {total}{skipped}; {why}; then confirm"),
+                None => format!("preflight passed on {passed} of {total}{skipped}; waiting for confirmation"),
+            };
+            let m = DeploymentMove {
+                from_revision: Some(d.revision),
+                expires_at: Some(now + policy.confirm_ttl_secs as i64 * 1000),
+                ..DeploymentMove::new(D::Preflight, D::AwaitingConfirmation, &note, "scheduler", now)
+            };
+            let moved = st.store.transition_deployment(&d.id, &m).await?;
+            if moved {
+                crate::notify::send(st, &policy, "confirmation_requested", d, "scheduler", &note);
+            }
+            Ok(moved)
         }
-        Err(e) => Err(e),
+        RequestStep::StartRollout { .. } => {
+            let note = format!("preflight passed on {passed} of {total}{skipped}; planned and staging");
+            match start_rollout(st, d, "scheduler", &note).await {
+                Ok(moved) => Ok(moved),
+                // nothing can start (targets busy, none left): the request fails, saying why
+                Err(e @ (AppError::Conflict(_) | AppError::Invalid(_))) => {
+                    let note = format!("could not start: {e}");
+                    let m = DeploymentMove::new(D::Preflight, D::Failed, &note, "scheduler", now);
+                    Ok(st.store.transition_deployment(&d.id, &m).await?)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => Err(AppError::internal(format!("request machine answered {other:?} to preflight answers"))),
     }
 }
 
-async fn hostnames(st: &AppState) -> ApiResult<BTreeMap<String, String>> {
+async fn hostnames(st: &AppState) -> AppResult<BTreeMap<String, String>> {
     Ok(st.store.list_targets().await?.into_iter().map(|t| (t.id, t.hostname)).collect())
 }
 
@@ -411,9 +347,8 @@ fn describe_failure(c: &CheckRecord, hosts: &BTreeMap<String, String>) -> String
 
 /// The targets a request would deploy to now: those that passed preflight,
 /// or (before preflight) every target in scope.
-async fn rollout_targets(st: &AppState, d: &DeploymentRecord) -> ApiResult<Vec<TargetInfo>> {
-    let selector = Selector::parse(&d.selector).map_err(ApiError::internal)?;
-    let all = in_scope(st, &selector).await?;
+async fn rollout_targets(st: &AppState, d: &DeploymentRecord) -> AppResult<Vec<TargetInfo>> {
+    let all = in_scope(st, d).await?;
     let checks = st.store.list_checks(&d.id).await?;
     if checks.is_empty() {
         return Ok(all);
@@ -425,10 +360,7 @@ async fn rollout_targets(st: &AppState, d: &DeploymentRecord) -> ApiResult<Vec<T
 fn plan_targets(targets: &[TargetInfo]) -> Vec<PlanTarget> {
     targets
         .iter()
-        .map(|t| PlanTarget {
-            id: t.id.clone(),
-            site: t.labels.0.get(crate::routes::agent::SITE_LABEL).cloned().unwrap_or_default(),
-        })
+        .map(|t| PlanTarget { id: t.id.clone(), site: t.labels.0.get(SITE_LABEL).cloned().unwrap_or_default() })
         .collect()
 }
 
@@ -440,7 +372,7 @@ pub async fn plan_view(
     d: &DeploymentRecord,
     instrs: &[InstructionRecord],
     hosts: &BTreeMap<String, String>,
-) -> ApiResult<Option<PlanInfo>> {
+) -> AppResult<Option<PlanInfo>> {
     if d.env.is_none() {
         return Ok(None);
     }
@@ -475,7 +407,7 @@ pub fn late_go_live(
     policy: &Policy,
     windows: &[Window],
     now: i64,
-) -> ApiResult<(Option<i64>, String)> {
+) -> AppResult<(Option<i64>, String)> {
     match d.go_live_at {
         None => Ok((None, String::new())),
         Some(at) if at > now => Ok((Some(at), String::new())),
@@ -490,7 +422,7 @@ pub fn late_go_live(
                 ),
             ))
         }
-        Some(at) => Err(ApiError::conflict(format!(
+        Some(at) => Err(AppError::conflict(format!(
             "the planned go-live {} passed before request {} was ready; nothing goes live on a missed plan: give it a new time (convoy change {} --at ...)",
             show_time(at),
             d.id,
@@ -499,11 +431,11 @@ pub fn late_go_live(
     }
 }
 
-pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, note: &str) -> ApiResult<bool> {
+pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, note: &str) -> AppResult<bool> {
     let (policy, windows) = policy_of(d)?;
     let targets = rollout_targets(st, d).await?;
     if targets.is_empty() {
-        return Err(ApiError::bad_request("no target in scope passed preflight"));
+        return Err(AppError::bad_request("no target in scope passed preflight"));
     }
     refuse_busy(st, &d.app, &targets).await?;
     let now = now_ms();
@@ -511,14 +443,14 @@ pub async fn start_rollout(st: &AppState, d: &DeploymentRecord, actor: &str, not
     // live silently: it moves to the next window, or waits for a new time
     let (at, late) = late_go_live(d, &policy, &windows, now)?;
     let note = format!("{note}{late}");
-    let p = plan(&plan_targets(&targets), &policy, &windows, at).map_err(|e| ApiError::bad_request(e.0))?;
+    let p = plan(&plan_targets(&targets), &policy, &windows, at).map_err(|e| AppError::bad_request(e.0))?;
     let by_id: BTreeMap<&str, &TargetInfo> = targets.iter().map(|t| (t.id.as_str(), t)).collect();
     let instrs: Vec<InstructionRecord> = p
         .assignment
         .iter()
         .map(|(id, w)| instruction(d, by_id[id.as_str()], *w, p.waves[*w as usize - 1].at, now))
         .collect();
-    let plan_json = serde_json::to_string(&p.waves).map_err(ApiError::internal)?;
+    let plan_json = serde_json::to_string(&p.waves).map_err(AppError::internal)?;
     let waves: Vec<String> = p.waves.iter().map(|w| w.targets.to_string()).collect();
     let note = format!(
         "{note}; {} in {} wave(s) of {}",

@@ -1,0 +1,254 @@
+//! Release content the application hands out besides chunks: release
+//! deltas (made once per pair, kept in `DATA_DIR/deltas/`), compressed
+//! manifests, upgrade descriptions and a release's `convoy.toml`
+//! (P-strategy, P-incremental). The HTTP routes in `routes/deltas.rs`
+//! serve them.
+//!
+//! Memory: making a delta holds both release streams (see
+//! `convoy_pack::delta_memory`); pairs above `DELTA_MEMORY_LIMIT` are served
+//! as chunks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use convoy_pack::{delta_memory, encode_delta, make_release_delta, release_stream, ChunkStore, Manifest};
+use convoy_store::ReleaseRecord;
+
+use super::{AppError, AppResult};
+use crate::state::AppState;
+
+/// Most memory one delta generation may use (both streams and zstd's window).
+pub const DELTA_MEMORY_LIMIT: u64 = 2 << 30;
+/// zstd level for deltas: they are made once and sent many times.
+pub const DELTA_LEVEL: i32 = 19;
+/// Above this stream size a faster level keeps generation in minutes.
+const FAST_ABOVE: u64 = 256 << 20;
+const FAST_LEVEL: i32 = 9;
+
+/// Generated deltas and compressed manifests on disk, made once each.
+pub struct Deltas {
+    dir: PathBuf,
+    inflight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a cached generation produced.
+pub enum Made {
+    Bytes(Vec<u8>),
+    /// Not worth sending; the reason.
+    Skip(String),
+}
+
+impl Deltas {
+    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir, inflight: Default::default() })
+    }
+
+    fn read(&self, key: &str) -> Option<Made> {
+        if let Ok(b) = std::fs::read(self.dir.join(format!("{key}.zst"))) {
+            return Some(Made::Bytes(b));
+        }
+        std::fs::read_to_string(self.dir.join(format!("{key}.skip"))).ok().map(Made::Skip)
+    }
+
+    fn write(&self, key: &str, made: &Made) -> std::io::Result<()> {
+        let (name, bytes) = match made {
+            Made::Bytes(b) => (format!("{key}.zst"), b.as_slice()),
+            Made::Skip(why) => (format!("{key}.skip"), why.as_bytes()),
+        };
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, self.dir.join(name))
+    }
+
+    /// The cached result for `key`, or the result of `make` (run once even
+    /// when many ask at the same time), stored for next time.
+    pub async fn cached(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<Made, String> + Send + 'static,
+    ) -> AppResult<Made> {
+        if let Some(m) = self.read(&key) {
+            return Ok(m);
+        }
+        let lock = self.inflight.lock().expect("inflight lock").entry(key.clone()).or_default().clone();
+        let _held = lock.lock().await;
+        if let Some(m) = self.read(&key) {
+            return Ok(m);
+        }
+        let made = tokio::task::spawn_blocking(make).await.map_err(AppError::internal)?.map_err(AppError::internal)?;
+        self.write(&key, &made).map_err(AppError::internal)?;
+        self.inflight.lock().expect("inflight lock").remove(&key);
+        Ok(made)
+    }
+}
+
+fn stream(chunks: &ChunkStore, m: &Manifest) -> Result<Vec<u8>, String> {
+    release_stream(m, |c| chunks.get(&c.id)?.ok_or_else(|| std::io::Error::other(format!("chunk {} missing", c.id))))
+        .map_err(|e| format!("reading release stream: {e}"))
+}
+
+/// Makes the delta from `from` to `to`, or says why chunks are cheaper.
+fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8]) -> Result<Made, String> {
+    let old = Manifest::from_slice(from).map_err(|e| e.to_string())?;
+    let new = Manifest::from_slice(to).map_err(|e| e.to_string())?;
+    let mem = delta_memory(old.total_size(), new.total_size());
+    if mem > DELTA_MEMORY_LIMIT {
+        return Ok(Made::Skip(format!("a delta would need {mem} bytes of memory, over {DELTA_MEMORY_LIMIT}")));
+    }
+    // what a holder of the old release lacks, sent as chunks
+    let have: HashSet<_> = old.chunk_ids().into_iter().collect();
+    let chunk_cost: u64 =
+        new.chunk_ids().iter().filter(|id| !have.contains(id)).filter_map(|id| chunks.compressed_len(id)).sum();
+    if chunk_cost == 0 {
+        return Ok(Made::Skip("the old release holds every chunk of the new one".into()));
+    }
+    let (a, b) = (stream(chunks, &old)?, stream(chunks, &new)?);
+    let level = if (a.len() + b.len()) as u64 > FAST_ABOVE { FAST_LEVEL } else { DELTA_LEVEL };
+    let started = std::time::Instant::now();
+    let d = make_release_delta(&old, &a, &new, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
+    tracing::info!(delta = d.len(), chunk_cost, ms = started.elapsed().as_millis() as u64, "release delta made");
+    if d.len() as u64 >= chunk_cost {
+        return Ok(Made::Skip(format!("the missing chunks ({chunk_cost} bytes) cost less than a delta ({})", d.len())));
+    }
+    Ok(Made::Bytes(d))
+}
+
+pub fn find(st: &AppState, app: &str, version: &str) -> impl std::future::Future<Output = AppResult<ReleaseRecord>> {
+    let (st, app, version) = (st.clone(), app.to_owned(), version.to_owned());
+    async move {
+        st.store
+            .get_release(&app, &version)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("release {app}@{version} not found")))
+    }
+}
+
+/// Makes (once) the delta between two releases of an app, if worth it.
+pub async fn prepare(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<Option<usize>> {
+    let (from, to) = (find(st, app, from).await?, find(st, app, to).await?);
+    if from.digest == to.digest {
+        return Ok(None);
+    }
+    let chunks = st.chunks.clone();
+    let made = st
+        .deltas
+        .cached(format!("{}-{}", from.digest, to.digest), move || make_delta(&chunks, &from.manifest, &to.manifest))
+        .await?;
+    Ok(match made {
+        Made::Bytes(b) => Some(b.len()),
+        Made::Skip(_) => None,
+    })
+}
+
+/// The description of the upgrade from `from` to `to`, computed once per
+/// pair and kept in memory.
+/// The release's `convoy.toml`, read from the chunk store (`None` if it
+/// has none or it does not parse).
+pub fn descriptor_of(chunks: &ChunkStore, m: &Manifest) -> Option<convoy_pack::Descriptor> {
+    m.entries.iter().find_map(|e| match e {
+        convoy_pack::Entry::File { path, chunks: refs, .. } if path.as_str() == convoy_pack::DESCRIPTOR_FILE => {
+            let mut text = Vec::new();
+            for r in refs {
+                text.extend_from_slice(chunks.get(&r.id).ok()??.data());
+            }
+            convoy_pack::Descriptor::parse(&String::from_utf8_lossy(&text)).ok()
+        }
+        _ => None,
+    })
+}
+
+pub async fn changes(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<convoy_wire::Changes> {
+    let (old, new) = (find(st, app, from).await?, find(st, app, to).await?);
+    let key = format!("{}-{}", old.digest, new.digest);
+    if let Some(c) = st.upgrades.lock().expect("upgrades lock").get(&key) {
+        return Ok(c.clone());
+    }
+    let chunks = st.chunks.clone();
+    let c = tokio::task::spawn_blocking(move || -> Result<convoy_wire::Changes, String> {
+        let (a, b) = (
+            Manifest::from_slice(&old.manifest).map_err(|e| e.to_string())?,
+            Manifest::from_slice(&new.manifest).map_err(|e| e.to_string())?,
+        );
+        let d = convoy_pack::diff(&a, &b);
+        let descriptor = descriptor_of(&chunks, &b);
+        let (config_changed, migrate) = match descriptor {
+            Some(desc) => (
+                desc.config_files.into_iter().filter(|f| d.added.contains(f) || d.changed.contains(f)).collect(),
+                desc.hooks.migrate,
+            ),
+            None => (Vec::new(), None),
+        };
+        Ok(convoy_wire::Changes {
+            app: new.app.clone(),
+            from_version: old.version.clone(),
+            to_version: new.version.clone(),
+            from_digest: old.digest.clone(),
+            to_digest: new.digest.clone(),
+            added: d.added,
+            removed: d.removed,
+            changed: d.changed,
+            changed_bytes: d.changed_bytes,
+            total_size: b.total_size(),
+            config_changed,
+            migrate,
+            published_at: new.created_at,
+        })
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
+    let mut map = st.upgrades.lock().expect("upgrades lock");
+    if map.len() > 1_000 {
+        map.clear();
+    }
+    map.insert(key, c.clone());
+    Ok(c)
+}
+
+/// The delta from `from` to `to` (or why chunks are cheaper), the digest
+/// of `from` and the new release's size.
+pub async fn delta(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<(Made, String, String)> {
+    let (from, to) = (find(st, app, from).await?, find(st, app, to).await?);
+    if from.digest == to.digest {
+        return Err(AppError::bad_request(format!(
+            "{app}@{} and {app}@{} are the same release",
+            from.version, to.version
+        )));
+    }
+    let from_digest = from.digest.clone();
+    let size = to.total_size.to_string();
+    let chunks = st.chunks.clone();
+    let made = st
+        .deltas
+        .cached(format!("{}-{}", from.digest, to.digest), move || make_delta(&chunks, &from.manifest, &to.manifest))
+        .await?;
+    Ok((made, from_digest, size))
+}
+
+/// The canonical manifest of `app@version`, zstd-compressed, as a patch
+/// against `base`'s manifest when given (and its digest).
+pub async fn manifest_patch(
+    st: &AppState,
+    app: &str,
+    version: &str,
+    base: Option<&str>,
+) -> AppResult<(Vec<u8>, Option<String>)> {
+    let to = find(st, app, version).await?;
+    let base = match base {
+        Some(b) => st.store.get_release(app, b).await?,
+        None => None,
+    };
+    let base_digest = base.as_ref().map(|b| b.digest.clone());
+    let key = format!("m-{}-{}", base_digest.as_deref().unwrap_or("none"), to.digest);
+    let made = st
+        .deltas
+        .cached(key, move || {
+            let old = base.map(|b| b.manifest).unwrap_or_default();
+            encode_delta(&old, &to.manifest, DELTA_LEVEL).map(Made::Bytes).map_err(|e| e.to_string())
+        })
+        .await?;
+    let Made::Bytes(b) = made else { return Err(AppError::internal("manifest encoding was skipped")) };
+    Ok((b, base_digest))
+}
