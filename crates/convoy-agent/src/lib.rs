@@ -142,6 +142,8 @@ const DEFER_MS: i64 = 1_000;
 const VIA_RETRY: Duration = Duration::from_secs(60);
 /// How long before go-live an activation re-checks that it still stands.
 const CHECK_BEFORE_MS: i64 = 2_000;
+/// How often a staging agent asks whether its work still stands.
+const WITHDRAWN_CHECK: Duration = Duration::from_secs(2);
 
 impl Agent {
     /// Loads the agent's credential or enrols with the enrolment token.
@@ -383,7 +385,20 @@ impl Agent {
                     inventory: None,
                 })
                 .await;
-                stage::stage(&self.cfg, &self.client, &self.grant, &w).await
+                // a transfer stops within seconds of the work being withdrawn
+                // (a canceled or rolled-back deployment): the server is asked
+                // every few seconds while staging goes on
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                tokio::select! {
+                    r = stage::stage(&self.cfg, &self.client, &self.grant, &w, stop.clone()) => r,
+                    () = self.until_withdrawn(&w) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let partial = stage::partial_dir(&self.cfg.root, &w.app, &w.version);
+                        let _ = tokio::task::spawn_blocking(move || stage::remove_tree(&partial)).await;
+                        tracing::info!(instruction = %w.instruction_id, "staging stopped: the server withdrew the work");
+                        return;
+                    }
+                }
             }
             Phase::Activate => {
                 if !self.still_current_at_go_live(&w, relayed).await {
@@ -419,6 +434,22 @@ impl Agent {
             tracing::warn!(error = %e, "could not journal the report");
         }
         self.send(report).await;
+    }
+
+    /// Returns once the server no longer has `w` pending for this target
+    /// (asked every few seconds; an unreachable server withdraws nothing).
+    async fn until_withdrawn(&self, w: &Work) {
+        loop {
+            tokio::time::sleep(WITHDRAWN_CHECK).await;
+            if let Some(work) = self.pending_at_server().await {
+                if !work
+                    .iter()
+                    .any(|x| x.instruction_id == w.instruction_id && x.phase == w.phase && x.attempt == w.attempt)
+                {
+                    return;
+                }
+            }
+        }
     }
 
     async fn until_shortly_before_go_live(&self, w: &Work) {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,19 +46,28 @@ pub fn release_dir(root: &Path, app: &str, version: &str) -> PathBuf {
     root.join("releases").join(app).join(version)
 }
 
+/// Where a release is assembled before it is renamed into place.
+pub fn partial_dir(root: &Path, app: &str, version: &str) -> PathBuf {
+    root.join("releases").join(app).join(format!(".{version}.partial"))
+}
+
 /// Computes the root digest of a tree on disk, hashing before parsing
 /// anything in it: damage anywhere (`convoy.toml` included) is a mismatch.
 pub fn digest_of(dir: &Path) -> Result<String, PackError> {
     Ok(scan_tree(dir, |_| Ok(()))?.digest())
 }
 
+/// Stages `w`. `stop` set (the work was withdrawn) makes assembly give
+/// up at the next chunk and remove its partial directory; the caller drops
+/// this future, which ends any transfer at once.
 pub async fn stage(
     cfg: &AgentConfig,
     client: &Client,
     grant: &convoy_client::GrantCell,
     w: &Work,
+    stop: Arc<AtomicBool>,
 ) -> (ReportKind, BTreeMap<String, String>, String) {
-    match stage_inner(cfg, client, grant, w).await {
+    match stage_inner(cfg, client, grant, w, stop).await {
         Ok((digest, metrics)) => (ReportKind::Staged { digest }, metrics, String::new()),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "staging failed");
@@ -72,6 +81,7 @@ async fn stage_inner(
     client: &Client,
     grant: &convoy_client::GrantCell,
     w: &Work,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
     let started = Instant::now();
     let dest = release_dir(&cfg.root, &w.app, &w.version);
@@ -244,7 +254,8 @@ async fn stage_inner(
 
     let root = cfg.root.clone();
     let (app, version) = (w.app.clone(), w.version.clone());
-    let digest = tokio::task::spawn_blocking(move || assemble(&root, &app, &version, &manifest, &cache)).await??;
+    let digest =
+        tokio::task::spawn_blocking(move || assemble(&root, &app, &version, &manifest, &cache, &stop)).await??;
     metrics.insert("stage_ms".into(), started.elapsed().as_millis().to_string());
     Ok((digest, metrics))
 }
@@ -432,17 +443,36 @@ async fn report_progress(client: Client, instruction_id: String, done: Arc<Atomi
 
 /// Writes the release from verified cached chunks into a fresh partial
 /// directory, moves it into place, and returns the digest of what is on disk.
-fn assemble(root: &Path, app: &str, version: &str, m: &Manifest, cache: &ChunkStore) -> anyhow::Result<String> {
+fn assemble(
+    root: &Path,
+    app: &str,
+    version: &str,
+    m: &Manifest,
+    cache: &ChunkStore,
+    stop: &AtomicBool,
+) -> anyhow::Result<String> {
     let app_dir = root.join("releases").join(app);
     std::fs::create_dir_all(&app_dir)?;
-    let partial = app_dir.join(format!(".{version}.partial"));
+    let partial = partial_dir(root, app, version);
     remove_tree(&partial)?;
-    unpack(m, &partial, |c| {
+    let unpacked = unpack(m, &partial, |c| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(PackError::Chunk("staging was stopped: the work was withdrawn".into()));
+        }
         cache
             .get(&c.id)
             .map_err(|e| PackError::Chunk(e.to_string()))?
             .ok_or_else(|| PackError::Chunk(format!("chunk {} missing from the cache", c.id)))
-    })?;
+    });
+    if let Err(e) = unpacked {
+        // nothing half-written stays behind
+        let _ = remove_tree(&partial);
+        return Err(e.into());
+    }
+    if stop.load(Ordering::Relaxed) {
+        let _ = remove_tree(&partial);
+        anyhow::bail!("staging was stopped: the work was withdrawn");
+    }
     let dest = app_dir.join(version);
     if dest.exists() {
         let old = app_dir.join(format!(".{version}.old"));

@@ -59,8 +59,10 @@ pub struct EnvArgs<'a> {
     pub confirm_ttl: Option<&'a str>,
     /// Who besides the requester may confirm: a role, or "" for nobody.
     pub confirm_role: Option<&'a str>,
-    /// What a wave breaking its budget does: `all` or `wave`.
+    /// What a wave breaking its budget does: `all`, `wave` or `pause`.
     pub on_breach: Option<&'a str>,
+    /// Whether targets enrolled after planning join the last wave.
+    pub include_late: Option<bool>,
     /// How long a request waits for approvals.
     pub approval_ttl: Option<&'a str>,
     pub windows: Option<Vec<String>>,
@@ -90,6 +92,9 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
     }
     if let Some(t) = a.approval_ttl {
         p.approval_ttl_secs = crate::parse_duration(t)?;
+    }
+    if let Some(l) = a.include_late {
+        p.include_late = l;
     }
     if let Some(b) = a.on_breach {
         p.on_breach = match b {
@@ -179,6 +184,10 @@ fn print_env(e: &EnvInfo) {
             convoy_domain::OnBreach::Pause =>
                 "halt where it is; `convoy resume` starts the next wave, `convoy rollback` rolls back",
         }
+    ));
+    line(format!(
+        "  late targets    {}",
+        if p.include_late { "join the last wave before it goes live" } else { "listed as not in the deployment" }
     ));
     let on_failure = match p.preflight_failure {
         PreflightFailure::Block => "a failed target blocks the request",

@@ -213,6 +213,12 @@ pub struct Policy {
     /// What a breach of a wave's failure budget does.
     #[serde(default)]
     pub on_breach: OnBreach,
+    /// Targets that match a rollout's selector but enrolled after it was
+    /// planned join its last wave while that wave has not gone live (they
+    /// go live with it if staged by then); otherwise they are only listed
+    /// as not in the deployment.
+    #[serde(default)]
+    pub include_late: bool,
     /// Commands every target runs in preflight; exit 0 passes.
     #[serde(default)]
     pub checks: Vec<String>,
@@ -259,6 +265,7 @@ impl Default for Policy {
             max_failures: none(),
             preflight_failure: PreflightFailure::Block,
             on_breach: OnBreach::RollbackAll,
+            include_late: false,
             checks: Vec::new(),
             preflight_timeout_secs: ten_minutes(),
             webhook: None,

@@ -404,6 +404,9 @@ enum EnvCmd {
         /// or halts the deployment where it is for an operator to resume or roll back (pause).
         #[arg(long, value_parser = ["all", "wave", "pause"])]
         on_breach: Option<String>,
+        /// Targets that match a rollout's selector but enrol after it was planned join its last wave (true/false).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        include_late: Option<bool>,
         /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
         #[arg(long = "window")]
         windows: Vec<String>,
@@ -698,6 +701,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     confirm_ttl,
                     confirm_role,
                     on_breach,
+                    include_late,
                     approval_ttl,
                     windows,
                     outside_window,
@@ -717,6 +721,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 confirm_ttl: confirm_ttl.as_deref(),
                 confirm_role: confirm_role.as_deref(),
                 on_breach: on_breach.as_deref(),
+                include_late: *include_late,
                 approval_ttl: approval_ttl.as_deref(),
                 windows: (!windows.is_empty()).then(|| windows.clone()),
                 outside_window: outside_window.as_deref(),

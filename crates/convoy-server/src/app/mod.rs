@@ -15,6 +15,8 @@ pub mod reports;
 pub mod requests;
 pub mod rollout;
 pub mod schedule;
+#[cfg(test)]
+mod tests;
 
 use convoy_domain::{Policy, Tally, WavePlan, Window};
 use convoy_store::{DeploymentRecord, InstructionRecord, StoreError, TargetRecord};

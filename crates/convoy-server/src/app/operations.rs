@@ -349,6 +349,10 @@ async fn rollback_unaudited(
     let (st, id) = (st.clone(), id.to_owned());
     need_role(user, Role::Deployer, "rolling back")?;
     let d = find(&st, &id).await?;
+    // a request has nothing to roll back: it is canceled, by its requester or an admin
+    if d.state.is_request() {
+        return super::requests::cancel_unaudited(&st, user, &id, reason).await;
+    }
     let step = request_rollback(d.state).map_err(|m| AppError::conflict(format!("cannot roll back {id}: {m}")))?;
     let actor = user.actor();
     let now = now_ms();

@@ -328,7 +328,7 @@ async fn confirm_unaudited(st: &AppState, user: &User, id: &str) -> AppResult<De
     current(&st, &id).await
 }
 
-async fn cancel_unaudited(st: &AppState, user: &User, id: &str, reason: &str) -> AppResult<DeploymentInfo> {
+pub(super) async fn cancel_unaudited(st: &AppState, user: &User, id: &str, reason: &str) -> AppResult<DeploymentInfo> {
     let reason: String = reason.chars().take(1024).collect();
     let why = if reason.trim().is_empty() {
         format!("canceled by {}", user.name)

@@ -190,6 +190,41 @@ pub async fn start_preflight(st: &AppState, d: &DeploymentRecord, note: &str, ac
     Ok(moved)
 }
 
+/// Settles a target's preflight check from its report.
+pub async fn preflight_answer(
+    st: &AppState,
+    target: &str,
+    r: &convoy_wire::Report,
+) -> AppResult<convoy_wire::ReportResponse> {
+    let c = st.store.get_check(&r.instruction_id).await?.filter(|c| c.target_id == target);
+    let Some(c) = c else {
+        return Err(AppError::not_found(format!("preflight {} not found for this target", r.instruction_id)));
+    };
+    let (state, note) = match &r.report {
+        convoy_domain::ReportKind::Succeeded => ("passed", "preflight passed".to_owned()),
+        convoy_domain::ReportKind::Failed { message } => ("failed", format!("preflight failed: {message}")),
+        other => {
+            return Ok(convoy_wire::ReportResponse {
+                accepted: false,
+                note: format!("{other:?} does not settle a preflight"),
+            })
+        }
+    };
+    let done = convoy_store::CheckRecord {
+        state: state.into(),
+        result_json: serde_json::to_string(&r.metrics).map_err(AppError::internal)?,
+        output: r.output.clone(),
+        updated_at: now_ms(),
+        ..c
+    };
+    let moved = st.store.finish_check(&done, &format!("agent:{target}")).await?;
+    if moved {
+        tracing::info!(deployment = %done.deployment_id, target_id = %target, "{note}");
+        st.wake.notify_one();
+    }
+    Ok(convoy_wire::ReportResponse { accepted: moved, note })
+}
+
 /// What a target must check for a request: the package's preparation and
 /// requirements, then the environment's checks. Made once per request (its
 /// release and policy never change) and kept in memory, since polls ask

@@ -11,7 +11,7 @@ use convoy_domain::{
 };
 use convoy_store::{BulkMove, DeploymentMove, DeploymentRecord, InstructionRecord, InstructionUpdate, WaveFilter};
 
-use super::rollout::{policy_of, request_rules, settle_preflight, under_current_policy};
+use super::rollout::{in_scope, instruction, policy_of, request_rules, settle_preflight, under_current_policy};
 use super::{AppResult, Rules};
 use crate::state::{now_ms, AppState};
 
@@ -35,13 +35,23 @@ pub fn bulk_for(action: InstrAction, note: &str) -> Vec<BulkMove> {
     };
     match action {
         InstrAction::None => Vec::new(),
-        InstrAction::ActivateWave { wave, at } => vec![BulkMove {
-            from: vec![S::Staged],
-            to: S::Activating,
-            go_live_at: Some(at),
-            note: format!("go live ({note})"),
-            waves: WaveFilter::Only(wave),
-        }],
+        // a late target still staging when its wave goes live is left out
+        InstrAction::ActivateWave { wave, at } => vec![
+            BulkMove {
+                from: vec![S::Staged],
+                to: S::Activating,
+                go_live_at: Some(at),
+                note: format!("go live ({note})"),
+                waves: WaveFilter::Only(wave),
+            },
+            BulkMove {
+                from: vec![S::Created, S::Sent, S::Received],
+                to: S::Canceled,
+                go_live_at: None,
+                note: "not staged when its wave went live; left out".into(),
+                waves: WaveFilter::Only(wave),
+            },
+        ],
         InstrAction::RollBackLive => vec![back(WaveFilter::All), cancel(WaveFilter::All)],
         InstrAction::RollBackWave { wave } => vec![back(WaveFilter::Only(wave)), cancel(WaveFilter::After(wave))],
         InstrAction::CancelPending => vec![cancel(WaveFilter::All)],
@@ -152,6 +162,10 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
             }
         }
     }
+    // late joiners are counted from the next pass on
+    if rules.policy.include_late && include_late(st, d, &rules, &instructions, now, touched).await? {
+        return Ok(moved + 1);
+    }
     let waves = tallies(&rules.plan, &instructions);
     let Some(next) = advance(&view(d, &rules), &waves, now) else {
         return Ok(moved);
@@ -183,4 +197,52 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
         }
     }
     Ok(moved)
+}
+
+/// Targets that match the selector but enrolled after the rollout was
+/// planned join its last wave, while that wave has not gone live (policy
+/// `include_late`). One move, compare-and-set on the current wave.
+async fn include_late(
+    st: &AppState,
+    d: &DeploymentRecord,
+    rules: &Rules,
+    instructions: &[InstructionRecord],
+    now: i64,
+    touched: &mut Vec<String>,
+) -> AppResult<bool> {
+    let last = rules.plan.len().max(1) as u32;
+    if !matches!(d.state, D::Staging | D::Scheduled | D::Activating) || d.wave >= last {
+        return Ok(false);
+    }
+    let planned: std::collections::BTreeSet<&str> = instructions.iter().map(|i| i.target_id.as_str()).collect();
+    let late: Vec<convoy_wire::TargetInfo> =
+        in_scope(st, d).await?.into_iter().filter(|t| !planned.contains(t.id.as_str())).collect();
+    if late.is_empty() {
+        return Ok(false);
+    }
+    let planned_at = rules.plan.last().and_then(|w| w.at);
+    let new: Vec<InstructionRecord> = late
+        .iter()
+        .map(|t| InstructionRecord {
+            note: "enrolled after planning: joins the last wave (goes live with it if staged by then)".into(),
+            ..instruction(d, t, last, planned_at, now)
+        })
+        .collect();
+    let hosts: Vec<&str> = late.iter().map(|t| t.hostname.as_str()).collect();
+    let note = format!(
+        "{} enrolled after planning joined wave {last} (policy include_late): {}",
+        convoy_domain::targets(late.len() as u64),
+        hosts.join(", ")
+    );
+    let m = DeploymentMove {
+        from_wave: Some(d.wave),
+        new_instructions: &new,
+        ..DeploymentMove::new(d.state, d.state, &note, "scheduler", now)
+    };
+    if !st.store.transition_deployment(&d.id, &m).await? {
+        return Ok(false);
+    }
+    tracing::info!(deployment = %d.id, late = new.len(), "late targets joined the last wave");
+    touched.extend(new.iter().map(|i| i.target_id.clone()));
+    Ok(true)
 }

@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use convoy_domain::{InstructionState, ReportKind};
+use convoy_domain::InstructionState;
 use convoy_store::{new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
 use convoy_wire::{
     sign::SignedWork, EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work,
@@ -345,34 +345,6 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
     Ok(out)
 }
 
-/// Settles a target's preflight check from its report.
-async fn preflight_report(st: &AppState, target: &str, r: &Report) -> ApiResult<Json<ReportResponse>> {
-    let c = st.store.get_check(&r.instruction_id).await?.filter(|c| c.target_id == target);
-    let Some(c) = c else {
-        return Err(ApiError::not_found(format!("preflight {} not found for this target", r.instruction_id)));
-    };
-    let (state, note) = match &r.report {
-        ReportKind::Succeeded => ("passed", "preflight passed".to_owned()),
-        ReportKind::Failed { message } => ("failed", format!("preflight failed: {message}")),
-        other => {
-            return Ok(Json(ReportResponse { accepted: false, note: format!("{other:?} does not settle a preflight") }))
-        }
-    };
-    let done = convoy_store::CheckRecord {
-        state: state.into(),
-        result_json: serde_json::to_string(&r.metrics).map_err(ApiError::internal)?,
-        output: r.output.clone(),
-        updated_at: now_ms(),
-        ..c
-    };
-    let moved = st.store.finish_check(&done, &format!("agent:{target}")).await?;
-    if moved {
-        tracing::info!(deployment = %done.deployment_id, target_id = %target, "{note}");
-        st.wake.notify_one();
-    }
-    Ok(Json(ReportResponse { accepted: moved, note }))
-}
-
 pub async fn report(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -394,7 +366,7 @@ pub async fn report(
         save_inventory(&st, &target, inv).await?;
     }
     if r.phase == convoy_wire::Phase::Preflight {
-        return preflight_report(&st, &target, &r).await;
+        return Ok(Json(crate::app::rollout::preflight_answer(&st, &target, &r).await?));
     }
     // written with others in one transaction; answered once persisted
     Ok(Json(crate::app::reports::submit(&st, target, r).await?))
