@@ -258,7 +258,7 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Cancel a request before it is staged (the requester or an admin).
+    /// Cancel a request, or a deployment still staging: transfers stop within seconds (the requester or an admin).
     Cancel {
         #[arg(value_name = "REQUEST")]
         id: String,

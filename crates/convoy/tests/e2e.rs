@@ -685,3 +685,58 @@ fn retry_takes_only_the_failed_targets_again() {
     );
     assert!(f.ok(&["status", &id, "--events"]).contains("outage fixed"));
 }
+
+#[test]
+fn cancel_stops_a_transfer_in_flight_within_seconds() {
+    let mut f = Fleet::start();
+    // 8 MB over a 200 KB/s line: some 40 s of download
+    f.start_agent("a", "role=web", &[], &["--max-rate", "200000"]);
+    publish(&f, "1.0", 8_000_000);
+    let id = f.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    wait_until("the download to start", LONG, || {
+        let d = f.deployment(&id);
+        (instruction(&d, "a")["state"] == "received").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let canceled = std::time::Instant::now();
+    let d: serde_json::Value =
+        serde_json::from_str(&f.ok(&["cancel", &id, "--reason", "wrong build", "--output", "json"])).unwrap();
+    assert_eq!(d["state"], "canceled", "{d:#}");
+    let agent_log = f.path("agent-a-0.log");
+    wait_until("the agent to stop its transfer", Duration::from_secs(15), || {
+        std::fs::read_to_string(&agent_log).unwrap_or_default().contains("staging stopped").then_some(())
+    });
+    let web = f.agent_root("a").join("releases/web");
+    assert!(!web.join(".1.0.partial").exists() && !web.join("1.0").exists(), "nothing half-written stays");
+    // the line is free at once: a small release goes live long before the
+    // first download would have ended
+    publish(&f, "1.1", 10_000);
+    let (code, d) = deploy_wait(&f, &["web@1.1", "--selector", "role=web"]);
+    assert_eq!((code, d["deployment"]["state"].as_str()), (0, Some("succeeded")), "{d:#}");
+    assert!(canceled.elapsed() < Duration::from_secs(25), "took {:?}", canceled.elapsed());
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.1".into()))]);
+    let events = f.ok(&["status", &id, "--events"]);
+    assert!(events.contains("wrong build"), "{events}");
+}
+
+#[test]
+fn deploy_picks_single_targets_by_id_or_hostname() {
+    let mut f = Fleet::start();
+    for n in ["a", "b", "c"] {
+        f.start_agent(n, "role=web", &[], &[]);
+    }
+    publish(&f, "1.0", 10_000);
+    let b = f.target_id("b");
+    let (code, d) = deploy_wait(&f, &["web@1.0", "--target", "a", "--target", &b]);
+    assert_eq!((code, d["deployment"]["state"].as_str()), (0, Some("succeeded")), "{d:#}");
+    assert_eq!(
+        f.live("web"),
+        vec![("a".into(), Some("1.0".into())), ("b".into(), Some("1.0".into())), ("c".into(), None)]
+    );
+    // a name that is no target, or one outside the selector, is refused and changes nothing
+    let out = f.cli(&["deploy", "web@1.0", "--target", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no enrolled target has the id or hostname"));
+    let out = f.cli(&["deploy", "web@1.0", "--selector", "role=db", "--target", "c"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the selector"));
+}

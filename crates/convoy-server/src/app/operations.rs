@@ -346,13 +346,24 @@ async fn rollback_unaudited(
     reason: &str,
     uninstall: bool,
 ) -> AppResult<DeploymentInfo> {
-    let (st, id) = (st.clone(), id.to_owned());
     need_role(user, Role::Deployer, "rolling back")?;
-    let d = find(&st, &id).await?;
+    let d = find(st, id).await?;
     // a request has nothing to roll back: it is canceled, by its requester or an admin
     if d.state.is_request() {
-        return super::requests::cancel_unaudited(&st, user, &id, reason).await;
+        return super::requests::cancel_unaudited(st, user, id, reason).await;
     }
+    roll_back_deployment(st, user, d, reason, uninstall).await
+}
+
+/// Rolls back (or, before go-live, cancels) a deployment that is no request.
+pub(super) async fn roll_back_deployment(
+    st: &AppState,
+    user: &User,
+    d: DeploymentRecord,
+    reason: &str,
+    uninstall: bool,
+) -> AppResult<DeploymentInfo> {
+    let (st, id) = (st.clone(), d.id.clone());
     let step = request_rollback(d.state).map_err(|m| AppError::conflict(format!("cannot roll back {id}: {m}")))?;
     let actor = user.actor();
     let now = now_ms();

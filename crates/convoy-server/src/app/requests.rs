@@ -345,14 +345,18 @@ pub(super) async fn cancel_unaudited(st: &AppState, user: &User, id: &str, reaso
                 d.created_by
             )));
         }
+        // staging, before anything goes live: the transfers stop, nothing switches
+        if d.state == D::Staging {
+            return super::operations::roll_back_deployment(st, user, d, &reason, false).await;
+        }
         let (policy, _) = policy_of(&d)?;
         let to = match request_step(d.state, &RequestEvent::Canceled, &request_rules(&policy)) {
             RequestStep::Move { to, .. } => to,
             _ => {
                 return Err(AppError::conflict(format!(
-                    "{id} is {}; only a request (before staging) can be canceled; use `convoy rollback {id}`",
-                    d.state.as_str()
-                )))
+                "{id} is {}; only a request or a deployment still staging can be canceled; use `convoy rollback {id}`",
+                d.state.as_str()
+            )))
             }
         };
         let actor = user.actor();
