@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use convoy_domain::{Labels, Phase, ReportKind};
 
 pub mod sign;
+pub mod tuf;
 
 /// API version prefix of every route.
 pub const API: &str = "/api/v1";
