@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_trust.sql")),
     (5, include_str!("../migrations/0005_pause.sql")),
     (6, include_str!("../migrations/0006_targets.sql")),
+    (7, include_str!("../migrations/0007_tuf.sql")),
 ];
 
 /// Advisory lock key taken while migrating, so two servers never race.

@@ -17,6 +17,18 @@ pub async fn run(store: &dyn Store) {
     deployments(store).await;
     workflow(store).await;
     trust(store).await;
+    tuf(store).await;
+}
+
+/// TUF metadata: versions written once, the newest or a given one read.
+async fn tuf(s: &dyn Store) {
+    assert_eq!(s.get_tuf("timestamp", None).await.unwrap(), None);
+    assert!(s.put_tuf("timestamp", 1, b"one", 1).await.unwrap());
+    assert!(s.put_tuf("timestamp", 2, b"two", 2).await.unwrap());
+    assert!(!s.put_tuf("timestamp", 2, b"other", 3).await.unwrap(), "a version is written once");
+    assert_eq!(s.get_tuf("timestamp", None).await.unwrap(), Some((2, b"two".to_vec())));
+    assert_eq!(s.get_tuf("timestamp", Some(1)).await.unwrap(), Some((1, b"one".to_vec())));
+    assert_eq!(s.get_tuf("snapshot", Some(1)).await.unwrap(), None);
 }
 
 /// Token rotation, enrolment tokens, enrolment, relay grants, server keys.

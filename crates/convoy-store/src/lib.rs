@@ -109,6 +109,13 @@ pub trait Store: Send + Sync + 'static {
     /// first use from `make()`, the same for every server on the database.
     async fn server_key(&self, name: &str, make: (String, String), now: i64) -> Result<(String, String)>;
 
+    /// Stores version `version` of a TUF role's metadata; `Ok(false)` if
+    /// that version exists (versions are written once, never changed).
+    async fn put_tuf(&self, role: &str, version: u64, body: &[u8], now: i64) -> Result<bool>;
+
+    /// A TUF role's metadata: that version, or the newest.
+    async fn get_tuf(&self, role: &str, version: Option<u64>) -> Result<Option<(u64, Vec<u8>)>>;
+
     /// Inserts a release; an existing `app@version` with the same digest is
     /// `Ok(false)`, with another digest a `Conflict`.
     async fn insert_release(&self, r: &ReleaseRecord) -> Result<bool>;

@@ -388,6 +388,23 @@ macro_rules! impl_sql_store {
                     Ok((r.try_get("public").map_err(db)?, r.try_get("secret").map_err(db)?))
                 }
 
+                async fn put_tuf(&self, role: &str, version: u64, body: &[u8], now: i64) -> Result<bool> {
+                    let done = ::sqlx::query("INSERT INTO tuf_metadata (role, version, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (role, version) DO NOTHING")
+                        .bind(role).bind(version as i64).bind(body).bind(now)
+                        .execute(&self.pool).await.map_err(db)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn get_tuf(&self, role: &str, version: Option<u64>) -> Result<Option<(u64, Vec<u8>)>> {
+                    let r = match version {
+                        Some(v) => ::sqlx::query("SELECT version, body FROM tuf_metadata WHERE role = $1 AND version = $2").bind(role).bind(v as i64)
+                            .fetch_optional(&self.pool).await.map_err(db)?,
+                        None => ::sqlx::query("SELECT version, body FROM tuf_metadata WHERE role = $1 ORDER BY version DESC LIMIT 1").bind(role)
+                            .fetch_optional(&self.pool).await.map_err(db)?,
+                    };
+                    r.map(|r| Ok((r.try_get::<i64, _>("version").map_err(db)? as u64, r.try_get("body").map_err(db)?))).transpose()
+                }
+
                 async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
                     ::sqlx::query("INSERT INTO targets (id, hostname, labels, inventory, enrolled_at, last_seen, warning) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                         .bind(&t.id).bind(&t.hostname).bind(&t.labels_json).bind(&t.inventory_json).bind(t.enrolled_at).bind(t.last_seen).bind(&t.warning)
