@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/me", get(agent::me))
         .route("/agent/site-poll", post(agent::site_poll))
         .route("/agent/refused", post(agent::refused))
+        .route("/tuf/metadata/{file}", get(tuf::metadata))
+        .route("/tuf/targets/{app}/{version}/{file}", get(tuf::target))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()
         .nest(convoy_wire::API, api)
@@ -150,6 +152,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::spawn(scheduler::run(state.clone()));
+    tokio::spawn(app::tuf::renew_forever(state.clone()));
     if let Some(rx) = state.report_rx.lock().expect("report queue lock").take() {
         tokio::spawn(app::reports::run(state.clone(), rx));
     }
@@ -419,8 +422,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         nats::check(url, &config.nats_subject)?;
     }
     let kek_path = config.key_secret_file.clone().unwrap_or_else(|| config.data_dir.join("key-secret"));
-    let key = server_key(store.as_ref(), &key_secret(&kek_path)?).await?;
+    let kek = key_secret(&kek_path)?;
+    let key = server_key(store.as_ref(), &kek).await?;
+    let repo = app::tuf::Repo::open(store.as_ref(), &kek).await.context("opening the TUF repository")?;
     let mut state = AppState::new(store, chunks, deltas, key);
+    let _ = state.tuf.set(repo);
     state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
     state.mirrors = Arc::new(config.mirrors.clone());
     state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));

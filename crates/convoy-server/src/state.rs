@@ -60,6 +60,8 @@ pub struct AppState {
     refusals: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
     /// Staging progress by instruction: (target, progress). Memory only.
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
+    /// The TUF repository (set once at start; unset in tests that need none).
+    pub tuf: Arc<std::sync::OnceLock<crate::app::tuf::Repo>>,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             mirrors: Default::default(),
             nats: None,
             preflight_specs: Default::default(),
+            tuf: Default::default(),
             upgrades: Default::default(),
             sites: Default::default(),
             tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),

@@ -17,6 +17,7 @@ pub mod rollout;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
+pub mod tuf;
 
 use convoy_domain::{Policy, Tally, WavePlan, Window};
 use convoy_store::{DeploymentRecord, InstructionRecord, StoreError, TargetRecord};
@@ -81,6 +82,8 @@ impl std::fmt::Display for AppError {
         }
     }
 }
+
+impl std::error::Error for AppError {}
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {

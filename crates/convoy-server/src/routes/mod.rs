@@ -10,3 +10,4 @@ pub mod releases;
 pub mod requests;
 pub mod targets;
 pub mod trust;
+pub mod tuf;

@@ -1,0 +1,303 @@
+//! The server's TUF repository: root, targets, snapshot and timestamp
+//! metadata (every version kept, served at `/tuf/metadata/N.ROLE.json`),
+//! with each release's canonical manifest as a target
+//! (`APP/VERSION/manifest.json`: length, SHA-256, and the BLAKE3 root digest
+//! in `custom.convoy.digest`). Publishing a release signs a new targets
+//! version, then a new snapshot and timestamp; the timestamp (valid one
+//! day) and snapshot (seven days) are re-signed on their own before they
+//! expire. Versions only grow: each is written once (`put_tuf`), so two
+//! servers sharing a database never sign two different documents under
+//! one version.
+//!
+//! Single-box mode: this server makes and holds every key (root and
+//! targets too) and says so at start; whoever controls it, or its database
+//! together with its key secret, can sign releases.
+
+use std::collections::BTreeMap;
+
+use convoy_store::{ReleaseRecord, Store};
+use convoy_wire::tuf::{self, format_time, MetaFile, RoleKeys, Root, SigningKey, TargetFile, Targets, Versions};
+use serde_json::Value;
+
+use super::{AppError, AppResult};
+use crate::state::{now_ms, AppState};
+
+const DAY: i64 = 86_400;
+const ROOT_LIFE: i64 = 365 * DAY;
+const TARGETS_LIFE: i64 = 365 * DAY;
+const SNAPSHOT_LIFE: i64 = 7 * DAY;
+/// Timestamps expire within a day (TUF's freeze defence).
+const TIMESTAMP_LIFE: i64 = DAY;
+/// Re-sign a role when less than this is left of it.
+const RENEW_TIMESTAMP: i64 = DAY / 2;
+const RENEW_SNAPSHOT: i64 = 2 * DAY;
+const RENEW_TARGETS: i64 = 30 * DAY;
+
+pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
+
+/// The keys this server holds, and one writer at a time.
+pub struct Repo {
+    keys: BTreeMap<&'static str, SigningKey>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+fn now_secs() -> i64 {
+    now_ms() / 1000
+}
+
+fn corrupt(role: &str, e: impl std::fmt::Display) -> AppError {
+    AppError::Corrupt(format!("stored TUF {role} metadata: {e}"))
+}
+
+impl Repo {
+    /// Loads (or, on first start, makes) the keys, sealed under the key
+    /// secret like the work-signing key, and makes version 1 of every role
+    /// that has none, listing every release already published.
+    pub async fn open(store: &dyn Store, kek: &[u8; 32]) -> anyhow::Result<Repo> {
+        use convoy_wire::sign::{open_secret, seal_secret};
+        let mut keys = BTreeMap::new();
+        for role in ROLES {
+            let fresh = SigningKey::generate();
+            let made = (fresh.public().hex(), seal_secret(kek, &fresh.pkcs8_hex()));
+            let (public, sealed) = store.server_key(&format!("tuf-{role}"), made, now_ms()).await?;
+            let secret = open_secret(kek, &sealed).ok_or_else(|| {
+                anyhow::anyhow!("the TUF {role} key in the database was sealed with another key secret")
+            })?;
+            let key = SigningKey::from_pkcs8(&hex::decode(secret)?)?;
+            anyhow::ensure!(key.public().hex() == public, "the stored TUF {role} key does not match its public half");
+            keys.insert(role, key);
+        }
+        let repo = Repo { keys, writing: Default::default() };
+        if store.get_tuf("root", None).await?.is_none() {
+            let root = repo.new_root(1);
+            let body = serde_json::to_vec(&tuf::sign(root, &[&repo.keys["root"]])?)?;
+            store.put_tuf("root", 1, &body, now_ms()).await?;
+            println!(
+                "convoy: TUF repository in single-box mode: this server made and holds every key (root, targets, \
+                 snapshot, timestamp), so whoever controls it (or its database with its key secret) can sign \
+                 releases; agents and TUF clients still refuse anything not in its signed metadata"
+            );
+        }
+        if store.get_tuf("targets", None).await?.is_none() {
+            let mut targets = BTreeMap::new();
+            for r in store.list_releases().await? {
+                if let Some(full) = store.get_release(&r.app, &r.version).await? {
+                    targets.insert(tuf::target_path(&full.app, &full.version), target_file(&full));
+                }
+            }
+            let t = Targets {
+                kind: "targets".into(),
+                spec_version: tuf::SPEC_VERSION.into(),
+                version: 1,
+                expires: format_time(now_secs() + TARGETS_LIFE),
+                targets,
+                delegations: None,
+            };
+            repo.put(store, "targets", 1, serde_json::to_value(t)?).await?;
+        }
+        if store.get_tuf("timestamp", None).await?.is_none() {
+            repo.snapshot_and_timestamp(store).await?;
+        }
+        Ok(repo)
+    }
+
+    fn new_root(&self, version: u64) -> Value {
+        let keys: BTreeMap<String, Value> = self.keys.values().map(|k| (k.public().id(), k.public().json())).collect();
+        let roles: BTreeMap<String, RoleKeys> = self
+            .keys
+            .iter()
+            .map(|(role, k)| ((*role).to_owned(), RoleKeys { keyids: vec![k.public().id()], threshold: 1 }))
+            .collect();
+        serde_json::to_value(Root {
+            kind: "root".into(),
+            spec_version: tuf::SPEC_VERSION.into(),
+            version,
+            expires: format_time(now_secs() + ROOT_LIFE),
+            consistent_snapshot: true,
+            keys,
+            roles,
+        })
+        .expect("root serialises")
+    }
+
+    async fn put(&self, store: &dyn Store, role: &'static str, version: u64, signed: Value) -> AppResult<()> {
+        let meta = tuf::sign(signed, &[&self.keys[role]]).map_err(AppError::internal)?;
+        let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
+        if !store.put_tuf(role, version, &body, now_ms()).await? {
+            return Err(AppError::conflict(format!("TUF {role} version {version} was written meanwhile")));
+        }
+        Ok(())
+    }
+
+    /// The newest version of a role and its `signed` part.
+    async fn latest(store: &dyn Store, role: &str) -> AppResult<(u64, Value)> {
+        let (v, body) = store.get_tuf(role, None).await?.ok_or_else(|| corrupt(role, "missing"))?;
+        let meta: Value = serde_json::from_slice(&body).map_err(|e| corrupt(role, e))?;
+        Ok((v, meta["signed"].clone()))
+    }
+
+    /// A new snapshot naming the newest targets, then a new timestamp.
+    async fn snapshot_and_timestamp(&self, store: &dyn Store) -> AppResult<()> {
+        let (targets, _) = Self::latest(store, "targets").await?;
+        let snap = store.get_tuf("snapshot", None).await?.map_or(0, |(v, _)| v) + 1;
+        let s = Versions {
+            kind: "snapshot".into(),
+            spec_version: tuf::SPEC_VERSION.into(),
+            version: snap,
+            expires: format_time(now_secs() + SNAPSHOT_LIFE),
+            meta: BTreeMap::from([("targets.json".into(), MetaFile { version: targets, length: None, hashes: None })]),
+        };
+        self.put(store, "snapshot", snap, serde_json::to_value(s).map_err(AppError::internal)?).await?;
+        self.timestamp(store, snap).await
+    }
+
+    async fn timestamp(&self, store: &dyn Store, snapshot: u64) -> AppResult<()> {
+        let version = store.get_tuf("timestamp", None).await?.map_or(0, |(v, _)| v) + 1;
+        let t = Versions {
+            kind: "timestamp".into(),
+            spec_version: tuf::SPEC_VERSION.into(),
+            version,
+            expires: format_time(now_secs() + TIMESTAMP_LIFE),
+            meta: BTreeMap::from([(
+                "snapshot.json".into(),
+                MetaFile { version: snapshot, length: None, hashes: None },
+            )]),
+        };
+        self.put(store, "timestamp", version, serde_json::to_value(t).map_err(AppError::internal)?).await
+    }
+
+    /// Adds a published release to the signed targets, then a snapshot and
+    /// timestamp naming it. Retried when another server signed meanwhile.
+    pub async fn add_release(&self, store: &dyn Store, r: &ReleaseRecord) -> AppResult<()> {
+        let _one = self.writing.lock().await;
+        for _ in 0..5 {
+            let (version, signed) = Self::latest(store, "targets").await?;
+            let mut t: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
+            let path = tuf::target_path(&r.app, &r.version);
+            if t.targets.get(&path) == Some(&target_file(r)) {
+                return Ok(());
+            }
+            t.targets.insert(path, target_file(r));
+            t.version = version + 1;
+            t.expires = format_time(now_secs() + TARGETS_LIFE);
+            match self.put(store, "targets", version + 1, serde_json::to_value(&t).map_err(AppError::internal)?).await {
+                Err(AppError::Conflict(_)) => continue,
+                other => other?,
+            }
+            return self.snapshot_and_timestamp(store).await;
+        }
+        Err(AppError::conflict("TUF targets kept changing; publish again"))
+    }
+
+    /// Re-signs what is about to expire: the timestamp, the snapshot, the
+    /// targets (and, in single-box mode, the root). Returns what it renewed.
+    pub async fn renew(&self, store: &dyn Store) -> AppResult<Vec<&'static str>> {
+        let _one = self.writing.lock().await;
+        let now = now_secs();
+        let left = |signed: &Value| tuf::parse_time(signed["expires"].as_str().unwrap_or_default()).unwrap_or(0) - now;
+        let mut renewed = Vec::new();
+        let (rv, root) = Self::latest(store, "root").await?;
+        if left(&root) < RENEW_TARGETS {
+            let meta = tuf::sign(self.new_root(rv + 1), &[&self.keys["root"]]).map_err(AppError::internal)?;
+            let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
+            if store.put_tuf("root", rv + 1, &body, now_ms()).await? {
+                renewed.push("root");
+            }
+        }
+        let (tv, targets) = Self::latest(store, "targets").await?;
+        if left(&targets) < RENEW_TARGETS {
+            let mut t: Targets = serde_json::from_value(targets).map_err(|e| corrupt("targets", e))?;
+            t.version = tv + 1;
+            t.expires = format_time(now + TARGETS_LIFE);
+            self.put(store, "targets", tv + 1, serde_json::to_value(&t).map_err(AppError::internal)?).await?;
+            renewed.push("targets");
+        }
+        let (sv, snapshot) = Self::latest(store, "snapshot").await?;
+        let snap_targets = snapshot["meta"]["targets.json"]["version"].as_u64().unwrap_or(0);
+        let (_, targets) = Self::latest(store, "targets").await?;
+        if left(&snapshot) < RENEW_SNAPSHOT || snap_targets != targets["version"].as_u64().unwrap_or(0) {
+            self.snapshot_and_timestamp(store).await?;
+            renewed.extend(["snapshot", "timestamp"]);
+            return Ok(renewed);
+        }
+        let (_, stamp) = Self::latest(store, "timestamp").await?;
+        if left(&stamp) < RENEW_TIMESTAMP {
+            self.timestamp(store, sv).await?;
+            renewed.push("timestamp");
+        }
+        Ok(renewed)
+    }
+}
+
+/// A release's canonical manifest as a TUF target.
+pub fn target_file(r: &ReleaseRecord) -> TargetFile {
+    TargetFile {
+        length: r.manifest.len() as u64,
+        hashes: BTreeMap::from([("sha256".to_owned(), tuf::sha256(&r.manifest))]),
+        custom: Some(serde_json::json!({"convoy": {"digest": r.digest}})),
+    }
+}
+
+/// Adds a just-published release to the signed metadata (logged if it
+/// fails: the release stays published, and the next publish or renewal
+/// signs it in; agents refuse it meanwhile).
+pub async fn published(st: &AppState, r: &ReleaseRecord) {
+    let Some(repo) = st.tuf.get() else { return };
+    if let Err(e) = repo.add_release(st.store.as_ref(), r).await {
+        tracing::error!(app = %r.app, version = %r.version, error = %e, "could not sign the release into TUF metadata");
+    }
+}
+
+/// Re-signs expiring metadata every few minutes, for as long as the server runs.
+pub async fn renew_forever(st: AppState) {
+    loop {
+        if let Some(repo) = st.tuf.get() {
+            match repo.renew(st.store.as_ref()).await {
+                Ok(r) if !r.is_empty() => tracing::info!(renewed = ?r, "TUF metadata re-signed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "re-signing TUF metadata failed; retrying"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    }
+}
+
+/// A metadata file as a TUF client asks for it: `ROLE.json` (the newest)
+/// or `N.ROLE.json`.
+pub async fn metadata(st: &AppState, file: &str) -> AppResult<Vec<u8>> {
+    let name = file.strip_suffix(".json").ok_or_else(|| AppError::not_found(format!("no metadata {file:?}")))?;
+    let (version, role) = match name.split_once('.') {
+        Some((v, role)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            (Some(v.parse::<u64>().map_err(|_| AppError::not_found("no such version"))?), role)
+        }
+        _ => (None, name),
+    };
+    if !ROLES.contains(&role) {
+        return Err(AppError::not_found(format!("no metadata for role {role:?}")));
+    }
+    let (_, body) = st.store.get_tuf(role, version).await?.ok_or_else(|| {
+        AppError::not_found(format!(
+            "no {role} metadata{}",
+            version.map(|v| format!(" version {v}")).unwrap_or_default()
+        ))
+    })?;
+    Ok(body)
+}
+
+/// A release's canonical manifest as a TUF target file: `manifest.json`,
+/// or `SHA256.manifest.json` (consistent snapshots), which must match.
+pub async fn target(st: &AppState, app: &str, version: &str, file: &str) -> AppResult<Vec<u8>> {
+    let hash = match file {
+        "manifest.json" => None,
+        _ => Some(
+            file.strip_suffix(".manifest.json")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| AppError::not_found(format!("no target file {file:?}")))?,
+        ),
+    };
+    let r = super::content::find(st, app, version).await?;
+    if hash.is_some_and(|h| h != tuf::sha256(&r.manifest)) {
+        return Err(AppError::not_found(format!("{app}@{version} has no manifest with that hash")));
+    }
+    Ok(r.manifest)
+}
