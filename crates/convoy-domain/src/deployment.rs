@@ -187,6 +187,9 @@ pub enum InstrAction {
     },
     /// Every instruction still staging or staged becomes `canceled`.
     CancelPending,
+    /// Every instruction not yet live (staging, staged, or waiting for a
+    /// go-live that has not come) becomes `canceled`.
+    CancelAll,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,15 +404,18 @@ pub fn overdue(
     }
 }
 
-/// An operator's rollback of a whole deployment.
-pub fn request_rollback(state: DeploymentState) -> Result<Advance, String> {
+/// An operator's rollback of a whole deployment. `live`: some target may
+/// have switched to its release (one went live, or its go-live passed).
+/// Before anything is live it is a cancel: nothing switches, nothing
+/// switches back, and the deployment reads `canceled`.
+pub fn request_rollback(state: DeploymentState, live: bool) -> Result<Advance, String> {
     use DeploymentState as D;
     match state {
-        D::Scheduled | D::Activating | D::Succeeded | D::Failed | D::Halted => {
-            Ok(Advance { to: D::RollingBack, note: "rollback requested".into(), action: InstrAction::RollBackLive })
+        D::Staging | D::Scheduled if !live => {
+            Ok(Advance { to: D::Canceled, note: "canceled before go-live".into(), action: InstrAction::CancelAll })
         }
-        D::Staging => {
-            Ok(Advance { to: D::Canceled, note: "canceled before go-live".into(), action: InstrAction::CancelPending })
+        D::Staging | D::Scheduled | D::Activating | D::Succeeded | D::Failed | D::Halted => {
+            Ok(Advance { to: D::RollingBack, note: "rollback requested".into(), action: InstrAction::RollBackLive })
         }
         D::AwaitingApproval | D::Preflight | D::AwaitingConfirmation => {
             Ok(Advance { to: D::Canceled, note: "request canceled".into(), action: InstrAction::None })
@@ -506,8 +512,13 @@ mod tests {
             assert_eq!(advance(&dep(s, None, 0), &[Tally { staged: 1, ..Default::default() }], 0), None);
             assert!(s.is_settled());
         }
-        assert!(request_rollback(D::RolledBack).is_err());
-        assert_eq!(request_rollback(D::Succeeded).unwrap().to, D::RollingBack);
+        assert!(request_rollback(D::RolledBack, true).is_err());
+        assert_eq!(request_rollback(D::Succeeded, true).unwrap().to, D::RollingBack);
+        // before anything is live it is a cancel, never "rolled back"
+        assert_eq!(request_rollback(D::Scheduled, false).unwrap().action, InstrAction::CancelAll);
+        assert_eq!(request_rollback(D::Staging, false).unwrap().to, D::Canceled);
+        // a retried deployment with live targets rolls them back
+        assert_eq!(request_rollback(D::Staging, true).unwrap().to, D::RollingBack);
         for s in ALL {
             assert_eq!(DeploymentState::parse(s.as_str()), Some(s));
         }
@@ -573,7 +584,7 @@ mod tests {
         assert_eq!((r.to, r.action), (D::Scheduled, InstrAction::ActivateWave { wave: 3, at: 3_600 }));
         assert!(resume_after_breach(&pause(D::Halted, 3, Some(3_000)), &[live(1), broke, broke], 3_500).is_err());
         assert!(resume_after_breach(&pause(D::Activating, 2, None), &[live(1), broke, staged(2)], 3_500).is_err());
-        assert_eq!(request_rollback(D::Halted).unwrap().to, D::RollingBack);
+        assert_eq!(request_rollback(D::Halted, true).unwrap().to, D::RollingBack);
         // the last wave done: succeeded
         let a = advance(&v(D::Activating, 3, Some(3_000)), &[live(1), live(2), live(2)], 3_500).unwrap();
         assert_eq!(a.to, D::Succeeded);
@@ -611,7 +622,7 @@ mod tests {
         for s in [D::AwaitingApproval, D::Preflight, D::AwaitingConfirmation] {
             assert!(s.is_request() && !s.is_settled());
             assert_eq!(advance(&dep(s, None, 0), &[], 0), None);
-            assert_eq!(request_rollback(s).unwrap().to, D::Canceled);
+            assert_eq!(request_rollback(s, false).unwrap().to, D::Canceled);
         }
         assert!(D::Rejected.is_settled() && D::Expired.is_settled());
     }

@@ -111,7 +111,7 @@ pub fn request_step(state: DeploymentState, ev: &RequestEvent, rules: &RequestRu
         }
         (D::Preflight, E::GoLiveMissed) => Move {
             to: D::AwaitingConfirmation,
-            note: "the planned go-live passed; give a new time, then confirm".into(),
+            note: "the planned go-live passed: give it a new time (`convoy change --at`), approved again".into(),
         },
         (_, E::PreflightAnswers { .. } | E::GoLiveMissed) => refuse("not in preflight"),
         (D::AwaitingConfirmation, E::Confirmed) => StartRollout { note: "confirmed".into() },

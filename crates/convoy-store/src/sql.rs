@@ -448,7 +448,7 @@ macro_rules! impl_sql_store {
                         tx.rollback().await.map_err(db)?;
                         return Ok(false);
                     }
-                    let busy: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE i.target_id = $1 AND d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'succeeded')")
+                    let busy: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE i.target_id = $1 AND ((d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'succeeded', 'superseded')) OR (d.state = 'halted' AND i.state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back')))")
                         .bind(id).fetch_one(&mut *tx).await.map_err(db)?.try_get("n").map_err(db)?;
                     if busy > 0 {
                         tx.rollback().await.map_err(db)?;
@@ -538,7 +538,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn busy_targets(&self, app: &str) -> Result<Vec<String>> {
-                    let rows = ::sqlx::query("SELECT DISTINCT i.target_id AS target_id FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE d.app = $1 AND d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back')")
+                    let rows = ::sqlx::query("SELECT DISTINCT i.target_id AS target_id FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE d.app = $1 AND ((d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'superseded')) OR (d.state = 'halted' AND i.state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back')))")
                         .bind(app).fetch_all(&self.read).await.map_err(db)?;
                     rows.iter().map(|r| r.try_get("target_id").map_err(db)).collect()
                 }

@@ -220,8 +220,10 @@ fn rollback_before_go_live_never_switches() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in an unfinished deployment"));
     f.ok(&["rollback", &id]);
-    let d = f.wait_state(&id, &["rolled_back", "failed"], LONG);
-    assert_eq!(d["deployment"]["state"], "rolled_back", "{d:#}");
+    // nothing went live: the deployment reads canceled, never rolled_back
+    let d = f.wait_state(&id, &["canceled", "rolled_back", "failed"], LONG);
+    assert_eq!(d["deployment"]["state"], "canceled", "{d:#}");
+    assert_eq!(instruction(&d, "a")["state"], "canceled", "{d:#}");
     // past the planned go-live, the agent has seen the plan withdrawn and
     // never switched or restarted the app
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;

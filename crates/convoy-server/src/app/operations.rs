@@ -109,12 +109,11 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
     // late targets: the selector matches them, the deployment has none of their work
     let mut not_included = Vec::new();
     if !instrs.is_empty() {
-        let selector = convoy_domain::Selector::parse(&d.selector).map_err(AppError::internal)?;
+        // in scope: the selector matches them (and, with picked targets, they were picked)
         let planned: std::collections::BTreeSet<&str> = instrs.iter().map(|i| i.target_id.as_str()).collect();
-        for (tid, t) in &targets {
-            let labels: Labels = serde_json::from_str(&t.labels_json).unwrap_or_default();
-            if !planned.contains(tid.as_str()) && selector.matches(&labels) {
-                not_included.push(format!("{} ({tid})", t.hostname));
+        for t in super::rollout::in_scope(&st, &d).await? {
+            if !planned.contains(t.id.as_str()) {
+                not_included.push(format!("{} ({})", t.hostname, t.id));
             }
         }
         not_included.sort();
@@ -278,11 +277,50 @@ async fn pause_or_resume(
         }));
     }
     tracing::info!(deployment = %id, user = %user.name, "{what}d");
+    if pausing && d.state == D::Scheduled {
+        hold_back_planned_wave(st, user, &d).await?;
+    }
     st.wake.notify_one();
     let instrs = st.store.list_instructions(id).await?;
     let mut out = info(&find(st, id).await?, &instrs);
     out.paused_by = st.store.paused_by(id).await?;
     Ok(out)
+}
+
+/// A pause of a deployment whose next wave is planned to go live later:
+/// the wave is held back (its activations become staged again; agents
+/// re-check with the server before switching), so nothing goes live until
+/// it is resumed. A wave about to go live (within 5 s) is not held back.
+async fn hold_back_planned_wave(st: &AppState, user: &User, d: &DeploymentRecord) -> AppResult<()> {
+    let now = now_ms();
+    if d.go_live_at.is_none_or(|t| t <= now + 5_000) {
+        return Err(AppError::conflict(format!(
+            "{} is paused, but wave {} is going live now; `convoy rollback {}` stops it",
+            d.id, d.wave, d.id
+        )));
+    }
+    let bulk = [convoy_store::BulkMove {
+        from: vec![S::Activating],
+        to: S::Staged,
+        go_live_at: None,
+        note: "held back: the deployment was paused before this wave's go-live".into(),
+        waves: convoy_store::WaveFilter::Only(d.wave),
+    }];
+    let to = if d.wave <= 1 { D::Staging } else { D::Activating };
+    let note = format!("paused by {} before wave {} went live; it waits for resume", user.name, d.wave);
+    let actor = user.actor();
+    let m = DeploymentMove {
+        bulk: &bulk,
+        from_wave: Some(d.wave),
+        wave: Some(d.wave.saturating_sub(1)),
+        ..DeploymentMove::new(D::Scheduled, to, &note, &actor, now)
+    };
+    if !st.store.transition_deployment(&d.id, &m).await? {
+        return Err(AppError::conflict(format!("{} is paused, but its wave moved meanwhile; look again", d.id)));
+    }
+    let instrs = st.store.list_instructions(&d.id).await?;
+    st.changed(instrs.iter().map(|i| i.target_id.as_str()));
+    Ok(())
 }
 
 /// Resume of a deployment a breach halted: the next wave goes live.
@@ -364,39 +402,37 @@ pub(super) async fn roll_back_deployment(
     uninstall: bool,
 ) -> AppResult<DeploymentInfo> {
     let (st, id) = (st.clone(), d.id.clone());
-    let step = request_rollback(d.state).map_err(|m| AppError::conflict(format!("cannot roll back {id}: {m}")))?;
-    let actor = user.actor();
     let now = now_ms();
-    // targets a later deployment moved on are left alone; the rest go back
-    let mut left = Vec::new();
+    let instrs = st.store.list_instructions(&id).await?;
+    // may a target have switched? one went live, or its go-live passed
+    let switched = |i: &InstructionRecord| {
+        i.state == S::Succeeded || (i.state == S::Activating && i.go_live_at.is_none_or(|t| t <= now))
+    };
+    let step = request_rollback(d.state, instrs.iter().any(switched))
+        .map_err(|m| AppError::conflict(format!("cannot roll back {id}: {m}")))?;
+    let actor = user.actor();
+    // targets a later deployment moved on are left alone; removed targets
+    // can roll nothing back; the rest go back. Every refusal comes before
+    // anything is written.
+    let (mut removed, mut gone, mut back): (Vec<&InstructionRecord>, Vec<&InstructionRecord>, Vec<&InstructionRecord>) =
+        Default::default();
+    let later = if step.action == InstrAction::RollBackLive { moved_on(&st, &d).await? } else { BTreeMap::new() };
     if step.action == InstrAction::RollBackLive {
-        let instrs = st.store.list_instructions(&id).await?;
-        let mut live: Vec<&InstructionRecord> = Vec::new();
         for i in instrs.iter().filter(|i| matches!(i.state, S::Succeeded | S::Activating)) {
-            // a removed target can roll nothing back: it ends failed, saying
-            // so, rather than leaving the rollback waiting for ever
             if st.store.get_target(&i.target_id).await?.is_none() {
-                let up = InstructionUpdate {
-                    to: Some(S::Failed),
-                    note: format!("target {} was removed; nothing to roll back", i.target_id),
-                    ..Default::default()
-                };
-                st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
-                continue;
+                removed.push(i);
+            } else if later.contains_key(&i.target_id) {
+                gone.push(i);
+            } else {
+                back.push(i);
             }
-            live.push(i);
         }
-        let later = moved_on(&st, &d).await?;
-        let (gone, back): (Vec<&InstructionRecord>, Vec<&InstructionRecord>) =
-            live.into_iter().partition(|i| later.contains_key(&i.target_id));
         if back.is_empty() && !gone.is_empty() {
             let (newer, _) = &later[&gone[0].target_id];
             return Err(AppError::conflict(format!(
                 "cannot roll back {id}: every target it went live on has since been moved on by {newer}; roll that one back instead"
             )));
         }
-        // a first install that may have switched (before its go-live it has not)
-        let switched = |i: &InstructionRecord| i.state == S::Succeeded || i.go_live_at.is_none_or(|t| t <= now);
         let first: Vec<&str> =
             back.iter().filter(|i| i.previous_version.is_none() && switched(i)).map(|i| i.target_id.as_str()).collect();
         if !first.is_empty() && !uninstall {
@@ -407,16 +443,26 @@ pub(super) async fn roll_back_deployment(
                 first.join(", ")
             )));
         }
-        for i in gone {
-            let (newer, version) = &later[&i.target_id];
-            let up = InstructionUpdate {
-                to: Some(S::Superseded),
-                note: format!("left alone: {newer} moved it on to {}@{version}", d.app),
-                ..Default::default()
-            };
-            if st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await? {
-                left.push(format!("{} ({newer})", i.target_id));
-            }
+    }
+    for i in removed {
+        // rather than leaving the rollback waiting for ever
+        let up = InstructionUpdate {
+            to: Some(S::Failed),
+            note: format!("target {} was removed; nothing to roll back", i.target_id),
+            ..Default::default()
+        };
+        st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await?;
+    }
+    let mut left = Vec::new();
+    for i in gone {
+        let (newer, version) = &later[&i.target_id];
+        let up = InstructionUpdate {
+            to: Some(S::Superseded),
+            note: format!("left alone: {newer} moved it on to {}@{version}", d.app),
+            ..Default::default()
+        };
+        if st.store.transition_instruction(&i.id, i.state, i.attempt, &up, &actor, now).await? {
+            left.push(format!("{} ({newer})", i.target_id));
         }
     }
     let bulk = bulk_for(step.action, "rollback requested by operator");

@@ -329,6 +329,7 @@ async fn confirm_unaudited(st: &AppState, user: &User, id: &str) -> AppResult<De
 }
 
 pub(super) async fn cancel_unaudited(st: &AppState, user: &User, id: &str, reason: &str) -> AppResult<DeploymentInfo> {
+    need_role(user, Role::Deployer, "canceling")?;
     let reason: String = reason.chars().take(1024).collect();
     let why = if reason.trim().is_empty() {
         format!("canceled by {}", user.name)
@@ -345,8 +346,9 @@ pub(super) async fn cancel_unaudited(st: &AppState, user: &User, id: &str, reaso
                 d.created_by
             )));
         }
-        // staging, before anything goes live: the transfers stop, nothing switches
-        if d.state == D::Staging {
+        // under way: before anything went live the transfers stop and nothing
+        // switches (what went live, after a retry, is rolled back)
+        if matches!(d.state, D::Staging | D::Scheduled) {
             return super::operations::roll_back_deployment(st, user, d, &reason, false).await;
         }
         let (policy, _) = policy_of(&d)?;

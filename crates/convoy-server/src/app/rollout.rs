@@ -226,11 +226,12 @@ pub async fn preflight_answer(
 }
 
 /// What a target must check for a request: the package's preparation and
-/// requirements, then the environment's checks. Made once per request (its
-/// release and policy never change) and kept in memory, since polls ask
-/// for it until the target answers.
+/// requirements, then the environment's checks. Made once per request,
+/// revision and policy, and kept in memory, since polls ask for it until
+/// the target answers.
 pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> AppResult<PreflightSpec> {
-    if let Some(spec) = st.preflight_specs.lock().expect("spec cache lock").get(&d.id) {
+    let key = format!("{}:{}:{}", d.id, d.revision, blake3::hash(d.policy_json.as_bytes()).to_hex());
+    if let Some(spec) = st.preflight_specs.lock().expect("spec cache lock").get(&key) {
         return Ok(spec.clone());
     }
     let spec = make_preflight_spec(st, d).await?;
@@ -238,7 +239,7 @@ pub async fn preflight_spec(st: &AppState, d: &DeploymentRecord) -> AppResult<Pr
     if cache.len() >= 1_000 {
         cache.clear();
     }
-    cache.insert(d.id.clone(), spec.clone());
+    cache.insert(key, spec.clone());
     Ok(spec)
 }
 
@@ -413,7 +414,7 @@ pub async fn plan_view(
     }
     let host = |id: &str| hosts.get(id).cloned().unwrap_or_default();
     if !instrs.is_empty() {
-        let waves = serde_json::from_str(&d.plan_json).unwrap_or_default();
+        let waves = Rules::of(d)?.plan;
         let targets = instrs.iter().map(|i| (i.target_id.clone(), host(&i.target_id), i.wave)).collect();
         return Ok(Some(PlanInfo { waves, targets, note: None }));
     }

@@ -55,6 +55,16 @@ pub fn bulk_for(action: InstrAction, note: &str) -> Vec<BulkMove> {
         InstrAction::RollBackLive => vec![back(WaveFilter::All), cancel(WaveFilter::All)],
         InstrAction::RollBackWave { wave } => vec![back(WaveFilter::Only(wave)), cancel(WaveFilter::After(wave))],
         InstrAction::CancelPending => vec![cancel(WaveFilter::All)],
+        InstrAction::CancelAll => vec![
+            cancel(WaveFilter::All),
+            BulkMove {
+                from: vec![S::Activating],
+                to: S::Canceled,
+                go_live_at: None,
+                note: format!("canceled before its go-live ({note})"),
+                waves: WaveFilter::All,
+            },
+        ],
     }
 }
 
@@ -200,8 +210,11 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
 }
 
 /// Targets that match the selector but enrolled after the rollout was
-/// planned join its last wave, while that wave has not gone live (policy
-/// `include_late`). One move, compare-and-set on the current wave.
+/// planned join its last wave, after the consistency gate and while that
+/// wave has not gone live (policy `include_late`). A target that was
+/// checked in preflight (and so failed it, or was not planned) never
+/// joins, nor one another deployment of the app holds. One move,
+/// compare-and-set on the current wave.
 async fn include_late(
     st: &AppState,
     d: &DeploymentRecord,
@@ -211,12 +224,20 @@ async fn include_late(
     touched: &mut Vec<String>,
 ) -> AppResult<bool> {
     let last = rules.plan.len().max(1) as u32;
-    if !matches!(d.state, D::Staging | D::Scheduled | D::Activating) || d.wave >= last {
+    if !matches!(d.state, D::Scheduled | D::Activating) || d.wave >= last {
         return Ok(false);
     }
     let planned: std::collections::BTreeSet<&str> = instructions.iter().map(|i| i.target_id.as_str()).collect();
     let late: Vec<convoy_wire::TargetInfo> =
         in_scope(st, d).await?.into_iter().filter(|t| !planned.contains(t.id.as_str())).collect();
+    if late.is_empty() {
+        return Ok(false);
+    }
+    let checked: std::collections::BTreeSet<String> =
+        st.store.list_checks(&d.id).await?.into_iter().map(|c| c.target_id).collect();
+    let busy = st.store.busy_targets(&d.app).await?;
+    let late: Vec<convoy_wire::TargetInfo> =
+        late.into_iter().filter(|t| !checked.contains(&t.id) && !busy.contains(&t.id)).collect();
     if late.is_empty() {
         return Ok(false);
     }

@@ -378,14 +378,16 @@ async fn late_targets_join_the_last_wave_only_when_the_environment_says() {
         pass_preflight(&h, &id).await;
         enrol(&h, "late1", "role=web").await;
         settle(&h).await;
+        assert!(instrs(&h, &id).await.iter().all(|i| i.target_id != "t-late1"), "not before the gate");
+        stage_all(&h, &id).await; // the gate passes; wave 1 goes live
         let late = instrs(&h, &id).await.into_iter().find(|i| i.target_id == "t-late1");
         let detail = operations::detail(&h.st, &id).await.unwrap();
         if include {
             assert_eq!(late.as_ref().map(|i| (i.wave, i.state)), Some((2, S::Created)), "joins the last wave");
             assert!(detail.not_included.is_empty(), "{:?}", detail.not_included);
-            stage_all(&h, &id).await;
-            switch(&h, &id, &[]).await;
-            switch(&h, &id, &[]).await;
+            stage_all(&h, &id).await; // the late one stages
+            switch(&h, &id, &[]).await; // wave 1
+            switch(&h, &id, &[]).await; // wave 2, with the late one
             assert_eq!(state(&h, &id).await.0, D::Succeeded);
             assert_eq!(instrs(&h, &id).await.iter().filter(|i| i.state == S::Succeeded).count(), 4);
         } else {
@@ -475,4 +477,32 @@ async fn the_router_maps_application_answers_and_refusals() {
     assert_eq!((status, e["error"]["code"].as_str()), (400, Some("bad_request")), "{e}");
     let (status, _) = read(app.oneshot(call("GET", "/deployments/nosuch", "dana", String::new())).await.unwrap()).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn pausing_holds_back_a_planned_wave_and_cancel_before_go_live_is_canceled() {
+    let h = harness(&FLEET[..2]).await;
+    env(&h, &Policy::default()).await;
+    let dana = user("dana", Role::Deployer);
+    let mut req = request("role=web");
+    req.at = Some(crate::state::now_ms() + 60_000);
+    let id = requests::submit(&h.st, &dana, req).await.unwrap().id;
+    pass_preflight(&h, &id).await;
+    stage_all(&h, &id).await;
+    assert_eq!(state(&h, &id).await.0, D::Scheduled);
+    operations::pause(&h.st, &dana, &id, "hold").await.unwrap();
+    let (st, note) = state(&h, &id).await;
+    assert_eq!(st, D::Staging, "{note}");
+    assert!(instrs(&h, &id).await.iter().all(|i| i.state == S::Staged), "held back");
+    settle(&h).await;
+    assert_eq!(state(&h, &id).await.0, D::Staging, "nothing goes live while paused");
+    operations::resume(&h.st, &dana, &id, "go").await.unwrap();
+    settle(&h).await;
+    assert_eq!(state(&h, &id).await.0, D::Scheduled);
+    // canceled before its go-live: nothing was live, so it reads canceled
+    let dave = user("dave", Role::Deployer);
+    assert!(matches!(requests::cancel(&h.st, &dave, &id, "").await, Err(AppError::Forbidden(_))));
+    let d = requests::cancel(&h.st, &dana, &id, "wrong build").await.unwrap();
+    assert_eq!(d.state, "canceled", "{}", d.note);
+    assert!(instrs(&h, &id).await.iter().all(|i| i.state == S::Canceled));
 }
