@@ -16,6 +16,7 @@ mod prune;
 mod relay;
 mod seed;
 mod stage;
+mod tuf;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,8 @@ pub struct AgentConfig {
     /// Disk space (bytes) preflight keeps free for the machine's own use:
     /// a release fits only in the free space beyond it.
     pub reserve_disk: u64,
+    /// The TUF root to trust; `None`: the server's, as of enrolment.
+    pub trust_root: Option<PathBuf>,
 }
 
 /// `--relay`: the agent also serves chunks, deltas and manifests to the
@@ -107,6 +110,8 @@ pub struct Agent {
     server_key: String,
     /// The read grant shown to relays and mirrors instead of the credential.
     grant: client::GrantCell,
+    /// Trusted TUF metadata: what is staged or switched to must be in it.
+    tuf: Arc<tuf::TufClient>,
     /// The server's clock minus this machine's (ms), learnt from the
     /// server: expiries are checked in the server's time.
     skew: Skew,
@@ -192,6 +197,7 @@ impl Agent {
             journal::write_private(&cred_path, &serde_json::to_vec_pretty(&creds)?)?;
             creds
         };
+        let tuf = Arc::new(tuf::TufClient::open(&state_dir(&cfg.root), &client, cfg.trust_root.as_deref()).await?);
         let grant: client::GrantCell = Arc::new(std::sync::RwLock::new(me.grant.clone()));
         let skew: Skew =
             Arc::new(std::sync::atomic::AtomicI64::new(if me.now > 0 { me.now - activate::now_ms() } else { 0 }));
@@ -203,6 +209,7 @@ impl Agent {
             None => None,
         };
         let agent = Self {
+            tuf,
             via,
             client,
             server_key: me.server_key.clone(),
@@ -385,12 +392,24 @@ impl Agent {
                     inventory: None,
                 })
                 .await;
+                // only what the signed TUF metadata lists is staged
+                let checked = std::time::Instant::now();
+                if let Err(e) = self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                    tracing::error!(instruction = %w.instruction_id, "refusing to stage: {e:#}");
+                    self.send(self.refusal(&w, &format!("{e:#}"))).await;
+                    return;
+                }
+                let tuf_us = checked.elapsed().as_micros().to_string();
                 // a transfer stops within seconds of the work being withdrawn
                 // (a canceled or rolled-back deployment): the server is asked
                 // every few seconds while staging goes on
                 let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 tokio::select! {
-                    r = stage::stage(&self.cfg, &self.client, &self.grant, &w, stop.clone()) => r,
+                    r = stage::stage(&self.cfg, &self.client, &self.grant, &w, stop.clone()) => {
+                        let (kind, mut metrics, output) = r;
+                        metrics.insert("tuf_check_us".into(), tuf_us);
+                        (kind, metrics, output)
+                    }
                     () = self.until_withdrawn(&w) => {
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
                         let partial = stage::partial_dir(&self.cfg.root, &w.app, &w.version);
@@ -406,6 +425,11 @@ impl Agent {
                         self.note_withdrawn(&key);
                     }
                     tracing::info!(instruction = %w.instruction_id, "work was withdrawn before go-live (or the server could not confirm relayed work); not switching");
+                    return;
+                }
+                if let Err(e) = self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                    tracing::error!(instruction = %w.instruction_id, "refusing to switch: {e:#}");
+                    self.send(self.refusal(&w, &format!("{e:#}"))).await;
                     return;
                 }
                 activate::activate(&self.cfg, &w).await
@@ -450,6 +474,24 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The report of work refused because the signed metadata does not
+    /// back it (journaled like any report).
+    fn refusal(&self, w: &Work, why: &str) -> Report {
+        let report = Report {
+            instruction_id: w.instruction_id.clone(),
+            phase: w.phase,
+            attempt: w.attempt,
+            report: ReportKind::Failed { message: format!("refused: {why}") },
+            metrics: Default::default(),
+            output: String::new(),
+            inventory: None,
+        };
+        if let Err(e) = journal::save(&self.cfg.root, &journal::key(w), &report) {
+            tracing::warn!(error = %e, "could not journal the report");
+        }
+        report
     }
 
     async fn until_shortly_before_go_live(&self, w: &Work) {

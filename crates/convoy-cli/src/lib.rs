@@ -157,12 +157,15 @@ async fn finish(c: &Client, id: &str, fmt: Format) -> anyhow::Result<i32> {
             watch::print_summary(&d);
         }
     }
-    // success: it went live, or an operator's rollback finished
-    Ok(if d.deployment.state == "succeeded" || d.deployment.state == "rolled_back" && rolled_back_by_operator(&d) {
-        0
-    } else {
-        EXIT_NOT_SUCCEEDED
-    })
+    // success: it went live, or an operator's rollback (or cancel) finished
+    let by_operator = match d.deployment.state.as_str() {
+        "rolled_back" => rolled_back_by_operator(&d),
+        "canceled" => {
+            d.events.iter().any(|e| e.instruction_id.is_none() && e.actor.starts_with("user:") && e.to == "canceled")
+        }
+        _ => false,
+    };
+    Ok(if d.deployment.state == "succeeded" || by_operator { 0 } else { EXIT_NOT_SUCCEEDED })
 }
 
 fn rolled_back_by_operator(d: &convoy_wire::DeploymentDetail) -> bool {

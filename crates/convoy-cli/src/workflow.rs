@@ -347,3 +347,70 @@ pub async fn audit(
     }
     Ok(())
 }
+
+/// `convoy trust`: the server's TUF roles, their keys, thresholds and
+/// expiry, and what the key arrangement gives up. `--root-out FILE` saves
+/// the current root (to hand agents with `--trust-root`).
+pub async fn trust(c: &Client, root_out: Option<&std::path::Path>, fmt: Format) -> anyhow::Result<()> {
+    use convoy_wire::tuf;
+    let root_raw = c.get_bytes("/tuf/metadata/root.json").await?;
+    let root = tuf::parse_root(&root_raw)?;
+    let mut roles = Vec::new();
+    for name in ["root", "targets", "snapshot", "timestamp"] {
+        let raw = c.get_bytes(&format!("/tuf/metadata/{name}.json")).await?;
+        let meta: serde_json::Value = serde_json::from_slice(&raw)?;
+        let keys = root.roles.get(name).cloned().unwrap_or(tuf::RoleKeys { keyids: Vec::new(), threshold: 0 });
+        roles.push(serde_json::json!({
+            "role": name,
+            "version": meta["signed"]["version"],
+            "expires": meta["signed"]["expires"],
+            "threshold": keys.threshold,
+            "keyids": keys.keyids,
+        }));
+    }
+    // one key held for every role: the server made them all (single-box mode)
+    let mut all: Vec<&String> = root.roles.values().flat_map(|r| r.keyids.iter()).collect();
+    all.sort();
+    all.dedup();
+    let single_box =
+        root.roles.values().all(|r| r.threshold == 1 && r.keyids.len() == 1) && all.len() == root.roles.len();
+    let mode = if single_box {
+        "single-box: the server made and holds every key (root and targets too); whoever controls the server, \
+         or its database together with its key secret, can sign releases. Agents still refuse anything not in \
+         the signed metadata, and old or expired metadata."
+    } else {
+        "keys as the root lists them"
+    };
+    if let Some(p) = root_out {
+        std::fs::write(p, &root_raw)?;
+    }
+    match fmt {
+        Format::Json => output::json(&serde_json::json!({"roles": roles, "mode": mode, "root_version": root.version})),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = roles
+                .iter()
+                .map(|r| {
+                    let ids: Vec<String> = r["keyids"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| k.as_str().unwrap_or_default().chars().take(12).collect())
+                        .collect();
+                    vec![
+                        r["role"].as_str().unwrap_or_default().to_owned(),
+                        r["version"].to_string(),
+                        format!("{} of {}", r["threshold"], ids.len()),
+                        ids.join(","),
+                        r["expires"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            output::table(&["ROLE", "VERSION", "THRESHOLD", "KEYS", "EXPIRES"], &rows);
+            line(format!("mode: {mode}"));
+            if let Some(p) = root_out {
+                line(format!("root version {} saved to {}", root.version, p.display()));
+            }
+        }
+    }
+    Ok(())
+}

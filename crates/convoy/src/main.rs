@@ -133,6 +133,10 @@ enum Cmd {
         /// bytes or with a unit (500M, 20G): a release must fit beyond it [default: 0].
         #[arg(long, env = "CONVOY_RESERVE_DISK")]
         reserve_disk: Option<String>,
+        /// The TUF root to trust (a root.json from `convoy trust`, obtained out of band);
+        /// default: the server's root as shown at enrolment.
+        #[arg(long, env = "CONVOY_TRUST_ROOT")]
+        trust_root: Option<PathBuf>,
     },
     /// Pack a directory and print its root digest.
     Pack {
@@ -265,6 +269,12 @@ enum Cmd {
         /// Why; kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
+    },
+    /// The server's TUF roles: keys, thresholds, versions, expiry, and what the key arrangement gives up.
+    Trust {
+        /// Save the current root here (give it to agents with --trust-root).
+        #[arg(long, value_name = "FILE")]
+        root_out: Option<PathBuf>,
     },
     /// The audit log: every state change with its actor, newest last.
     Audit {
@@ -593,6 +603,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             poll_via,
             keep_releases,
             reserve_disk,
+            trust_root,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -632,6 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Some(s) => parse_size(&s)?,
                     None => 0,
                 },
+                trust_root: trust_root.clone(),
             })
             .await?;
         }
@@ -678,6 +690,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause { id, reason } => convoy_cli::workflow::act(&api()?, id, "pause", reason, fmt).await?,
         Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
+        Cmd::Trust { root_out } => convoy_cli::workflow::trust(&api()?, root_out.as_deref(), fmt).await?,
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?
         }

@@ -75,3 +75,30 @@ db.commit()
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("REFUSED: UnsignedMetadataError"), "{text}");
 }
+
+#[test]
+fn agents_refuse_a_release_that_is_not_in_signed_metadata() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    let src = f.path("src/1.0");
+    write_app(&src, "1.0", 10_000);
+    f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    let out = f.cli(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]);
+    assert!(out.status.success(), "a signed release goes live: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(f.agent_root("a").join(".convoy/tuf/root.json").exists(), "the agent keeps the root it trusts");
+    // a release row put straight into the database: never signed
+    let db = f.path("server/convoy.db");
+    let insert = "import sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        db.execute(\"INSERT INTO releases (app, version, digest, manifest, files, total_size, chunks, created_at) \
+        SELECT app, '6.6', digest, manifest, files, total_size, chunks, created_at + 1 FROM releases WHERE app = 'web' AND version = '1.0'\")\n\
+        db.commit()\n";
+    let o = std::process::Command::new("python3").args(["-c", insert, db.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = f.cli(&["deploy", "web@6.6", "--selector", "role=web", "--wait", "--output", "json"]);
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["deployment"]["state"], "failed", "{d:#}");
+    let why = d["instructions"][0]["note"].as_str().unwrap();
+    assert!(why.contains("not in the server's signed TUF metadata"), "{d:#}");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into()))]);
+}

@@ -1,0 +1,153 @@
+//! The agent's TUF client: before it stages and before it switches, it
+//! updates its trusted metadata from the server the TUF way (root by root,
+//! then timestamp, snapshot, targets, delegations; `convoy_wire::tuf::
+//! Trusted` checks signatures, versions and expiry) and refuses a release
+//! the signed metadata does not list with the digest the work names.
+//!
+//! The first root is the one given with `--trust-root`, or else the one
+//! the server showed at enrolment (trusted then, like the server's work
+//! key). Trusted metadata is kept in `.convoy/tuf/`, so a server (or a
+//! relay) that later serves older metadata is refused even across
+//! restarts. Polls never touch any of this: only staging and switching do.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use convoy_client::Client;
+use convoy_wire::tuf::{self, Trusted};
+
+const META: &str = "/tuf/metadata";
+/// Most root rotations taken in one update.
+const MAX_ROOT_ROTATIONS: u64 = 32;
+
+pub struct TufClient {
+    dir: PathBuf,
+    trusted: tokio::sync::Mutex<Option<Trusted>>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Bytes of a metadata file, or `None` if the server has no such file.
+async fn fetch(client: &Client, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    match client.get_bytes(&format!("{META}/{file}")).await {
+        Ok(b) => Ok(Some(b.to_vec())),
+        Err(e) if e.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status == 404) => Ok(None),
+        Err(e) => Err(e.context(format!("fetching TUF {file}"))),
+    }
+}
+
+impl TufClient {
+    /// Sets up trust: a root file given by the operator, or (first start)
+    /// the server's current root as shown at enrolment.
+    pub async fn open(state: &Path, client: &Client, trust_root: Option<&Path>) -> anyhow::Result<Self> {
+        let dir = state.join("tuf");
+        std::fs::create_dir_all(&dir)?;
+        let root_file = dir.join("root.json");
+        if let Some(given) = trust_root {
+            let raw = std::fs::read(given).with_context(|| format!("reading --trust-root {}", given.display()))?;
+            tuf::self_signed_root(&raw)
+                .with_context(|| format!("--trust-root {} is no valid TUF root", given.display()))?;
+            if !root_file.exists() {
+                crate::journal::write_private(&root_file, &raw)?;
+            }
+        } else if !root_file.exists() {
+            let raw = fetch(client, "1.root.json")
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the server publishes no TUF root (an older server?)"))?;
+            tuf::self_signed_root(&raw).context("the server's TUF root does not verify")?;
+            crate::journal::write_private(&root_file, &raw)?;
+            tracing::info!("trusting the server's TUF root as of enrolment");
+        }
+        Ok(Self { dir, trusted: Default::default() })
+    }
+
+    async fn load(&self) -> anyhow::Result<Trusted> {
+        let raw = std::fs::read(self.dir.join("root.json")).context("reading the trusted TUF root")?;
+        let mut t = Trusted::new(&raw)?;
+        // what was trusted before: never accept anything older
+        let now = now_secs();
+        if let Ok(ts) = std::fs::read(self.dir.join("timestamp.json")) {
+            // an expired one still bounds versions: check it against a time it was valid
+            let _ = t.update_timestamp(&ts, now).or_else(|_| t.update_timestamp(&ts, 0));
+        }
+        if let Ok(s) = std::fs::read(self.dir.join("snapshot.json")) {
+            let _ = t.update_snapshot(&s, now).or_else(|_| t.update_snapshot(&s, 0));
+        }
+        Ok(t)
+    }
+
+    /// Brings the trusted metadata up to date and checks that `app@version`
+    /// is a signed target whose BLAKE3 root digest is `digest`.
+    pub async fn check(&self, client: &Client, app: &str, version: &str, digest: &str) -> anyhow::Result<()> {
+        let mut guard = self.trusted.lock().await;
+        let mut t = match guard.take() {
+            Some(t) => t,
+            None => self.load().await?,
+        };
+        let r = self.update(client, &mut t, app, version, digest).await;
+        *guard = Some(t);
+        r
+    }
+
+    async fn update(
+        &self,
+        client: &Client,
+        t: &mut Trusted,
+        app: &str,
+        version: &str,
+        digest: &str,
+    ) -> anyhow::Result<()> {
+        let now = now_secs();
+        // newer roots, each signed by the one before
+        for _ in 0..MAX_ROOT_ROTATIONS {
+            let next = t.root.version + 1;
+            let Some(raw) = fetch(client, &format!("{next}.root.json")).await? else { break };
+            t.update_root(&raw).with_context(|| format!("root version {next} refused"))?;
+            crate::journal::write_private(&self.dir.join("root.json"), &raw)?;
+            tracing::warn!(version = next, "the server's TUF root was rotated; trusting the new one");
+        }
+        let raw = fetch(client, "timestamp.json").await?.ok_or_else(|| anyhow::anyhow!("no TUF timestamp"))?;
+        if t.update_timestamp(&raw, now).context("TUF timestamp refused")? {
+            crate::journal::write_private(&self.dir.join("timestamp.json"), &raw)?;
+        }
+        let snap = t.snapshot_version().expect("a trusted timestamp names a snapshot");
+        if t.snapshot.as_ref().map(|s| s.version) != Some(snap) {
+            let raw = fetch(client, &format!("{snap}.snapshot.json"))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("TUF snapshot {snap} is missing"))?;
+            t.update_snapshot(&raw, now).context("TUF snapshot refused")?;
+            crate::journal::write_private(&self.dir.join("snapshot.json"), &raw)?;
+        }
+        let want = t.role_version("targets").ok_or_else(|| anyhow::anyhow!("the TUF snapshot names no targets"))?;
+        if t.targets.as_ref().map(|x| x.version) != Some(want) {
+            let raw = fetch(client, &format!("{want}.targets.json"))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("TUF targets {want} is missing"))?;
+            t.update_targets(&raw, now).context("TUF targets refused")?;
+        }
+        let path = tuf::target_path(app, version);
+        if let Some(role) = t.delegate_for(&path) {
+            let want = t.role_version(&role).ok_or_else(|| anyhow::anyhow!("the TUF snapshot names no {role}"))?;
+            if t.delegated.get(&role).map(|x| x.version) != Some(want) {
+                let raw = fetch(client, &format!("{want}.{role}.json"))
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("TUF {role} {want} is missing"))?;
+                t.update_delegated(&role, &raw, now).with_context(|| format!("TUF {role} refused"))?;
+            }
+        }
+        let Some(target) = t.find(&path) else {
+            anyhow::bail!(
+                "{app}@{version} is not in the server's signed TUF metadata: it was not published through signing (refusing it)"
+            );
+        };
+        match target.digest() {
+            Some(d) if d == digest => Ok(()),
+            Some(d) => anyhow::bail!(
+                "the work names digest {digest} for {app}@{version}, but the signed TUF metadata says {d} (refusing it)"
+            ),
+            None => anyhow::bail!("the signed TUF target {path} carries no convoy digest (refusing it)"),
+        }
+    }
+}
