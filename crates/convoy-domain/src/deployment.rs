@@ -213,6 +213,9 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
     let cur = waves.get(k as usize - 1).copied().unwrap_or_default();
     let planned = |k: u32| d.waves.get(k as usize - 1);
     let budget = planned(k).map_or(d.max_failures, |w| w.budget);
+    // failures a retry accepted stay failed but no longer count
+    let accepted = planned(k).map_or(0, |w| w.accepted);
+    let accepted_all: u32 = d.waves.iter().map(|w| w.accepted).sum();
     let of = |k: u32| if count > 1 { format!("wave {k} of {count}: ") } else { String::new() };
     let go = |k: u32, prefix: String| {
         let first = planned(k).and_then(|w| w.at).or(if k == 1 { d.go_live_at } else { None });
@@ -228,13 +231,14 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
     };
     // during activation a target still rolling back is one that went silent
     // (see `overdue`): it counts as failed
-    let failures = |t: &Tally| {
+    let all_failures = |t: &Tally| {
         t.failed + t.rolled_back + if matches!(d.state, D::Scheduled | D::Activating) { t.rolling_back } else { 0 }
     };
+    let failures = |t: &Tally| all_failures(t).saturating_sub(accepted);
     match d.state {
         D::AwaitingApproval | D::Preflight | D::AwaitingConfirmation => None,
         D::Staging if t.staging > 0 => None,
-        D::Staging if t.failed > d.max_failures => adv(
+        D::Staging if t.failed > d.max_failures + accepted_all => adv(
             D::Failed,
             format!(
                 "consistency gate: {} of {} do not hold the release (failure budget {})",
@@ -298,7 +302,7 @@ pub fn advance(d: &DeploymentView<'_>, waves: &[Tally], now: i64) -> Option<Adva
         }
         D::Scheduled | D::Activating => adv(
             D::Succeeded,
-            format!("{} live and healthy, {} failed", crate::targets(t.succeeded), failures(&t)),
+            format!("{} live and healthy, {} failed", crate::targets(t.succeeded), all_failures(&t)),
             InstrAction::None,
         ),
         D::RollingBack if t.rolling_back > 0 => None,
@@ -527,9 +531,9 @@ mod tests {
     #[test]
     fn waves_go_in_order_and_a_breach_halts_the_wave() {
         let plan = [
-            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 0 },
-            WavePlan { wave: 2, targets: 2, at: Some(2_000), budget: 0 },
-            WavePlan { wave: 3, targets: 2, at: Some(3_000), budget: 0 },
+            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 0, accepted: 0 },
+            WavePlan { wave: 2, targets: 2, at: Some(2_000), budget: 0, accepted: 0 },
+            WavePlan { wave: 3, targets: 2, at: Some(3_000), budget: 0, accepted: 0 },
         ];
         let v = |state, wave, at| DeploymentView {
             state,
@@ -594,8 +598,8 @@ mod tests {
     fn a_wave_that_failed_entirely_always_halts() {
         // a one-target canary under a count budget of 1 fails completely
         let plan = [
-            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 1 },
-            WavePlan { wave: 2, targets: 4, at: Some(2_000), budget: 1 },
+            WavePlan { wave: 1, targets: 1, at: Some(1_000), budget: 1, accepted: 0 },
+            WavePlan { wave: 2, targets: 4, at: Some(2_000), budget: 1, accepted: 0 },
         ];
         let v = DeploymentView {
             state: D::Activating,

@@ -26,6 +26,14 @@ pub struct WavePlan {
     pub at: Option<i64>,
     /// Failures this wave may have before the deployment halts.
     pub budget: u32,
+    /// Failures an operator accepted by retrying others (they stay failed
+    /// and count neither against the budget nor as "every target failed").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub accepted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +126,7 @@ pub fn plan(
         }
         let at = base
             .map(|b| next_allowed(windows, b.saturating_add(i64::from(wave - 1) * policy.wave_gap_secs as i64 * 1000)));
-        waves.push(WavePlan { wave, targets: count, at, budget: policy.max_failures.floor_of(count) });
+        waves.push(WavePlan { wave, targets: count, at, budget: policy.max_failures.floor_of(count), accepted: 0 });
         placed = upto;
         if placed == n {
             break;

@@ -211,7 +211,35 @@ async fn retry_unaudited(
         format!("retry of {} by {}{why}: {}", convoy_domain::targets(again.len() as u64), user.name, names.join(", "));
     // the deployment reopens first (so nothing is left pending under a
     // settled deployment), then each retried target gets a new attempt
-    let m = DeploymentMove { wave: Some(0), ..DeploymentMove::new(d.state, D::Staging, &note, &actor, now) };
+    // the failures not retried are accepted: they count neither against a
+    // wave's budget nor as a wave that failed entirely
+    let rules = Rules::of(&d)?;
+    let mut plan = if rules.plan.is_empty() {
+        vec![convoy_domain::WavePlan {
+            wave: 1,
+            targets: instrs.len() as u32,
+            at: None,
+            budget: d.max_failures,
+            accepted: 0,
+        }]
+    } else {
+        rules.plan.clone()
+    };
+    let retried: std::collections::BTreeSet<&str> = again.iter().map(|i| i.id.as_str()).collect();
+    let last = plan.len() as u32;
+    for w in plan.iter_mut() {
+        w.accepted = instrs
+            .iter()
+            .filter(|i| i.wave.clamp(1, last) == w.wave)
+            .filter(|i| matches!(i.state, S::Failed | S::RolledBack) && !retried.contains(i.id.as_str()))
+            .count() as u32;
+    }
+    let plan_json = serde_json::to_string(&plan).map_err(AppError::internal)?;
+    let m = DeploymentMove {
+        wave: Some(0),
+        plan_json: Some(&plan_json),
+        ..DeploymentMove::new(d.state, D::Staging, &note, &actor, now)
+    };
     if !st.store.transition_deployment(id, &m).await? {
         return Err(AppError::conflict(format!("deployment {id} changed state meanwhile; try again")));
     }

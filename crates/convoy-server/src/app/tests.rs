@@ -506,3 +506,41 @@ async fn pausing_holds_back_a_planned_wave_and_cancel_before_go_live_is_canceled
     assert_eq!(d.state, "canceled", "{}", d.note);
     assert!(instrs(&h, &id).await.iter().all(|i| i.state == S::Canceled));
 }
+
+/// `host` fails to stage, attempt after attempt, until it gives up.
+async fn fail_staging(h: &H, id: &str, host: &str) {
+    for _ in 0..10 {
+        let i = instrs(h, id).await.into_iter().find(|i| i.target_id == format!("t-{host}")).unwrap();
+        if i.state == S::Failed {
+            return;
+        }
+        if matches!(i.state, S::Created | S::Sent) {
+            report(h, &i, Phase::Stage, ReportKind::Received).await;
+        }
+        let i = h.st.store.get_instruction(&i.id).await.unwrap().unwrap();
+        report(h, &i, Phase::Stage, ReportKind::Failed { message: "disk full".into() }).await;
+    }
+    panic!("{host} never gave up staging");
+}
+
+#[tokio::test]
+async fn a_retry_of_some_targets_accepts_the_failures_not_retried() {
+    let h = harness(&FLEET[..3]).await;
+    let admin = user("root", Role::Admin);
+    let mut req = request("role=web");
+    req.env = None;
+    let id = requests::submit(&h.st, &admin, req).await.unwrap().id;
+    fail_staging(&h, &id, "a3").await;
+    stage_all(&h, &id).await;
+    let (st, note) = state(&h, &id).await;
+    assert_eq!(st, D::Failed, "over the budget of 0 at the gate: {note}");
+    // a1 and a2 (canceled) are retried; a3 stays failed, accepted
+    let retry = convoy_wire::RetryRequest { targets: vec!["a1".into(), "a2".into()], note: "a3 is gone".into() };
+    operations::retry(&h.st, &admin, &id, retry).await.unwrap();
+    stage_all(&h, &id).await;
+    switch(&h, &id, &[]).await;
+    let (st, note) = state(&h, &id).await;
+    assert_eq!(st, D::Succeeded, "{note}");
+    let states = by_host(&instrs(&h, &id).await);
+    assert_eq!((states["a1"], states["a2"], states["a3"]), (S::Succeeded, S::Succeeded, S::Failed));
+}
