@@ -38,6 +38,15 @@ async fn fetch(client: &Client, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Keeps trusted timestamp/snapshot metadata as the floor for versions
+/// after a restart: replaced by rename, not synced to disk (after a power
+/// loss the floor is the one before, still signed and still a floor).
+fn keep(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, p)
+}
+
 impl TufClient {
     /// Sets up trust: a root file given by the operator, or (first start)
     /// the server's current root as shown at enrolment.
@@ -100,17 +109,27 @@ impl TufClient {
         digest: &str,
     ) -> anyhow::Result<()> {
         let now = now_secs();
-        // newer roots, each signed by the one before
-        for _ in 0..MAX_ROOT_ROTATIONS {
-            let next = t.root.version + 1;
-            let Some(raw) = fetch(client, &format!("{next}.root.json")).await? else { break };
-            t.update_root(&raw).with_context(|| format!("root version {next} refused"))?;
-            crate::journal::write_private(&self.dir.join("root.json"), &raw)?;
-            tracing::warn!(version = next, "the server's TUF root was rotated; trusting the new one");
+        // newer roots first, each signed by the one before; the timestamp is
+        // asked for at the same time and used only if no root came
+        let next_root = format!("{}.root.json", t.root.version + 1);
+        let (root, stamp) = tokio::join!(fetch(client, &next_root), fetch(client, "timestamp.json"));
+        let mut stamp = stamp?;
+        if let Some(mut raw) = root? {
+            for _ in 0..MAX_ROOT_ROTATIONS {
+                let next = t.root.version + 1;
+                t.update_root(&raw).with_context(|| format!("root version {next} refused"))?;
+                crate::journal::write_private(&self.dir.join("root.json"), &raw)?;
+                tracing::warn!(version = next, "the server's TUF root was rotated; trusting the new one");
+                match fetch(client, &format!("{}.root.json", next + 1)).await? {
+                    Some(r) => raw = r,
+                    None => break,
+                }
+            }
+            stamp = fetch(client, "timestamp.json").await?;
         }
-        let raw = fetch(client, "timestamp.json").await?.ok_or_else(|| anyhow::anyhow!("no TUF timestamp"))?;
+        let raw = stamp.ok_or_else(|| anyhow::anyhow!("no TUF timestamp"))?;
         if t.update_timestamp(&raw, now).context("TUF timestamp refused")? {
-            crate::journal::write_private(&self.dir.join("timestamp.json"), &raw)?;
+            keep(&self.dir.join("timestamp.json"), &raw)?;
         }
         let snap = t.snapshot_version().expect("a trusted timestamp names a snapshot");
         if t.snapshot.as_ref().map(|s| s.version) != Some(snap) {
@@ -118,7 +137,7 @@ impl TufClient {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("TUF snapshot {snap} is missing"))?;
             t.update_snapshot(&raw, now).context("TUF snapshot refused")?;
-            crate::journal::write_private(&self.dir.join("snapshot.json"), &raw)?;
+            keep(&self.dir.join("snapshot.json"), &raw)?;
         }
         let want = t.role_version("targets").ok_or_else(|| anyhow::anyhow!("the TUF snapshot names no targets"))?;
         if t.targets.as_ref().map(|x| x.version) != Some(want) {

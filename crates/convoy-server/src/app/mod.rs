@@ -197,10 +197,15 @@ pub async fn find(st: &AppState, id: &str) -> AppResult<DeploymentRecord> {
 }
 
 /// Records a refused attempt (who, what, why) in the audit log of the
-/// deployment it was about, and passes the refusal on.
+/// deployment it was about, and passes the refusal on. One record per
+/// user, action and deployment every 10 s, so refusals cannot flood the log.
 pub async fn audited<T>(st: &AppState, user: &User, action: &str, id: &str, r: AppResult<T>) -> AppResult<T> {
     let Err(e) = r else { return r };
-    if e.is_refusal() && id.len() <= 64 && st.store.get_deployment(id).await?.is_some() {
+    if e.is_refusal()
+        && id.len() <= 64
+        && st.store.get_deployment(id).await?.is_some()
+        && st.note_refusal(&format!("audit\0{}\0{action}\0{id}", user.name))
+    {
         let ev = convoy_store::EventRecord {
             deployment_id: id.to_owned(),
             ..convoy_store::EventRecord::audit(&user.actor(), "refused", format!("{action} refused: {e}"), now_ms())
