@@ -477,9 +477,10 @@ impl Agent {
     }
 
     /// The report of work refused because the signed metadata does not
-    /// back it (journaled like any report).
+    /// back it (or could not be had). Not journaled: the next attempt asks
+    /// again, so a passing network fault never becomes a lasting refusal.
     fn refusal(&self, w: &Work, why: &str) -> Report {
-        let report = Report {
+        Report {
             instruction_id: w.instruction_id.clone(),
             phase: w.phase,
             attempt: w.attempt,
@@ -487,11 +488,7 @@ impl Agent {
             metrics: Default::default(),
             output: String::new(),
             inventory: None,
-        };
-        if let Err(e) = journal::save(&self.cfg.root, &journal::key(w), &report) {
-            tracing::warn!(error = %e, "could not journal the report");
         }
-        report
     }
 
     async fn until_shortly_before_go_live(&self, w: &Work) {

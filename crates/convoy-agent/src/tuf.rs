@@ -11,6 +11,7 @@
 //! restarts. Polls never touch any of this: only staging and switching do.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use convoy_client::Client;
@@ -29,9 +30,21 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Most bytes a metadata file may have (a hostile server sending endless
+/// data is cut off): timestamps are tiny, targets grow with releases.
+fn max_len(file: &str) -> usize {
+    if file.ends_with("timestamp.json") {
+        64 << 10
+    } else if file.ends_with("root.json") {
+        1 << 20
+    } else {
+        32 << 20
+    }
+}
+
 /// Bytes of a metadata file, or `None` if the server has no such file.
 async fn fetch(client: &Client, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    match client.get_bytes(&format!("{META}/{file}")).await {
+    match client.get_bytes_capped(&format!("{META}/{file}"), Duration::from_secs(60), max_len(file)).await {
         Ok(b) => Ok(Some(b.to_vec())),
         Err(e) if e.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status == 404) => Ok(None),
         Err(e) => Err(e.context(format!("fetching TUF {file}"))),
@@ -58,8 +71,17 @@ impl TufClient {
             let raw = std::fs::read(given).with_context(|| format!("reading --trust-root {}", given.display()))?;
             tuf::self_signed_root(&raw)
                 .with_context(|| format!("--trust-root {} is no valid TUF root", given.display()))?;
-            if !root_file.exists() {
+            // a root given by the operator replaces whatever was trusted
+            // before it (trusted on first use, or an earlier given root)
+            let mark = dir.join("given-root.sha256");
+            let hash = tuf::sha256(&raw);
+            if std::fs::read_to_string(&mark).ok().as_deref() != Some(hash.as_str()) {
+                for f in ["timestamp.json", "snapshot.json"] {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
                 crate::journal::write_private(&root_file, &raw)?;
+                crate::journal::write_private(&mark, hash.as_bytes())?;
+                tracing::info!(root = %given.display(), "trusting the TUF root given with --trust-root");
             }
         } else if !root_file.exists() {
             let raw = fetch(client, "1.root.json")
@@ -111,7 +133,7 @@ impl TufClient {
         let now = now_secs();
         // newer roots first, each signed by the one before; the timestamp is
         // asked for at the same time and used only if no root came
-        let next_root = format!("{}.root.json", t.root.version + 1);
+        let next_root = format!("{}.root.json", t.root.version.saturating_add(1));
         let (root, stamp) = tokio::join!(fetch(client, &next_root), fetch(client, "timestamp.json"));
         let mut stamp = stamp?;
         if let Some(mut raw) = root? {
@@ -120,7 +142,7 @@ impl TufClient {
                 t.update_root(&raw).with_context(|| format!("root version {next} refused"))?;
                 crate::journal::write_private(&self.dir.join("root.json"), &raw)?;
                 tracing::warn!(version = next, "the server's TUF root was rotated; trusting the new one");
-                match fetch(client, &format!("{}.root.json", next + 1)).await? {
+                match fetch(client, &format!("{}.root.json", next.saturating_add(1))).await? {
                     Some(r) => raw = r,
                     None => break,
                 }
@@ -146,6 +168,8 @@ impl TufClient {
                 .ok_or_else(|| anyhow::anyhow!("TUF targets {want} is missing"))?;
             t.update_targets(&raw, now).context("TUF targets refused")?;
         }
+        // nothing trusted may be past its expiry, even if unchanged (freeze)
+        t.unexpired(now).context("trusted TUF metadata")?;
         let path = tuf::target_path(app, version);
         if let Some(role) = t.delegate_for(&path) {
             let want = t.role_version(&role).ok_or_else(|| anyhow::anyhow!("the TUF snapshot names no {role}"))?;

@@ -137,6 +137,12 @@ impl Client {
         timeout: Duration,
         max: usize,
     ) -> anyhow::Result<T> {
+        let body = self.get_bytes_capped(path, timeout, max).await?;
+        serde_json::from_slice(&body).with_context(|| format!("decoding answer of GET {path}"))
+    }
+
+    /// The answer's bytes, refused once longer than `max`.
+    pub async fn get_bytes_capped(&self, path: &str, timeout: Duration, max: usize) -> anyhow::Result<Vec<u8>> {
         let resp = self
             .request(reqwest::Method::GET, path)
             .timeout(timeout)
@@ -154,7 +160,7 @@ impl Client {
             }
             body.extend_from_slice(&piece);
         }
-        serde_json::from_slice(&body).with_context(|| format!("decoding answer of GET {path}"))
+        Ok(body)
     }
 
     pub async fn send_json<B: Serialize, T: DeserializeOwned>(

@@ -316,9 +316,14 @@ pub fn parse_time(s: &str) -> Option<i64> {
     {
         return None;
     }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let n = |r: std::ops::Range<usize>| {
+        let part = s.get(r)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse::<i64>().ok())?
+    };
     let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] || hh > 23 || mm > 59 || ss > 59 {
         return None;
     }
     let y2 = if m <= 2 { y - 1 } else { y };
@@ -561,6 +566,24 @@ impl Trusted {
         Ok(())
     }
 
+    /// Every trusted role is within its expiry at `now` (a frozen
+    /// repository that keeps serving unchanged metadata is noticed).
+    pub fn unexpired(&self, now: i64) -> Result<(), TufError> {
+        fresh("root", &self.root.expires, now)?;
+        for (name, v) in [("timestamp", &self.timestamp), ("snapshot", &self.snapshot)] {
+            if let Some(v) = v {
+                fresh(name, &v.expires, now)?;
+            }
+        }
+        if let Some(t) = &self.targets {
+            fresh("targets", &t.expires, now)?;
+        }
+        for (name, t) in &self.delegated {
+            fresh(name, &t.expires, now)?;
+        }
+        Ok(())
+    }
+
     /// The role a target path is delegated to (if the top-level targets
     /// delegates it), for fetching that role before [`Self::find`].
     pub fn delegate_for(&self, path: &str) -> Option<String> {
@@ -626,6 +649,9 @@ mod tests {
         }
         assert_eq!(format_time(1_795_822_984), "2026-11-27T23:43:04Z");
         assert_eq!(parse_time("2026-11-28T00:23:04"), None);
+        assert_eq!(parse_time("2026-02-31T00:00:00Z"), None);
+        assert_eq!(parse_time("2026-+1-01T00:00:00Z"), None);
+        assert!(parse_time("2024-02-29T23:59:59Z").is_some());
     }
 
     #[test]

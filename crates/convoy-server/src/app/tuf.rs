@@ -205,8 +205,10 @@ impl Repo {
             }
         }
         let (tv, targets) = Self::latest(store, "targets").await?;
+        // only what is signed already is re-signed: a release row that
+        // appeared in the database without a publish stays unsigned
+        let mut t: Targets = serde_json::from_value(targets.clone()).map_err(|e| corrupt("targets", e))?;
         if left(&targets) < RENEW_TARGETS {
-            let mut t: Targets = serde_json::from_value(targets).map_err(|e| corrupt("targets", e))?;
             t.version = tv + 1;
             t.expires = format_time(now + TARGETS_LIFE);
             self.put(store, "targets", tv + 1, serde_json::to_value(&t).map_err(AppError::internal)?).await?;
@@ -238,14 +240,15 @@ pub fn target_file(r: &ReleaseRecord) -> TargetFile {
     }
 }
 
-/// Adds a just-published release to the signed metadata (logged if it
-/// fails: the release stays published, and the next publish or renewal
-/// signs it in; agents refuse it meanwhile).
-pub async fn published(st: &AppState, r: &ReleaseRecord) {
-    let Some(repo) = st.tuf.get() else { return };
-    if let Err(e) = repo.add_release(st.store.as_ref(), r).await {
+/// Signs a published release into the metadata (every publish, also one
+/// of a release already stored: publishing again signs in one whose
+/// signing failed). Agents refuse a release until it is signed.
+pub async fn published(st: &AppState, r: &ReleaseRecord) -> AppResult<()> {
+    let Some(repo) = st.tuf.get() else { return Ok(()) };
+    repo.add_release(st.store.as_ref(), r).await.map_err(|e| {
         tracing::error!(app = %r.app, version = %r.version, error = %e, "could not sign the release into TUF metadata");
-    }
+        AppError::internal(format!("{}@{} is stored but not signed ({e}); publish it again", r.app, r.version))
+    })
 }
 
 /// Re-signs expiring metadata every few minutes, for as long as the server runs.

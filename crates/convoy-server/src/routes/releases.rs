@@ -94,8 +94,8 @@ pub async fn publish(
         created_at: now_ms(),
     };
     let created = st.store.insert_release(&rec).await?;
+    crate::app::tuf::published(&st, &rec).await?;
     if created {
-        crate::app::tuf::published(&st, &rec).await;
         tracing::info!(app = %app, version = %version, digest = %rec.digest, user = %user.name, "release published");
         // make the deltas from what the fleet runs now, before anyone deploys
         let mut live = std::collections::BTreeSet::new();
