@@ -414,3 +414,38 @@ pub async fn trust(c: &Client, root_out: Option<&std::path::Path>, fmt: Format) 
     }
     Ok(())
 }
+
+/// `convoy keys generate FILE`: a new ed25519 key pair for TUF roles (root,
+/// targets, a publisher or an approver): the private key in `FILE` (mode
+/// 0600, never overwritten), the public key in `FILE.pub`.
+pub fn keys_generate(file: &std::path::Path, fmt: Format) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = convoy_wire::tuf::SigningKey::generate();
+    let public = key.public();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {} (an existing key is never overwritten)", file.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(&key.to_file())?)?;
+    f.sync_all()?;
+    let pub_file = std::path::PathBuf::from(format!("{}.pub", file.display()));
+    let mut pj = public.json();
+    pj["keyid"] = serde_json::Value::String(public.id());
+    std::fs::write(&pub_file, serde_json::to_vec_pretty(&pj)?)
+        .with_context(|| format!("writing {}", pub_file.display()))?;
+    match fmt {
+        Format::Json => output::json(
+            &serde_json::json!({"keyid": public.id(), "public": public.hex(), "private_file": file, "public_file": pub_file}),
+        ),
+        Format::Table => line(format!(
+            "ed25519 key {}\n  private {} (0600: keep it offline for root and targets)\n  public  {}",
+            public.id(),
+            file.display(),
+            pub_file.display()
+        )),
+    }
+    Ok(())
+}

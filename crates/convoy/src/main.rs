@@ -270,6 +270,11 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Signing keys: `convoy keys generate FILE` makes an ed25519 key pair (FILE 0600, FILE.pub).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
     /// The server's TUF roles: keys, thresholds, versions, expiry, and what the key arrangement gives up.
     Trust {
         /// Save the current root here (give it to agents with --trust-root).
@@ -360,6 +365,15 @@ enum Cmd {
         /// Keep the temporary work directory.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Make an ed25519 key pair: the private key in FILE (0600, never overwritten), the public key in FILE.pub.
+    Generate {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -690,6 +704,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause { id, reason } => convoy_cli::workflow::act(&api()?, id, "pause", reason, fmt).await?,
         Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
+        Cmd::Keys { action: KeysCmd::Generate { file } } => convoy_cli::workflow::keys_generate(file, fmt)?,
         Cmd::Trust { root_out } => convoy_cli::workflow::trust(&api()?, root_out.as_deref(), fmt).await?,
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?

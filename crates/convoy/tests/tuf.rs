@@ -79,7 +79,11 @@ db.commit()
 #[test]
 fn agents_refuse_a_release_that_is_not_in_signed_metadata() {
     let mut f = Fleet::start();
-    f.start_agent("a", "role=web", &[], &[]);
+    // the root handed to the agent out of band
+    let root = f.path("trusted-root.json");
+    let shown = f.ok(&["trust", "--root-out", root.to_str().unwrap()]);
+    assert!(shown.contains("single-box") && shown.contains("timestamp"), "{shown}");
+    f.start_agent("a", "role=web", &[], &["--trust-root", root.to_str().unwrap()]);
     let src = f.path("src/1.0");
     write_app(&src, "1.0", 10_000);
     f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
@@ -101,4 +105,22 @@ fn agents_refuse_a_release_that_is_not_in_signed_metadata() {
     let why = d["instructions"][0]["note"].as_str().unwrap();
     assert!(why.contains("not in the server's signed TUF metadata"), "{d:#}");
     assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into()))]);
+}
+
+#[test]
+fn keys_are_made_private_and_never_overwritten() {
+    let f = Fleet::start();
+    let key = f.path("ci.key");
+    let out = f.json(&["keys", "generate", key.to_str().unwrap()]);
+    let keyid = out["keyid"].as_str().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let public: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("ci.key.pub")).unwrap()).unwrap();
+    assert_eq!(public["keyid"], keyid);
+    assert!(public["keyval"].get("private").is_none(), "{public}");
+    let before = std::fs::read(&key).unwrap();
+    let again = f.cli(&["keys", "generate", key.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
 }
