@@ -43,8 +43,19 @@ pub async fn pack(dir: &Path, app: &str, version: &str, fmt: Format) -> anyhow::
     Ok(())
 }
 
-pub async fn publish(c: &Client, dir: &Path, app: &str, version: &str, fmt: Format) -> anyhow::Result<()> {
-    let s = publish::publish(c, dir, app, version).await?;
+pub async fn publish(
+    c: &Client,
+    dir: &Path,
+    app: &str,
+    version: &str,
+    sign_key: Option<&Path>,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    let mut s = publish::publish(c, dir, app, version).await?;
+    if let Some(key) = sign_key {
+        workflow::sign_release(c, key, &s.app, &s.version, &s.digest, &s.manifest).await?;
+        s.signed = true;
+    }
     match fmt {
         Format::Json => output::json(&s),
         Format::Table => line(format!(
@@ -57,6 +68,12 @@ pub async fn publish(c: &Client, dir: &Path, app: &str, version: &str, fmt: Form
             s.chunks_total,
             output::bytes(s.bytes_uploaded)
         )),
+    }
+    if !s.signed {
+        eprintln!(
+            "convoy: {}@{} is NOT signed: the server's TUF targets are kept offline, and agents refuse it until it is (publish again with --sign-key TARGETS_KEY)",
+            s.app, s.version
+        );
     }
     Ok(())
 }

@@ -57,6 +57,10 @@ pub struct PublishSummary {
     pub chunks_total: usize,
     pub chunks_uploaded: usize,
     pub bytes_uploaded: u64,
+    /// Signed into the server's TUF targets (by the server, or here with a key).
+    pub signed: bool,
+    #[serde(skip)]
+    pub manifest: Vec<u8>,
 }
 
 pub async fn publish(client: &Client, dir: &Path, app: &str, version: &str) -> anyhow::Result<PublishSummary> {
@@ -87,6 +91,8 @@ pub async fn publish(client: &Client, dir: &Path, app: &str, version: &str) -> a
         chunks_total: total,
         chunks_uploaded: uploaded,
         bytes_uploaded: bytes,
+        signed: r.signed,
+        manifest: manifest.canonical_bytes(),
     })
 }
 

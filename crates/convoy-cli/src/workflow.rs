@@ -449,3 +449,149 @@ pub fn keys_generate(file: &std::path::Path, fmt: Format) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<convoy_wire::tuf::SigningKey> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{} is not a key file (convoy keys generate)", path.display()))?;
+    convoy_wire::tuf::SigningKey::from_file(&v).with_context(|| format!("{} holds no private key", path.display()))
+}
+
+fn read_public(path: &std::path::Path) -> anyhow::Result<convoy_wire::tuf::PublicKey> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{} is not a key file (convoy keys generate)", path.display()))?;
+    Ok(convoy_wire::tuf::PublicKey::from_json(&v)?)
+}
+
+fn in_a_year() -> String {
+    convoy_wire::tuf::format_time(chrono::Utc::now().timestamp() + 365 * 86_400)
+}
+
+/// The newest signed part of a role's metadata on the server.
+async fn latest_signed(c: &Client, role: &str) -> anyhow::Result<serde_json::Value> {
+    let raw = c.get_bytes(&format!("/tuf/metadata/{role}.json")).await?;
+    let meta: serde_json::Value = serde_json::from_slice(&raw)?;
+    Ok(meta["signed"].clone())
+}
+
+/// `convoy trust init`: a new root, made here (offline keys): the given
+/// root keys and threshold, the targets key, and the server's own online
+/// keys for timestamp and snapshot; signed by every root key given.
+pub async fn trust_init(
+    c: &Client,
+    root_keys: &[std::path::PathBuf],
+    threshold: u32,
+    targets_key: &std::path::Path,
+    out: &std::path::Path,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    use convoy_wire::tuf;
+    if root_keys.is_empty() || threshold == 0 || threshold as usize > root_keys.len() {
+        bail!("give at least --threshold root keys (--root-key FILE, repeatable) and a threshold of 1 or more");
+    }
+    let signers: Vec<tuf::SigningKey> = root_keys.iter().map(|p| read_key(p)).collect::<anyhow::Result<_>>()?;
+    let targets = read_public(targets_key)?;
+    let cur: tuf::Root = serde_json::from_value(latest_signed(c, "root").await?)?;
+    let mut keys = std::collections::BTreeMap::new();
+    let mut roles = std::collections::BTreeMap::new();
+    for role in ["timestamp", "snapshot"] {
+        let r = cur.roles.get(role).context("the server's root names no such role")?.clone();
+        for id in &r.keyids {
+            keys.insert(id.clone(), cur.keys.get(id).context("the server's root lacks a key")?.clone());
+        }
+        roles.insert(role.to_owned(), r);
+    }
+    let root_ids: Vec<String> = signers.iter().map(|k| k.public().id()).collect();
+    for k in &signers {
+        keys.insert(k.public().id(), k.public().json());
+    }
+    keys.insert(targets.id(), targets.json());
+    roles.insert("root".into(), tuf::RoleKeys { keyids: root_ids, threshold });
+    roles.insert("targets".into(), tuf::RoleKeys { keyids: vec![targets.id()], threshold: 1 });
+    let root = tuf::Root {
+        kind: "root".into(),
+        spec_version: tuf::SPEC_VERSION.into(),
+        version: cur.version + 1,
+        expires: in_a_year(),
+        consistent_snapshot: true,
+        keys,
+        roles,
+    };
+    let refs: Vec<&tuf::SigningKey> = signers.iter().collect();
+    let meta = tuf::sign(serde_json::to_value(&root)?, &refs)?;
+    std::fs::write(out, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", out.display()))?;
+    match fmt {
+        Format::Json => output::json(&serde_json::json!({"root_version": root.version, "file": out})),
+        Format::Table => line(format!(
+            "root version {} ({} of {} root keys; targets key {}) written to {}; install it with `convoy trust upload {} --targets-key KEY`",
+            root.version,
+            threshold,
+            root_keys.len(),
+            targets.id(),
+            out.display(),
+            out.display()
+        )),
+    }
+    Ok(())
+}
+
+/// `convoy trust upload ROOT --targets-key KEY`: installs a root made with
+/// `trust init`, with the current targets re-signed by the new targets key.
+pub async fn trust_upload(
+    c: &Client,
+    root: &std::path::Path,
+    targets_key: &std::path::Path,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    let root_meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root).with_context(|| format!("reading {}", root.display()))?)?;
+    let key = read_key(targets_key)?;
+    let mut t = latest_signed(c, "targets").await?;
+    t["version"] = (t["version"].as_u64().unwrap_or(0) + 1).into();
+    t["expires"] = in_a_year().into();
+    let targets = convoy_wire::tuf::sign(t, &[&key])?;
+    let body = serde_json::json!({"root": root_meta, "targets": targets});
+    let r: serde_json::Value = c.send_json(reqwest::Method::PUT, "/tuf/root", &body).await?;
+    match fmt {
+        Format::Json => output::json(&r),
+        Format::Table => line(format!(
+            "root version {} installed: the server now signs only timestamp and snapshot; publish with --sign-key {}",
+            r["root_version"],
+            targets_key.display()
+        )),
+    }
+    Ok(())
+}
+
+/// Signs `app@version` into the server's TUF targets with the targets key
+/// (offline targets): the newest targets plus this release, next version.
+pub async fn sign_release(
+    c: &Client,
+    key: &std::path::Path,
+    app: &str,
+    version: &str,
+    digest: &str,
+    manifest: &[u8],
+) -> anyhow::Result<()> {
+    use convoy_wire::tuf;
+    let key = read_key(key)?;
+    let file = tuf::TargetFile {
+        length: manifest.len() as u64,
+        hashes: std::collections::BTreeMap::from([("sha256".to_owned(), tuf::sha256(manifest))]),
+        custom: Some(serde_json::json!({"convoy": {"digest": digest}})),
+    };
+    for _ in 0..5 {
+        let mut t: tuf::Targets = serde_json::from_value(latest_signed(c, "targets").await?)?;
+        t.targets.insert(tuf::target_path(app, version), file.clone());
+        t.version += 1;
+        t.expires = in_a_year();
+        let meta = tuf::sign(serde_json::to_value(&t)?, &[&key])?;
+        match c.send_json::<_, serde_json::Value>(reqwest::Method::PUT, "/tuf/targets", &meta).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status == 409) => continue,
+            Err(e) => return Err(e.context("signing the release into the server's TUF targets")),
+        }
+    }
+    bail!("the server's TUF targets kept changing; publish again with --sign-key")
+}

@@ -133,6 +133,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/site-poll", post(agent::site_poll))
         .route("/agent/refused", post(agent::refused))
         .route("/tuf/metadata/{file}", get(tuf::metadata))
+        .route("/tuf/root", put(tuf::put_root))
+        .route("/tuf/targets", put(tuf::put_targets))
         .route("/tuf/targets/{app}/{version}/{file}", get(tuf::target))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()

@@ -59,6 +59,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/users/{name}/token"),
     ("get", "/tuf/metadata/{file}"),
     ("get", "/tuf/targets/{app}/{version}/{file}"),
+    ("put", "/tuf/root"),
+    ("put", "/tuf/targets"),
 ];
 
 fn op(summary: &str, who: &str, body: Option<&str>, ok: Value) -> Value {
@@ -175,6 +177,8 @@ pub fn document() -> Value {
             "/agent/me": {"get": op("Who the agent is to the server: {target_id, labels, server_key, grant, grant_expires_at, relay_site}; the grant is what it shows relays and mirrors (header x-convoy-grant) instead of its token", agent, None, json!({"description": "OK"}))},
             "/tuf/metadata/{file}": {"parameters": path_params(&["file"]), "get": op("TUF metadata: ROLE.json (the newest) or N.ROLE.json, for root, targets, snapshot, timestamp; canonical-JSON signed, ed25519", "operator or agent token, or a read grant", None, bytes_ok("application/json"))},
             "/tuf/targets/{app}/{version}/{file}": {"parameters": path_params(&["app", "version", "file"]), "get": op("A release's canonical manifest as a TUF target: manifest.json, or SHA256.manifest.json (consistent snapshots)", "operator or agent token, or a read grant", None, bytes_ok("application/json"))},
+            "/tuf/root": {"put": op("Install a root made offline ({root, targets}): version N+1, signed by its own and the current root's threshold (the server co-signs while it holds the current root key), giving timestamp and snapshot to the server's online keys, with the targets re-signed by the new targets keys; audited", "admin", None, json!({"description": "OK"}))},
+            "/tuf/targets": {"put": op("Targets metadata signed offline by the root's targets keys (the next version); the server adds snapshot and timestamp; audited", "deployer", None, json!({"description": "OK"}))},
             "/agent/refused": {"post": op("An agent refused work that did not verify against the server's key: {source, reason, instruction_id}; audited and shown in the target's status", agent, None, json!({"description": "OK"}))},
             "/targets/{id}/labels": {"parameters": path_params(&["id"]), "patch": op("Set ({set: {k: v}}) and remove ({remove: [k]}) a target's labels; the only way labels change after enrolment; audited", "admin", None, json_ok("TargetInfo"))},
             "/relays": {"get": op("Relays and the sites operators granted them", "viewer", None, json!({"description": "OK"}))},

@@ -316,6 +316,10 @@ pub struct PublishResponse {
     pub release: ReleaseInfo,
     /// False when the same content was already published under this version.
     pub created: bool,
+    /// Whether the server signed it into its TUF targets; false when the
+    /// targets role is kept offline (sign it with `publish --sign-key`).
+    #[serde(default)]
+    pub signed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

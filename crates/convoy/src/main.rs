@@ -153,6 +153,9 @@ enum Cmd {
         app: String,
         #[arg(long)]
         version: String,
+        /// Sign the release into the server's TUF targets with this key (targets kept offline).
+        #[arg(long, value_name = "KEY_FILE")]
+        sign_key: Option<PathBuf>,
     },
     /// Deploy APP@VERSION to the targets a label selector (or --target) picks.
     Deploy {
@@ -280,6 +283,8 @@ enum Cmd {
         /// Save the current root here (give it to agents with --trust-root).
         #[arg(long, value_name = "FILE")]
         root_out: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<TrustCmd>,
     },
     /// The audit log: every state change with its actor, newest last.
     Audit {
@@ -365,6 +370,31 @@ enum Cmd {
         /// Keep the temporary work directory.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Make a new root here, with offline keys: root keys and threshold, the targets key,
+    /// and the server's online keys for timestamp and snapshot.
+    Init {
+        /// A root key's private file (repeatable); each signs the new root.
+        #[arg(long = "root-key", value_name = "KEY_FILE", required = true)]
+        root_keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// The targets key (its .pub file is enough).
+        #[arg(long, value_name = "KEY_FILE")]
+        targets_key: PathBuf,
+        #[arg(long, value_name = "FILE", default_value = "root.json")]
+        out: PathBuf,
+    },
+    /// Install a root made with `trust init` (admin), re-signing the current targets with the new targets key.
+    Upload {
+        #[arg(value_name = "ROOT_FILE")]
+        root: PathBuf,
+        #[arg(long, value_name = "KEY_FILE")]
+        targets_key: PathBuf,
     },
 }
 
@@ -662,7 +692,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await?;
         }
         Cmd::Pack { dir, app, version } => convoy_cli::pack(dir, app, version, fmt).await?,
-        Cmd::Publish { dir, app, version } => convoy_cli::publish(&api()?, dir, app, version, fmt).await?,
+        Cmd::Publish { dir, app, version, sign_key } => {
+            convoy_cli::publish(&api()?, dir, app, version, sign_key.as_deref(), fmt).await?
+        }
         Cmd::Deploy {
             release,
             selector,
@@ -705,7 +737,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
         Cmd::Keys { action: KeysCmd::Generate { file } } => convoy_cli::workflow::keys_generate(file, fmt)?,
-        Cmd::Trust { root_out } => convoy_cli::workflow::trust(&api()?, root_out.as_deref(), fmt).await?,
+        Cmd::Trust { root_out, action: None } => convoy_cli::workflow::trust(&api()?, root_out.as_deref(), fmt).await?,
+        Cmd::Trust { action: Some(TrustCmd::Init { root_keys, threshold, targets_key, out }), .. } => {
+            convoy_cli::workflow::trust_init(&api()?, root_keys, *threshold, targets_key, out, fmt).await?
+        }
+        Cmd::Trust { action: Some(TrustCmd::Upload { root, targets_key }), .. } => {
+            convoy_cli::workflow::trust_upload(&api()?, root, targets_key, fmt).await?
+        }
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?
         }

@@ -124,3 +124,71 @@ fn keys_are_made_private_and_never_overwritten() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
     assert_eq!(std::fs::read(&key).unwrap(), before);
 }
+
+#[test]
+fn an_offline_root_and_targets_key_take_over_and_agents_follow() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    let publish = |version: &str, key: Option<&str>| {
+        let src = f.path(&format!("src/{version}"));
+        write_app(&src, version, 10_000);
+        let mut args = vec!["publish", src.to_str().unwrap(), "--app", "web", "--version", version];
+        if let Some(k) = key {
+            args.extend_from_slice(&["--sign-key", k]);
+        }
+        f.cli(&args)
+    };
+    assert!(publish("1.0", None).status.success());
+    assert!(f.cli(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]).status.success());
+    let key = |name: &str| {
+        let p = f.path(name);
+        f.ok(&["keys", "generate", p.to_str().unwrap()]);
+        p.to_str().unwrap().to_owned()
+    };
+    let (r1, r2, t) = (key("r1.key"), key("r2.key"), key("t.key"));
+    let root = f.path("root2.json").to_str().unwrap().to_owned();
+    let out = f.ok(&[
+        "trust",
+        "init",
+        "--root-key",
+        &r1,
+        "--root-key",
+        &r2,
+        "--threshold",
+        "2",
+        "--targets-key",
+        &format!("{t}.pub"),
+        "--out",
+        &root,
+    ]);
+    assert!(out.contains("root version 2"), "{out}");
+    // one signature short of the new threshold: refused, nothing changes
+    let mut short: serde_json::Value = serde_json::from_slice(&std::fs::read(&root).unwrap()).unwrap();
+    short["signatures"].as_array_mut().unwrap().pop();
+    let short_file = f.path("short.json");
+    std::fs::write(&short_file, serde_json::to_vec(&short).unwrap()).unwrap();
+    let o = f.cli(&["trust", "upload", short_file.to_str().unwrap(), "--targets-key", &t]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 valid signature(s) of the 2 needed"), "{o:?}");
+    assert!(f.ok(&["trust"]).contains("single-box"));
+    // the full one: the server co-signs the handover and signs targets no more
+    f.ok(&["trust", "upload", &root, "--targets-key", &t]);
+    let shown = f.ok(&["trust"]);
+    assert!(!shown.contains("single-box") && shown.contains("2 of 2"), "{shown}");
+    // published but not signed: agents refuse it
+    let o = publish("2.0", None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT signed"), "{o:?}");
+    let o = f.cli(&["deploy", "web@2.0", "--selector", "role=web", "--wait", "--output", "json"]);
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(d["deployment"]["state"], "failed", "{d:#}");
+    assert!(
+        d["instructions"][0]["note"].as_str().unwrap().contains("not in the server's signed TUF metadata"),
+        "{d:#}"
+    );
+    // signed with the targets key: the enrolled agent follows the rotated root and installs it
+    assert!(publish("2.0", Some(&t)).status.success());
+    let o = f.cli(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
+    assert!(f.agents[0].1.log_text().contains("root was rotated"));
+}

@@ -166,16 +166,29 @@ impl Repo {
         self.put(store, "timestamp", version, serde_json::to_value(t).map_err(AppError::internal)?).await
     }
 
+    /// Whether the newest root lets this server sign `role` with its key.
+    async fn holds(&self, store: &dyn Store, role: &str) -> AppResult<bool> {
+        let (_, root) = Self::latest(store, "root").await?;
+        let root: Root = serde_json::from_value(root).map_err(|e| corrupt("root", e))?;
+        let mine = self.keys.get(role).map(|k| k.public().id());
+        Ok(root.roles.get(role).is_some_and(|r| mine.is_some_and(|m| r.keyids.contains(&m))))
+    }
+
     /// Adds a published release to the signed targets, then a snapshot and
     /// timestamp naming it. Retried when another server signed meanwhile.
-    pub async fn add_release(&self, store: &dyn Store, r: &ReleaseRecord) -> AppResult<()> {
+    /// `Ok(false)` when the targets role is kept offline: the publisher
+    /// signs (`upload_targets`).
+    pub async fn add_release(&self, store: &dyn Store, r: &ReleaseRecord) -> AppResult<bool> {
         let _one = self.writing.lock().await;
+        if !self.holds(store, "targets").await? {
+            return Ok(false);
+        }
         for _ in 0..5 {
             let (version, signed) = Self::latest(store, "targets").await?;
             let mut t: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
             let path = tuf::target_path(&r.app, &r.version);
             if t.targets.get(&path) == Some(&target_file(r)) {
-                return Ok(());
+                return Ok(true);
             }
             t.targets.insert(path, target_file(r));
             t.version = version + 1;
@@ -184,9 +197,88 @@ impl Repo {
                 Err(AppError::Conflict(_)) => continue,
                 other => other?,
             }
-            return self.snapshot_and_timestamp(store).await;
+            self.snapshot_and_timestamp(store).await?;
+            return Ok(true);
         }
         Err(AppError::conflict("TUF targets kept changing; publish again"))
+    }
+
+    /// A new root made offline (`convoy trust init`): version N+1, signed by
+    /// its own root threshold and by the current root's (the server adds
+    /// its signature while it holds the current root key, as in
+    /// single-box mode), with this server's keys for timestamp and
+    /// snapshot. With it comes the targets metadata re-signed by the new
+    /// targets keys. From then on the server signs only what the root
+    /// lets it.
+    pub async fn upload_root(&self, store: &dyn Store, mut root_meta: Value, targets_meta: Value) -> AppResult<u64> {
+        let _one = self.writing.lock().await;
+        let bad = |m: String| AppError::bad_request(m);
+        let (cur_v, cur) = Self::latest(store, "root").await?;
+        let cur: Root = serde_json::from_value(cur).map_err(|e| corrupt("root", e))?;
+        let new: Root = serde_json::from_value(root_meta["signed"].clone())
+            .map_err(|e| bad(format!("not TUF root metadata: {e}")))?;
+        if new.kind != "root" || new.version != cur_v + 1 {
+            return Err(bad(format!(
+                "a new root must be root version {} (got {} {})",
+                cur_v + 1,
+                new.kind,
+                new.version
+            )));
+        }
+        if tuf::parse_time(&new.expires).is_none_or(|t| t <= now_secs()) {
+            return Err(bad(format!("the new root expires {}: in the past or unreadable", new.expires)));
+        }
+        for role in ["timestamp", "snapshot"] {
+            let want = RoleKeys { keyids: vec![self.keys[role].public().id()], threshold: 1 };
+            if new.roles.get(role) != Some(&want) {
+                return Err(bad(format!(
+                    "the new root must give the {role} role to this server's online key {} (threshold 1): `convoy trust` shows it",
+                    want.keyids[0]
+                )));
+            }
+        }
+        let own = new.roles.get("root").ok_or_else(|| bad("the new root names no root role".into()))?;
+        tuf::verify("root", &root_meta, &new.keys, own).map_err(|e| bad(format!("the new root: {e}")))?;
+        let old = cur.roles.get("root").ok_or_else(|| corrupt("root", "no root role"))?;
+        if tuf::verify("root", &root_meta, &cur.keys, old).is_err() {
+            // the old root's key is this server's (single-box): it signs the handover
+            if old.keyids.contains(&self.keys["root"].public().id()) {
+                tuf::add_signature(&mut root_meta, &self.keys["root"]).map_err(AppError::internal)?;
+            }
+            tuf::verify("root", &root_meta, &cur.keys, old)
+                .map_err(|e| bad(format!("the new root is not signed by the current root's threshold: {e}")))?;
+        }
+        // the targets, signed by the new targets keys, next version
+        let (tv, _) = Self::latest(store, "targets").await?;
+        let role = new.roles.get("targets").ok_or_else(|| bad("the new root names no targets role".into()))?;
+        check_targets(&targets_meta, &new.keys, role, tv + 1)?;
+        let body = serde_json::to_vec(&root_meta).map_err(AppError::internal)?;
+        if !store.put_tuf("root", cur_v + 1, &body, now_ms()).await? {
+            return Err(AppError::conflict("the root changed meanwhile"));
+        }
+        let body = serde_json::to_vec(&targets_meta).map_err(AppError::internal)?;
+        if !store.put_tuf("targets", tv + 1, &body, now_ms()).await? {
+            return Err(AppError::conflict("the targets changed meanwhile; upload again"));
+        }
+        self.snapshot_and_timestamp(store).await?;
+        Ok(cur_v + 1)
+    }
+
+    /// Targets signed offline by the targets role (`publish --sign-key`):
+    /// the next version, signed by the root's targets threshold, unexpired.
+    pub async fn upload_targets(&self, store: &dyn Store, meta: Value) -> AppResult<u64> {
+        let _one = self.writing.lock().await;
+        let (_, root) = Self::latest(store, "root").await?;
+        let root: Root = serde_json::from_value(root).map_err(|e| corrupt("root", e))?;
+        let role = root.roles.get("targets").ok_or_else(|| corrupt("root", "no targets role"))?;
+        let (tv, _) = Self::latest(store, "targets").await?;
+        check_targets(&meta, &root.keys, role, tv + 1)?;
+        let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
+        if !store.put_tuf("targets", tv + 1, &body, now_ms()).await? {
+            return Err(AppError::conflict("the targets changed meanwhile; sign the newest again"));
+        }
+        self.snapshot_and_timestamp(store).await?;
+        Ok(tv + 1)
     }
 
     /// Re-signs what is about to expire: the timestamp, the snapshot, the
@@ -197,7 +289,11 @@ impl Repo {
         let left = |signed: &Value| tuf::parse_time(signed["expires"].as_str().unwrap_or_default()).unwrap_or(0) - now;
         let mut renewed = Vec::new();
         let (rv, root) = Self::latest(store, "root").await?;
-        if left(&root) < RENEW_TARGETS {
+        let (holds_root, holds_targets) = (self.holds(store, "root").await?, self.holds(store, "targets").await?);
+        if left(&root) < RENEW_TARGETS && !holds_root {
+            tracing::warn!(expires = %root["expires"], "the TUF root is kept offline and expires soon: sign a new one (convoy trust init, upload)");
+        }
+        if left(&root) < RENEW_TARGETS && holds_root {
             let meta = tuf::sign(self.new_root(rv + 1), &[&self.keys["root"]]).map_err(AppError::internal)?;
             let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
             if store.put_tuf("root", rv + 1, &body, now_ms()).await? {
@@ -208,7 +304,10 @@ impl Repo {
         // only what is signed already is re-signed: a release row that
         // appeared in the database without a publish stays unsigned
         let mut t: Targets = serde_json::from_value(targets.clone()).map_err(|e| corrupt("targets", e))?;
-        if left(&targets) < RENEW_TARGETS {
+        if left(&targets) < RENEW_TARGETS && !holds_targets {
+            tracing::warn!(expires = %targets["expires"], "the TUF targets are signed offline and expire soon: publish with --sign-key");
+        }
+        if left(&targets) < RENEW_TARGETS && holds_targets {
             t.version = tv + 1;
             t.expires = format_time(now + TARGETS_LIFE);
             self.put(store, "targets", tv + 1, serde_json::to_value(&t).map_err(AppError::internal)?).await?;
@@ -240,11 +339,27 @@ pub fn target_file(r: &ReleaseRecord) -> TargetFile {
     }
 }
 
+/// Checks targets metadata uploaded for `version`: signed by `role`'s
+/// threshold, of type targets, unexpired.
+fn check_targets(meta: &Value, keys: &BTreeMap<String, Value>, role: &RoleKeys, version: u64) -> AppResult<()> {
+    let bad = |m: String| AppError::bad_request(m);
+    let t: Targets =
+        serde_json::from_value(meta["signed"].clone()).map_err(|e| bad(format!("not TUF targets metadata: {e}")))?;
+    if t.kind != "targets" || t.version != version {
+        return Err(bad(format!("targets must be version {version} (got {} {})", t.kind, t.version)));
+    }
+    if tuf::parse_time(&t.expires).is_none_or(|x| x <= now_secs()) {
+        return Err(bad(format!("the targets expire {}: in the past or unreadable", t.expires)));
+    }
+    tuf::verify("targets", meta, keys, role).map_err(|e| bad(format!("targets: {e}")))
+}
+
 /// Signs a published release into the metadata (every publish, also one
 /// of a release already stored: publishing again signs in one whose
-/// signing failed). Agents refuse a release until it is signed.
-pub async fn published(st: &AppState, r: &ReleaseRecord) -> AppResult<()> {
-    let Some(repo) = st.tuf.get() else { return Ok(()) };
+/// signing failed). Agents refuse a release until it is signed. `false`:
+/// the targets role is offline, the publisher signs.
+pub async fn published(st: &AppState, r: &ReleaseRecord) -> AppResult<bool> {
+    let Some(repo) = st.tuf.get() else { return Ok(false) };
     repo.add_release(st.store.as_ref(), r).await.map_err(|e| {
         tracing::error!(app = %r.app, version = %r.version, error = %e, "could not sign the release into TUF metadata");
         AppError::internal(format!("{}@{} is stored but not signed ({e}); publish it again", r.app, r.version))

@@ -94,7 +94,7 @@ pub async fn publish(
         created_at: now_ms(),
     };
     let created = st.store.insert_release(&rec).await?;
-    crate::app::tuf::published(&st, &rec).await?;
+    let signed = crate::app::tuf::published(&st, &rec).await?;
     if created {
         tracing::info!(app = %app, version = %version, digest = %rec.digest, user = %user.name, "release published");
         // make the deltas from what the fleet runs now, before anyone deploys
@@ -115,7 +115,7 @@ pub async fn publish(
     }
     let stored =
         st.store.get_release(&rec.app, &rec.version).await?.ok_or_else(|| ApiError::internal("release vanished"))?;
-    Ok(Json(PublishResponse { release: info(&stored), created }))
+    Ok(Json(PublishResponse { release: info(&stored), created, signed }))
 }
 
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<ReleaseInfo>>> {

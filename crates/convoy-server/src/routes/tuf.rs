@@ -25,3 +25,39 @@ pub async fn target(
     let body = crate::app::tuf::target(&st, &app, &version, &file).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// `PUT /tuf/root` (admin; audited): `{root, targets}`: a new root made
+/// offline and the targets re-signed by its targets keys.
+pub async fn put_root(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let user = auth::require(&st, &headers, convoy_domain::Role::Admin).await?;
+    let axum::Json(b) = body?;
+    let repo = st.tuf.get().ok_or_else(|| crate::error::ApiError::conflict("this server keeps no TUF repository"))?;
+    let v = repo.upload_root(st.store.as_ref(), b["root"].clone(), b["targets"].clone()).await?;
+    audit(&st, &user, format!("TUF root version {v} uploaded by {}", user.name)).await?;
+    Ok(axum::Json(serde_json::json!({"root_version": v})))
+}
+
+/// `PUT /tuf/targets` (deployer; audited): targets metadata signed offline
+/// by the root's targets keys (`convoy publish --sign-key`).
+pub async fn put_targets(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let user = auth::require(&st, &headers, convoy_domain::Role::Deployer).await?;
+    let axum::Json(b) = body?;
+    let repo = st.tuf.get().ok_or_else(|| crate::error::ApiError::conflict("this server keeps no TUF repository"))?;
+    let v = repo.upload_targets(st.store.as_ref(), b).await?;
+    audit(&st, &user, format!("TUF targets version {v} signed offline, uploaded by {}", user.name)).await?;
+    Ok(axum::Json(serde_json::json!({"targets_version": v})))
+}
+
+async fn audit(st: &AppState, user: &crate::auth::User, note: String) -> ApiResult<()> {
+    let ev = convoy_store::EventRecord::audit(&user.actor(), "tuf", note, crate::state::now_ms());
+    st.store.append_event(&ev).await?;
+    Ok(())
+}
