@@ -542,16 +542,33 @@ pub async fn trust_upload(
     c: &Client,
     root: &std::path::Path,
     targets_key: &std::path::Path,
+    key_secret: Option<&std::path::Path>,
     fmt: Format,
 ) -> anyhow::Result<()> {
     let root_meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root).with_context(|| format!("reading {}", root.display()))?)?;
     let key = read_key(targets_key)?;
     let mut t = latest_signed(c, "targets").await?;
+    if t.get("delegations").is_some_and(|d| !d.is_null()) {
+        bail!("the server's targets delegate to other keys; refusing to sign them with {}", targets_key.display());
+    }
     t["version"] = (t["version"].as_u64().unwrap_or(0) + 1).into();
     t["expires"] = in_a_year().into();
     let targets = convoy_wire::tuf::sign(t, &[&key])?;
-    let body = serde_json::json!({"root": root_meta, "targets": targets});
+    // leaving single-box mode: proof of the server's key secret (read on
+    // the server machine), so an API token alone never moves the root
+    let proof = match key_secret {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("{} must hold 64 hex digits", p.display()))?;
+            convoy_wire::tuf::handover_proof(&bytes, &root_meta)?
+        }
+        None => String::new(),
+    };
+    let body = serde_json::json!({"root": root_meta, "targets": targets, "handover_proof": proof});
     let r: serde_json::Value = c.send_json(reqwest::Method::PUT, "/tuf/root", &body).await?;
     match fmt {
         Format::Json => output::json(&r),
@@ -582,7 +599,19 @@ pub async fn sign_release(
         custom: Some(serde_json::json!({"convoy": {"digest": digest}})),
     };
     for _ in 0..5 {
-        let mut t: tuf::Targets = serde_json::from_value(latest_signed(c, "targets").await?)?;
+        // what is re-signed must be what this key signed before: the
+        // server cannot slip entries or delegations under the key
+        let raw = c.get_bytes("/tuf/metadata/targets.json").await?;
+        let meta: serde_json::Value = serde_json::from_slice(&raw)?;
+        let mine = tuf::RoleKeys { keyids: vec![key.public().id()], threshold: 1 };
+        let keys = std::collections::BTreeMap::from([(key.public().id(), key.public().json())]);
+        tuf::verify("targets", &meta, &keys, &mine).context(
+            "the server's newest targets are not signed by this key: refusing to sign them (was the root handed over with it?)",
+        )?;
+        let mut t: tuf::Targets = serde_json::from_value(meta["signed"].clone())?;
+        if t.delegations.is_some() {
+            bail!("the server's targets carry delegations this key did not make; refusing to sign");
+        }
         t.targets.insert(tuf::target_path(app, version), file.clone());
         t.version += 1;
         t.expires = in_a_year();

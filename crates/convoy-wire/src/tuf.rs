@@ -387,6 +387,15 @@ fn fresh(name: &str, expires: &str, now: i64) -> Result<(), TufError> {
     }
 }
 
+/// Proof that whoever hands a new root to a single-box server holds that
+/// server's key secret (not merely an API token): HMAC-SHA256 under the
+/// key secret of the SHA-256 of the new root's canonical JSON (signatures
+/// included).
+pub fn handover_proof(key_secret: &[u8; 32], root: &Value) -> Result<String, TufError> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_secret);
+    Ok(hex::encode(ring::hmac::sign(&key, sha256_hex(&canonical(root)?).as_bytes()).as_ref()))
+}
+
 /// Parses root metadata (for showing it, or as the first trusted root).
 pub fn parse_root(raw: &[u8]) -> Result<Root, TufError> {
     Ok(parse_signed::<Root>("root", "root", raw)?.1)

@@ -395,6 +395,9 @@ enum TrustCmd {
         root: PathBuf,
         #[arg(long, value_name = "KEY_FILE")]
         targets_key: PathBuf,
+        /// The server's key secret file (DATA_DIR/key-secret): leaving single-box mode needs proof of it.
+        #[arg(long, value_name = "FILE")]
+        key_secret_file: Option<PathBuf>,
     },
 }
 
@@ -741,8 +744,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Trust { action: Some(TrustCmd::Init { root_keys, threshold, targets_key, out }), .. } => {
             convoy_cli::workflow::trust_init(&api()?, root_keys, *threshold, targets_key, out, fmt).await?
         }
-        Cmd::Trust { action: Some(TrustCmd::Upload { root, targets_key }), .. } => {
-            convoy_cli::workflow::trust_upload(&api()?, root, targets_key, fmt).await?
+        Cmd::Trust { action: Some(TrustCmd::Upload { root, targets_key, key_secret_file }), .. } => {
+            convoy_cli::workflow::trust_upload(&api()?, root, targets_key, key_secret_file.as_deref(), fmt).await?
         }
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?

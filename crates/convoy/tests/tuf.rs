@@ -167,12 +167,18 @@ fn an_offline_root_and_targets_key_take_over_and_agents_follow() {
     short["signatures"].as_array_mut().unwrap().pop();
     let short_file = f.path("short.json");
     std::fs::write(&short_file, serde_json::to_vec(&short).unwrap()).unwrap();
-    let o = f.cli(&["trust", "upload", short_file.to_str().unwrap(), "--targets-key", &t]);
+    let secret = f.path("server/key-secret").to_str().unwrap().to_owned();
+    // an admin token alone never moves the root out of single-box mode
+    let o = f.cli(&["trust", "upload", &root, "--targets-key", &t]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("proof of this server's key secret"), "{o:?}");
+    let o =
+        f.cli(&["trust", "upload", short_file.to_str().unwrap(), "--targets-key", &t, "--key-secret-file", &secret]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("1 valid signature(s) of the 2 needed"), "{o:?}");
     assert!(f.ok(&["trust"]).contains("single-box"));
     // the full one: the server co-signs the handover and signs targets no more
-    f.ok(&["trust", "upload", &root, "--targets-key", &t]);
+    f.ok(&["trust", "upload", &root, "--targets-key", &t, "--key-secret-file", &secret]);
     let shown = f.ok(&["trust"]);
     assert!(!shown.contains("single-box") && shown.contains("2 of 2"), "{shown}");
     // published but not signed: agents refuse it

@@ -38,6 +38,8 @@ pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
 /// The keys this server holds, and one writer at a time.
 pub struct Repo {
     keys: BTreeMap<&'static str, SigningKey>,
+    /// The key secret: a single-box handover must prove it holds it.
+    kek: [u8; 32],
     writing: tokio::sync::Mutex<()>,
 }
 
@@ -67,7 +69,7 @@ impl Repo {
             anyhow::ensure!(key.public().hex() == public, "the stored TUF {role} key does not match its public half");
             keys.insert(role, key);
         }
-        let repo = Repo { keys, writing: Default::default() };
+        let repo = Repo { keys, kek: *kek, writing: Default::default() };
         if store.get_tuf("root", None).await?.is_none() {
             let root = repo.new_root(1);
             let body = serde_json::to_vec(&tuf::sign(root, &[&repo.keys["root"]])?)?;
@@ -171,7 +173,8 @@ impl Repo {
         let (_, root) = Self::latest(store, "root").await?;
         let root: Root = serde_json::from_value(root).map_err(|e| corrupt("root", e))?;
         let mine = self.keys.get(role).map(|k| k.public().id());
-        Ok(root.roles.get(role).is_some_and(|r| mine.is_some_and(|m| r.keyids.contains(&m))))
+        // it holds a role only if its key alone meets the threshold
+        Ok(root.roles.get(role).is_some_and(|r| r.threshold == 1 && mine.is_some_and(|m| r.keyids.contains(&m))))
     }
 
     /// Adds a published release to the signed targets, then a snapshot and
@@ -210,7 +213,13 @@ impl Repo {
     /// snapshot. With it comes the targets metadata re-signed by the new
     /// targets keys. From then on the server signs only what the root
     /// lets it.
-    pub async fn upload_root(&self, store: &dyn Store, mut root_meta: Value, targets_meta: Value) -> AppResult<u64> {
+    pub async fn upload_root(
+        &self,
+        store: &dyn Store,
+        mut root_meta: Value,
+        targets_meta: Value,
+        proof: &str,
+    ) -> AppResult<u64> {
         let _one = self.writing.lock().await;
         let bad = |m: String| AppError::bad_request(m);
         let (cur_v, cur) = Self::latest(store, "root").await?;
@@ -237,12 +246,30 @@ impl Repo {
                 )));
             }
         }
+        for role in ["timestamp", "snapshot"] {
+            let id = self.keys[role].public().id();
+            if new.keys.get(&id) != Some(&self.keys[role].public().json()) {
+                return Err(bad(format!("the new root must list this server's {role} key {id}")));
+            }
+        }
+        if new.spec_version.split('.').next() != Some("1") {
+            return Err(bad(format!("unsupported spec_version {:?}", new.spec_version)));
+        }
         let own = new.roles.get("root").ok_or_else(|| bad("the new root names no root role".into()))?;
         tuf::verify("root", &root_meta, &new.keys, own).map_err(|e| bad(format!("the new root: {e}")))?;
         let old = cur.roles.get("root").ok_or_else(|| corrupt("root", "no root role"))?;
         if tuf::verify("root", &root_meta, &cur.keys, old).is_err() {
-            // the old root's key is this server's (single-box): it signs the handover
+            // the old root's key is this server's (single-box): it signs the
+            // handover, but only for someone who holds the server's key
+            // secret (an API token alone never moves the root)
             if old.keyids.contains(&self.keys["root"].public().id()) {
+                let want = tuf::handover_proof(&self.kek, &root_meta).map_err(|e| bad(e.to_string()))?;
+                if !ring_eq(proof, &want) {
+                    return Err(AppError::forbidden(
+                        "handing the root over from single-box mode needs proof of this server's key secret: \
+                         convoy trust upload ... --key-secret-file (the server's DATA_DIR/key-secret)",
+                    ));
+                }
                 tuf::add_signature(&mut root_meta, &self.keys["root"]).map_err(AppError::internal)?;
             }
             tuf::verify("root", &root_meta, &cur.keys, old)
@@ -293,7 +320,8 @@ impl Repo {
         if left(&root) < RENEW_TARGETS && !holds_root {
             tracing::warn!(expires = %root["expires"], "the TUF root is kept offline and expires soon: sign a new one (convoy trust init, upload)");
         }
-        if left(&root) < RENEW_TARGETS && holds_root {
+        // only a single-box root is re-made here (every role the server's)
+        if left(&root) < RENEW_TARGETS && holds_root && holds_targets {
             let meta = tuf::sign(self.new_root(rv + 1), &[&self.keys["root"]]).map_err(AppError::internal)?;
             let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
             if store.put_tuf("root", rv + 1, &body, now_ms()).await? {
@@ -337,6 +365,11 @@ pub fn target_file(r: &ReleaseRecord) -> TargetFile {
         hashes: BTreeMap::from([("sha256".to_owned(), tuf::sha256(&r.manifest))]),
         custom: Some(serde_json::json!({"convoy": {"digest": r.digest}})),
     }
+}
+
+/// Compares two strings in constant time.
+fn ring_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Checks targets metadata uploaded for `version`: signed by `role`'s

@@ -36,7 +36,8 @@ pub async fn put_root(
     let user = auth::require(&st, &headers, convoy_domain::Role::Admin).await?;
     let axum::Json(b) = body?;
     let repo = st.tuf.get().ok_or_else(|| crate::error::ApiError::conflict("this server keeps no TUF repository"))?;
-    let v = repo.upload_root(st.store.as_ref(), b["root"].clone(), b["targets"].clone()).await?;
+    let proof = b["handover_proof"].as_str().unwrap_or_default();
+    let v = repo.upload_root(st.store.as_ref(), b["root"].clone(), b["targets"].clone(), proof).await?;
     audit(&st, &user, format!("TUF root version {v} uploaded by {}", user.name)).await?;
     Ok(axum::Json(serde_json::json!({"root_version": v})))
 }
