@@ -171,8 +171,8 @@ impl TufClient {
         // nothing trusted may be past its expiry, even if unchanged (freeze)
         t.unexpired(now).context("trusted TUF metadata")?;
         let path = tuf::target_path(app, version);
-        if let Some(role) = t.delegate_for(&path) {
-            let want = t.role_version(&role).ok_or_else(|| anyhow::anyhow!("the TUF snapshot names no {role}"))?;
+        // a role the snapshot does not name has signed nothing yet
+        if let Some((role, want)) = t.delegate_for(&path).and_then(|r| Some((r.clone(), t.role_version(&r)?))) {
             if t.delegated.get(&role).map(|x| x.version) != Some(want) {
                 let raw = fetch(client, &format!("{want}.{role}.json"))
                     .await?

@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod output;
 pub mod publish;
+pub mod signing;
 pub mod trust;
 pub mod watch;
 pub mod workflow;
@@ -48,12 +49,12 @@ pub async fn publish(
     dir: &Path,
     app: &str,
     version: &str,
-    sign_key: Option<&Path>,
+    sign_keys: &[std::path::PathBuf],
     fmt: Format,
 ) -> anyhow::Result<()> {
     let mut s = publish::publish(c, dir, app, version).await?;
-    if let Some(key) = sign_key {
-        workflow::sign_release(c, key, &s.app, &s.version, &s.digest, &s.manifest).await?;
+    if !sign_keys.is_empty() {
+        signing::sign_release(c, sign_keys, &s.app, &s.version, &s.digest, &s.manifest).await?;
         s.signed = true;
     }
     match fmt {
@@ -71,7 +72,7 @@ pub async fn publish(
     }
     if !s.signed {
         eprintln!(
-            "convoy: {}@{} is NOT signed: the server's TUF targets are kept offline, and agents refuse it until it is (publish again with --sign-key TARGETS_KEY)",
+            "convoy: {}@{} is NOT signed: its signing keys are kept offline (the app's publisher keys, or the targets key), and agents refuse it until it is signed (publish again with --sign-key KEY)",
             s.app, s.version
         );
     }

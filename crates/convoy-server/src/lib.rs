@@ -135,6 +135,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tuf/metadata/{file}", get(tuf::metadata))
         .route("/tuf/root", put(tuf::put_root))
         .route("/tuf/targets", put(tuf::put_targets))
+        .route("/tuf/delegated/{role}", put(tuf::put_delegated))
+        .route("/tuf/delegations/{role}", put(tuf::put_delegation))
         .route("/tuf/targets/{app}/{version}/{file}", get(tuf::target))
         .fallback(|| async { error::ApiError::not_found("no such API route") });
     Router::new()

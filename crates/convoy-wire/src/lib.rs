@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use convoy_domain::{Labels, Phase, ReportKind};
 
+pub mod approval;
 pub mod sign;
 pub mod tuf;
 

@@ -292,6 +292,86 @@ pub struct Targets {
     pub delegations: Option<Delegations>,
 }
 
+/// An app's publisher role: its releases are delegated to the app's
+/// publisher keys (`convoy trust delegate APP`).
+pub fn app_role(app: &str) -> String {
+    format!("app-{app}")
+}
+
+/// The paths an app's publisher role is delegated.
+pub fn app_paths(app: &str) -> Vec<String> {
+    vec![format!("{app}/*/manifest.json")]
+}
+
+/// An environment's approver role: its keys and threshold say whose
+/// signatures an approval of a deployment in that environment needs.
+/// Nothing is ever listed under it; it is a signed list of keys.
+pub fn approvers_role(env: &str) -> String {
+    format!("approve-{env}")
+}
+
+/// The paths convoy delegates to a role it names: an app's releases
+/// (`app-APP`) or an environment's approvals (`approve-ENV`).
+pub fn role_paths(name: &str) -> Option<Vec<String>> {
+    if let Some(app) = name.strip_prefix("app-") {
+        return (!app.is_empty()).then(|| app_paths(app));
+    }
+    let env = name.strip_prefix("approve-")?;
+    (!env.is_empty()).then(|| vec![format!("approvals/{env}/*")])
+}
+
+/// Whether a role name is safe in a metadata file name.
+pub fn valid_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.')
+        && !name.bytes().next().is_some_and(|b| b.is_ascii_digit())
+}
+
+impl Targets {
+    /// Delegates `paths` to `keys` (TUF key objects, which may carry a
+    /// `convoy_user`) with `threshold`, replacing a role of that name; keys
+    /// no role names any more are dropped.
+    pub fn delegate(&mut self, name: &str, keys: &[Value], threshold: u32, paths: Vec<String>) -> Result<(), TufError> {
+        if threshold == 0 || threshold as usize > keys.len() {
+            return Err(TufError::Other(format!(
+                "a threshold of {threshold} needs at least that many keys (got {})",
+                keys.len()
+            )));
+        }
+        let d = self.delegations.get_or_insert_with(Delegations::default);
+        let mut ids = Vec::new();
+        for k in keys {
+            let id = PublicKey::from_json(k)?.id();
+            d.keys.insert(id.clone(), k.clone());
+            ids.push(id);
+        }
+        ids.sort();
+        ids.dedup();
+        let role = Delegation { name: name.to_owned(), keyids: ids, threshold, terminating: true, paths };
+        match d.roles.iter_mut().find(|r| r.name == name) {
+            Some(r) => *r = role,
+            None => d.roles.push(role),
+        }
+        let used: BTreeSet<String> = d.roles.iter().flat_map(|r| r.keyids.iter().cloned()).collect();
+        d.keys.retain(|id, _| used.contains(id));
+        Ok(())
+    }
+
+    /// The delegated role called `name`, and the keys it may use.
+    pub fn delegation(&self, name: &str) -> Option<(&Delegation, &BTreeMap<String, Value>)> {
+        let d = self.delegations.as_ref()?;
+        Some((d.roles.iter().find(|r| r.name == name)?, &d.keys))
+    }
+
+    /// The delegated role a target path falls to, if any.
+    pub fn delegated_to(&self, path: &str) -> Option<&Delegation> {
+        let d = self.delegations.as_ref()?;
+        d.roles.iter().find(|r| r.paths.iter().any(|p| path_matches(p, path)))
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds.
 pub fn format_time(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -153,9 +153,10 @@ enum Cmd {
         app: String,
         #[arg(long)]
         version: String,
-        /// Sign the release into the server's TUF targets with this key (targets kept offline).
+        /// Sign the release with this key: a publisher key of the app (`convoy trust delegate`),
+        /// or the targets key when the app has none. Repeat for a threshold above 1.
         #[arg(long, value_name = "KEY_FILE")]
-        sign_key: Option<PathBuf>,
+        sign_key: Vec<PathBuf>,
     },
     /// Deploy APP@VERSION to the targets a label selector (or --target) picks.
     Deploy {
@@ -398,6 +399,19 @@ enum TrustCmd {
         /// The server's key secret file (DATA_DIR/key-secret): leaving single-box mode needs proof of it.
         #[arg(long, value_name = "FILE")]
         key_secret_file: Option<PathBuf>,
+    },
+    /// Delegate an app's releases to its publisher keys: from then on only a threshold of them
+    /// signs its releases (`convoy publish --sign-key`), never the server or the targets key.
+    Delegate {
+        app: String,
+        /// A publisher's public key file (KEY.pub; repeatable).
+        #[arg(long = "key", value_name = "KEY_FILE", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// The targets key, when kept offline; without it the server signs (single-box mode).
+        #[arg(long, value_name = "KEY_FILE")]
+        targets_key: Option<PathBuf>,
     },
 }
 
@@ -696,7 +710,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Pack { dir, app, version } => convoy_cli::pack(dir, app, version, fmt).await?,
         Cmd::Publish { dir, app, version, sign_key } => {
-            convoy_cli::publish(&api()?, dir, app, version, sign_key.as_deref(), fmt).await?
+            convoy_cli::publish(&api()?, dir, app, version, sign_key, fmt).await?
         }
         Cmd::Deploy {
             release,
@@ -739,13 +753,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause { id, reason } => convoy_cli::workflow::act(&api()?, id, "pause", reason, fmt).await?,
         Cmd::Resume { id, reason } => convoy_cli::workflow::act(&api()?, id, "resume", reason, fmt).await?,
         Cmd::Cancel { id, reason } => convoy_cli::workflow::act(&api()?, id, "cancel", reason, fmt).await?,
-        Cmd::Keys { action: KeysCmd::Generate { file } } => convoy_cli::workflow::keys_generate(file, fmt)?,
-        Cmd::Trust { root_out, action: None } => convoy_cli::workflow::trust(&api()?, root_out.as_deref(), fmt).await?,
+        Cmd::Keys { action: KeysCmd::Generate { file } } => convoy_cli::signing::keys_generate(file, fmt)?,
+        Cmd::Trust { root_out, action: None } => convoy_cli::signing::trust(&api()?, root_out.as_deref(), fmt).await?,
         Cmd::Trust { action: Some(TrustCmd::Init { root_keys, threshold, targets_key, out }), .. } => {
-            convoy_cli::workflow::trust_init(&api()?, root_keys, *threshold, targets_key, out, fmt).await?
+            convoy_cli::signing::trust_init(&api()?, root_keys, *threshold, targets_key, out, fmt).await?
         }
         Cmd::Trust { action: Some(TrustCmd::Upload { root, targets_key, key_secret_file }), .. } => {
-            convoy_cli::workflow::trust_upload(&api()?, root, targets_key, key_secret_file.as_deref(), fmt).await?
+            convoy_cli::signing::trust_upload(&api()?, root, targets_key, key_secret_file.as_deref(), fmt).await?
+        }
+        Cmd::Trust { action: Some(TrustCmd::Delegate { app, keys, threshold, targets_key }), .. } => {
+            convoy_cli::publish::check_names(app, "1")?;
+            let keys = convoy_cli::signing::public_keys(keys)?;
+            let role = convoy_wire::tuf::app_role(app);
+            convoy_cli::signing::trust_delegate(&api()?, &role, &keys, *threshold, targets_key.as_deref(), fmt).await?
         }
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?

@@ -198,3 +198,184 @@ fn an_offline_root_and_targets_key_take_over_and_agents_follow() {
     assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
     assert!(f.agents[0].1.log_text().contains("root was rotated"));
 }
+
+/// Runs Python's sqlite3 on the server's database: `arg` is JSON, the
+/// script's output is returned.
+fn py_sql(db: &std::path::Path, script: &str, arg: &serde_json::Value) -> String {
+    let code = format!("import json, sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\narg = json.loads(sys.argv[2])\n{script}\ndb.commit()\n");
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code, db.to_str().unwrap(), &arg.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Someone who holds the server's database and its key secret, and so its
+/// online timestamp and snapshot keys: signs metadata as the server would.
+struct Forger {
+    db: std::path::PathBuf,
+    snapshot: convoy_wire::tuf::SigningKey,
+    timestamp: convoy_wire::tuf::SigningKey,
+}
+
+impl Forger {
+    fn new(f: &Fleet) -> Self {
+        let db = f.path("server/convoy.db");
+        let kek: [u8; 32] =
+            hex_bytes(std::fs::read_to_string(f.path("server/key-secret")).unwrap().trim()).try_into().unwrap();
+        let out = py_sql(
+            &db,
+            "print(json.dumps(dict(db.execute(\"SELECT name, secret FROM server_keys WHERE name LIKE 'tuf-%'\").fetchall())))",
+            &serde_json::Value::Null,
+        );
+        let sealed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let key = |name: &str| {
+            let secret = convoy_wire::sign::open_secret(&kek, sealed[name].as_str().unwrap()).unwrap();
+            convoy_wire::tuf::SigningKey::from_pkcs8(&hex_bytes(&secret)).unwrap()
+        };
+        Forger { snapshot: key("tuf-snapshot"), timestamp: key("tuf-timestamp"), db }
+    }
+
+    fn latest(&self, role: &str) -> (u64, serde_json::Value) {
+        let out = py_sql(
+            &self.db,
+            "v, b = db.execute('SELECT version, body FROM tuf_metadata WHERE role = ? ORDER BY version DESC LIMIT 1', (arg,)).fetchone()\nprint(json.dumps([v, json.loads(b)]))",
+            &serde_json::json!(role),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v[0].as_u64().unwrap(), v[1].clone())
+    }
+
+    fn put(&self, role: &str, version: u64, meta: &serde_json::Value) {
+        py_sql(
+            &self.db,
+            "db.execute('INSERT INTO tuf_metadata (role, version, body, created_at) VALUES (?, ?, ?, 0)', (arg[0], arg[1], json.dumps(arg[2]).encode()))",
+            &serde_json::json!([role, version, meta]),
+        );
+    }
+
+    /// A new snapshot naming `role` at `version` (besides what the newest
+    /// names), and a timestamp for it that expires at `expires` (unix s).
+    fn snapshot_and_timestamp(&self, role: Option<(&str, u64)>, expires: i64) {
+        use convoy_wire::tuf::sign;
+        let (sv, mut snap) = self.latest("snapshot");
+        let mut s = snap["signed"].take();
+        if let Some((role, version)) = role {
+            s["meta"][format!("{role}.json")] = serde_json::json!({"version": version});
+        }
+        s["version"] = (sv + 1).into();
+        self.put("snapshot", sv + 1, &sign(s, &[&self.snapshot]).unwrap());
+        self.timestamp(sv + 1, expires);
+    }
+
+    fn timestamp(&self, snapshot: u64, expires: i64) {
+        use convoy_wire::tuf::{format_time, sign};
+        let (tv, mut ts) = self.latest("timestamp");
+        let mut t = ts["signed"].take();
+        t["meta"]["snapshot.json"]["version"] = snapshot.into();
+        t["version"] = (tv + 1).into();
+        t["expires"] = format_time(expires).into();
+        self.put("timestamp", tv + 1, &sign(t, &[&self.timestamp]).unwrap());
+    }
+}
+
+fn hex_bytes(h: &str) -> Vec<u8> {
+    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Deploys `web@version` to every `role=web` target and returns the first
+/// instruction's note, which must say the deployment failed.
+fn refused(f: &Fleet, version: &str) -> String {
+    let o = f.cli(&["deploy", &format!("web@{version}"), "--selector", "role=web", "--wait", "--output", "json"]);
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{o:?}"));
+    assert_eq!(d["deployment"]["state"], "failed", "{d:#}");
+    d["instructions"][0]["note"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn publisher_keys_sign_their_app_and_agents_refuse_forged_replayed_and_expired_metadata() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    let key = |name: &str| {
+        let p = f.path(name);
+        f.ok(&["keys", "generate", p.to_str().unwrap()]);
+        p.to_str().unwrap().to_owned()
+    };
+    let (web_key, api_key) = (key("web.key"), key("api.key"));
+    // single-box: the server signs the delegations; each app gets its publisher key
+    let out = f.ok(&["trust", "delegate", "web", "--key", &format!("{web_key}.pub")]);
+    assert!(out.contains("app-web: 1 of 1"), "{out}");
+    f.ok(&["trust", "delegate", "api", "--key", &format!("{api_key}.pub")]);
+    let publish = |version: &str, key: Option<&str>| {
+        let src = f.path(&format!("src/{version}"));
+        if !src.exists() {
+            write_app(&src, version, 10_000);
+        }
+        let mut args = vec!["publish", src.to_str().unwrap(), "--app", "web", "--version", version];
+        if let Some(k) = key {
+            args.extend_from_slice(&["--sign-key", k]);
+        }
+        f.cli(&args)
+    };
+    // the server no longer signs web's releases itself; another app's key may not
+    let o = publish("1.0", None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT signed"), "{o:?}");
+    let o = publish("1.0", Some(&api_key));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a publisher key of web"), "{o:?}");
+    assert!(publish("1.0", Some(&web_key)).status.success());
+    assert!(f.cli(&["deploy", "web@1.0", "--selector", "role=web", "--wait"]).status.success());
+    // python-tuf follows the delegation too
+    let (_, root) = http(f.port, "GET", "/api/v1/tuf/metadata/1.root.json", Some(ADMIN), b"").unwrap();
+    let root_file = f.path("root.json");
+    std::fs::write(&root_file, &root).unwrap();
+    let digest = f.json(&["releases"]).as_array().unwrap()[0]["digest"].as_str().unwrap().to_owned();
+    let (code, text) = client(&f, &root_file, "web/1.0/manifest.json", &digest);
+    assert_eq!(code, 0, "{text}");
+
+    assert!(publish("2.0", Some(&web_key)).status.success());
+    assert!(f.cli(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]).status.success());
+    let forger = Forger::new(&f);
+    // replayed older metadata: the server serves the timestamp before the one the agent trusts
+    let db = f.path("server/convoy.db");
+    let (newest, _) = forger.latest("timestamp");
+    py_sql(
+        &db,
+        "db.execute('CREATE TABLE held AS SELECT * FROM tuf_metadata WHERE role = ? AND version = ?', ('timestamp', arg))\n\
+         db.execute('DELETE FROM tuf_metadata WHERE role = ? AND version = ?', ('timestamp', arg))",
+        &newest.into(),
+    );
+    let why = refused(&f, "1.0");
+    assert!(why.contains("TUF timestamp refused") && why.contains("version"), "{why}");
+    py_sql(&db, "db.execute('INSERT INTO tuf_metadata SELECT * FROM held')\ndb.execute('DROP TABLE held')", &0.into());
+    // an expired timestamp, validly signed: a frozen repository
+    let (sv, _) = forger.latest("snapshot");
+    forger.timestamp(sv, now_secs() - 60);
+    let why = refused(&f, "1.0");
+    assert!(why.contains("expired"), "{why}");
+    // a release signed by another app's publisher key, listed by a server that signs its snapshot
+    assert!(publish("6.6", None).status.success());
+    let (rv, mut role) = forger.latest("app-web");
+    let mut t = role["signed"].take();
+    let src_manifest = f.ok(&["pack", f.path("src/6.6").to_str().unwrap(), "--app", "web", "--version", "6.6"]);
+    let (_, manifest) = http(f.port, "GET", "/api/v1/releases/web/6.6/manifest", Some(ADMIN), b"").unwrap();
+    t["targets"]["web/6.6/manifest.json"] = serde_json::json!({
+        "length": manifest.len(),
+        "hashes": {"sha256": convoy_wire::tuf::sha256(manifest.as_bytes())},
+        "custom": {"convoy": {"digest": src_manifest.trim()}},
+    });
+    t["version"] = (rv + 1).into();
+    let api =
+        convoy_wire::tuf::SigningKey::from_file(&serde_json::from_slice(&std::fs::read(&api_key).unwrap()).unwrap())
+            .unwrap();
+    forger.put("app-web", rv + 1, &convoy_wire::tuf::sign(t, &[&api]).unwrap());
+    forger.snapshot_and_timestamp(Some(("app-web", rv + 1)), now_secs() + 3_600);
+    let why = refused(&f, "6.6");
+    assert!(why.contains("app-web refused") && why.contains("0 valid signature"), "{why}");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
+}

@@ -140,14 +140,23 @@ impl Repo {
 
     /// A new snapshot naming the newest targets, then a new timestamp.
     async fn snapshot_and_timestamp(&self, store: &dyn Store) -> AppResult<()> {
-        let (targets, _) = Self::latest(store, "targets").await?;
+        let (targets, signed) = Self::latest(store, "targets").await?;
+        let mut meta =
+            BTreeMap::from([("targets.json".into(), MetaFile { version: targets, length: None, hashes: None })]);
+        // every delegated role that has metadata, at its newest version
+        let t: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
+        for r in t.delegations.iter().flat_map(|d| d.roles.iter()) {
+            if let Some((v, _)) = store.get_tuf(&r.name, None).await? {
+                meta.insert(format!("{}.json", r.name), MetaFile { version: v, length: None, hashes: None });
+            }
+        }
         let snap = store.get_tuf("snapshot", None).await?.map_or(0, |(v, _)| v) + 1;
         let s = Versions {
             kind: "snapshot".into(),
             spec_version: tuf::SPEC_VERSION.into(),
             version: snap,
             expires: format_time(now_secs() + SNAPSHOT_LIFE),
-            meta: BTreeMap::from([("targets.json".into(), MetaFile { version: targets, length: None, hashes: None })]),
+            meta,
         };
         self.put(store, "snapshot", snap, serde_json::to_value(s).map_err(AppError::internal)?).await?;
         self.timestamp(store, snap).await
@@ -190,6 +199,10 @@ impl Repo {
             let (version, signed) = Self::latest(store, "targets").await?;
             let mut t: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
             let path = tuf::target_path(&r.app, &r.version);
+            if t.delegated_to(&path).is_some() {
+                // the app's publisher keys sign its releases, never this server
+                return Ok(false);
+            }
             if t.targets.get(&path) == Some(&target_file(r)) {
                 return Ok(true);
             }
@@ -308,6 +321,81 @@ impl Repo {
         Ok(tv + 1)
     }
 
+    /// Delegated targets metadata signed by an app's publisher keys
+    /// (`convoy publish --sign-key`): the role must be delegated in the
+    /// newest targets, signed by its threshold, the next version, list only
+    /// paths delegated to it, and delegate nothing further.
+    pub async fn upload_delegated(&self, store: &dyn Store, name: &str, meta: Value) -> AppResult<u64> {
+        let _one = self.writing.lock().await;
+        let bad = |m: String| AppError::bad_request(m);
+        let (_, signed) = Self::latest(store, "targets").await?;
+        let top: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
+        let (role, keys) = top.delegation(name).ok_or_else(|| {
+            AppError::not_found(format!("the TUF targets delegate no role {name:?}: convoy trust delegate"))
+        })?;
+        let version = store.get_tuf(name, None).await?.map_or(0, |(v, _)| v) + 1;
+        let t: Targets = serde_json::from_value(meta["signed"].clone())
+            .map_err(|e| bad(format!("not TUF targets metadata: {e}")))?;
+        if t.kind != "targets" || t.version != version {
+            return Err(bad(format!("{name} must be targets version {version} (got {} {})", t.kind, t.version)));
+        }
+        if tuf::parse_time(&t.expires).is_none_or(|x| x <= now_secs()) {
+            return Err(bad(format!("{name} expires {}: in the past or unreadable", t.expires)));
+        }
+        if t.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
+            return Err(bad(format!("{name} may not delegate further")));
+        }
+        if let Some(p) = t.targets.keys().find(|p| !role.paths.iter().any(|pat| tuf::path_matches(pat, p))) {
+            return Err(AppError::forbidden(format!("{name} may not list {p}: only {}", role.paths.join(", "))));
+        }
+        tuf::verify(name, &meta, keys, &RoleKeys { keyids: role.keyids.clone(), threshold: role.threshold })
+            .map_err(|e| AppError::forbidden(format!("{name}: {e} (is this a publisher key of the app?)")))?;
+        let body = serde_json::to_vec(&meta).map_err(AppError::internal)?;
+        if !store.put_tuf(name, version, &body, now_ms()).await? {
+            return Err(AppError::conflict(format!("{name} changed meanwhile; sign the newest again")));
+        }
+        self.snapshot_and_timestamp(store).await?;
+        Ok(version)
+    }
+
+    /// Delegates a role in the targets this server signs (single-box
+    /// mode): publisher keys for an app, approver keys for an environment.
+    /// With the targets key offline the operator signs the delegation
+    /// (`convoy trust delegate --targets-key`).
+    pub async fn delegate(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        keys: &[Value],
+        threshold: u32,
+        paths: Vec<String>,
+    ) -> AppResult<u64> {
+        let _one = self.writing.lock().await;
+        if !self.holds(store, "targets").await? {
+            return Err(AppError::conflict(
+                "the TUF targets are signed offline: sign the delegation with the targets key (convoy trust delegate ... --targets-key KEY)",
+            ));
+        }
+        if !tuf::valid_role_name(name) || ROLES.contains(&name) {
+            return Err(AppError::bad_request(format!("{name:?} cannot name a role")));
+        }
+        let (version, signed) = Self::latest(store, "targets").await?;
+        let mut t: Targets = serde_json::from_value(signed).map_err(|e| corrupt("targets", e))?;
+        t.delegate(name, keys, threshold, paths).map_err(|e| AppError::bad_request(e.to_string()))?;
+        t.version = version + 1;
+        t.expires = format_time(now_secs() + TARGETS_LIFE);
+        self.put(store, "targets", version + 1, serde_json::to_value(&t).map_err(AppError::internal)?).await?;
+        self.snapshot_and_timestamp(store).await?;
+        Ok(version + 1)
+    }
+
+    /// The newest top-level targets as trusted by this server (its own
+    /// signed copy): for the delegations agents will see.
+    pub async fn targets(store: &dyn Store) -> AppResult<Targets> {
+        let (_, signed) = Self::latest(store, "targets").await?;
+        serde_json::from_value(signed).map_err(|e| corrupt("targets", e))
+    }
+
     /// Re-signs what is about to expire: the timestamp, the snapshot, the
     /// targets (and, in single-box mode, the root). Returns what it renewed.
     pub async fn renew(&self, store: &dyn Store) -> AppResult<Vec<&'static str>> {
@@ -384,6 +472,19 @@ fn check_targets(meta: &Value, keys: &BTreeMap<String, Value>, role: &RoleKeys, 
     if tuf::parse_time(&t.expires).is_none_or(|x| x <= now_secs()) {
         return Err(bad(format!("the targets expire {}: in the past or unreadable", t.expires)));
     }
+    for r in t.delegations.iter().flat_map(|d| d.roles.iter()) {
+        if !tuf::valid_role_name(&r.name) || ROLES.contains(&r.name.as_str()) {
+            return Err(bad(format!("targets delegate to a role named {:?}, which cannot be a metadata file", r.name)));
+        }
+        if r.threshold == 0 || r.threshold as usize > r.keyids.len() {
+            return Err(bad(format!(
+                "delegated role {} has threshold {} of {} keys",
+                r.name,
+                r.threshold,
+                r.keyids.len()
+            )));
+        }
+    }
     tuf::verify("targets", meta, keys, role).map_err(|e| bad(format!("targets: {e}")))
 }
 
@@ -423,7 +524,7 @@ pub async fn metadata(st: &AppState, file: &str) -> AppResult<Vec<u8>> {
         }
         _ => (None, name),
     };
-    if !ROLES.contains(&role) {
+    if !ROLES.contains(&role) && !tuf::valid_role_name(role) {
         return Err(AppError::not_found(format!("no metadata for role {role:?}")));
     }
     let (_, body) = st.store.get_tuf(role, version).await?.ok_or_else(|| {

@@ -57,6 +57,52 @@ pub async fn put_targets(
     Ok(axum::Json(serde_json::json!({"targets_version": v})))
 }
 
+/// `PUT /tuf/delegated/{role}` (deployer; audited): a delegated role's
+/// metadata signed by its keys (an app's publisher keys).
+pub async fn put_delegated(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let user = auth::require(&st, &headers, convoy_domain::Role::Deployer).await?;
+    let axum::Json(b) = body?;
+    let repo = st.tuf.get().ok_or_else(|| crate::error::ApiError::conflict("this server keeps no TUF repository"))?;
+    let v = repo.upload_delegated(st.store.as_ref(), &role, b).await?;
+    audit(&st, &user, format!("TUF {role} version {v} signed by its keys, uploaded by {}", user.name)).await?;
+    Ok(axum::Json(serde_json::json!({"role": role, "version": v})))
+}
+
+/// `PUT /tuf/delegations/{role}` (admin; audited; single-box mode only):
+/// `{keys, threshold}` for `app-APP` (publishers) or `approve-ENV`
+/// (approvers); the server signs the targets with the delegation.
+pub async fn put_delegation(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let user = auth::require(&st, &headers, convoy_domain::Role::Admin).await?;
+    let axum::Json(b) = body?;
+    let repo = st.tuf.get().ok_or_else(|| crate::error::ApiError::conflict("this server keeps no TUF repository"))?;
+    let paths = convoy_wire::tuf::role_paths(&role)
+        .ok_or_else(|| crate::error::ApiError::bad_request("a delegated role is app-APP or approve-ENV"))?;
+    let keys: Vec<serde_json::Value> = b["keys"].as_array().cloned().unwrap_or_default();
+    let threshold = b["threshold"].as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
+    let v = repo.delegate(st.store.as_ref(), &role, &keys, threshold, paths).await?;
+    audit(
+        &st,
+        &user,
+        format!(
+            "TUF targets version {v}: {role} delegated to {} key(s), threshold {threshold}, by {}",
+            keys.len(),
+            user.name
+        ),
+    )
+    .await?;
+    Ok(axum::Json(serde_json::json!({"role": role, "targets_version": v})))
+}
+
 async fn audit(st: &AppState, user: &crate::auth::User, note: String) -> ApiResult<()> {
     let ev = convoy_store::EventRecord::audit(&user.actor(), "tuf", note, crate::state::now_ms());
     st.store.append_event(&ev).await?;
