@@ -62,6 +62,10 @@ pub struct AgentConfig {
     pub reserve_disk: u64,
     /// The TUF root to trust; `None`: the server's, as of enrolment.
     pub trust_root: Option<PathBuf>,
+    /// The environment this machine belongs to: only its deployments are
+    /// taken, each with its approvers' signatures where the signed TUF
+    /// targets name approvers for it.
+    pub environment: Option<String>,
 }
 
 /// `--relay`: the agent also serves chunks, deltas and manifests to the
@@ -394,7 +398,11 @@ impl Agent {
                 .await;
                 // only what the signed TUF metadata lists is staged
                 let checked = std::time::Instant::now();
-                if let Err(e) = self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                let verdict = match self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                    Ok(()) => self.tuf.approved(&w, &self.target_id, self.cfg.environment.as_deref()).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = verdict {
                     tracing::error!(instruction = %w.instruction_id, "refusing to stage: {e:#}");
                     self.send(self.refusal(&w, &format!("{e:#}"))).await;
                     return;
@@ -427,7 +435,11 @@ impl Agent {
                     tracing::info!(instruction = %w.instruction_id, "work was withdrawn before go-live (or the server could not confirm relayed work); not switching");
                     return;
                 }
-                if let Err(e) = self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                let verdict = match self.tuf.check(&self.client, &w.app, &w.version, &w.digest).await {
+                    Ok(()) => self.tuf.approved(&w, &self.target_id, self.cfg.environment.as_deref()).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = verdict {
                     tracing::error!(instruction = %w.instruction_id, "refusing to switch: {e:#}");
                     self.send(self.refusal(&w, &format!("{e:#}"))).await;
                     return;

@@ -194,3 +194,63 @@ impl TufClient {
         }
     }
 }
+
+impl TufClient {
+    /// After [`Self::check`]: a deployment in an environment whose approver
+    /// role the trusted targets delegate goes ahead only with a threshold of
+    /// approvers' signatures (never the requester's) over a statement that
+    /// names this very deployment, release, digest and environment, and
+    /// this target; not after the statement expires, not before the go-live
+    /// it approved. An agent pinned to an environment (`--environment`)
+    /// takes no work of any other (or of none).
+    pub async fn approved(&self, w: &convoy_wire::Work, target_id: &str, pinned: Option<&str>) -> anyhow::Result<()> {
+        use convoy_wire::approval;
+        if let Some(p) = pinned {
+            if w.env.as_deref() != Some(p) {
+                anyhow::bail!(
+                    "this agent takes releases of environment {p} only, and the work is for {} (refusing it)",
+                    w.env.as_deref().map_or("no environment".to_owned(), |e| format!("environment {e}"))
+                );
+            }
+        }
+        let Some(env) = w.env.as_deref() else { return Ok(()) };
+        let guard = self.trusted.lock().await;
+        let targets = guard
+            .as_ref()
+            .and_then(|t| t.targets.as_ref())
+            .ok_or_else(|| anyhow::anyhow!("no trusted TUF targets to check approvals against"))?;
+        let Some((role, keys)) = targets.delegation(&tuf::approvers_role(env)) else { return Ok(()) };
+        let envelope = w.approval.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{env} needs {} approvers' signatures and the work carries none (refusing it)",
+                role.threshold
+            )
+        })?;
+        let s = approval::check(role, keys, envelope, now_secs())
+            .with_context(|| format!("the approval of {} in {env} does not hold (refusing it)", w.deployment_id))?;
+        let differs = [
+            ("deployment", s.deployment.as_str(), w.deployment_id.as_str()),
+            ("app", &s.app, &w.app),
+            ("version", &s.version, &w.version),
+            ("digest", &s.digest, &w.digest),
+            ("environment", &s.env, env),
+        ]
+        .into_iter()
+        .find(|(_, signed, work)| signed != work);
+        if let Some((what, signed, work)) = differs {
+            anyhow::bail!("the approvers signed {what} {signed}, but the work names {work} (refusing it)");
+        }
+        if !s.targets.iter().any(|t| t == target_id) {
+            anyhow::bail!(
+                "the approvers approved {} target(s), and this one ({target_id}) is not among them (refusing it)",
+                s.targets.len()
+            );
+        }
+        if let (Some(approved), Some(at)) = (s.go_live_at, w.go_live_at) {
+            if at + 60_000 < approved {
+                anyhow::bail!("the work goes live before the go-live the approvers approved (refusing it)");
+            }
+        }
+        Ok(())
+    }
+}

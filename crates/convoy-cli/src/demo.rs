@@ -198,7 +198,7 @@ async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<DeploymentDe
     let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("ana requests {APP}@3.1 in prod: {} is {}", r.id, r.state));
     let approve = format!("/deployments/{}/approve", r.id);
-    let decision = convoy_wire::Decision { note: "reviewed the fix".into() };
+    let decision = convoy_wire::Decision { note: "reviewed the fix".into(), ..Default::default() };
     match ana.send_json::<_, DeploymentInfo>(reqwest::Method::POST, &approve, &decision).await {
         Ok(_) => bail!("the requester approved her own request"),
         Err(e) => line(format!("ana tries to approve it herself: {}", convoy_client::short(&e))),

@@ -415,3 +415,106 @@ pub async fn sign_release(
     }
     bail!("the server's TUF metadata kept changing; publish again with --sign-key")
 }
+
+/// `convoy users key NAME [--add KEY.pub]`: registers a public key for
+/// signed approvals (never a private one), or lists the user's keys.
+pub async fn user_key(c: &Client, name: &str, add: Option<&std::path::Path>, fmt: Format) -> anyhow::Result<()> {
+    if let Some(file) = add {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+                .with_context(|| format!("{} is not a key file (convoy keys generate)", file.display()))?;
+        if v["keyval"].get("private").is_some() {
+            bail!("{} is a private key: register its public half ({}.pub)", file.display(), file.display());
+        }
+        let public = convoy_wire::tuf::PublicKey::from_json(&v)?;
+        let k: convoy_wire::UserKeyInfo =
+            c.send_json(reqwest::Method::POST, &format!("/users/{name}/keys"), &public.json()).await?;
+        match fmt {
+            Format::Json => output::json(&k),
+            Format::Table => line(format!(
+                "key {} registered for {name}; where approvals must be signed it counts once `convoy trust approvers ENV` publishes it",
+                k.keyid
+            )),
+        }
+        return Ok(());
+    }
+    let keys: Vec<convoy_wire::UserKeyInfo> =
+        c.get_json(&format!("/users/{name}/keys"), std::time::Duration::from_secs(30)).await?;
+    match fmt {
+        Format::Json => output::json(&keys),
+        Format::Table => {
+            let rows: Vec<Vec<String>> =
+                keys.iter().map(|k| vec![k.keyid.clone(), k.added_by.clone(), output::time(k.added_at)]).collect();
+            output::table(&["KEYID", "ADDED BY", "ADDED"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// `convoy approve REQ --sign-key KEY`: shows what is approved, signs that
+/// statement with the approver's key, and sends the signature.
+pub async fn approve_signed(
+    c: &Client,
+    id: &str,
+    note: &str,
+    key: &std::path::Path,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    use convoy_wire::approval::{self, Statement};
+    let key = read_key(key)?;
+    let s: Statement = c.get_json(&format!("/deployments/{id}/statement"), std::time::Duration::from_secs(30)).await?;
+    if s.deployment != id || s.kind != approval::KIND {
+        bail!("the server answered with a statement for {} ({}), not {id}", s.deployment, s.kind);
+    }
+    eprintln!(
+        "signing: approve {}@{} (digest {}) in {} for {} target(s){}{}, requested by {}, valid until {}",
+        s.app,
+        s.version,
+        s.digest,
+        s.env,
+        s.targets.len(),
+        if s.selector.is_empty() { String::new() } else { format!(" matching {}", s.selector) },
+        s.go_live_at.map(|t| format!(", go-live {}", output::time(t))).unwrap_or_default(),
+        s.requested_by,
+        s.expires
+    );
+    let sig = approval::sign(&s, &key)?;
+    let body = convoy_wire::Decision { note: note.into(), statement: Some(s), signature: Some(sig) };
+    let d: convoy_wire::DeploymentInfo =
+        c.send_json(reqwest::Method::POST, &format!("/deployments/{id}/approve"), &body).await?;
+    match fmt {
+        Format::Json => output::json(&d),
+        Format::Table => line(format!("{} {}@{}: {} ({})", d.id, d.app, d.version, d.state, d.note)),
+    }
+    Ok(())
+}
+
+/// `convoy trust approvers ENV`: the environment's approver role, made
+/// from the server's list of who may approve there and their registered
+/// keys, signed with the targets key (or by a single-box server).
+pub async fn trust_approvers(
+    c: &Client,
+    env: &str,
+    targets_key: Option<&std::path::Path>,
+    fmt: Format,
+) -> anyhow::Result<()> {
+    let a: convoy_wire::ApproverKeys =
+        c.get_json(&format!("/envs/{env}/approvers"), std::time::Duration::from_secs(30)).await?;
+    if a.threshold == 0 {
+        bail!("{env} needs no approvals; set some first (convoy env set {env} --approvals N --signed-approvals)");
+    }
+    if (a.keys.len() as u32) < a.threshold {
+        bail!(
+            "{env} needs {} approvals but only {} approver key(s) are registered (convoy users key NAME --add KEY.pub)",
+            a.threshold,
+            a.keys.len()
+        );
+    }
+    if fmt == Format::Table {
+        for k in &a.keys {
+            let id = convoy_wire::tuf::PublicKey::from_json(k).map(|p| p.id()).unwrap_or_default();
+            eprintln!("  approver {} key {id}", k[convoy_wire::approval::USER_FIELD].as_str().unwrap_or("?"));
+        }
+    }
+    trust_delegate(c, &convoy_wire::tuf::approvers_role(env), &a.keys, a.threshold, targets_key, fmt).await
+}

@@ -63,6 +63,8 @@ pub struct EnvArgs<'a> {
     pub on_breach: Option<&'a str>,
     /// Whether targets enrolled after planning join the last wave.
     pub include_late: Option<bool>,
+    /// Whether approvals must be signed.
+    pub signed_approvals: Option<bool>,
     /// How long a request waits for approvals.
     pub approval_ttl: Option<&'a str>,
     pub windows: Option<Vec<String>>,
@@ -95,6 +97,9 @@ pub fn apply(mut p: Policy, a: &EnvArgs<'_>) -> anyhow::Result<Policy> {
     }
     if let Some(l) = a.include_late {
         p.include_late = l;
+    }
+    if let Some(s) = a.signed_approvals {
+        p.signed_approvals = s;
     }
     if let Some(b) = a.on_breach {
         p.on_breach = match b {
@@ -185,6 +190,9 @@ fn print_env(e: &EnvInfo) {
                 "halt where it is; `convoy resume` starts the next wave, `convoy rollback` rolls back",
         }
     ));
+    if p.signed_approvals {
+        line("  approvals       signed with each approver's key; agents check them (convoy trust approvers)");
+    }
     line(format!(
         "  late targets    {}",
         if p.include_late { "join the last wave before it goes live" } else { "listed as not in the deployment" }
@@ -306,7 +314,11 @@ pub async fn change(
 /// approve / reject / confirm / cancel (the note is the reason).
 pub async fn act(c: &Client, id: &str, action: &str, note: &str, fmt: Format) -> anyhow::Result<()> {
     let d: DeploymentInfo = c
-        .send_json(reqwest::Method::POST, &format!("/deployments/{id}/{action}"), &Decision { note: note.into() })
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/deployments/{id}/{action}"),
+            &Decision { note: note.into(), ..Default::default() },
+        )
         .await?;
     match fmt {
         Format::Json => output::json(&d),

@@ -228,6 +228,10 @@ pub struct Policy {
     /// Where request events are POSTed as JSON (approvers' notifications).
     #[serde(default)]
     pub webhook: Option<String>,
+    /// Approvals must be signed with the approver's registered key over
+    /// a statement of what is approved; agents check the signatures.
+    #[serde(default)]
+    pub signed_approvals: bool,
 }
 
 fn approver() -> Role {
@@ -269,6 +273,7 @@ impl Default for Policy {
             checks: Vec::new(),
             preflight_timeout_secs: ten_minutes(),
             webhook: None,
+            signed_approvals: false,
         }
     }
 }
@@ -278,6 +283,9 @@ impl Policy {
     pub fn validate(&self) -> Result<Vec<Window>, PolicyError> {
         if self.approvals > 10 {
             return err("at most 10 approvals");
+        }
+        if self.signed_approvals && self.approvals == 0 {
+            return err("signed approvals need at least one approval (--approvals N)");
         }
         if self.approver_role == Role::Viewer {
             return err("approvers must be at least approver role (or admin)");

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_pause.sql")),
     (6, include_str!("../migrations/0006_targets.sql")),
     (7, include_str!("../migrations/0007_tuf.sql")),
+    (8, include_str!("../migrations/0008_signed_approvals.sql")),
 ];
 
 pub struct SqliteStore {

@@ -420,6 +420,21 @@ async fn workflow(s: &dyn Store) {
     assert!(matches!(s.add_user(&u, &again).await, Err(StoreError::Conflict(_))), "names are unique");
     check("no token for the refused user", s.find_token(&again.hash).await.unwrap(), None);
     check("users", s.list_users().await.unwrap().len(), 1);
+    // approvers' keys
+    let k = UserKeyRecord {
+        keyid: "k1".into(),
+        user: "alice".into(),
+        key_json: "{}".into(),
+        added_by: "admin".into(),
+        added_at: 2,
+    };
+    let ev = EventRecord::audit("user:admin", "users", "key added".into(), 2);
+    check("key added", s.add_user_key(&k, &ev).await.unwrap(), true);
+    check("a key is registered once", s.add_user_key(&k, &ev).await.unwrap(), false);
+    let nobody = UserKeyRecord { keyid: "k2".into(), user: "nobody".into(), ..k.clone() };
+    check("no key for a user who does not exist", s.add_user_key(&nobody, &ev).await.unwrap(), false);
+    check("alice's keys", s.user_keys(Some("alice")).await.unwrap(), vec![k.clone()]);
+    check("all keys", s.user_keys(None).await.unwrap().len(), 1);
 
     // environments are replaced whole
     let e = EnvRecord { name: "prod".into(), policy_json: "{}".into(), updated_by: "admin".into(), updated_at: 1 };
@@ -462,6 +477,7 @@ async fn workflow(s: &dyn Store) {
         decision: "approve".into(),
         note: "ok".into(),
         at: 210,
+        signed: "{\"statement\":{}}".into(),
     };
     check("approve", s.add_approval(&a, D::AwaitingApproval, "user:bob").await.unwrap(), true);
     check("approve twice", s.add_approval(&a, D::AwaitingApproval, "user:bob").await.unwrap(), false);
@@ -524,6 +540,7 @@ async fn workflow(s: &dyn Store) {
         true,
     );
     check("approvals kept per revision", s.list_approvals("d-2").await.unwrap().len(), 2);
+    check("signed statement kept", s.list_approvals("d-2").await.unwrap()[0].signed.clone(), a.signed.clone());
 
     // preflight checks are written with the move, and settle once
     let c = CheckRecord {
@@ -606,4 +623,5 @@ async fn workflow(s: &dyn Store) {
 
     check("remove user", s.remove_user("alice").await.unwrap(), true);
     check("token revoked", s.find_token(&tok.hash).await.unwrap(), None);
+    check("keys removed with the user", s.user_keys(Some("alice")).await.unwrap(), vec![]);
 }

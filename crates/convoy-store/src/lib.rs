@@ -174,6 +174,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<UserRecord>>;
     /// Removes a user and revokes its tokens; false if there was none.
     async fn remove_user(&self, name: &str) -> Result<bool>;
+    /// Registers a user's public key (audited); `false` if the key is
+    /// registered already or the user does not exist.
+    async fn add_user_key(&self, k: &UserKeyRecord, event: &EventRecord) -> Result<bool>;
+    /// Registered keys, of one user or all.
+    async fn user_keys(&self, user: Option<&str>) -> Result<Vec<UserKeyRecord>>;
 
     /// Creates or replaces an environment.
     async fn put_env(&self, e: &EnvRecord) -> Result<()>;

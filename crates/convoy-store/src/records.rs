@@ -345,6 +345,20 @@ pub struct ApprovalRecord {
     pub decision: String,
     pub note: String,
     pub at: i64,
+    /// For a signed approval: `{"statement": ..., "signature": {"keyid", "sig"}}`
+    /// as JSON (`convoy_wire::approval`); empty otherwise.
+    pub signed: String,
+}
+
+/// A user's public key for signing approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeyRecord {
+    pub keyid: String,
+    pub user: String,
+    /// The TUF key object (`{"keytype", "scheme", "keyval"}`) as JSON.
+    pub key_json: String,
+    pub added_by: String,
+    pub added_at: i64,
 }
 
 /// One target's preflight for a request.

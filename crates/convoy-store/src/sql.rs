@@ -16,7 +16,7 @@ macro_rules! impl_sql_store {
             use ::sqlx::Row as _;
             use $crate::{
                 ApprovalRecord, AuditFilter, CheckRecord, DeploymentMove, DeploymentRecord, EnrolTokenRecord, EnvRecord, EventRecord, RelayRecord, InstructionMove, InstructionRecord, InstructionUpdate,
-                ReleaseRecord, Result, StateCounts, StoreError, TargetRecord, TokenKind, TokenRecord, UserRecord,
+                ReleaseRecord, Result, StateCounts, StoreError, TargetRecord, TokenKind, TokenRecord, UserKeyRecord, UserRecord,
             };
             use ::convoy_domain::{DeploymentState, InstructionState};
 
@@ -679,8 +679,35 @@ macro_rules! impl_sql_store {
                     let mut tx = self.pool.begin().await.map_err(db)?;
                     let gone = ::sqlx::query("DELETE FROM users WHERE name = $1").bind(name).execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query("DELETE FROM tokens WHERE kind = 'user' AND subject = $1").bind(name).execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query("DELETE FROM user_keys WHERE user_name = $1").bind(name).execute(&mut *tx).await.map_err(db)?;
                     tx.commit().await.map_err(db)?;
                     Ok(gone.rows_affected() > 0)
+                }
+
+                async fn add_user_key(&self, k: &UserKeyRecord, event: &EventRecord) -> Result<bool> {
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let done = ::sqlx::query("INSERT INTO user_keys (keyid, user_name, key_json, added_by, added_at) SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM users WHERE name = $2) ON CONFLICT (keyid) DO NOTHING")
+                        .bind(&k.keyid).bind(&k.user).bind(&k.key_json).bind(&k.added_by).bind(k.added_at)
+                        .execute(&mut *tx).await.map_err(db)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(db)?;
+                        return Ok(false);
+                    }
+                    write_event(&mut *tx, event).await?;
+                    tx.commit().await.map_err(db)?;
+                    Ok(true)
+                }
+
+                async fn user_keys(&self, user: Option<&str>) -> Result<Vec<UserKeyRecord>> {
+                    let rows = ::sqlx::query("SELECT keyid, user_name, key_json, added_by, added_at FROM user_keys WHERE $1 IS NULL OR user_name = $1 ORDER BY user_name, added_at, keyid")
+                        .bind(user).fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter().map(|r| Ok(UserKeyRecord {
+                        keyid: r.try_get("keyid").map_err(db)?,
+                        user: r.try_get("user_name").map_err(db)?,
+                        key_json: r.try_get("key_json").map_err(db)?,
+                        added_by: r.try_get("added_by").map_err(db)?,
+                        added_at: r.try_get("added_at").map_err(db)?,
+                    })).collect()
                 }
 
                 async fn put_env(&self, e: &EnvRecord) -> Result<()> {
@@ -702,8 +729,8 @@ macro_rules! impl_sql_store {
 
                 async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    let done = ::sqlx::query("INSERT INTO approvals (deployment_id, revision, approver, decision, note, at) SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND revision = $2 AND state = $7) ON CONFLICT (deployment_id, revision, approver) DO NOTHING")
-                        .bind(&a.deployment_id).bind(a.revision as i64).bind(&a.approver).bind(&a.decision).bind(&a.note).bind(a.at).bind(state.as_str())
+                    let done = ::sqlx::query("INSERT INTO approvals (deployment_id, revision, approver, decision, note, at, signed) SELECT $1, $2, $3, $4, $5, $6, $8 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND revision = $2 AND state = $7) ON CONFLICT (deployment_id, revision, approver) DO NOTHING")
+                        .bind(&a.deployment_id).bind(a.revision as i64).bind(&a.approver).bind(&a.decision).bind(&a.note).bind(a.at).bind(state.as_str()).bind(&a.signed)
                         .execute(&mut *tx).await.map_err(db)?;
                     if done.rows_affected() == 0 {
                         tx.rollback().await.map_err(db)?;
@@ -717,7 +744,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>> {
-                    let rows = ::sqlx::query("SELECT deployment_id, revision, approver, decision, note, at FROM approvals WHERE deployment_id = $1 ORDER BY at, approver")
+                    let rows = ::sqlx::query("SELECT deployment_id, revision, approver, decision, note, at, signed FROM approvals WHERE deployment_id = $1 ORDER BY at, approver")
                         .bind(deployment_id).fetch_all(&self.read).await.map_err(db)?;
                     rows.iter().map(|r| Ok(ApprovalRecord {
                         deployment_id: r.try_get("deployment_id").map_err(db)?,
@@ -726,6 +753,7 @@ macro_rules! impl_sql_store {
                         decision: r.try_get("decision").map_err(db)?,
                         note: r.try_get("note").map_err(db)?,
                         at: r.try_get("at").map_err(db)?,
+                        signed: r.try_get("signed").map_err(db)?,
                     })).collect()
                 }
 

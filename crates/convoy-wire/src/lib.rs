@@ -202,6 +202,15 @@ pub struct Work {
     /// What to check (preflight phase).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<PreflightSpec>,
+    /// The environment whose policy governs the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Its approvers' signatures over what they approved
+    /// ([`approval::envelope`]): agents of an environment whose approver
+    /// role the signed TUF targets delegate stage and switch only with a
+    /// threshold of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<serde_json::Value>,
 }
 
 /// A target's preflight for a request (P-preflight): the package's
@@ -388,6 +397,33 @@ pub struct ReviseRequest {
 pub struct Decision {
     #[serde(default)]
     pub note: String,
+    /// A signed approval: the statement the approver signed and the
+    /// signature (`{"keyid", "sig"}`) made with their registered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<approval::Statement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<serde_json::Value>,
+}
+
+/// A user's registered public key (for signed approvals).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserKeyInfo {
+    pub user: String,
+    pub keyid: String,
+    /// The TUF key object.
+    pub key: serde_json::Value,
+    pub added_by: String,
+    pub added_at: i64,
+}
+
+/// An environment's approvers as a TUF delegation would name them: the
+/// registered keys of users who may approve there (each key object with
+/// its `convoy_user`), and how many must sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApproverKeys {
+    pub env: String,
+    pub threshold: u32,
+    pub keys: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

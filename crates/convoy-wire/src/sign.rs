@@ -214,6 +214,8 @@ mod tests {
             previous_version: None,
             sources: vec![],
             preflight: None,
+            env: None,
+            approval: None,
         }
     }
 

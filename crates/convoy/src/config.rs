@@ -72,6 +72,9 @@ pub struct AgentFile {
     pub relay_url: Option<String>,
     /// Parent relay to fetch from instead of the server.
     pub upstream: Option<String>,
+    /// The environment this machine belongs to (only its deployments, with
+    /// its approvers' signatures where it has an approver role).
+    pub environment: Option<String>,
     /// Long-poll this relay for work instead of the server.
     pub poll_via: Option<String>,
 }

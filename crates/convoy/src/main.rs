@@ -137,6 +137,10 @@ enum Cmd {
         /// default: the server's root as shown at enrolment.
         #[arg(long, env = "CONVOY_TRUST_ROOT")]
         trust_root: Option<PathBuf>,
+        /// The environment this machine belongs to: it takes only that environment's deployments,
+        /// and where the signed TUF targets name approvers for it, only with their signatures.
+        #[arg(long, env = "CONVOY_ENVIRONMENT")]
+        environment: Option<String>,
     },
     /// Pack a directory and print its root digest.
     Pack {
@@ -206,6 +210,10 @@ enum Cmd {
         id: String,
         #[arg(long, default_value = "")]
         note: String,
+        /// Sign what you approve with your key (registered with `convoy users key`):
+        /// needed where the environment requires signed approvals.
+        #[arg(long, value_name = "KEY_FILE")]
+        sign_key: Option<PathBuf>,
     },
     /// Reject a request, saying why; it ends there.
     Reject {
@@ -413,6 +421,16 @@ enum TrustCmd {
         #[arg(long, value_name = "KEY_FILE")]
         targets_key: Option<PathBuf>,
     },
+    /// Publish an environment's approvers as a signed TUF role: the registered keys of everyone
+    /// who may approve there, and its number of approvals as the threshold. Agents then switch
+    /// to a release in that environment only with that many approvers' signatures.
+    /// Run it again after keys, approvers or the number of approvals change.
+    Approvers {
+        env: String,
+        /// The targets key, when kept offline; without it the server signs (single-box mode).
+        #[arg(long, value_name = "KEY_FILE")]
+        targets_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -437,6 +455,13 @@ enum UsersCmd {
     /// Remove a user and revoke its token.
     Remove {
         name: String,
+    },
+    /// A user's public keys for signed approvals: list them, or register one (`--add KEY.pub`).
+    Key {
+        name: String,
+        /// The public key file `convoy keys generate` wrote (FILE.pub).
+        #[arg(long, value_name = "KEY_FILE")]
+        add: Option<PathBuf>,
     },
     /// Give a user a new token; the old one stops working (`admin` is the first administrator).
     Token {
@@ -478,6 +503,10 @@ enum EnvCmd {
         /// Targets that match a rollout's selector but enrol after it was planned join its last wave (true/false).
         #[arg(long, num_args = 0..=1, default_missing_value = "true")]
         include_late: Option<bool>,
+        /// Approvals must be signed with the approver's registered key (`convoy approve --sign-key`);
+        /// agents check them against the environment's approver role (`convoy trust approvers`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        signed_approvals: Option<bool>,
         /// Allowed go-live window, e.g. 'Sat 01:00-05:00 Asia/Shanghai' (repeatable; '' clears).
         #[arg(long = "window")]
         windows: Vec<String>,
@@ -665,6 +694,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             keep_releases,
             reserve_disk,
             trust_root,
+            environment,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -705,6 +735,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     None => 0,
                 },
                 trust_root: trust_root.clone(),
+                environment: environment.clone().or(file.environment),
             })
             .await?;
         }
@@ -740,7 +771,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             return convoy_cli::deploy(&api()?, args, fmt).await;
         }
         Cmd::Requests { all } => convoy_cli::workflow::requests(&api()?, *all, fmt).await?,
-        Cmd::Approve { id, note } => convoy_cli::workflow::act(&api()?, id, "approve", note, fmt).await?,
+        Cmd::Approve { id, note, sign_key: None } => {
+            convoy_cli::workflow::act(&api()?, id, "approve", note, fmt).await?
+        }
+        Cmd::Approve { id, note, sign_key: Some(key) } => {
+            convoy_cli::signing::approve_signed(&api()?, id, note, key, fmt).await?
+        }
         Cmd::Reject { id, note } => convoy_cli::workflow::act(&api()?, id, "reject", note, fmt).await?,
         Cmd::Confirm { id } => convoy_cli::workflow::act(&api()?, id, "confirm", "", fmt).await?,
         Cmd::Change { id, at, asap, selector, reason } => {
@@ -767,6 +803,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let role = convoy_wire::tuf::app_role(app);
             convoy_cli::signing::trust_delegate(&api()?, &role, &keys, *threshold, targets_key.as_deref(), fmt).await?
         }
+        Cmd::Trust { action: Some(TrustCmd::Approvers { env, targets_key }), .. } => {
+            convoy_cli::signing::trust_approvers(&api()?, env, targets_key.as_deref(), fmt).await?
+        }
         Cmd::Audit { deployment, actor, limit } => {
             convoy_cli::workflow::audit(&api()?, deployment.as_deref(), actor.as_deref(), *limit, fmt).await?
         }
@@ -775,6 +814,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Users { action: UsersCmd::Token { name, .. } } => {
             convoy_cli::trust::rotate_user_token(&api()?, name, fmt).await?
+        }
+        Cmd::Users { action: UsersCmd::Key { name, add } } => {
+            convoy_cli::signing::user_key(&api()?, name, add.as_deref(), fmt).await?
         }
         Cmd::Users { action: UsersCmd::List } => convoy_cli::workflow::users_list(&api()?, fmt).await?,
         Cmd::Users { action: UsersCmd::Remove { name } } => {
@@ -791,6 +833,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     confirm_role,
                     on_breach,
                     include_late,
+                    signed_approvals,
                     approval_ttl,
                     windows,
                     outside_window,
@@ -811,6 +854,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 confirm_role: confirm_role.as_deref(),
                 on_breach: on_breach.as_deref(),
                 include_late: *include_late,
+                signed_approvals: *signed_approvals,
                 approval_ttl: approval_ttl.as_deref(),
                 windows: (!windows.is_empty()).then(|| windows.clone()),
                 outside_window: outside_window.as_deref(),

@@ -379,3 +379,147 @@ fn publisher_keys_sign_their_app_and_agents_refuse_forged_replayed_and_expired_m
     assert!(why.contains("app-web refused") && why.contains("0 valid signature"), "{why}");
     assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
 }
+
+fn as_user(f: &Fleet, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(EXE)
+        .args(args)
+        .env("CONVOY_SERVER", &f.url)
+        .env("CONVOY_TOKEN", token)
+        .env_remove("CONVOY_CA_CERT")
+        .output()
+        .unwrap()
+}
+
+fn ok_as(f: &Fleet, token: &str, args: &[&str]) -> String {
+    let o = as_user(f, token, args);
+    assert!(
+        o.status.success(),
+        "convoy {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The note of the instruction for `host` in deployment `id`, once the
+/// deployment is in one of `states`.
+fn note_of(f: &Fleet, id: &str, host: &str, states: &[&str]) -> String {
+    let d = f.wait_state(id, states, std::time::Duration::from_secs(120));
+    let i =
+        d["instructions"].as_array().unwrap().iter().find(|i| i["hostname"] == host).unwrap_or_else(|| panic!("{d:#}"));
+    format!("{} {}", i["state"].as_str().unwrap(), i["note"].as_str().unwrap())
+}
+
+#[test]
+fn agents_switch_only_with_a_threshold_of_approvers_signatures_over_exactly_what_was_approved() {
+    let mut f = Fleet::start();
+    let token = |name: &str, role: &str| f.ok(&["users", "add", name, "--role", role]).trim().to_owned();
+    let (rita, alice, bob) = (token("rita", "approver"), token("alice", "approver"), token("bob", "approver"));
+    let key = |name: &str| {
+        let p = f.path(name);
+        f.ok(&["keys", "generate", p.to_str().unwrap()]);
+        p.to_str().unwrap().to_owned()
+    };
+    let (rita_key, alice_key, bob_key) = (key("rita.key"), key("alice.key"), key("bob.key"));
+    // approvers register their public keys (their own, or an admin for them); never a private one
+    let o = as_user(&f, &alice, &["users", "key", "alice", "--add", &alice_key]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a private key"), "{o:?}");
+    ok_as(&f, &alice, &["users", "key", "alice", "--add", &format!("{alice_key}.pub")]);
+    let o = as_user(&f, &alice, &["users", "key", "bob", "--add", &format!("{bob_key}.pub")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only an admin"), "{o:?}");
+    f.ok(&["users", "key", "bob", "--add", &format!("{bob_key}.pub")]);
+    f.ok(&["users", "key", "rita", "--add", &format!("{rita_key}.pub")]);
+    f.ok(&["env", "set", "prod", "--approvals", "2", "--signed-approvals"]);
+    let out = f.ok(&["trust", "approvers", "prod"]);
+    assert!(out.contains("approve-prod: 2 of 3"), "{out}");
+    for (name, tier) in [("a", "1"), ("b", "2")] {
+        f.start_agent(name, &format!("role=web,tier={tier}"), &[], &["--environment", "prod"]);
+    }
+    let publish = |version: &str| {
+        let src = f.path(&format!("src/{version}"));
+        write_app(&src, version, 10_000);
+        f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", version]);
+    };
+    publish("1.0");
+    publish("2.0");
+    publish("3.0");
+    let request = |version: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", version, "--env", "prod", "--selector", "tier=1", "--output", "json"];
+        args.extend_from_slice(extra);
+        let d: serde_json::Value = serde_json::from_str(&ok_as(&f, &rita, &args)).unwrap();
+        d["id"].as_str().unwrap().to_owned()
+    };
+    let approve = |token: &str, id: &str, key: &str| ok_as(&f, token, &["approve", id, "--sign-key", key]);
+    let db = f.path("server/convoy.db");
+
+    // two approvers sign: it goes live where it was approved
+    let id = request("web@1.0", &[]);
+    let o = as_user(&f, &alice, &["approve", &id]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("requires signed approvals"), "{o:?}");
+    let o = as_user(&f, &alice, &["approve", &id, "--sign-key", &bob_key]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not registered for alice"), "{o:?}");
+    approve(&alice, &id, &alice_key);
+    approve(&bob, &id, &bob_key);
+    assert!(note_of(&f, &id, "a", &["succeeded"]).starts_with("succeeded"));
+    assert_eq!(f.live("web"), vec![("a".into(), Some("1.0".into())), ("b".into(), None)]);
+
+    // one signature short of the threshold the signed targets name
+    f.ok(&["env", "set", "prod", "--approvals", "1"]);
+    let id = request("web@2.0", &[]);
+    approve(&alice, &id, &alice_key);
+    let why = note_of(&f, &id, "a", &["failed"]);
+    assert!(why.contains("1 valid signature(s) of the 2 needed"), "{why}");
+    f.ok(&["env", "set", "prod", "--approvals", "2"]);
+
+    // an approval put straight into the database, signed with the requester's own key
+    let id = request("web@2.0", &[]);
+    let st: serde_json::Value = {
+        let (_, body) = http(f.port, "GET", &format!("/api/v1/deployments/{id}/statement"), Some(ADMIN), b"").unwrap();
+        serde_json::from_str(&body).unwrap()
+    };
+    let rk =
+        convoy_wire::tuf::SigningKey::from_file(&serde_json::from_slice(&std::fs::read(&rita_key).unwrap()).unwrap())
+            .unwrap();
+    let s: convoy_wire::approval::Statement = serde_json::from_value(st.clone()).unwrap();
+    let forged = serde_json::json!({"statement": st, "signature": convoy_wire::approval::sign(&s, &rk).unwrap()});
+    py_sql(
+        &db,
+        "db.execute(\"INSERT INTO approvals (deployment_id, revision, approver, decision, note, at, signed) VALUES (?, ?, 'bob', 'approve', '', 0, ?)\", (arg[0], arg[1], arg[2]))",
+        &serde_json::json!([id, s.revision, forged.to_string()]),
+    );
+    approve(&alice, &id, &alice_key);
+    let why = note_of(&f, &id, "a", &["failed"]);
+    assert!(why.contains("1 valid signature(s) of the 2 needed"), "{why}");
+
+    // a wider selector put into the database after the first signature: the
+    // target outside what was approved refuses, the approved one goes ahead
+    let id = request("web@2.0", &[]);
+    approve(&alice, &id, &alice_key);
+    py_sql(
+        &db,
+        "db.execute(\"UPDATE deployments SET selector = 'role=web' WHERE id = ?\", (arg,))",
+        &id.clone().into(),
+    );
+    approve(&bob, &id, &bob_key);
+    let why = note_of(&f, &id, "b", &["failed", "succeeded", "halted"]);
+    assert!(why.contains("is not among them"), "{why}");
+    // (a may be rolled back: b's refusal breaks the wave's failure budget)
+    assert_eq!(f.live("web")[1], ("b".into(), None));
+
+    // the signed statement altered while the request waits for confirmation: refused
+    let before = f.live("web");
+    f.ok(&["env", "set", "prod", "--confirm"]);
+    let id = request("web@3.0", &[]);
+    approve(&alice, &id, &alice_key);
+    approve(&bob, &id, &bob_key);
+    f.wait_state(&id, &["awaiting_confirmation"], std::time::Duration::from_secs(60));
+    py_sql(
+        &db,
+        "for (r, s) in db.execute('SELECT rowid, signed FROM approvals WHERE deployment_id = ?', (arg,)).fetchall():\n    v = json.loads(s)\n    v['statement']['selector'] = 'role=web'\n    db.execute('UPDATE approvals SET signed = ? WHERE rowid = ?', (json.dumps(v), r))",
+        &id.clone().into(),
+    );
+    ok_as(&f, &rita, &["confirm", &id]);
+    let why = note_of(&f, &id, "a", &["failed", "rolled_back", "succeeded", "halted"]);
+    assert!(why.contains("does not hold"), "{why}");
+    assert_eq!(f.live("web"), before);
+}

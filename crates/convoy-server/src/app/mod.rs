@@ -9,6 +9,7 @@
 //! decides nothing the domain's state machines decide: it gathers facts,
 //! asks `convoy_domain`, and writes the answer with one compare-and-set.
 
+pub mod approvals;
 pub mod content;
 pub mod operations;
 pub mod reports;

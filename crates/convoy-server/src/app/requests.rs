@@ -26,8 +26,8 @@ const DEFAULT_ACTIVATE_TIMEOUT_SECS: u64 = 900;
 /// How far in the past a go-live time may be (clock skew, typing time).
 const PAST_GRACE_MS: i64 = 60_000;
 
-pub async fn approve(st: &AppState, user: &User, id: &str, note: &str) -> AppResult<DeploymentInfo> {
-    let r = approve_unaudited(st, user, id, note).await;
+pub async fn approve(st: &AppState, user: &User, id: &str, d: &convoy_wire::Decision) -> AppResult<DeploymentInfo> {
+    let r = approve_unaudited(st, user, id, d).await;
     audited(st, user, "approve", id, r).await
 }
 
@@ -212,19 +212,33 @@ fn may_decide(d: &DeploymentRecord, user: &User, needed: Role) -> AppResult<()> 
     Ok(())
 }
 
-async fn approve_unaudited(st: &AppState, user: &User, id: &str, note: &str) -> AppResult<DeploymentInfo> {
+async fn approve_unaudited(
+    st: &AppState,
+    user: &User,
+    id: &str,
+    decision: &convoy_wire::Decision,
+) -> AppResult<DeploymentInfo> {
     let (st, id) = (st.clone(), id.to_owned());
     let user = user.clone();
     let d = find(&st, &id).await?;
     let (policy, _) = policy_of(&d)?;
     may_decide(&d, &user, policy.approver_role)?;
+    if d.state != D::AwaitingApproval {
+        return Err(AppError::conflict(format!("not awaiting approval: the request is {}", d.state.as_str())));
+    }
+    let signed = match (&decision.statement, &decision.signature) {
+        (Some(s), Some(sig)) => super::approvals::check(&st, &user, &d, Some((s, sig))).await?,
+        (None, None) => super::approvals::check(&st, &user, &d, None).await?,
+        _ => return Err(AppError::bad_request("a signed approval gives both the statement and the signature")),
+    };
     let rec = ApprovalRecord {
         deployment_id: id.clone(),
         revision: d.revision,
         approver: user.name.clone(),
         decision: "approve".into(),
-        note: note.chars().take(1024).collect(),
+        note: decision.note.chars().take(1024).collect(),
         at: now_ms(),
+        signed,
     };
     if !st.store.add_approval(&rec, D::AwaitingApproval, &user.actor()).await? {
         return Err(AppError::conflict(format!(
@@ -258,6 +272,7 @@ async fn reject_unaudited(st: &AppState, user: &User, id: &str, note: &str) -> A
         decision: "reject".into(),
         note: note.clone(),
         at: now,
+        signed: String::new(),
     };
     if !st.store.add_approval(&rec, D::AwaitingApproval, &user.actor()).await? {
         return Err(AppError::conflict(format!("{} already decided on this request", user.name)));

@@ -292,10 +292,10 @@ async fn a_request_walks_approval_preflight_and_confirmation_and_refusals_are_au
     let (dana, ann, dave) = (user("dana", Role::Deployer), user("ann", Role::Approver), user("dave", Role::Deployer));
     let id = requests::submit(&h.st, &dana, request("role=web")).await.unwrap().id;
     assert_eq!(state(&h, &id).await.0, D::AwaitingApproval);
-    let self_approval = requests::approve(&h.st, &user("dana", Role::Admin), &id, "").await;
+    let self_approval = requests::approve(&h.st, &user("dana", Role::Admin), &id, &note("")).await;
     assert!(matches!(self_approval, Err(AppError::Forbidden(_))), "{self_approval:?}");
     assert!(matches!(requests::confirm(&h.st, &dana, &id).await, Err(AppError::Conflict(_))), "not yet");
-    requests::approve(&h.st, &ann, &id, "looks fine").await.unwrap();
+    requests::approve(&h.st, &ann, &id, &note("looks fine")).await.unwrap();
     assert_eq!(state(&h, &id).await.0, D::Preflight);
     pass_preflight(&h, &id).await;
     assert_eq!(state(&h, &id).await.0, D::AwaitingConfirmation);
@@ -333,7 +333,7 @@ async fn a_late_approval_moves_to_the_next_window_or_waits_for_a_new_time() {
         req.at = Some(now + 1_000);
         let id = requests::submit(&h.st, &user("dana", Role::Deployer), req).await.unwrap().id;
         tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
-        requests::approve(&h.st, &user("ann", Role::Approver), &id, "").await.unwrap();
+        requests::approve(&h.st, &user("ann", Role::Approver), &id, &note("")).await.unwrap();
         pass_preflight(&h, &id).await;
         let (st, note) = state(&h, &id).await;
         if moved {
@@ -543,4 +543,8 @@ async fn a_retry_of_some_targets_accepts_the_failures_not_retried() {
     assert_eq!(st, D::Succeeded, "{note}");
     let states = by_host(&instrs(&h, &id).await);
     assert_eq!((states["a1"], states["a2"], states["a3"]), (S::Succeeded, S::Succeeded, S::Failed));
+}
+
+fn note(n: &str) -> convoy_wire::Decision {
+    convoy_wire::Decision { note: n.into(), ..Default::default() }
 }

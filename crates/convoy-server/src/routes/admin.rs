@@ -176,3 +176,37 @@ pub async fn audit(
     let events = st.store.audit(&f).await?;
     Ok(Json(events.into_iter().map(crate::app::event_info).collect()))
 }
+
+/// `POST /users/{name}/keys` (an admin, or the user for their own name;
+/// audited): registers a public key for signed approvals.
+pub async fn add_user_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<Json<convoy_wire::UserKeyInfo>> {
+    let user = auth::require(&st, &headers, Role::Viewer).await?;
+    let Json(key) = body?;
+    Ok(Json(crate::app::approvals::add_key(&st, &user, &name, &key).await?))
+}
+
+/// `GET /users/{name}/keys`: a user's registered public keys.
+pub async fn user_keys(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<convoy_wire::UserKeyInfo>>> {
+    auth::require(&st, &headers, Role::Viewer).await?;
+    Ok(Json(crate::app::approvals::keys(&st, Some(&name)).await?))
+}
+
+/// `GET /envs/{name}/approvers`: the keys and threshold the environment's
+/// TUF approver role should name (`convoy trust approvers`).
+pub async fn approvers(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<convoy_wire::ApproverKeys>> {
+    auth::require(&st, &headers, Role::Viewer).await?;
+    Ok(Json(crate::app::approvals::approver_keys(&st, &name).await?))
+}

@@ -310,6 +310,10 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             };
             st.store.transition_instruction(&i.id, i.state, i.attempt, &up, "server", now_ms()).await?;
         }
+        let approval = match phase {
+            convoy_wire::Phase::Stage | convoy_wire::Phase::Activate => crate::app::approvals::envelope(st, &d).await?,
+            _ => None,
+        };
         out.push(Work {
             instruction_id: i.id,
             deployment_id: d.id,
@@ -322,6 +326,8 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             previous_version: i.previous_version,
             sources: if phase == convoy_wire::Phase::Stage { sources_for(st, target).await? } else { Vec::new() },
             preflight: None,
+            approval,
+            env: d.env,
         });
     }
     for c in st.store.pending_checks(target).await? {
@@ -340,6 +346,8 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
             previous_version: None,
             sources: Vec::new(),
             preflight: Some(crate::app::rollout::preflight_spec(st, &d).await?),
+            env: d.env.clone(),
+            approval: None,
         });
     }
     Ok(out)

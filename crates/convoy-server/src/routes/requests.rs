@@ -24,7 +24,7 @@ pub async fn approve(
 ) -> ApiResult<Json<DeploymentInfo>> {
     let user = auth::require(&st, &headers, Role::Viewer).await?;
     let d = optional(body)?;
-    Ok(Json(requests::approve(&st, &user, &id, &d.note).await?))
+    Ok(Json(requests::approve(&st, &user, &id, &d).await?))
 }
 
 pub async fn reject(
@@ -87,4 +87,15 @@ pub async fn inbox(
     let user = auth::require(&st, &headers, Role::Viewer).await?;
     let Query(q) = q?;
     Ok(Json(requests::inbox(&st, &user, q.all).await?))
+}
+
+/// `GET /deployments/{id}/statement`: what an approver signs.
+pub async fn statement(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<convoy_wire::approval::Statement>> {
+    auth::require(&st, &headers, Role::Viewer).await?;
+    let d = crate::app::find(&st, &id).await?;
+    Ok(Json(crate::app::approvals::statement(&st, &d).await?))
 }
