@@ -1,7 +1,9 @@
 //! `convoy demo`: a server and three agents as separate processes on
 //! loopback, in a temporary directory; v1 → v2 → a v3 whose health check
 //! fails on one target and is rolled back everywhere; then v3.1 through an
-//! environment (request, approval, preflight, confirmation, two waves).
+//! environment (request, approval, preflight, confirmation, two waves);
+//! then v3.2 signed by a CI key with a signed approval, after the agents
+//! refused it unsigned.
 //! Exits 0 only if every step ended as expected.
 
 use std::path::{Path, PathBuf};
@@ -164,7 +166,7 @@ async fn publish_step(c: &Client, src: &Path, version: &str) -> anyhow::Result<(
 }
 
 /// Step 6: users with roles, an environment, and a request through it.
-async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<DeploymentDetail> {
+async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<(DeploymentDetail, Client, Client)> {
     let policy = convoy_domain::Policy {
         approvals: 1,
         confirm: true,
@@ -214,6 +216,69 @@ async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<DeploymentDe
     let c: DeploymentInfo =
         ana.send_json(reqwest::Method::POST, &format!("/deployments/{}/confirm", r.id), &serde_json::json!({})).await?;
     line(format!("ana confirms: {}", c.note));
+    let fin = watch::watch(admin, &r.id, false).await?;
+    line("");
+    watch::print_summary(&fin);
+    Ok((fin, ana, ben))
+}
+
+/// Step 7: releases signed by a CI key delegated for the app, approvals
+/// signed by the approver's key, and an agent refusing what is unsigned.
+async fn signing_step(admin: &Client, ana: &Client, ben: &Client, base: &Path) -> anyhow::Result<DeploymentDetail> {
+    use convoy_wire::tuf::SigningKey;
+    let keys = base.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let write_key = |name: &str| -> anyhow::Result<PathBuf> {
+        let k = SigningKey::generate();
+        let p = keys.join(name);
+        std::fs::write(&p, serde_json::to_vec(&k.to_file())?)?;
+        std::fs::write(keys.join(format!("{name}.pub")), serde_json::to_vec(&k.public().json())?)?;
+        Ok(p)
+    };
+    let (ci, ben_key) = (write_key("ci.key")?, write_key("ben.key")?);
+    let ci_pub = crate::signing::public_keys(&[keys.join("ci.key.pub")])?;
+    crate::signing::trust_delegate(admin, &convoy_wire::tuf::app_role(APP), &ci_pub, 1, None, output::Format::Table)
+        .await?;
+    line(format!("{APP}'s releases are now signed by the CI key only (delegated TUF role app-{APP})"));
+    let src = base.join("src");
+    write_app(&src.join("3.2"), "3.2", 4, false)?;
+    let s = publish::publish(admin, &src.join("3.2"), APP, "3.2").await?;
+    ensure!(!s.signed, "the server signed a release of a delegated app");
+    line(format!("published {APP}@3.2 without the CI key: stored, but NOT signed"));
+    let refused = deploy(admin, "3.2", None).await?;
+    ensure!(refused.deployment.state == "failed", "an unsigned release ended {}", refused.deployment.state);
+    let why = refused.instructions.first().map(|i| i.note.clone()).unwrap_or_default();
+    line(format!("every agent refused it: {why}"));
+    crate::signing::sign_release(admin, &[ci], APP, "3.2", &s.digest, &s.manifest).await?;
+    line(format!("the CI key signs {APP}@3.2 into app-{APP}"));
+
+    crate::signing::user_key(ben, "ben", Some(&keys.join("ben.key.pub")), output::Format::Table).await?;
+    let mut env: convoy_wire::EnvInfo = admin.get_json("/envs/prod", Duration::from_secs(5)).await?;
+    env.policy.signed_approvals = true;
+    let _: convoy_wire::EnvInfo = admin.send_json(reqwest::Method::PUT, "/envs/prod", &env.policy).await?;
+    crate::signing::trust_approvers(admin, "prod", None, output::Format::Table).await?;
+    line("prod now needs approvals signed by an approver's key; agents check them against approve-prod");
+    let req = DeployRequest {
+        app: APP.into(),
+        version: "3.2".into(),
+        selector: "role=web".into(),
+        at: None,
+        max_failures: 0,
+        stage_timeout_secs: None,
+        activate_timeout_secs: None,
+        env: Some("prod".into()),
+        reason: "CHG-8: signed release".into(),
+        targets: Vec::new(),
+    };
+    let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
+    line(format!("ana requests {APP}@3.2 in prod: {}", r.id));
+    crate::signing::approve_signed(ben, &r.id, "signed off", &ben_key, output::Format::Table).await?;
+    wait_for("preflight", Duration::from_secs(60), || async {
+        watch::detail(admin, &r.id).await.ok().filter(|d| d.deployment.state == "awaiting_confirmation")
+    })
+    .await?;
+    let _: DeploymentInfo =
+        ana.send_json(reqwest::Method::POST, &format!("/deployments/{}/confirm", r.id), &serde_json::json!({})).await?;
     let fin = watch::watch(admin, &r.id, false).await?;
     line("");
     watch::print_summary(&fin);
@@ -331,12 +396,17 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     std::fs::remove_file(base.join("agents/web-3/simulate-outage"))?;
     write_app(&src.join("3.1"), "3.1", 3, false)?;
     publish_step(&c, &src.join("3.1"), "3.1").await?;
-    let d4 = workflow_step(&c, &url).await?;
+    let (d4, ana, ben) = workflow_step(&c, &url).await?;
     ensure!(d4.deployment.state == "succeeded", "v3.1 ended {}", d4.deployment.state);
+
+    step(7, "v3.2 signed: a CI key signs the release, the approver's key signs the approval; unsigned is refused");
+    let d5 = signing_step(&c, &ana, &ben, &base).await?;
+    ensure!(d5.deployment.state == "succeeded", "v3.2 ended {}", d5.deployment.state);
 
     line(format!(
         "\ndemo passed: v1.0 moved {}, v2.0 moved {}, v3.0 moved {} and was rolled back on every target; \
-         v3.1 went live in two waves after approval and confirmation",
+         v3.1 went live in two waves after approval and confirmation; unsigned v3.2 was refused, \
+         and went live once signed by the CI key with a signed approval",
         output::bytes(v1_bytes),
         output::bytes(v2_bytes),
         output::bytes(moved(&d3))

@@ -15,9 +15,21 @@ pub async fn trust(c: &Client, root_out: Option<&std::path::Path>, fmt: Format) 
     let root_raw = c.get_bytes("/tuf/metadata/root.json").await?;
     let root = tuf::parse_root(&root_raw)?;
     let mut roles = Vec::new();
+    let mut delegated = Vec::new();
     for name in ["root", "targets", "snapshot", "timestamp"] {
         let raw = c.get_bytes(&format!("/tuf/metadata/{name}.json")).await?;
         let meta: serde_json::Value = serde_json::from_slice(&raw)?;
+        if name == "targets" {
+            let t: tuf::Targets = serde_json::from_value(meta["signed"].clone())?;
+            for d in t.delegations.iter().flat_map(|d| d.roles.iter()) {
+                delegated.push(serde_json::json!({
+                    "role": d.name,
+                    "threshold": d.threshold,
+                    "keyids": d.keyids,
+                    "paths": d.paths,
+                }));
+            }
+        }
         let keys = root.roles.get(name).cloned().unwrap_or(tuf::RoleKeys { keyids: Vec::new(), threshold: 0 });
         roles.push(serde_json::json!({
             "role": name,
@@ -44,7 +56,9 @@ pub async fn trust(c: &Client, root_out: Option<&std::path::Path>, fmt: Format) 
         std::fs::write(p, &root_raw)?;
     }
     match fmt {
-        Format::Json => output::json(&serde_json::json!({"roles": roles, "mode": mode, "root_version": root.version})),
+        Format::Json => output::json(
+            &serde_json::json!({"roles": roles, "delegations": delegated, "mode": mode, "root_version": root.version}),
+        ),
         Format::Table => {
             let rows: Vec<Vec<String>> = roles
                 .iter()
@@ -65,6 +79,32 @@ pub async fn trust(c: &Client, root_out: Option<&std::path::Path>, fmt: Format) 
                 })
                 .collect();
             output::table(&["ROLE", "VERSION", "THRESHOLD", "KEYS", "EXPIRES"], &rows);
+            if !delegated.is_empty() {
+                line("");
+                let rows: Vec<Vec<String>> = delegated
+                    .iter()
+                    .map(|d| {
+                        let ids: Vec<String> = d["keyids"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|k| k.as_str().unwrap_or_default().chars().take(12).collect())
+                            .collect();
+                        let what = if d["role"].as_str().unwrap_or_default().starts_with("approve-") {
+                            "approvals"
+                        } else {
+                            "releases"
+                        };
+                        vec![
+                            d["role"].as_str().unwrap_or_default().to_owned(),
+                            what.to_owned(),
+                            format!("{} of {}", d["threshold"], ids.len()),
+                            ids.join(","),
+                        ]
+                    })
+                    .collect();
+                output::table(&["DELEGATED ROLE", "SIGNS", "THRESHOLD", "KEYS"], &rows);
+            }
             line(format!("mode: {mode}"));
             if let Some(p) = root_out {
                 line(format!("root version {} saved to {}", root.version, p.display()));

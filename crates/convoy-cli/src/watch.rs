@@ -152,7 +152,11 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
                 "reject" => "rejected",
                 other => other,
             };
-            format!("{} {decided}{void}{note}", a.approver)
+            let signed = match &a.signed_with {
+                Some(k) => format!(" (signed, key {})", k.get(..12).unwrap_or(k)),
+                None => String::new(),
+            };
+            format!("{} {decided}{signed}{void}{note}", a.approver)
         })
         .collect();
     if !approvals.is_empty() {

@@ -61,6 +61,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/tuf/targets/{app}/{version}/{file}"),
     ("put", "/tuf/root"),
     ("put", "/tuf/targets"),
+    ("put", "/tuf/delegated/{role}"),
+    ("put", "/tuf/delegations/{role}"),
+    ("post", "/users/{name}/keys"),
+    ("get", "/users/{name}/keys"),
+    ("get", "/envs/{name}/approvers"),
+    ("get", "/deployments/{id}/statement"),
 ];
 
 fn op(summary: &str, who: &str, body: Option<&str>, ok: Value) -> Value {
@@ -192,6 +198,13 @@ pub fn document() -> Value {
             "/deployments/{id}/pause": {"parameters": path_params(&["id"]), "post": op("Pause a deployment under way ({note}: the reason): no new wave starts; staging goes on; audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
             "/deployments/{id}/retry": {"parameters": path_params(&["id"]), "post": op("Retry a finished deployment's failed or canceled targets ({note, targets: [ID or hostname]}); healthy targets are untouched; audited", "deployer", None, json_ok("DeploymentInfo"))},
             "/deployments/{id}/resume": {"parameters": path_params(&["id"]), "post": op("Resume a paused deployment ({note}: the reason); audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
+            "/tuf/delegated/{role}": {"parameters": path_params(&["role"]), "put": op("A delegated role's metadata signed by its keys (an app's publisher keys): the next version, only paths delegated to it; audited", "deployer", None, json!({"description": "OK"}))},
+            "/tuf/delegations/{role}": {"parameters": path_params(&["role"]), "put": op("Single-box mode: {keys, threshold} for app-APP (publishers) or approve-ENV (approvers); the server signs the targets with the delegation; audited", "admin", None, json!({"description": "OK"}))},
+            "/users/{name}/keys": {"parameters": path_params(&["name"]),
+                "post": op("Register a public key (TUF key object) for signed approvals (admin, or the user itself); audited", "viewer", None, json!({"description": "OK"})),
+                "get": op("A user's registered public keys", "viewer", None, json!({"description": "OK"}))},
+            "/envs/{name}/approvers": {"parameters": path_params(&["name"]), "get": op("The keys and threshold the environment's approver role should name", "viewer", None, json!({"description": "OK"}))},
+            "/deployments/{id}/statement": {"parameters": path_params(&["id"]), "get": op("The statement an approver signs (convoy_wire::approval::Statement)", "viewer", None, json!({"description": "OK"}))},
             "/users/{name}/token": {"parameters": path_params(&["name"]), "post": op("A new API token for a user (admin, or the user itself); the old one is revoked at once", "viewer", None, json!({"description": "OK"}))}
         },
         "components": {

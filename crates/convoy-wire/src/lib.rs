@@ -461,6 +461,10 @@ pub struct ApprovalInfo {
     pub at: i64,
     /// False once the request changed after it (it no longer counts).
     pub current: bool,
+    /// The key id a signed approval was signed with (checked by the
+    /// server when given; agents check it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_with: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -84,6 +84,9 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
         .into_iter()
         .map(|a| ApprovalInfo {
             current: a.revision == d.revision,
+            signed_with: serde_json::from_str::<serde_json::Value>(&a.signed)
+                .ok()
+                .and_then(|v| v["signature"]["keyid"].as_str().map(str::to_owned)),
             approver: a.approver,
             decision: a.decision,
             note: a.note,
