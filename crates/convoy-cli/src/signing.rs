@@ -248,8 +248,17 @@ pub async fn trust_upload(
         serde_json::from_slice(&std::fs::read(root).with_context(|| format!("reading {}", root.display()))?)?;
     let key = read_key(targets_key)?;
     let mut t = latest_signed(c, "targets").await?;
-    if t.get("delegations").is_some_and(|d| !d.is_null()) {
-        bail!("the server's targets delegate to other keys; refusing to sign them with {}", targets_key.display());
+    // delegations made in single-box mode carry over: say what is signed
+    let current: convoy_wire::tuf::Targets = serde_json::from_value(t.clone())?;
+    for d in current.delegations.iter().flat_map(|d| d.roles.iter()) {
+        eprintln!(
+            "carrying over {}: {} of {} key(s) ({}) sign {}",
+            d.name,
+            d.threshold,
+            d.keyids.len(),
+            d.keyids.iter().map(|k| k.get(..12).unwrap_or(k)).collect::<Vec<_>>().join(","),
+            d.paths.join(", ")
+        );
     }
     t["version"] = (t["version"].as_u64().unwrap_or(0) + 1).into();
     t["expires"] = in_a_year().into();
