@@ -197,6 +197,17 @@ fn an_offline_root_and_targets_key_take_over_and_agents_follow() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
     assert!(f.agents[0].1.log_text().contains("root was rotated"));
+    // a next root signed by one of the two root keys, put on the server's disk: agents refuse it
+    let r1_key =
+        convoy_wire::tuf::SigningKey::from_file(&serde_json::from_slice(&std::fs::read(&r1).unwrap()).unwrap())
+            .unwrap();
+    let (_, mut cur) = Forger::new(&f).latest("root");
+    let mut next = cur["signed"].take();
+    next["version"] = 3.into();
+    Forger::new(&f).put("root", 3, &convoy_wire::tuf::sign(next, &[&r1_key]).unwrap());
+    let why = refused(&f, "1.0");
+    assert!(why.contains("root version 3 refused") && why.contains("1 valid signature(s) of the 2 needed"), "{why}");
+    assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
 }
 
 /// Runs Python's sqlite3 on the server's database: `arg` is JSON, the
