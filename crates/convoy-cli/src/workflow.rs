@@ -218,11 +218,22 @@ pub async fn env_set(c: &Client, name: &str, args: &EnvArgs<'_>, fmt: Format) ->
         Err(e) if e.downcast_ref::<convoy_client::ServerError>().is_some_and(|s| s.status == 404) => Policy::default(),
         Err(e) => return Err(e),
     };
+    let before = current.clone();
     let policy = apply(current, args)?;
     let e: EnvInfo = c.send_json(reqwest::Method::PUT, &format!("/envs/{name}"), &policy).await?;
     match fmt {
         Format::Json => output::json(&e),
         Format::Table => print_env(&e),
+    }
+    // agents follow the approver role in the signed targets, not this policy
+    if e.policy.signed_approvals
+        && (!before.signed_approvals
+            || before.approvals != e.policy.approvals
+            || before.approver_role != e.policy.approver_role)
+    {
+        eprintln!(
+            "convoy: agents check approvals against {name}'s approver keys and threshold as published in the signed TUF targets: run `convoy trust approvers {name}` (with --targets-key when it is kept offline) to publish this change"
+        );
     }
     Ok(())
 }
