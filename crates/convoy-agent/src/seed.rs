@@ -174,7 +174,8 @@ pub async fn apply_delta(
     let resp =
         Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching delta")?).await?;
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if resp.status() == reqwest::StatusCode::NO_CONTENT {
+    // 204: chunks are cheaper; 202: not made yet (never waited for)
+    if resp.status() == reqwest::StatusCode::NO_CONTENT || resp.status() == reqwest::StatusCode::ACCEPTED {
         return Ok(DeltaOutcome::skip(0, header("x-convoy-delta-skip").unwrap_or_else(|| "no delta offered".into())));
     }
     let (format, from) = (header("x-convoy-delta-format"), header("x-convoy-delta-from"));

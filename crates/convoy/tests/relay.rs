@@ -79,6 +79,7 @@ fn a_site_fetches_through_its_relay_once() {
 
     // the upgrade's delta is fetched once by the relay too
     publish(&f, "2.0", 2_000_000);
+    f.wait_delta("web", "1.0", "2.0");
     let before = relay_stats(&relay)["upstream_bytes"].as_u64().unwrap();
     let d = f.json(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
@@ -130,6 +131,7 @@ fn a_corrupt_relay_is_passed_over_and_reported() {
     }
     // a bad delta from the relay is caught the same way
     publish(&f, "2.0", 1_000_000);
+    f.wait_delta("web", "1.0", "2.0");
     let d = f.json(&["deploy", "web@2.0", "--selector", "role=web", "--wait"]);
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
     for i in instructions(&d) {

@@ -51,6 +51,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     overwrite(&v2.join("data.bin"), 1_500_000, b"a small change");
     std::fs::write(v2.join("config/app.env"), "PORT=9090\n").unwrap();
     f.ok(&["publish", v2.to_str().unwrap(), "--app", "web", "--version", "2.0"]);
+    f.wait_delta("web", "1.0", "2.0");
 
     // b's installed 1.0 was modified on the machine and its chunk cache is
     // gone: its copy is no delta reference any more
@@ -110,7 +111,33 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     write_app(&v3, "3.0", 3_000_000);
     overwrite(&v3.join("data.bin"), 2_500_000, b"another change");
     f.ok(&["publish", v3.to_str().unwrap(), "--app", "web", "--version", "3.0"]);
+    f.wait_delta("web", "2.0", "3.0");
     let d = deploy_wait(&f, "web@3.0");
     assert_eq!(metric(&d, "a", "transfer"), "delta");
     assert_eq!(metric(&d, "b", "transfer"), "delta", "b's 2.0 is intact again");
+}
+
+#[test]
+fn deltas_are_made_at_publish_and_never_waited_for() {
+    let f = Fleet::start();
+    for v in ["1.0", "2.0", "3.0", "4.0", "5.0"] {
+        let src = f.path(&format!("src/{v}"));
+        write_app(&src, v, 2_000_000);
+        overwrite(&src.join("data.bin"), 1_000_000, v.as_bytes());
+        f.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", v]);
+    }
+    // made at publish, from the last releases, before anyone deployed
+    for from in ["2.0", "3.0", "4.0"] {
+        assert_eq!(f.wait_delta("web", from, "5.0"), 200, "{from} -> 5.0");
+    }
+    // a pair nobody prepared: the asker is told at once to use chunks, and it is made meanwhile
+    let (status, body) = http(f.port, "GET", "/api/v1/releases/web/5.0/delta?from=1.0", Some(ADMIN), b"").unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(f.wait_delta("web", "1.0", "5.0"), 200);
+    // an agent holding 1.0 stages 2.0 by delta only if it was made; here it was
+    let mut f = f;
+    f.start_agent("a", "role=web", &[], &[]);
+    deploy_wait(&f, "web@1.0");
+    let d = deploy_wait(&f, "web@2.0");
+    assert_eq!(metric(&d, "a", "transfer"), "delta");
 }

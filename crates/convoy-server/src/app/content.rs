@@ -4,9 +4,15 @@
 //! (P-strategy, P-incremental). The HTTP routes in `routes/deltas.rs`
 //! serve them.
 //!
+//! Deltas are made ahead of need, in the background, one at a time: at
+//! publish from the app's last few releases and from every version the
+//! fleet runs, at deploy from each target's previous version. An agent
+//! that asks for a delta not made yet is told so at once (202) and stages
+//! by chunks; it never waits for one to be made.
+//!
 //! Memory: making a delta holds both release streams (see
 //! `convoy_pack::delta_memory`); pairs above `DELTA_MEMORY_LIMIT` are served
-//! as chunks.
+//! as chunks. One delta is made at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -26,10 +32,18 @@ pub const DELTA_LEVEL: i32 = 19;
 const FAST_ABOVE: u64 = 256 << 20;
 const FAST_LEVEL: i32 = 9;
 
+/// Releases of an app before a new one that deltas are made from at
+/// publish (besides every version the fleet runs).
+pub const DELTA_FROM_LAST: usize = 3;
+
 /// Generated deltas and compressed manifests on disk, made once each.
 pub struct Deltas {
     dir: PathBuf,
     inflight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deltas being made in the background (queued or running).
+    making: std::sync::Mutex<HashSet<String>>,
+    /// One delta made at a time: bounds the server's memory and CPU.
+    worker: tokio::sync::Semaphore,
 }
 
 /// What a cached generation produced.
@@ -37,12 +51,57 @@ pub enum Made {
     Bytes(Vec<u8>),
     /// Not worth sending; the reason.
     Skip(String),
+    /// Not made yet (it is being made): stage by other means now.
+    NotReady(String),
 }
 
 impl Deltas {
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir, inflight: Default::default() })
+        Ok(Self {
+            dir,
+            inflight: Default::default(),
+            making: Default::default(),
+            worker: tokio::sync::Semaphore::new(1),
+        })
+    }
+
+    /// What is made for `key`, or `None` after queueing `make` in the
+    /// background (once, however many ask); never waits for it.
+    pub fn start(
+        self: &Arc<Self>,
+        key: String,
+        make: impl FnOnce() -> Result<Made, String> + Send + 'static,
+    ) -> Option<Made> {
+        if let Some(m) = self.read(&key) {
+            return Some(m);
+        }
+        if !self.making.lock().expect("making lock").insert(key.clone()) {
+            return None;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let made = match me.worker.acquire().await {
+                Ok(_permit) if me.read(&key).is_none() => {
+                    let started = std::time::Instant::now();
+                    let r = tokio::task::spawn_blocking(make).await;
+                    tracing::debug!(%key, ms = started.elapsed().as_millis() as u64, "delta made in the background");
+                    r
+                }
+                _ => Ok(Err("made meanwhile".to_owned())),
+            };
+            match made {
+                Ok(Ok(m)) => {
+                    if let Err(e) = me.write(&key, &m) {
+                        tracing::warn!(error = %e, %key, "could not keep a delta");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %key, "no delta"),
+                Err(e) => tracing::warn!(error = %e, %key, "making a delta failed"),
+            }
+            me.making.lock().expect("making lock").remove(&key);
+        });
+        None
     }
 
     fn read(&self, key: &str) -> Option<Made> {
@@ -56,6 +115,7 @@ impl Deltas {
         let (name, bytes) = match made {
             Made::Bytes(b) => (format!("{key}.zst"), b.as_slice()),
             Made::Skip(why) => (format!("{key}.skip"), why.as_bytes()),
+            Made::NotReady(_) => return Ok(()),
         };
         let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, bytes)?;
@@ -125,21 +185,42 @@ pub fn find(st: &AppState, app: &str, version: &str) -> impl std::future::Future
     }
 }
 
-/// Makes (once) the delta between two releases of an app, if worth it.
-pub async fn prepare(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<Option<usize>> {
+/// Starts making (once, in the background) the delta between two
+/// releases of an app; `true` if it is made already.
+pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<bool> {
     let (from, to) = (find(st, app, from).await?, find(st, app, to).await?);
     if from.digest == to.digest {
-        return Ok(None);
+        return Ok(true);
     }
     let chunks = st.chunks.clone();
-    let made = st
-        .deltas
-        .cached(format!("{}-{}", from.digest, to.digest), move || make_delta(&chunks, &from.manifest, &to.manifest))
-        .await?;
-    Ok(match made {
-        Made::Bytes(b) => Some(b.len()),
-        Made::Skip(_) => None,
-    })
+    let key = format!("{}-{}", from.digest, to.digest);
+    Ok(st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest)).is_some())
+}
+
+/// A release was published: deltas to it from the app's last
+/// [`DELTA_FROM_LAST`] releases and from every version the fleet runs are
+/// made in the background, before anyone deploys it.
+pub async fn published(st: &AppState, rec: &ReleaseRecord) -> AppResult<()> {
+    let mut from: std::collections::BTreeSet<String> = st
+        .store
+        .list_releases()
+        .await?
+        .into_iter()
+        .filter(|r| r.app == rec.app && r.version != rec.version && r.created_at <= rec.created_at)
+        .take(DELTA_FROM_LAST)
+        .map(|r| r.version)
+        .collect();
+    for t in st.store.list_targets().await? {
+        if let Ok(inv) = serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json) {
+            from.extend(inv.current.get(rec.app.as_str()).filter(|v| **v != rec.version).cloned());
+        }
+    }
+    for v in from {
+        if let Err(e) = begin(st, &rec.app, &v, &rec.version).await {
+            tracing::debug!(error = %e, from = %v, to = %rec.version, "no delta prepared");
+        }
+    }
+    Ok(())
 }
 
 /// The description of the upgrade from `from` to `to`, computed once per
@@ -220,10 +301,10 @@ pub async fn delta(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     let from_digest = from.digest.clone();
     let size = to.total_size.to_string();
     let chunks = st.chunks.clone();
-    let made = st
-        .deltas
-        .cached(format!("{}-{}", from.digest, to.digest), move || make_delta(&chunks, &from.manifest, &to.manifest))
-        .await?;
+    let key = format!("{}-{}", from.digest, to.digest);
+    let made = st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest)).unwrap_or_else(|| {
+        Made::NotReady("the delta is still being made; staging by chunks instead of waiting".into())
+    });
     Ok((made, from_digest, size))
 }
 

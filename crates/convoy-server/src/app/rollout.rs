@@ -146,7 +146,7 @@ pub(super) fn prepare_deltas(st: &AppState, d: &DeploymentRecord, instrs: &[Inst
     for from in pairs {
         let (st, app, to) = (st.clone(), d.app.clone(), d.version.clone());
         tokio::spawn(async move {
-            if let Err(e) = super::content::prepare(&st, &app, &from, &to).await {
+            if let Err(e) = super::content::begin(&st, &app, &from, &to).await {
                 tracing::debug!(error = %e, %from, %to, "no delta prepared");
             }
         });

@@ -33,7 +33,9 @@ fn header(name: &'static str, v: &str) -> (HeaderName, HeaderValue) {
 }
 
 /// `GET /releases/{app}/{version}/delta?from=VERSION`: the delta (200), or
-/// 204 with the reason in `x-convoy-delta-skip` when chunks are cheaper.
+/// 204 with the reason in `x-convoy-delta-skip` when chunks are cheaper,
+/// or 202 (the same header) when it is not made yet: it is being made, and
+/// the caller stages by chunks rather than wait.
 pub async fn get(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -50,6 +52,8 @@ pub async fn get(
             (StatusCode::OK, hs, b).into_response()
         }
         Made::Skip(why) => (StatusCode::NO_CONTENT, [header(H_SKIP, &why)]).into_response(),
+        // not made yet: relays keep 200 and 204 only, so this is asked again
+        Made::NotReady(why) => (StatusCode::ACCEPTED, [header(H_SKIP, &why)]).into_response(),
     })
 }
 

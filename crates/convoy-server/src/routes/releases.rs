@@ -97,21 +97,9 @@ pub async fn publish(
     let signed = crate::app::tuf::published(&st, &rec).await?;
     if created {
         tracing::info!(app = %app, version = %version, digest = %rec.digest, user = %user.name, "release published");
-        // make the deltas from what the fleet runs now, before anyone deploys
-        let mut live = std::collections::BTreeSet::new();
-        for t in st.store.list_targets().await? {
-            if let Ok(inv) = serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json) {
-                live.extend(inv.current.get(app.as_str()).filter(|v| **v != rec.version).cloned());
-            }
-        }
-        for from in live {
-            let (st, app, to) = (st.clone(), app.to_string(), rec.version.clone());
-            tokio::spawn(async move {
-                if let Err(e) = crate::app::content::prepare(&st, &app, &from, &to).await {
-                    tracing::debug!(error = %e, %from, %to, "no delta prepared");
-                }
-            });
-        }
+        // deltas from recent releases and from what the fleet runs, made
+        // in the background before anyone deploys
+        crate::app::content::published(&st, &rec).await?;
     }
     let stored =
         st.store.get_release(&rec.app, &rec.version).await?.ok_or_else(|| ApiError::internal("release vanished"))?;

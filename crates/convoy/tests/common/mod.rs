@@ -296,6 +296,17 @@ impl Fleet {
         })
     }
 
+    /// Waits until the server has made the delta from `from` to `to` (or
+    /// decided chunks are cheaper): deltas are made in the background and
+    /// an agent that asks earlier stages by chunks.
+    pub fn wait_delta(&self, app: &str, from: &str, to: &str) -> u16 {
+        let path = format!("/api/v1/releases/{app}/{to}/delta?from={from}");
+        wait_until(&format!("the delta {app} {from} -> {to}"), Duration::from_secs(120), || {
+            let (status, _) = http(self.port, "GET", &path, Some(ADMIN), b"").ok()?;
+            (status != 202).then_some(status)
+        })
+    }
+
     /// The live version of `app` per target hostname.
     pub fn live(&self, app: &str) -> Vec<(String, Option<String>)> {
         let t = self.json(&["targets"]);
