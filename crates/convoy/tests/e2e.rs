@@ -742,3 +742,23 @@ fn deploy_picks_single_targets_by_id_or_hostname() {
     let out = f.cli(&["deploy", "web@1.0", "--selector", "role=db", "--target", "c"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the selector"));
 }
+
+/// The README's first command: the demo runs every step on embedded
+/// defaults and says it passed (signed releases and approvals included).
+#[test]
+fn the_demo_passes() {
+    let out = std::process::Command::new(EXE)
+        .arg("demo")
+        .env_remove("CONVOY_SERVER")
+        .env_remove("CONVOY_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("demo passed"), "{text}");
+    assert!(
+        text.contains("every agent refused it") && text.contains("not in the server's signed TUF metadata"),
+        "{text}"
+    );
+    assert!(text.contains("(signed, key "), "{text}");
+}
