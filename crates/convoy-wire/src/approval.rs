@@ -143,7 +143,7 @@ mod tests {
             delegations: None,
         };
         let keys = [user_key(&alice, "alice"), user_key(&bob, "bob"), user_key(&rita, "rita")];
-        t.delegate(&tuf::approvers_role("prod"), &keys, 2, vec!["approvals/prod/*".into()]).unwrap();
+        t.delegate(&tuf::approvers_role("prod"), &keys, 2, tuf::role_paths("approve-prod").unwrap()).unwrap();
         let (role, keys) = t.delegation("approve-prod").unwrap();
         let s = statement();
         let sig = |k: &SigningKey| sign(&s, k).unwrap();

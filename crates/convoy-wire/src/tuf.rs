@@ -317,7 +317,9 @@ pub fn role_paths(name: &str) -> Option<Vec<String>> {
         return (!app.is_empty()).then(|| app_paths(app));
     }
     let env = name.strip_prefix("approve-")?;
-    (!env.is_empty()).then(|| vec![format!("approvals/{env}/*")])
+    // two parts: never a release's path (APP/VERSION/manifest.json), so an
+    // app named like it cannot fall under an approver role
+    (!env.is_empty()).then(|| vec![format!("convoy-approvals/{env}")])
 }
 
 /// Whether a role name is safe in a metadata file name.
@@ -741,6 +743,15 @@ mod tests {
         assert_eq!(parse_time("2026-02-31T00:00:00Z"), None);
         assert_eq!(parse_time("2026-+1-01T00:00:00Z"), None);
         assert!(parse_time("2024-02-29T23:59:59Z").is_some());
+    }
+
+    #[test]
+    fn approver_roles_never_cover_a_release() {
+        let p = role_paths(&approvers_role("prod")).unwrap();
+        assert!(!p.iter().any(|pat| path_matches(pat, &target_path("convoy-approvals", "prod"))));
+        assert!(!p.iter().any(|pat| path_matches(pat, &target_path("approvals", "prod"))));
+        assert_eq!(role_paths("app-web").unwrap(), vec!["web/*/manifest.json".to_owned()]);
+        assert_eq!(role_paths("root"), None);
     }
 
     #[test]
