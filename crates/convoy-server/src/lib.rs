@@ -31,6 +31,7 @@ use convoy_pack::ChunkStore;
 use convoy_store::{hash_token, new_id, new_secret, EnrolTokenRecord, EventRecord, Store, TokenKind, TokenRecord};
 use tokio::net::TcpListener;
 
+pub use app::content::DELTA_FROM_LAST;
 pub use limit::{DEFAULT_PER_ADDRESS as DEFAULT_ENROL_RATE_ADDRESS, DEFAULT_PER_TOKEN as DEFAULT_ENROL_RATE_TOKEN};
 pub use state::AppState;
 
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     /// database [default: DATA_DIR/key-secret]; the same on every server
     /// sharing a database.
     pub key_secret_file: Option<PathBuf>,
+    /// Deltas to a new release are made at publish from this many of the
+    /// app's releases before it (and from every version the fleet runs).
+    pub delta_from_last: usize,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -418,7 +422,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         store.backend(),
         config.data_dir.display()
     );
-    let deltas = app::content::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
+    let mut deltas = app::content::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
+    deltas.from_last = config.delta_from_last;
     for m in &config.mirrors {
         let plain = m.strip_prefix("store+").unwrap_or(m);
         if !(plain.starts_with("http://") || plain.starts_with("https://")) || m.len() > 256 {

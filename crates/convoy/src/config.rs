@@ -37,6 +37,8 @@ pub struct ServerFile {
     pub enrol_rate_address: Option<u32>,
     /// Secret sealing the server's signing key (same on servers sharing a database).
     pub key_secret_file: Option<PathBuf>,
+    /// Releases before a new one that its deltas are made from at publish (default 3).
+    pub delta_from_last: Option<usize>,
 }
 
 /// `convoy agent --config FILE`.

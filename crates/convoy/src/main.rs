@@ -84,6 +84,10 @@ enum Cmd {
         /// [default: DATA_DIR/key-secret, made on first start].
         #[arg(long, env = "CONVOY_KEY_SECRET_FILE")]
         key_secret_file: Option<PathBuf>,
+        /// Deltas to a newly published release are made, in the background, from this many of
+        /// the app's releases before it (besides every version the fleet runs) [default: 3].
+        #[arg(long, env = "CONVOY_DELTA_FROM_LAST")]
+        delta_from_last: Option<usize>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -645,6 +649,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             enrol_rate_token,
             enrol_rate_address,
             key_secret_file,
+            delta_from_last,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -675,6 +680,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .or(file.enrol_rate_address)
                     .unwrap_or(convoy_server::DEFAULT_ENROL_RATE_ADDRESS),
                 key_secret_file: key_secret_file.clone().or(file.key_secret_file),
+                delta_from_last: delta_from_last.or(file.delta_from_last).unwrap_or(convoy_server::DELTA_FROM_LAST),
             })
             .await?;
         }

@@ -44,6 +44,8 @@ pub struct Deltas {
     making: std::sync::Mutex<HashSet<String>>,
     /// One delta made at a time: bounds the server's memory and CPU.
     worker: tokio::sync::Semaphore,
+    /// Releases before a new one its deltas are made from at publish.
+    pub from_last: usize,
 }
 
 /// What a cached generation produced.
@@ -63,6 +65,7 @@ impl Deltas {
             inflight: Default::default(),
             making: Default::default(),
             worker: tokio::sync::Semaphore::new(1),
+            from_last: DELTA_FROM_LAST,
         })
     }
 
@@ -198,7 +201,7 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
 }
 
 /// A release was published: deltas to it from the app's last
-/// [`DELTA_FROM_LAST`] releases and from every version the fleet runs are
+/// `--delta-from-last` releases and from every version the fleet runs are
 /// made in the background, before anyone deploys it.
 pub async fn published(st: &AppState, rec: &ReleaseRecord) -> AppResult<()> {
     let mut from: std::collections::BTreeSet<String> = st
@@ -207,7 +210,7 @@ pub async fn published(st: &AppState, rec: &ReleaseRecord) -> AppResult<()> {
         .await?
         .into_iter()
         .filter(|r| r.app == rec.app && r.version != rec.version && r.created_at <= rec.created_at)
-        .take(DELTA_FROM_LAST)
+        .take(st.deltas.from_last)
         .map(|r| r.version)
         .collect();
     for t in st.store.list_targets().await? {
