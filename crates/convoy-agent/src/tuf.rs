@@ -246,8 +246,11 @@ impl TufClient {
                 s.targets.len()
             );
         }
-        if let (Some(approved), Some(at)) = (s.go_live_at, w.go_live_at) {
-            if at + 60_000 < approved {
+        // never earlier than the approved go-live, by the work or by this machine's clock
+        if let Some(approved) = s.go_live_at {
+            let now = now_secs() * 1000;
+            let at = w.go_live_at.unwrap_or(now);
+            if at + 60_000 < approved || (w.phase == convoy_wire::Phase::Activate && now + 60_000 < approved) {
                 anyhow::bail!("the work goes live before the go-live the approvers approved (refusing it)");
             }
         }

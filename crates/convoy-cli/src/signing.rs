@@ -559,11 +559,12 @@ pub async fn trust_approvers(
             a.keys.len()
         );
     }
-    if fmt == Format::Table {
-        for k in &a.keys {
-            let id = convoy_wire::tuf::PublicKey::from_json(k).map(|p| p.id()).unwrap_or_default();
-            eprintln!("  approver {} key {id}", k[convoy_wire::approval::USER_FIELD].as_str().unwrap_or("?"));
-        }
+    // what the targets key is about to root: check it against what each
+    // approver says their key is (the list comes from the server)
+    eprintln!("{env}: {} approval(s) of distinct approvers needed; approver keys:", a.threshold);
+    for k in &a.keys {
+        let id = convoy_wire::tuf::PublicKey::from_json(k).map(|p| p.id()).unwrap_or_default();
+        eprintln!("  {:<20} {id}", k[convoy_wire::approval::USER_FIELD].as_str().unwrap_or("?"));
     }
     trust_delegate(c, &convoy_wire::tuf::approvers_role(env), &a.keys, a.threshold, targets_key, fmt).await
 }

@@ -87,14 +87,30 @@ pub fn check(
     if statement.kind != KIND {
         return Err(bad(format!("_type is {:?}, not {KIND}", statement.kind)));
     }
-    // the requester's own keys never count
-    let requester: BTreeSet<&str> = keys
-        .iter()
-        .filter(|(_, k)| k[USER_FIELD].as_str() == Some(statement.requested_by.as_str()))
-        .map(|(id, _)| id.as_str())
-        .collect();
-    let keyids: Vec<String> = env_role.keyids.iter().filter(|id| !requester.contains(id.as_str())).cloned().collect();
-    tuf::verify("approval", envelope, keys, &RoleKeys { keyids, threshold: env_role.threshold })?;
+    // a threshold of distinct approvers (people, not keys): each valid
+    // signature counts for the user its key is published for; keys
+    // published without a user, and the requester's own, count for nothing
+    let msg = tuf::canonical(&envelope["signed"])?;
+    let sigs = envelope["signatures"].as_array().ok_or_else(|| bad("no signatures".into()))?;
+    let mut users = BTreeSet::new();
+    for s in sigs {
+        let (Some(id), Some(sig)) = (s["keyid"].as_str(), s["sig"].as_str()) else { continue };
+        if !env_role.keyids.iter().any(|k| k == id) {
+            continue;
+        }
+        let Some(key) = keys.get(id) else { continue };
+        let Some(user) = key[USER_FIELD].as_str() else { continue };
+        if user == statement.requested_by {
+            continue;
+        }
+        let Ok(public) = tuf::PublicKey::from_json(key) else { continue };
+        if public.id() == id && public.verifies_hex(&msg, sig) {
+            users.insert(user);
+        }
+    }
+    if users.len() < env_role.threshold as usize || env_role.threshold == 0 {
+        return Err(TufError::Threshold { role: "approval".into(), got: users.len(), need: env_role.threshold });
+    }
     match tuf::parse_time(&statement.expires) {
         Some(t) if t > now => Ok(statement),
         Some(_) => Err(TufError::Expired { role: "approval".into(), expires: statement.expires }),
@@ -134,7 +150,7 @@ mod tests {
     #[test]
     fn a_threshold_of_approvers_other_than_the_requester_over_exactly_the_statement() {
         let (alice, bob, rita) = (SigningKey::generate(), SigningKey::generate(), SigningKey::generate());
-        let mut t = Targets {
+        let mut t: Targets = Targets {
             kind: "targets".into(),
             spec_version: tuf::SPEC_VERSION.into(),
             version: 1,
@@ -168,5 +184,16 @@ mod tests {
         // a key outside the role
         let mallory = SigningKey::generate();
         assert!(check(role, keys, &envelope(&s, vec![sig(&alice), sig(&mallory)]), 1_000).is_err());
+        // one person with two keys is one approver; a key published without its user counts for nothing
+        let alice2 = SigningKey::generate();
+        let ghost = SigningKey::generate();
+        let more =
+            [user_key(&alice, "alice"), user_key(&alice2, "alice"), user_key(&bob, "bob"), ghost.public().json()];
+        t.delegate(&tuf::approvers_role("prod"), &more, 2, tuf::role_paths("approve-prod").unwrap()).unwrap();
+        let (role, keys) = t.delegation("approve-prod").unwrap();
+        let e = check(role, keys, &envelope(&s, vec![sig(&alice), sig(&alice2)]), 1_000).unwrap_err();
+        assert!(matches!(e, TufError::Threshold { got: 1, need: 2, .. }), "{e}");
+        assert!(check(role, keys, &envelope(&s, vec![sig(&alice), sig(&ghost)]), 1_000).is_err());
+        assert!(check(role, keys, &envelope(&s, vec![sig(&alice2), sig(&bob)]), 1_000).is_ok());
     }
 }

@@ -141,6 +141,10 @@ impl PublicKey {
         }
         Self::from_hex(v["keyval"]["public"].as_str().unwrap_or_default())
     }
+    /// Whether `sig_hex` is this key's signature over `msg`.
+    pub fn verifies_hex(&self, msg: &[u8], sig_hex: &str) -> bool {
+        self.verifies(msg, sig_hex)
+    }
     fn verifies(&self, msg: &[u8], sig_hex: &str) -> bool {
         let Ok(sig) = hex::decode(sig_hex) else { return false };
         UnparsedPublicKey::new(&ED25519, &self.public).verify(msg, &sig).is_ok()
@@ -326,7 +330,7 @@ pub fn role_paths(name: &str) -> Option<Vec<String>> {
 pub fn valid_role_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
         && !name.starts_with('.')
         && !name.bytes().next().is_some_and(|b| b.is_ascii_digit())
 }
@@ -336,21 +340,30 @@ impl Targets {
     /// `convoy_user`) with `threshold`, replacing a role of that name; keys
     /// no role names any more are dropped.
     pub fn delegate(&mut self, name: &str, keys: &[Value], threshold: u32, paths: Vec<String>) -> Result<(), TufError> {
-        if threshold == 0 || threshold as usize > keys.len() {
+        let mut ids: Vec<String> =
+            keys.iter().map(|k| Ok(PublicKey::from_json(k)?.id())).collect::<Result<_, TufError>>()?;
+        ids.sort();
+        ids.dedup();
+        if threshold == 0 || threshold as usize > ids.len() {
             return Err(TufError::Other(format!(
-                "a threshold of {threshold} needs at least that many keys (got {})",
-                keys.len()
+                "a threshold of {threshold} needs at least that many distinct keys (got {})",
+                ids.len()
             )));
         }
         let d = self.delegations.get_or_insert_with(Delegations::default);
-        let mut ids = Vec::new();
         for k in keys {
             let id = PublicKey::from_json(k)?.id();
-            d.keys.insert(id.clone(), k.clone());
-            ids.push(id);
+            // one key object per id: a key another role publishes differently
+            // (an approver's, with its user) is not silently replaced
+            if d.keys.get(&id).is_some_and(|old| old != k)
+                && d.roles.iter().any(|r| r.name != name && r.keyids.contains(&id))
+            {
+                return Err(TufError::Other(format!(
+                    "key {id} is published for another role with other fields; use a separate key for {name}"
+                )));
+            }
+            d.keys.insert(id, k.clone());
         }
-        ids.sort();
-        ids.dedup();
         let role = Delegation { name: name.to_owned(), keyids: ids, threshold, terminating: true, paths };
         match d.roles.iter_mut().find(|r| r.name == name) {
             Some(r) => *r = role,

@@ -164,6 +164,17 @@ pub async fn check(
     })?;
     let public = PublicKey::from_json(&serde_json::from_str(&key.key_json).unwrap_or(Value::Null))
         .map_err(|e| AppError::corrupt("key", keyid, e))?;
+    // where the approver role is published, only its keys count with agents
+    if let Some(env) = d.env.as_deref() {
+        let top = super::tuf::Repo::targets(st.store.as_ref()).await?;
+        if let Some((role, _)) = top.delegation(&convoy_wire::tuf::approvers_role(env)) {
+            if !role.keyids.iter().any(|k| k == keyid) {
+                return Err(AppError::forbidden(format!(
+                    "key {keyid} is not among {env}'s published approver keys, so agents would not count it: convoy trust approvers {env}"
+                )));
+            }
+        }
+    }
     if !approval::signature_verifies(&want, &public, sig) {
         return Err(AppError::forbidden("the signature does not verify over the statement"));
     }

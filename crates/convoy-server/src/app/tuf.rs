@@ -336,6 +336,10 @@ impl Repo {
         let version = store.get_tuf(name, None).await?.map_or(0, |(v, _)| v) + 1;
         let t: Targets = serde_json::from_value(meta["signed"].clone())
             .map_err(|e| bad(format!("not TUF targets metadata: {e}")))?;
+        if t.kind == "targets" && t.version < version {
+            // another publisher signed meanwhile: sign the newest again
+            return Err(AppError::conflict(format!("{name} is at version {} now; sign the newest again", version - 1)));
+        }
         if t.kind != "targets" || t.version != version {
             return Err(bad(format!("{name} must be targets version {version} (got {} {})", t.kind, t.version)));
         }
@@ -466,6 +470,12 @@ fn check_targets(meta: &Value, keys: &BTreeMap<String, Value>, role: &RoleKeys, 
     let bad = |m: String| AppError::bad_request(m);
     let t: Targets =
         serde_json::from_value(meta["signed"].clone()).map_err(|e| bad(format!("not TUF targets metadata: {e}")))?;
+    if t.kind == "targets" && t.version < version {
+        return Err(AppError::conflict(format!(
+            "the targets are at version {} now; sign the newest again",
+            version - 1
+        )));
+    }
     if t.kind != "targets" || t.version != version {
         return Err(bad(format!("targets must be version {version} (got {} {})", t.kind, t.version)));
     }
