@@ -165,6 +165,22 @@ async fn publish_step(c: &Client, src: &Path, version: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// A request for `APP@version` on every role=web target through environment prod.
+fn prod_request(version: &str, reason: &str) -> DeployRequest {
+    DeployRequest {
+        app: APP.into(),
+        version: version.into(),
+        selector: "role=web".into(),
+        at: None,
+        max_failures: 0,
+        stage_timeout_secs: None,
+        activate_timeout_secs: None,
+        env: Some("prod".into()),
+        reason: reason.into(),
+        targets: Vec::new(),
+    }
+}
+
 /// Step 6: users with roles, an environment, and a request through it.
 async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<(DeploymentDetail, Client, Client)> {
     let policy = convoy_domain::Policy {
@@ -185,18 +201,7 @@ async fn workflow_step(admin: &Client, url: &str) -> anyhow::Result<(DeploymentD
         tokens.push(u.token.context("the new user's token")?);
     }
     let (ana, ben) = (Client::new(url, &tokens[0], None)?, Client::new(url, &tokens[1], None)?);
-    let req = DeployRequest {
-        app: APP.into(),
-        version: "3.1".into(),
-        selector: "role=web".into(),
-        at: None,
-        max_failures: 0,
-        stage_timeout_secs: None,
-        activate_timeout_secs: None,
-        env: Some("prod".into()),
-        reason: "CHG-7: fix for the v3.0 outage".into(),
-        targets: Vec::new(),
-    };
+    let req = prod_request("3.1", "CHG-7: fix for the v3.0 outage");
     let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("ana requests {APP}@3.1 in prod: {} is {}", r.id, r.state));
     let approve = format!("/deployments/{}/approve", r.id);
@@ -258,18 +263,7 @@ async fn signing_step(admin: &Client, ana: &Client, ben: &Client, base: &Path) -
     let _: convoy_wire::EnvInfo = admin.send_json(reqwest::Method::PUT, "/envs/prod", &env.policy).await?;
     crate::signing::trust_approvers(admin, "prod", None, output::Format::Table).await?;
     line("prod now needs approvals signed by an approver's key; agents check them against approve-prod");
-    let req = DeployRequest {
-        app: APP.into(),
-        version: "3.2".into(),
-        selector: "role=web".into(),
-        at: None,
-        max_failures: 0,
-        stage_timeout_secs: None,
-        activate_timeout_secs: None,
-        env: Some("prod".into()),
-        reason: "CHG-8: signed release".into(),
-        targets: Vec::new(),
-    };
+    let req = prod_request("3.2", "CHG-8: signed release");
     let r: DeploymentInfo = ana.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("ana requests {APP}@3.2 in prod: {}", r.id));
     crate::signing::approve_signed(ben, &r.id, "signed off", &ben_key, output::Format::Table).await?;

@@ -313,22 +313,18 @@ fn labels_belong_to_the_server_and_enrolment_tokens_are_scoped() {
     assert!(row["revoked_at"].is_i64() && row["token"].is_null(), "{row:#}");
 }
 
-fn cli_as(f: &Fleet, token: &str, args: &[&str]) -> std::process::Output {
-    Command::new(EXE).args(args).env("CONVOY_SERVER", &f.url).env("CONVOY_TOKEN", token).output().unwrap()
-}
-
 #[test]
 fn tokens_rotate_and_the_old_ones_stop_working() {
     let mut f = Fleet::start();
     // a user's token
     let alice = secret(&f.ok(&["users", "add", "alice", "--role", "viewer"]));
-    assert!(cli_as(&f, &alice, &["deployments"]).status.success());
-    let fresh = secret(&String::from_utf8_lossy(&cli_as(&f, &alice, &["users", "token", "alice", "--rotate"]).stdout));
-    let out = cli_as(&f, &alice, &["deployments"]);
+    assert!(as_user(&f, &alice, &["deployments"]).status.success());
+    let fresh = secret(&String::from_utf8_lossy(&as_user(&f, &alice, &["users", "token", "alice", "--rotate"]).stdout));
+    let out = as_user(&f, &alice, &["deployments"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(cli_as(&f, &fresh, &["deployments"]).status.success());
-    let out = cli_as(&f, &fresh, &["users", "token", "admin", "--rotate"]);
+    assert!(as_user(&f, &fresh, &["deployments"]).status.success());
+    let out = as_user(&f, &fresh, &["users", "token", "admin", "--rotate"]);
     assert!(!out.status.success(), "a viewer cannot rotate another's token");
     assert!(audit_has(&f, "token_rotated", "alice"));
 
@@ -337,13 +333,13 @@ fn tokens_rotate_and_the_old_ones_stop_working() {
     let (code, body) = http(f.port, "GET", "/api/v1/targets", Some(ADMIN), b"").unwrap();
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("revoked"), "{body}");
-    assert!(cli_as(&f, &admin2, &["targets"]).status.success());
+    assert!(as_user(&f, &admin2, &["targets"]).status.success());
     // a restart with the old token still configured does not bring it back
     f.kill_server();
     f.start_server();
     let (code, _) = http(f.port, "GET", "/api/v1/targets", Some(ADMIN), b"").unwrap();
     assert_eq!(code, 401);
-    assert!(cli_as(&f, &admin2, &["targets"]).status.success());
+    assert!(as_user(&f, &admin2, &["targets"]).status.success());
 
     // the bootstrap enrolment token: a new one in the configuration revokes the old
     let new_enrol = "rotated-enrol-token-0123456789";

@@ -391,27 +391,6 @@ fn publisher_keys_sign_their_app_and_agents_refuse_forged_replayed_and_expired_m
     assert_eq!(f.live("web"), vec![("a".into(), Some("2.0".into()))]);
 }
 
-fn as_user(f: &Fleet, token: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(EXE)
-        .args(args)
-        .env("CONVOY_SERVER", &f.url)
-        .env("CONVOY_TOKEN", token)
-        .env_remove("CONVOY_CA_CERT")
-        .output()
-        .unwrap()
-}
-
-fn ok_as(f: &Fleet, token: &str, args: &[&str]) -> String {
-    let o = as_user(f, token, args);
-    assert!(
-        o.status.success(),
-        "convoy {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// The note of the instruction for `host` in deployment `id`, once the
 /// deployment is in one of `states`.
 fn note_of(f: &Fleet, id: &str, host: &str, states: &[&str]) -> String {

@@ -5,35 +5,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// Runs the CLI with a user's token.
-fn as_user(f: &Fleet, token: &str, args: &[&str]) -> Output {
-    std::process::Command::new(EXE)
-        .args(args)
-        .env("CONVOY_SERVER", &f.url)
-        .env("CONVOY_TOKEN", token)
-        .env_remove("CONVOY_CA_CERT")
-        .output()
-        .unwrap()
-}
-
-fn ok_as(f: &Fleet, token: &str, args: &[&str]) -> String {
-    let out = as_user(f, token, args);
-    assert!(
-        out.status.success(),
-        "convoy {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn json_as(f: &Fleet, token: &str, args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();

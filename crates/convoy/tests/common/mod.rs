@@ -370,3 +370,26 @@ pub fn write_app(dir: &Path, version: &str, extra_bytes: usize) {
         .collect();
     w("data.bin", &data);
 }
+
+/// Runs the CLI with a user's token.
+pub fn as_user(f: &Fleet, token: &str, args: &[&str]) -> Output {
+    Command::new(EXE)
+        .args(args)
+        .env("CONVOY_SERVER", &f.url)
+        .env("CONVOY_TOKEN", token)
+        .env_remove("CONVOY_CA_CERT")
+        .output()
+        .unwrap()
+}
+
+/// Runs the CLI with a user's token; it must succeed. Returns stdout.
+pub fn ok_as(f: &Fleet, token: &str, args: &[&str]) -> String {
+    let out = as_user(f, token, args);
+    assert!(
+        out.status.success(),
+        "convoy {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
