@@ -14,7 +14,7 @@ mod journal;
 mod preflight;
 mod prune;
 mod relay;
-mod seed;
+pub mod seed;
 mod stage;
 mod tuf;
 

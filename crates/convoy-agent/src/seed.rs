@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use convoy_client::Client;
 use convoy_pack::{
-    apply_release_delta, decode_bounded, delta_memory, split_stream, ChunkId, ChunkStore, Entry, Manifest,
-    VerifiedChunk, DELTA_FORMAT,
+    apply_release_delta, decode_bounded, delta_memory, Applied, ChunkId, ChunkRef, ChunkSource, ChunkStore, Entry,
+    Manifest, RelPath, VerifiedChunk, DELTA_FORMAT,
 };
 use convoy_wire::Work;
 
@@ -100,31 +100,42 @@ pub fn seed_from_installed(root: &Path, app: &str, wanted: &HashSet<ChunkId>, ca
     found
 }
 
-/// The installed release's stream (its files in manifest order), each chunk
-/// verified, from the cache or from its files on disk. `None` if any chunk
-/// cannot be had: the release was modified and is no delta reference.
-fn installed_stream(root: &Path, app: &str, version: &str, m: &Manifest, cache: &ChunkStore) -> Option<Vec<u8>> {
-    let dir = release_dir(root, app, version);
-    let mut out = Vec::with_capacity(m.total_size() as usize);
-    for e in &m.entries {
-        let Entry::File { path, chunks, .. } = e else { continue };
-        let full = dir.join(path.as_str());
-        let file = std::fs::symlink_metadata(&full)
-            .ok()
-            .filter(|md| md.is_file())
-            .and_then(|_| std::fs::read(&full).ok())
-            .unwrap_or_default();
-        let mut at = 0usize;
-        for c in chunks {
-            let end = at + c.len as usize;
-            match file.get(at..end) {
-                Some(piece) if ChunkId::of(piece) == c.id => out.extend_from_slice(piece),
-                _ => out.extend_from_slice(cache.get(&c.id).ok()??.data()),
+/// Verified chunks of the installed release `dir`: read from its files at
+/// their offsets (regular files only, never through a link) and hashed,
+/// or taken from the cache; an error if neither holds it intact.
+pub struct Installed<'a> {
+    dir: std::path::PathBuf,
+    cache: &'a ChunkStore,
+    open: Option<(String, Option<std::fs::File>)>,
+}
+
+impl<'a> Installed<'a> {
+    pub fn new(dir: std::path::PathBuf, cache: &'a ChunkStore) -> Self {
+        Self { dir, cache, open: None }
+    }
+}
+
+impl ChunkSource for Installed<'_> {
+    fn chunk(&mut self, path: &RelPath, offset: u64, c: &ChunkRef) -> std::io::Result<VerifiedChunk> {
+        if self.open.as_ref().is_none_or(|(p, _)| p != path.as_str()) {
+            let full = self.dir.join(path.as_str());
+            let file = std::fs::symlink_metadata(&full)
+                .ok()
+                .filter(|md| md.is_file())
+                .and_then(|_| std::fs::File::open(&full).ok());
+            self.open = Some((path.as_str().to_owned(), file));
+        }
+        if let Some((_, Some(f))) = &self.open {
+            let mut buf = vec![0u8; c.len as usize];
+            if std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, offset).is_ok() && ChunkId::of(&buf) == c.id {
+                return Ok(VerifiedChunk::from_data(buf));
             }
-            at = end;
+        }
+        match self.cache.get(&c.id)? {
+            Some(v) => Ok(v),
+            None => Err(std::io::Error::other(format!("modified here (chunk {} at {offset} differs)", c.id))),
         }
     }
-    Some(out)
 }
 
 /// What a delta attempt came to.
@@ -138,18 +149,86 @@ pub struct DeltaOutcome {
     pub chunks: usize,
     /// Why no delta was used, if none was.
     pub skipped: Option<String>,
+    /// Why only part of it could be used (files of the installed release
+    /// modified here): the rest comes as chunks.
+    pub partial: Option<String>,
 }
 
 impl DeltaOutcome {
     fn skip(bytes: u64, why: impl Into<String>) -> Self {
-        Self { bytes, manifest: None, chunks: 0, skipped: Some(why.into()) }
+        Self { bytes, manifest: None, chunks: 0, skipped: Some(why.into()), partial: None }
     }
 }
 
+/// Applies a downloaded delta `body` (of `len` bytes) to the release
+/// installed in `dir` (manifest `old`), caching the chunks it makes. The
+/// rebuilt manifest must hash to `digest`; if it does not, the chunks this
+/// attempt added are removed again. Memory: `convoy_pack::delta_memory`.
+pub fn apply_downloaded(
+    dir: std::path::PathBuf,
+    old: &Manifest,
+    body: &std::fs::File,
+    len: u64,
+    max_size: u64,
+    digest: &str,
+    cache: &ChunkStore,
+) -> anyhow::Result<DeltaOutcome> {
+    let mut added = Vec::new();
+    let mut sink = |v: VerifiedChunk| -> std::io::Result<()> {
+        if !cache.contains(&v.id()) {
+            cache.put(&v, None)?;
+            added.push(v.id());
+        }
+        Ok(())
+    };
+    let mut src = Installed::new(dir, cache);
+    let applied = apply_release_delta(old, &mut src, body, len, max_size, &mut sink);
+    let chunks = added.len();
+    match applied {
+        Ok(Applied::Complete(m)) => {
+            let bytes = m.canonical_bytes();
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != digest {
+                // content-addressed, but nothing will use them: not kept
+                for id in &added {
+                    let _ = cache.remove(id);
+                }
+                bail!("the release rebuilt from the delta hashes to {got}, expected {digest}");
+            }
+            Ok(DeltaOutcome { bytes: len, manifest: Some((bytes, m)), chunks, skipped: None, partial: None })
+        }
+        // the files whose reference was modified here come as chunks; the
+        // chunks made of the others are kept (each hashed by its bytes, used
+        // only where the manifest checked against the root digest names it)
+        Ok(Applied::Partial(failed)) => Ok(DeltaOutcome {
+            bytes: len,
+            manifest: None,
+            chunks,
+            skipped: None,
+            partial: Some(format!(
+                "{} file(s) of the installed release were modified here ({}); they come as chunks",
+                failed.len(),
+                failed.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )),
+        }),
+        Err(e) => {
+            for id in &added {
+                let _ = cache.remove(id);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Largest delta body accepted for a release of `size` bytes.
+fn body_limit(size: u64) -> u64 {
+    size.saturating_add(size / 8).saturating_add(4 << 20)
+}
+
 /// One request: the delta from the release the target runs to the one it
-/// stages. The manifest is rebuilt from it and must hash to the root
-/// digest; then every chunk the cache lacks is cached. On any shortfall
-/// the caller stages by chunks instead.
+/// stages, written to disk as it arrives, then applied file by file. The
+/// manifest is rebuilt from it and must hash to the root digest. On any
+/// shortfall the caller stages the rest by chunks.
 pub async fn apply_delta(
     cfg: &AgentConfig,
     client: &Client,
@@ -165,13 +244,8 @@ pub async fn apply_delta(
     if delta_memory(old.total_size(), 0) > cfg.max_memory {
         return Ok(DeltaOutcome::skip(0, format!("{prev} alone exceeds the memory limit {}", cfg.max_memory)));
     }
-    let (root, app, c2, m2, p2) = (cfg.root.clone(), w.app.clone(), cache.clone(), old.clone(), prev.clone());
-    let Some(old_stream) = tokio::task::spawn_blocking(move || installed_stream(&root, &app, &p2, &m2, &c2)).await?
-    else {
-        return Ok(DeltaOutcome::skip(0, format!("the installed {prev} was modified on this machine")));
-    };
     let path = format!("/releases/{}/{}/delta?from={prev}", w.app, w.version);
-    let resp =
+    let mut resp =
         Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching delta")?).await?;
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // 204: chunks are cheaper; 202: not made yet (never waited for)
@@ -191,31 +265,26 @@ pub async fn apply_delta(
             format!("a delta needs {mem} bytes of memory, over the limit {}", cfg.max_memory),
         ));
     }
-    let body = resp.bytes().await.context("reading delta")?;
-    let bytes = body.len() as u64;
-    let (cache, digest) = (cache.clone(), w.digest.clone());
-    let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Manifest, usize)> {
-        let (m, stream) = apply_release_delta(&old, &old_stream, &body, size)?;
-        drop(old_stream);
-        let bytes = m.canonical_bytes();
-        let got = blake3::hash(&bytes).to_hex().to_string();
-        if got != digest {
-            bail!("the release rebuilt from the delta hashes to {got}, expected {digest}");
+    // to disk as it arrives: a delta is never held in memory
+    let tmp_dir = crate::state_dir(&cfg.root).join("tmp");
+    std::fs::create_dir_all(&tmp_dir)?;
+    let tmp = tmp_dir.join(format!("delta-{}", w.instruction_id));
+    let limit = body_limit(size);
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&tmp)?;
+    let _ = std::fs::remove_file(&tmp); // the open handle is all that is needed
+    let mut bytes = 0u64;
+    while let Some(piece) = resp.chunk().await.context("reading delta")? {
+        bytes += piece.len() as u64;
+        if bytes > limit {
+            return Ok(DeltaOutcome::skip(bytes, format!("the delta exceeds {limit} bytes for a {size}-byte release")));
         }
-        // the manifest matched the root digest, so its chunk ids are right;
-        // every chunk is hashed again as it is cached
-        let mut n = 0;
-        for (c, piece) in split_stream(&m, &stream) {
-            if !cache.contains(&c.id) {
-                cache.put(&VerifiedChunk::from_data(piece.to_vec()), None)?;
-                n += 1;
-            }
-        }
-        Ok((bytes, m, n))
-    })
-    .await?;
+        std::io::Write::write_all(&mut file, &piece)?;
+    }
+    let (cache, digest, dir) = (cache.clone(), w.digest.clone(), release_dir(&cfg.root, &w.app, &prev));
+    let applied =
+        tokio::task::spawn_blocking(move || apply_downloaded(dir, &old, &file, bytes, size, &digest, &cache)).await?;
     match applied {
-        Ok((mb, m, chunks)) => Ok(DeltaOutcome { bytes, manifest: Some((mb, m)), chunks, skipped: None }),
+        Ok(o) => Ok(o),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "release delta did not apply; staging by chunks");
             Ok(DeltaOutcome::skip(bytes, format!("delta did not apply: {e:#}")))

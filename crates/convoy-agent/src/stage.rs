@@ -125,9 +125,13 @@ async fn stage_inner(
                     limiter.consumed(d.bytes).await;
                     metrics.insert("delta_bytes".into(), d.bytes.to_string());
                     metrics.insert("chunks_from_delta".into(), d.chunks.to_string());
-                    match d.skipped {
-                        Some(why) => tracing::info!(reason = %why, "no release delta; staging by chunks"),
-                        None => mode = "delta",
+                    match (d.skipped, d.partial) {
+                        (Some(why), _) => tracing::info!(reason = %why, "no release delta; staging by chunks"),
+                        (None, Some(why)) => {
+                            tracing::info!(reason = %why, "release delta used in part");
+                            mode = "delta+chunks";
+                        }
+                        (None, None) => mode = "delta",
                     }
                     from_delta = d.manifest;
                     break;

@@ -19,8 +19,8 @@ mod tree;
 
 pub use chunk::{ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use delta::{
-    apply_release_delta, decode_bounded, decode_delta, delta_memory, encode_delta, make_release_delta, release_stream,
-    split_stream, DeltaError, DELTA_FORMAT,
+    apply_release_delta, decode_bounded, decode_delta, delta_memory, encode_delta, make_release_delta, read_range,
+    Applied, ChunkSource, DeltaError, DeltaStats, ReadAt, DELTA_FORMAT, MARGIN, SEGMENT,
 };
 pub use descriptor::{Descriptor, DescriptorError, Health, Hooks, DESCRIPTOR_FILE};
 pub use diff::{diff, TreeDiff};

@@ -8,7 +8,7 @@ use crate::{ChunkId, PathError, RelPath, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub const MANIFEST_FORMAT: u32 = 1;
 
 /// A chunk of a file: its id and uncompressed length.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkRef {
     pub id: ChunkId,

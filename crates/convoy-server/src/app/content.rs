@@ -10,27 +10,23 @@
 //! that asks for a delta not made yet is told so at once (202) and stages
 //! by chunks; it never waits for one to be made.
 //!
-//! Memory: making a delta holds both release streams (see
-//! `convoy_pack::delta_memory`); pairs above `DELTA_MEMORY_LIMIT` are served
-//! as chunks. One delta is made at a time.
+//! Memory: a delta is made file by file, big files in segments
+//! (`convoy_pack::SEGMENT`) against a bounded window of their reference,
+//! and written to disk as it is made, so making one needs at most about
+//! 200 MiB whatever the release size. One delta is made at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use convoy_pack::{delta_memory, encode_delta, make_release_delta, release_stream, ChunkStore, Manifest};
+use convoy_pack::{encode_delta, make_release_delta, ChunkRef, ChunkStore, Manifest, RelPath, VerifiedChunk};
 use convoy_store::ReleaseRecord;
 
 use super::{AppError, AppResult};
 use crate::state::AppState;
 
-/// Most memory one delta generation may use (both streams and zstd's window).
-pub const DELTA_MEMORY_LIMIT: u64 = 2 << 30;
 /// zstd level for deltas: they are made once and sent many times.
 pub const DELTA_LEVEL: i32 = 19;
-/// Above this stream size a faster level keeps generation in minutes.
-const FAST_ABOVE: u64 = 256 << 20;
-const FAST_LEVEL: i32 = 9;
 
 /// Releases of an app before a new one that deltas are made from at
 /// publish (besides every version the fleet runs).
@@ -51,6 +47,8 @@ pub struct Deltas {
 /// What a cached generation produced.
 pub enum Made {
     Bytes(Vec<u8>),
+    /// Kept in this file (a delta, written as it was made).
+    File(PathBuf),
     /// Not worth sending; the reason.
     Skip(String),
     /// Not made yet (it is being made): stage by other means now.
@@ -107,9 +105,15 @@ impl Deltas {
         None
     }
 
+    /// Where the made bytes of `key` are kept.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.zst"))
+    }
+
     fn read(&self, key: &str) -> Option<Made> {
-        if let Ok(b) = std::fs::read(self.dir.join(format!("{key}.zst"))) {
-            return Some(Made::Bytes(b));
+        let path = self.path(key);
+        if path.is_file() {
+            return Some(Made::File(path));
         }
         std::fs::read_to_string(self.dir.join(format!("{key}.skip"))).ok().map(Made::Skip)
     }
@@ -118,7 +122,7 @@ impl Deltas {
         let (name, bytes) = match made {
             Made::Bytes(b) => (format!("{key}.zst"), b.as_slice()),
             Made::Skip(why) => (format!("{key}.skip"), why.as_bytes()),
-            Made::NotReady(_) => return Ok(()),
+            Made::NotReady(_) | Made::File(_) => return Ok(()),
         };
         let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, bytes)?;
@@ -147,19 +151,11 @@ impl Deltas {
     }
 }
 
-fn stream(chunks: &ChunkStore, m: &Manifest) -> Result<Vec<u8>, String> {
-    release_stream(m, |c| chunks.get(&c.id)?.ok_or_else(|| std::io::Error::other(format!("chunk {} missing", c.id))))
-        .map_err(|e| format!("reading release stream: {e}"))
-}
-
-/// Makes the delta from `from` to `to`, or says why chunks are cheaper.
-fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8]) -> Result<Made, String> {
+/// Makes the delta from `from` to `to` into `dest`, or says why chunks are
+/// cheaper. Release bytes are read chunk by chunk from the store.
+fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8], dest: &std::path::Path) -> Result<Made, String> {
     let old = Manifest::from_slice(from).map_err(|e| e.to_string())?;
     let new = Manifest::from_slice(to).map_err(|e| e.to_string())?;
-    let mem = delta_memory(old.total_size(), new.total_size());
-    if mem > DELTA_MEMORY_LIMIT {
-        return Ok(Made::Skip(format!("a delta would need {mem} bytes of memory, over {DELTA_MEMORY_LIMIT}")));
-    }
     // what a holder of the old release lacks, sent as chunks
     let have: HashSet<_> = old.chunk_ids().into_iter().collect();
     let chunk_cost: u64 =
@@ -167,15 +163,44 @@ fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8]) -> Result<Made, Strin
     if chunk_cost == 0 {
         return Ok(Made::Skip("the old release holds every chunk of the new one".into()));
     }
-    let (a, b) = (stream(chunks, &old)?, stream(chunks, &new)?);
-    let level = if (a.len() + b.len()) as u64 > FAST_ABOVE { FAST_LEVEL } else { DELTA_LEVEL };
+    let read = |_: &RelPath, _: u64, c: &ChunkRef| -> std::io::Result<VerifiedChunk> {
+        chunks.get(&c.id)?.ok_or_else(|| std::io::Error::other(format!("chunk {} missing", c.id)))
+    };
+    let cost = |c: &ChunkRef| chunks.compressed_len(&c.id).unwrap_or(c.len as u64);
+    let tmp = dest.with_extension(format!("{}.tmp", std::process::id()));
     let started = std::time::Instant::now();
-    let d = make_release_delta(&old, &a, &new, &b, level).map_err(|e| format!("encoding delta: {e}"))?;
-    tracing::info!(delta = d.len(), chunk_cost, ms = started.elapsed().as_millis() as u64, "release delta made");
-    if d.len() as u64 >= chunk_cost {
-        return Ok(Made::Skip(format!("the missing chunks ({chunk_cost} bytes) cost less than a delta ({})", d.len())));
+    let made = std::fs::File::create(&tmp).map_err(|e| e.to_string()).and_then(|f| {
+        let out = std::io::BufWriter::with_capacity(1 << 20, f);
+        make_release_delta(&old, &new, &mut { read }, &mut { read }, DELTA_LEVEL, &cost, out)
+            .map_err(|e| format!("encoding delta: {e}"))
+    });
+    let stats = match made {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        delta = stats.bytes,
+        chunk_cost,
+        same = stats.same,
+        copied = stats.copied,
+        patched = stats.patched,
+        literal = stats.literal,
+        chunked = stats.chunked,
+        ms = started.elapsed().as_millis() as u64,
+        "release delta made"
+    );
+    if stats.bytes >= chunk_cost {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(Made::Skip(format!(
+            "the missing chunks ({chunk_cost} bytes) cost less than a delta ({})",
+            stats.bytes
+        )));
     }
-    Ok(Made::Bytes(d))
+    std::fs::rename(&tmp, dest).map_err(|e| e.to_string())?;
+    Ok(Made::File(dest.to_owned()))
 }
 
 pub fn find(st: &AppState, app: &str, version: &str) -> impl std::future::Future<Output = AppResult<ReleaseRecord>> {
@@ -197,7 +222,8 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     }
     let chunks = st.chunks.clone();
     let key = format!("{}-{}", from.digest, to.digest);
-    Ok(st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest)).is_some())
+    let dest = st.deltas.path(&key);
+    Ok(st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).is_some())
 }
 
 /// A release was published: deltas to it from the app's last
@@ -305,9 +331,11 @@ pub async fn delta(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     let size = to.total_size.to_string();
     let chunks = st.chunks.clone();
     let key = format!("{}-{}", from.digest, to.digest);
-    let made = st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest)).unwrap_or_else(|| {
-        Made::NotReady("the delta is still being made; staging by chunks instead of waiting".into())
-    });
+    let dest = st.deltas.path(&key);
+    let made =
+        st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).unwrap_or_else(|| {
+            Made::NotReady("the delta is still being made; staging by chunks instead of waiting".into())
+        });
     Ok((made, from_digest, size))
 }
 
@@ -333,6 +361,10 @@ pub async fn manifest_patch(
             encode_delta(&old, &to.manifest, DELTA_LEVEL).map(Made::Bytes).map_err(|e| e.to_string())
         })
         .await?;
-    let Made::Bytes(b) = made else { return Err(AppError::internal("manifest encoding was skipped")) };
+    let b = match made {
+        Made::Bytes(b) => b,
+        Made::File(p) => std::fs::read(p).map_err(AppError::internal)?,
+        _ => return Err(AppError::internal("manifest encoding was skipped")),
+    };
     Ok((b, base_digest))
 }

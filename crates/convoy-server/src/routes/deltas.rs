@@ -51,10 +51,42 @@ pub async fn get(
             let hs = [header(H_FORMAT, DELTA_FORMAT), header(H_FROM, &from_digest), header(H_SIZE, &size)];
             (StatusCode::OK, hs, b).into_response()
         }
+        Made::File(path) => {
+            let (len, body) = file_body(&path).await?;
+            crate::metrics::add(&st.counters.delta_bytes_served, len);
+            let hs = [
+                header(H_FORMAT, DELTA_FORMAT),
+                header(H_FROM, &from_digest),
+                header(H_SIZE, &size),
+                header("content-length", &len.to_string()),
+            ];
+            (StatusCode::OK, hs, body).into_response()
+        }
         Made::Skip(why) => (StatusCode::NO_CONTENT, [header(H_SKIP, &why)]).into_response(),
         // not made yet: relays keep 200 and 204 only, so this is asked again
         Made::NotReady(why) => (StatusCode::ACCEPTED, [header(H_SKIP, &why)]).into_response(),
     })
+}
+
+/// A kept file as a response body, streamed in 256 KiB reads (a delta may
+/// be larger than the memory one response should hold).
+async fn file_body(path: &std::path::Path) -> ApiResult<(u64, axum::body::Body)> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await.map_err(crate::error::ApiError::internal)?;
+    let len = file.metadata().await.map_err(crate::error::ApiError::internal)?.len();
+    let stream = futures_util::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 256 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((len, axum::body::Body::from_stream(stream)))
 }
 
 /// `GET /releases/{app}/{version}/changes?from=VERSION`.
