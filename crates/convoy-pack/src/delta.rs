@@ -34,7 +34,8 @@ use crate::{ChunkId, ChunkRef, Entry, Manifest, RelPath, VerifiedChunk, CHUNK_AV
 ///
 /// A delta body is: the patch sections (for each `patch` file in skeleton
 /// order, for each of its segments: 8 bytes big-endian length, then a zstd
-/// frame made with the segment's reference window as prefix), the literal
+/// frame made with the segment's reference window as prefix; length 0: the
+/// segment is the reference's bytes at the same offset), the literal
 /// stream (one zstd frame, maybe empty), the skeleton as a zstd patch of the
 /// old release's skeleton, and a trailer of three 8-byte big-endian
 /// lengths: patch sections, literal stream, skeleton patch.
@@ -43,7 +44,7 @@ pub const DELTA_FORMAT: &str = "convoy-delta-3";
 /// Largest piece of a file patched at once.
 pub const SEGMENT: u64 = 16 << 20;
 /// Reference bytes on each side of a segment's relative position.
-pub const MARGIN: u64 = 24 << 20;
+pub const MARGIN: u64 = 8 << 20;
 /// Window of the literal stream (16 MiB).
 const LITERAL_WINDOW_LOG: u32 = 24;
 /// Largest skeleton accepted.
@@ -178,7 +179,7 @@ fn segments(old: u64, new: u64) -> Vec<Segment> {
 /// Bytes of memory applying a delta between releases of these sizes needs
 /// at most (reference window, segment, literal window, zstd's tables).
 pub fn delta_memory(old: u64, new: u64) -> u64 {
-    old.min(SEGMENT + 2 * MARGIN) + new.min(SEGMENT) + new.min(1 << LITERAL_WINDOW_LOG) + (8 << 20)
+    old.min(SEGMENT + 2 * MARGIN) + 2 * new.min(SEGMENT) + new.min(1 << LITERAL_WINDOW_LOG) + (8 << 20)
 }
 
 /// A file name with its version numbers and content hashes taken out, so
@@ -350,10 +351,16 @@ pub fn make_release_delta(
             let mut out_from = 0u64;
             let mut frames = Vec::new();
             for s in &segs {
-                let prefix = read_range(old_src, &from, ref_chunks, s.ref_from, s.ref_len)?;
                 let piece = read_range(new_src, path, chunks, out_from, s.out_len)?;
+                let in_place = out_from + s.out_len <= ref_size
+                    && read_range(old_src, &from, ref_chunks, out_from, s.out_len)? == piece;
                 out_from += s.out_len;
-                let frame = encode_with(&prefix, &piece, level)?;
+                let frame = if in_place {
+                    Vec::new()
+                } else {
+                    let prefix = read_range(old_src, &from, ref_chunks, s.ref_from, s.ref_len)?;
+                    encode_with(&prefix, &piece, level)?
+                };
                 if segs.len() == 1 {
                     frames.push(frame);
                 } else {
@@ -540,6 +547,9 @@ enum Stop {
 /// A patched file's bytes, segment by segment.
 struct Patched<'a, 'b, S: ChunkSource, R: ReadAt + ?Sized> {
     segs: std::vec::IntoIter<Segment>,
+    /// Where the next segment starts in the file.
+    out_from: u64,
+    ref_size: u64,
     buf: Vec<u8>,
     pos: usize,
     src: &'a mut S,
@@ -555,10 +565,21 @@ impl<S: ChunkSource, R: ReadAt + ?Sized> Read for Patched<'_, '_, S, R> {
             let Some(s) = self.segs.next() else { return Ok(0) };
             let next = (|| -> Result<Vec<u8>, Stop> {
                 let frame = self.patches.next_frame().map_err(Stop::Delta)?;
-                let prefix = read_range(self.src, self.from, self.ref_chunks, s.ref_from, s.ref_len)
-                    .map_err(|e| Stop::Reference(e.to_string()))?;
+                if frame.is_empty() && self.out_from + s.out_len > self.ref_size {
+                    return Err(Stop::Delta(DeltaError::Decode(format!("{}: copy beyond its end", self.from))));
+                }
+                let (out_from, from, ref_chunks) = (self.out_from, self.from, self.ref_chunks);
+                let mut reference = |at, len| {
+                    read_range(self.src, from, ref_chunks, at, len).map_err(|e| Stop::Reference(e.to_string()))
+                };
+                if frame.is_empty() {
+                    // the same bytes at the same offset
+                    return reference(out_from, s.out_len);
+                }
+                let prefix = reference(s.ref_from, s.ref_len)?;
                 decode_delta(&prefix, &frame, s.out_len).map_err(Stop::Delta)
             })();
+            self.out_from += s.out_len;
             match next {
                 Ok(b) => (self.buf, self.pos) = (b, 0),
                 Err(stop) => {
@@ -676,6 +697,8 @@ pub fn apply_release_delta<R: ReadAt + ?Sized>(
                         let (from, ref_chunks, ref_size) = old_file(&from)?;
                         let mut r = Patched {
                             segs: segments(ref_size, size).into_iter(),
+                            out_from: 0,
+                            ref_size,
                             buf: Vec::new(),
                             pos: 0,
                             src: &mut *old_src,
