@@ -591,6 +591,7 @@ pub fn router(relay: Shared) -> Router {
         .route("/releases/{app}/{version}/manifest", get(proxy))
         .route("/releases/{app}/{version}/manifest.zst", get(proxy))
         .route("/releases/{app}/{version}/delta", get(proxy))
+        .route("/releases/{app}/{version}/stream", get(proxy))
         .route("/agent/work", get(work))
         .route("/relay/stats", get(stats))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "a relay serves content only; ask the server") });

@@ -245,16 +245,57 @@ pub async fn apply_delta(
         return Ok(DeltaOutcome::skip(0, format!("{prev} alone exceeds the memory limit {}", cfg.max_memory)));
     }
     let path = format!("/releases/{}/{}/delta?from={prev}", w.app, w.version);
+    let old_digest = blake3::hash(&old_bytes).to_hex().to_string();
+    let dir = release_dir(&cfg.root, &w.app, &prev);
+    fetch_and_apply(cfg, client, w, cache, &path, old, Some(old_digest), dir).await
+}
+
+/// A first install: the release's files in one zstd stream (a delta from
+/// no release), cut into chunks here and checked against the root digest,
+/// instead of one compressed chunk at a time.
+pub async fn apply_stream(
+    cfg: &AgentConfig,
+    client: &Client,
+    w: &Work,
+    cache: &ChunkStore,
+) -> anyhow::Result<DeltaOutcome> {
+    // a stream cut short is not resumed: an agent stopped in the middle of
+    // one (this marker left behind) goes on by chunks, keeping what it cached
+    let marker = crate::state_dir(&cfg.root).join("tmp").join(format!("stream-{}", w.instruction_id));
+    if marker.exists() {
+        return Ok(DeltaOutcome::skip(0, "an earlier stream of this release was cut short; resuming by chunks"));
+    }
+    std::fs::create_dir_all(marker.parent().expect("a parent"))?;
+    std::fs::write(&marker, b"")?;
+    let path = format!("/releases/{}/{}/stream", w.app, w.version);
+    let none = Manifest::new(Vec::new());
+    let got = fetch_and_apply(cfg, client, w, cache, &path, none, None, cfg.root.join(".convoy/none")).await;
+    let _ = std::fs::remove_file(&marker);
+    got
+}
+
+/// GETs `path`, a delta from `old` (whose digest the server must name, if
+/// given), to disk, then applies it against the files in `dir`.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_apply(
+    cfg: &AgentConfig,
+    client: &Client,
+    w: &Work,
+    cache: &ChunkStore,
+    path: &str,
+    old: Manifest,
+    old_digest: Option<String>,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<DeltaOutcome> {
     let mut resp =
-        Client::check(client.request(reqwest::Method::GET, &path).send().await.context("fetching delta")?).await?;
+        Client::check(client.request(reqwest::Method::GET, path).send().await.context("fetching delta")?).await?;
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // 204: chunks are cheaper; 202: not made yet (never waited for)
     if resp.status() == reqwest::StatusCode::NO_CONTENT || resp.status() == reqwest::StatusCode::ACCEPTED {
         return Ok(DeltaOutcome::skip(0, header("x-convoy-delta-skip").unwrap_or_else(|| "no delta offered".into())));
     }
     let (format, from) = (header("x-convoy-delta-format"), header("x-convoy-delta-from"));
-    let old_digest = blake3::hash(&old_bytes).to_hex().to_string();
-    if format.as_deref() != Some(DELTA_FORMAT) || from.as_deref() != Some(old_digest.as_str()) {
+    if format.as_deref() != Some(DELTA_FORMAT) || from != old_digest {
         return Ok(DeltaOutcome::skip(0, format!("delta format {format:?} from {from:?} does not fit")));
     }
     let size: u64 = header("x-convoy-release-size").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
@@ -280,7 +321,7 @@ pub async fn apply_delta(
         }
         std::io::Write::write_all(&mut file, &piece)?;
     }
-    let (cache, digest, dir) = (cache.clone(), w.digest.clone(), release_dir(&cfg.root, &w.app, &prev));
+    let (cache, digest) = (cache.clone(), w.digest.clone());
     let applied =
         tokio::task::spawn_blocking(move || apply_downloaded(dir, &old, &file, bytes, size, &digest, &cache)).await?;
     match applied {

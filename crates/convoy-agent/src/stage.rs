@@ -111,10 +111,17 @@ async fn stage_inner(
     let mut sources = Sources::new(client, grant, &w.sources);
     let mut mode = "chunks";
     let mut from_delta = None;
-    if cfg.max_memory > 0 && w.previous_version.as_ref().is_some_and(|p| *p != w.version) {
+    // A first install asks for the release as one compressed stream instead.
+    let first = w.previous_version.is_none();
+    if cfg.max_memory > 0 && w.previous_version.as_ref().is_none_or(|p| *p != w.version) {
         loop {
             let (src, last) = sources.current_api();
-            match crate::seed::apply_delta(cfg, src, w, &cache).await {
+            let got = if first {
+                crate::seed::apply_stream(cfg, src, w, &cache).await
+            } else {
+                crate::seed::apply_delta(cfg, src, w, &cache).await
+            };
+            match got {
                 // bytes that did not apply: a relay's fault, or the end of it
                 Ok(d) if d.bytes > 0 && d.skipped.is_some() && !last => {
                     fetched_bytes += d.bytes;
@@ -131,7 +138,7 @@ async fn stage_inner(
                             tracing::info!(reason = %why, "release delta used in part");
                             mode = "delta+chunks";
                         }
-                        (None, None) => mode = "delta",
+                        (None, None) => mode = if first { "stream" } else { "delta" },
                     }
                     from_delta = d.manifest;
                     break;
@@ -198,7 +205,7 @@ async fn stage_inner(
     metrics.insert("chunks_total".into(), sizes.len().to_string());
     metrics.insert("chunks_cached".into(), cached.to_string());
     metrics.insert("chunks_seeded".into(), seeded.to_string());
-    let transfer = if mode == "delta" || !missing.is_empty() { mode } else { "local" };
+    let transfer = if mode != "chunks" || !missing.is_empty() { mode } else { "local" };
     metrics.insert("transfer".into(), transfer.into());
 
     // Room for the assembled tree plus the chunks still to fetch (at most

@@ -303,7 +303,8 @@ fn agent_killed_mid_switch_ends_on_the_old_or_the_new_release() {
 #[test]
 fn a_corrupt_chunk_is_never_installed() {
     let mut f = Fleet::start();
-    f.start_agent("a", "role=web", &[], &[]);
+    // chunks only: a first-install stream made before the damage would hold the right bytes
+    f.start_agent("a", "role=web", &[], &["--max-memory", "0"]);
     publish(&f, "1.0", 100_000);
     // corrupt every stored chunk of data.bin on the server's disk: valid zstd, wrong bytes
     let m: serde_json::Value =

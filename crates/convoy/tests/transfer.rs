@@ -142,3 +142,60 @@ fn deltas_are_made_at_publish_and_never_waited_for() {
     let d = deploy_wait(&f, "web@2.0");
     assert_eq!(metric(&d, "a", "transfer"), "delta");
 }
+
+#[test]
+fn first_installs_come_as_one_stream_and_a_damaged_one_falls_back_to_chunks() {
+    let mut f = Fleet::start();
+    f.start_agent("a", "role=web", &[], &[]);
+    f.start_agent("c", "role=web", &[], &["--max-memory", "0"]);
+    // text-like files that compress together better than one by one
+    let catalogs = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir.join("locale")).unwrap();
+        for i in 0..40 {
+            let text: String =
+                (0..400).map(|j| format!("msgid \"line {j} of catalog\"\nmsgstr \"Zeile {j} {i}\"\n")).collect();
+            std::fs::write(dir.join(format!("locale/{i}.po")), text).unwrap();
+        }
+    };
+    let v1 = f.path("src/1.0");
+    write_app(&v1, "1.0", 10_000);
+    catalogs(&v1);
+    f.ok(&["publish", v1.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    let stream = |v: &str| {
+        wait_until("the first-install stream", std::time::Duration::from_secs(120), || {
+            let (status, _) =
+                http(f.port, "GET", &format!("/api/v1/releases/web/{v}/stream"), Some(ADMIN), b"").ok()?;
+            (status != 202).then_some(status)
+        })
+    };
+    assert_eq!(stream("1.0"), 200);
+    let d = deploy_wait(&f, "web@1.0");
+    assert_eq!(metric(&d, "a", "transfer"), "stream");
+    assert_eq!(metric(&d, "c", "transfer"), "chunks");
+    let (a, c) = (num(&d, "a", "bytes_fetched"), num(&d, "c", "bytes_fetched"));
+    assert!(a * 2 < c, "the stream cost {a} bytes, chunks {c}");
+
+    // a damaged stream: refused (it does not rebuild the release), chunks instead
+    let v2 = f.path("src/2.0");
+    write_app(&v2, "2.0", 10_000);
+    catalogs(&v2);
+    std::fs::write(v2.join("extra.txt"), "x".repeat(50_000)).unwrap();
+    f.ok(&["publish", v2.to_str().unwrap(), "--app", "web", "--version", "2.0"]);
+    assert_eq!(stream("2.0"), 200);
+    for e in std::fs::read_dir(f.path("server/deltas")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("full-") {
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n / 3] ^= 0x20;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    f.start_agent("b", "role=web", &[], &[]);
+    let d = deploy_wait(&f, "web@2.0");
+    assert_eq!(metric(&d, "b", "transfer"), "chunks");
+    assert_eq!(
+        std::fs::read(f.agent_root("b").join("current/web/extra.txt")).unwrap(),
+        std::fs::read(v2.join("extra.txt")).unwrap()
+    );
+}

@@ -154,7 +154,12 @@ impl Deltas {
 /// Makes the delta from `from` to `to` into `dest`, or says why chunks are
 /// cheaper. Release bytes are read chunk by chunk from the store.
 fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8], dest: &std::path::Path) -> Result<Made, String> {
-    let old = Manifest::from_slice(from).map_err(|e| e.to_string())?;
+    // no old release: the first-install stream
+    let old = if from.is_empty() {
+        Manifest::new(Vec::new())
+    } else {
+        Manifest::from_slice(from).map_err(|e| e.to_string())?
+    };
     let new = Manifest::from_slice(to).map_err(|e| e.to_string())?;
     // what a holder of the old release lacks, sent as chunks
     let have: HashSet<_> = old.chunk_ids().into_iter().collect();
@@ -226,6 +231,28 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     Ok(st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).is_some())
 }
 
+/// The key and maker of a release's first-install stream: every file in
+/// one zstd stream (a delta from no release), so a first install costs
+/// about what `tar | zstd -19` of the tree does, not one compressed chunk
+/// at a time. The agent cuts it into chunks and hashes each.
+fn full_stream(st: &AppState, to: ReleaseRecord) -> (String, impl FnOnce() -> Result<Made, String> + Send + 'static) {
+    let key = format!("full-{}", to.digest);
+    let (chunks, dest) = (st.chunks.clone(), st.deltas.path(&key));
+    (key, move || make_delta(&chunks, &[], &to.manifest, &dest))
+}
+
+/// The first-install stream of `app@version` (see [`full_stream`]), or why
+/// not (yet), and the release's size.
+pub async fn first_install(st: &AppState, app: &str, version: &str) -> AppResult<(Made, String)> {
+    let to = find(st, app, version).await?;
+    let size = to.total_size.to_string();
+    let (key, make) = full_stream(st, to);
+    let made = st.deltas.start(key, make).unwrap_or_else(|| {
+        Made::NotReady("the stream is still being made; staging by chunks instead of waiting".into())
+    });
+    Ok((made, size))
+}
+
 /// A release was published: deltas to it from the app's last
 /// `--delta-from-last` releases and from every version the fleet runs are
 /// made in the background, before anyone deploys it.
@@ -249,6 +276,9 @@ pub async fn published(st: &AppState, rec: &ReleaseRecord) -> AppResult<()> {
             tracing::debug!(error = %e, from = %v, to = %rec.version, "no delta prepared");
         }
     }
+    // after the deltas (one is made at a time, in order): machines new to the app
+    let (key, make) = full_stream(st, rec.clone());
+    st.deltas.start(key, make);
     Ok(())
 }
 

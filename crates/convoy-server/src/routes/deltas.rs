@@ -89,6 +89,30 @@ async fn file_body(path: &std::path::Path) -> ApiResult<(u64, axum::body::Body)>
     Ok((len, axum::body::Body::from_stream(stream)))
 }
 
+/// `GET /releases/{app}/{version}/stream`: the first-install stream (a
+/// delta from no release: every file in one zstd stream), 204 with the
+/// reason when chunks are cheaper, 202 when it is not made yet.
+pub async fn stream(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((app, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    auth::reader(&st, &headers).await?;
+    let (made, size) = crate::app::content::first_install(&st, &app, &version).await?;
+    Ok(match made {
+        Made::File(path) => {
+            let (len, body) = file_body(&path).await?;
+            crate::metrics::add(&st.counters.delta_bytes_served, len);
+            let hs =
+                [header(H_FORMAT, DELTA_FORMAT), header(H_SIZE, &size), header("content-length", &len.to_string())];
+            (StatusCode::OK, hs, body).into_response()
+        }
+        Made::Bytes(_) => (StatusCode::NO_CONTENT, [header(H_SKIP, "not kept as a file")]).into_response(),
+        Made::Skip(why) => (StatusCode::NO_CONTENT, [header(H_SKIP, &why)]).into_response(),
+        Made::NotReady(why) => (StatusCode::ACCEPTED, [header(H_SKIP, &why)]).into_response(),
+    })
+}
+
 /// `GET /releases/{app}/{version}/changes?from=VERSION`.
 pub async fn get_changes(
     State(st): State<AppState>,
