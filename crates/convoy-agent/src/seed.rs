@@ -14,10 +14,10 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use convoy_client::Client;
 use convoy_pack::{
-    apply_release_delta, decode_bounded, delta_memory, Applied, ChunkId, ChunkRef, ChunkSource, ChunkStore, Entry,
-    Manifest, RelPath, VerifiedChunk, DELTA_FORMAT,
+    apply_ops, apply_release_delta, block_size, cut, decode_bounded, decode_delta, delta_memory, signatures, Applied,
+    ChunkId, ChunkRef, ChunkSource, ChunkStore, Entry, Manifest, RelPath, VerifiedChunk, DELTA_FORMAT, SYNC_MAX_FILE,
 };
-use convoy_wire::Work;
+use convoy_wire::{SyncFile, SyncHave, SyncRequest, Work};
 
 use crate::stage::release_dir;
 use crate::AgentConfig;
@@ -331,4 +331,133 @@ async fn fetch_and_apply(
             Ok(DeltaOutcome::skip(bytes, format!("delta did not apply: {e:#}")))
         }
     }
+}
+
+/// A file of the release this machine lacks, and what it holds at its path.
+struct Drifted {
+    path: String,
+    size: u64,
+    want: Vec<ChunkRef>,
+    local: std::path::PathBuf,
+    block: u32,
+}
+
+/// A machine whose installed files differ from what was published (edited
+/// here, or the delta could not be used): for each file of the release it
+/// still lacks chunks of and holds a file at the same path, it says in one
+/// request what it holds (the published file it is, verified by its
+/// chunks, or block signatures of bytes the server cannot know) and gets a
+/// zstd patch or copy/literal instructions back. What that rebuilds is
+/// cached only where it cuts into exactly the manifest's chunks. Returns
+/// the bytes sent and received, and the chunks cached.
+pub async fn sync_drifted(
+    cfg: &AgentConfig,
+    client: &Client,
+    w: &Work,
+    new: &Manifest,
+    missing: &HashSet<ChunkId>,
+    cache: &ChunkStore,
+) -> anyhow::Result<(u64, usize)> {
+    let Some(prev) = w.previous_version.clone().filter(|v| *v != w.version) else { return Ok((0, 0)) };
+    let installed = local_manifest(&cfg.root, &w.app, &prev).map(|(_, m)| m);
+    let dir = release_dir(&cfg.root, &w.app, &prev);
+    let wanted: Vec<(String, u64, Vec<ChunkRef>)> = new
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, size, chunks, .. }
+                if *size <= SYNC_MAX_FILE && chunks.iter().any(|c| missing.contains(&c.id)) =>
+            {
+                Some((path.to_string(), *size, chunks.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok((0, 0));
+    }
+    let prev2 = prev.clone();
+    let (files, request) = tokio::task::spawn_blocking(move || {
+        let mut files = Vec::new();
+        let mut request = Vec::new();
+        for (path, size, want) in wanted {
+            let local = dir.join(&path);
+            let Ok(md) = std::fs::symlink_metadata(&local) else { continue };
+            if !md.is_file() || md.len() > SYNC_MAX_FILE || md.len() == 0 {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&local) else { continue };
+            let refs: Vec<ChunkRef> =
+                cut(&bytes).map(|(at, n)| ChunkRef { id: ChunkId::of(&bytes[at..at + n]), len: n as u32 }).collect();
+            let published = installed.as_ref().is_some_and(|m| {
+                m.entries
+                    .iter()
+                    .any(|e| matches!(e, Entry::File { path: p, chunks, .. } if p.as_str() == path && *chunks == refs))
+            });
+            let block = block_size(bytes.len() as u64);
+            let have = if published {
+                SyncHave::Known { version: prev2.clone(), path: path.clone() }
+            } else {
+                SyncHave::Signatures { size: bytes.len() as u64, block, sums: hex::encode(signatures(&bytes, block)) }
+            };
+            request.push(SyncFile { path: path.clone(), have });
+            files.push(Drifted { path, size, want, local, block });
+        }
+        (files, request)
+    })
+    .await?;
+    if files.is_empty() {
+        return Ok((0, 0));
+    }
+    let json = serde_json::to_vec(&SyncRequest { files: request })?;
+    let body = convoy_pack::encode_delta(&[], &json, 3)?;
+    let sent = body.len() as u64;
+    let path = format!("/releases/{}/{}/sync", w.app, w.version);
+    let resp =
+        Client::check(client.request(reqwest::Method::POST, &path).body(body).send().await.context("sync")?).await?;
+    let limit: u64 = files.iter().map(|f| f.size + f.size / 8 + 64).sum::<u64>() + (1 << 20);
+    let answer = resp.bytes().await.context("reading the sync answer")?;
+    if answer.len() as u64 > limit {
+        bail!("the sync answer has {} bytes, more than {limit}", answer.len());
+    }
+    let received = answer.len() as u64;
+    let cache = cache.clone();
+    let cached = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let mut at = 0usize;
+        let mut n = 0;
+        for f in files {
+            let kind = *answer.get(at).context("the sync answer ends early")?;
+            let len = answer.get(at + 1..at + 9).context("the sync answer ends early")?;
+            let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
+            let payload = answer.get(at + 9..at + 9 + len).context("the sync answer ends early")?;
+            at += 9 + len;
+            let Ok(local) = std::fs::read(&f.local) else { continue };
+            let rebuilt = match kind {
+                1 => decode_delta(&local, payload, f.size).ok(),
+                2 => apply_ops(payload, &local, f.block, f.size).ok(),
+                _ => None,
+            };
+            let Some(data) = rebuilt else { continue };
+            let pieces: Vec<(usize, usize)> = cut(&data).collect();
+            let same = pieces.len() == f.want.len()
+                && pieces
+                    .iter()
+                    .zip(&f.want)
+                    .all(|((o, l), c)| *l == c.len as usize && ChunkId::of(&data[*o..o + l]) == c.id);
+            if !same {
+                tracing::warn!(path = %f.path, "a synced file did not rebuild the published one; fetching its chunks");
+                continue;
+            }
+            for (o, l) in pieces {
+                let v = VerifiedChunk::from_data(data[o..o + l].to_vec());
+                if !cache.contains(&v.id()) {
+                    cache.put(&v, None)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    })
+    .await??;
+    Ok((sent + received, cached))
 }

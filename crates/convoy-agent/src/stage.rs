@@ -202,6 +202,30 @@ async fn stage_inner(
         (ids.into_iter().filter(|id| !c2.contains(id)).collect(), cached, seeded)
     })
     .await?;
+    // A drifted install: what its own files hold, synced file by file.
+    let missing = if !missing.is_empty() && cfg.max_memory > 0 && w.previous_version.is_some() {
+        let want: HashSet<ChunkId> = missing.iter().copied().collect();
+        match crate::seed::sync_drifted(cfg, client, w, &manifest, &want, &cache).await {
+            Ok((moved, n)) => {
+                fetched_bytes += moved;
+                limiter.consumed(moved).await;
+                if moved > 0 {
+                    metrics.insert("sync_bytes".into(), moved.to_string());
+                    metrics.insert("chunks_synced".into(), n.to_string());
+                    if n > 0 && mode == "chunks" {
+                        mode = "sync+chunks";
+                    }
+                }
+                missing.into_iter().filter(|id| !cache.contains(id)).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "syncing drifted files failed; fetching chunks");
+                missing
+            }
+        }
+    } else {
+        missing
+    };
     metrics.insert("chunks_total".into(), sizes.len().to_string());
     metrics.insert("chunks_cached".into(), cached.to_string());
     metrics.insert("chunks_seeded".into(), seeded.to_string());

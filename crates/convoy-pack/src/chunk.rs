@@ -5,6 +5,11 @@ pub const CHUNK_MIN: u32 = 16 * 1024;
 pub const CHUNK_AVG: u32 = 64 * 1024;
 pub const CHUNK_MAX: u32 = 256 * 1024;
 
+/// Where `data` (one file's bytes) is cut into chunks: (offset, length).
+pub fn cut(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).map(|c| (c.offset, c.length))
+}
+
 /// The BLAKE3 hash of a chunk's uncompressed bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChunkId(pub [u8; 32]);

@@ -15,9 +15,10 @@ mod manifest;
 mod nofollow;
 mod path;
 mod store;
+mod sync;
 mod tree;
 
-pub use chunk::{ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+pub use chunk::{cut, ChunkError, ChunkId, ChunkIdError, VerifiedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use delta::{
     apply_release_delta, decode_bounded, decode_delta, delta_memory, encode_delta, make_release_delta, read_range,
     Applied, ChunkSource, DeltaError, DeltaStats, ReadAt, DELTA_FORMAT, MARGIN, SEGMENT,
@@ -29,4 +30,5 @@ pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
 pub use nofollow::{open_dir_nofollow, open_parent_nofollow, openat_nofollow};
 pub use path::{PathError, RelPath};
 pub use store::ChunkStore;
+pub use sync::{apply_ops, block_size, make_ops, signatures, SyncError, SYNC_MAX_FILE};
 pub use tree::{chunk_file, pack_tree, scan_tree, unpack, PackError};

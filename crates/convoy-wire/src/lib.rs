@@ -616,6 +616,41 @@ pub struct DeploymentDetail {
     pub not_included: Vec<String>,
 }
 
+/// `POST /releases/{app}/{version}/sync` (sent zstd-compressed): files of
+/// the release a machine lacks, each with what it holds at that path. The
+/// answer is, per file in order, 1 byte kind (0: nothing, fetch chunks;
+/// 1: a zstd patch of the known file; 2: copy/literal instructions against
+/// the machine's own file, `convoy_pack::apply_ops`), 8 bytes big-endian
+/// length, the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    pub files: Vec<SyncFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFile {
+    /// The file of the release wanted.
+    pub path: String,
+    pub have: SyncHave,
+}
+
+/// What the machine holds at a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SyncHave {
+    /// Exactly the file `path` of the app's release `version` (its chunks
+    /// verified on the machine).
+    Known { version: String, path: String },
+    /// Bytes the server does not know: their block signatures
+    /// (`convoy_pack::signatures`, hex) in blocks of `block` bytes.
+    Signatures { size: u64, block: u32, sums: String },
+}
+
+/// Most files one sync request may name.
+pub const SYNC_MAX_FILES: usize = 10_000;
+
 /// The generated description of an upgrade (P-strategy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {

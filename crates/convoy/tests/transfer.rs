@@ -79,10 +79,15 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     assert!(num(&d, "a", "bytes_fetched") < 4_000, "a fetched {}", num(&d, "a", "bytes_fetched"));
     assert!(num(&d, "a", "chunks_from_delta") >= 1);
     // b: the delta's other files patched, data.bin (modified here) left
-    // out; seeded what its files still hold, fetched the rest as chunks
+    // out; seeded what its files still hold; data.bin synced from its own
+    // copy (block signatures up, copy/literal instructions down), so the
+    // changed chunk and the locally edited one never travel whole
     assert_eq!(metric(&d, "b", "transfer"), "delta+chunks");
     assert!(num(&d, "b", "chunks_seeded") >= 30, "b seeded {}", num(&d, "b", "chunks_seeded"));
-    assert_eq!(num(&d, "b", "chunks_fetched"), 2, "data.bin's changed chunk and the locally edited one");
+    assert_eq!(num(&d, "b", "chunks_synced"), 2, "data.bin's changed chunk and the locally edited one");
+    assert_eq!(num(&d, "b", "chunks_fetched"), 0);
+    assert!(num(&d, "b", "sync_bytes") < 40_000, "sync cost {}", num(&d, "b", "sync_bytes"));
+    assert!(num(&d, "b", "bytes_fetched") < 50_000, "b moved {}", num(&d, "b", "bytes_fetched"));
     // c: deltas off, the changed chunk as a chunk
     assert_eq!(metric(&d, "c", "transfer"), "chunks");
     assert!(num(&d, "c", "bytes_fetched") > 16_000);
@@ -99,7 +104,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     let (_, metrics) = http(f.port, "GET", "/metrics", None, b"").unwrap();
     let sent: u64 =
         metrics.lines().find_map(|l| l.strip_prefix("convoy_delta_bytes_served_total ")).unwrap().parse().unwrap();
-    assert!(sent > 0 && sent < 10_000, "delta bytes served {sent}");
+    assert!(sent > 0 && sent < 20_000, "delta and sync bytes served {sent}");
     let deltas = std::fs::read_dir(f.path("server/deltas"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".zst"))

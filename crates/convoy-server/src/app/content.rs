@@ -40,6 +40,9 @@ pub struct Deltas {
     making: std::sync::Mutex<HashSet<String>>,
     /// One delta made at a time: bounds the server's memory and CPU.
     worker: tokio::sync::Semaphore,
+    /// Sync requests of drifted machines answered at once (each holds
+    /// files of up to `SYNC_MAX_FILE` bytes).
+    syncs: tokio::sync::Semaphore,
     /// Releases before a new one its deltas are made from at publish.
     pub from_last: usize,
 }
@@ -63,6 +66,7 @@ impl Deltas {
             inflight: Default::default(),
             making: Default::default(),
             worker: tokio::sync::Semaphore::new(1),
+            syncs: tokio::sync::Semaphore::new(2),
             from_last: DELTA_FROM_LAST,
         })
     }
@@ -103,6 +107,11 @@ impl Deltas {
             me.making.lock().expect("making lock").remove(&key);
         });
         None
+    }
+
+    /// A turn to answer a sync request.
+    pub async fn sync_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.syncs.acquire().await.ok()
     }
 
     /// Where the made bytes of `key` are kept.
@@ -397,4 +406,88 @@ pub async fn manifest_patch(
         _ => return Err(AppError::internal("manifest encoding was skipped")),
     };
     Ok((b, base_digest))
+}
+
+/// The bytes of the file at `path` of release `m`, from the store, if it
+/// is a regular file of at most `convoy_pack::SYNC_MAX_FILE` bytes.
+fn file_bytes(chunks: &ChunkStore, m: &Manifest, path: &str) -> Result<Option<Vec<u8>>, String> {
+    let Some(convoy_pack::Entry::File { path: p, size, chunks: refs, .. }) =
+        m.entries.iter().find(|e| e.path().as_str() == path)
+    else {
+        return Ok(None);
+    };
+    if *size > convoy_pack::SYNC_MAX_FILE {
+        return Ok(None);
+    }
+    let mut read = |_: &RelPath, _: u64, c: &ChunkRef| -> std::io::Result<VerifiedChunk> {
+        chunks.get(&c.id)?.ok_or_else(|| std::io::Error::other(format!("chunk {} missing", c.id)))
+    };
+    convoy_pack::read_range(&mut read, p, refs, 0, *size).map(Some).map_err(|e| e.to_string())
+}
+
+/// Answers a drifted machine's sync request for `app@version` (see
+/// `convoy_wire::SyncRequest`): per file, a zstd patch of the published
+/// file it holds, or copy/literal instructions against the bytes whose
+/// signatures it sent; nothing (chunks) for files too big or unknown.
+pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::SyncRequest) -> AppResult<Vec<u8>> {
+    if req.files.len() > convoy_wire::SYNC_MAX_FILES {
+        return Err(AppError::bad_request(format!("at most {} files per sync request", convoy_wire::SYNC_MAX_FILES)));
+    }
+    let to = find(st, app, version).await?;
+    // the published releases the machine says it holds files of
+    let mut known: HashMap<String, Vec<u8>> = HashMap::new();
+    for f in &req.files {
+        if let convoy_wire::SyncHave::Known { version: v, .. } = &f.have {
+            if !known.contains_key(v) {
+                let r = find(st, app, v).await?;
+                known.insert(v.clone(), r.manifest);
+            }
+        }
+    }
+    let chunks = st.chunks.clone();
+    let release = format!("{app}@{version}");
+    let _permit = st.deltas.sync_permit().await;
+    tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
+        let bad = |e: String| AppError::bad_request(e);
+        let new = Manifest::from_slice(&to.manifest).map_err(AppError::internal)?;
+        let known: HashMap<String, Manifest> = known
+            .into_iter()
+            .map(|(v, m)| Manifest::from_slice(&m).map(|m| (v, m)))
+            .collect::<Result<_, _>>()
+            .map_err(AppError::internal)?;
+        let mut out = Vec::new();
+        for f in req.files {
+            let Some(wanted) = file_bytes(&chunks, &new, &f.path).map_err(AppError::internal)? else {
+                return Err(bad(format!(
+                    "{}: no such file of at most {} bytes in {release}",
+                    f.path,
+                    convoy_pack::SYNC_MAX_FILE
+                )));
+            };
+            let (kind, payload) = match f.have {
+                convoy_wire::SyncHave::Known { version: v, path } => {
+                    match file_bytes(&chunks, &known[&v], &path).map_err(AppError::internal)? {
+                        Some(old) => (1u8, encode_delta(&old, &wanted, DELTA_LEVEL).map_err(AppError::internal)?),
+                        None => (0, Vec::new()),
+                    }
+                }
+                convoy_wire::SyncHave::Signatures { size, block, sums } => {
+                    if size > convoy_pack::SYNC_MAX_FILE || block == 0 {
+                        (0, Vec::new())
+                    } else {
+                        let sums = hex::decode(&sums).map_err(|e| bad(format!("{}: signatures: {e}", f.path)))?;
+                        let ops = convoy_pack::make_ops(&wanted, &sums, block, size)
+                            .map_err(|e| bad(format!("{}: {e}", f.path)))?;
+                        (2, ops)
+                    }
+                }
+            };
+            out.push(kind);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            out.extend_from_slice(&payload);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(AppError::internal)?
 }

@@ -113,6 +113,25 @@ pub async fn stream(
     })
 }
 
+/// `POST /releases/{app}/{version}/sync`: a drifted machine's files (a
+/// zstd-compressed `convoy_wire::SyncRequest`, at most 64 MiB decoded);
+/// the answer as `app::content::sync` makes it.
+pub async fn sync(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((app, version)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    auth::reader(&st, &headers).await?;
+    let json = convoy_pack::decode_bounded(&[], &body, 64 << 20)
+        .map_err(|e| crate::error::ApiError::bad_request(format!("sync request: {e}")))?;
+    let req: convoy_wire::SyncRequest =
+        serde_json::from_slice(&json).map_err(|e| crate::error::ApiError::bad_request(format!("sync request: {e}")))?;
+    let out = crate::app::content::sync(&st, &app, &version, req).await?;
+    crate::metrics::add(&st.counters.delta_bytes_served, out.len() as u64);
+    Ok((StatusCode::OK, out).into_response())
+}
+
 /// `GET /releases/{app}/{version}/changes?from=VERSION`.
 pub async fn get_changes(
     State(st): State<AppState>,

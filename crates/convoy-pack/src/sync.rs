@@ -1,0 +1,296 @@
+//! Syncing one file the server does not know (a machine's own edit of an
+//! installed file) the way rsync does: the machine sends block signatures
+//! of what it holds, the server answers with instructions to copy those
+//! blocks and literal bytes between them, zstd-compressed.
+//!
+//! Nothing here is trusted: what [`apply_ops`] rebuilds is cut into chunks
+//! and used only where the manifest (checked against the root digest)
+//! names exactly those chunks.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+/// Bytes of the strong hash kept per block (a truncated BLAKE3). A false
+/// match only costs a fall-back: the result is checked against the chunks.
+const STRONG: usize = 6;
+/// Largest file synced this way (both sides hold it whole).
+pub const SYNC_MAX_FILE: u64 = 64 << 20;
+/// Largest instruction stream accepted, decoded.
+const OPS_MAX: u64 = SYNC_MAX_FILE + (1 << 20);
+
+/// The block size for a file of `len` bytes: about its square root, as
+/// rsync chooses, between 512 bytes and 16 KiB.
+pub fn block_size(len: u64) -> u32 {
+    ((len as f64).sqrt() as u32).next_multiple_of(64).clamp(512, 16 << 10)
+}
+
+/// A rolling checksum of a window (rsync's: two 16-bit sums).
+#[derive(Clone, Copy)]
+struct Rolling {
+    a: u32,
+    b: u32,
+    len: u32,
+}
+
+impl Rolling {
+    fn of(data: &[u8]) -> Self {
+        let (mut a, mut b) = (0u32, 0u32);
+        for (i, &x) in data.iter().enumerate() {
+            a = a.wrapping_add(x as u32);
+            b = b.wrapping_add((data.len() - i) as u32 * x as u32);
+        }
+        Self { a: a & 0xffff, b: b & 0xffff, len: data.len() as u32 }
+    }
+    fn digest(&self) -> u32 {
+        self.a | (self.b << 16)
+    }
+    /// Moves the window one byte: `out` leaves, `inn` enters.
+    fn roll(&mut self, out: u8, inn: u8) {
+        self.a = self.a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
+        self.b = self.b.wrapping_sub(self.len.wrapping_mul(out as u32)).wrapping_add(self.a) & 0xffff;
+    }
+}
+
+fn strong(data: &[u8]) -> [u8; STRONG] {
+    blake3::hash(data).as_bytes()[..STRONG].try_into().expect("STRONG bytes")
+}
+
+/// The signatures of `data` in blocks of `block` bytes (the last may be
+/// shorter): 4 bytes rolling checksum and the strong hash, per block.
+pub fn signatures(data: &[u8], block: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / block as usize * (4 + STRONG) + 16);
+    for b in data.chunks(block as usize) {
+        out.extend_from_slice(&Rolling::of(b).digest().to_be_bytes());
+        out.extend_from_slice(&strong(b));
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("block signatures are malformed: {0}")]
+    Signatures(String),
+    #[error("sync instructions are malformed: {0}")]
+    Ops(String),
+}
+
+// instruction stream, before zstd: tag 0 + u32 block + u32 count: copy that
+// many blocks from that one on; tag 1 + u32 n + n bytes: literal
+const COPY: u8 = 0;
+const LITERAL: u8 = 1;
+
+/// Instructions rebuilding `new` from a file whose signatures (made with
+/// `block`, of a file of `their_len` bytes) are `sigs`, zstd-compressed.
+pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<Vec<u8>, SyncError> {
+    let bad = |s: &str| SyncError::Signatures(s.to_owned());
+    if block == 0 || !sigs.len().is_multiple_of(4 + STRONG) {
+        return Err(bad("not a whole number of entries"));
+    }
+    let n = sigs.len() / (4 + STRONG);
+    if n as u64 != their_len.div_ceil(block as u64) {
+        return Err(bad("the number of blocks does not fit the file's length"));
+    }
+    // only whole blocks are matched while rolling; a short last block only at the end
+    let last_len = (their_len - (n as u64).saturating_sub(1) * block as u64) as usize;
+    let mut by_weak: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (i, e) in sigs.chunks(4 + STRONG).enumerate() {
+        if i + 1 < n || last_len == block as usize {
+            by_weak.entry(u32::from_be_bytes(e[..4].try_into().expect("4 bytes"))).or_default().push(i as u32);
+        }
+    }
+    let sig = |i: u32| &sigs[i as usize * (4 + STRONG) + 4..(i as usize + 1) * (4 + STRONG)];
+    let block = block as usize;
+    let mut ops = Vec::new();
+    let mut literal: Vec<u8> = Vec::new();
+    let mut copy: Option<(u32, u32)> = None;
+    let flush_literal = |ops: &mut Vec<u8>, literal: &mut Vec<u8>| {
+        if !literal.is_empty() {
+            ops.push(LITERAL);
+            ops.extend_from_slice(&(literal.len() as u32).to_be_bytes());
+            ops.append(literal);
+        }
+    };
+    let flush_copy = |ops: &mut Vec<u8>, copy: &mut Option<(u32, u32)>| {
+        if let Some((at, count)) = copy.take() {
+            ops.push(COPY);
+            ops.extend_from_slice(&at.to_be_bytes());
+            ops.extend_from_slice(&count.to_be_bytes());
+        }
+    };
+    let mut i = 0usize;
+    let mut roll = (new.len() >= block).then(|| Rolling::of(&new[..block]));
+    while i < new.len() {
+        let mut hit = None;
+        if let Some(r) = roll.filter(|_| i + block <= new.len()) {
+            if let Some(cands) = by_weak.get(&r.digest()) {
+                let s = strong(&new[i..i + block]);
+                // prefer the block that continues the current run
+                let next = copy.map(|(at, count)| at + count);
+                hit = cands.iter().copied().filter(|c| sig(*c) == s).min_by_key(|c| (Some(*c) != next, *c));
+            }
+        }
+        // the short last block, matched only at the very end of the new file
+        if hit.is_none() && last_len < block && new.len() - i == last_len && n > 0 {
+            let c = (n - 1) as u32;
+            let e = &sigs[(n - 1) * (4 + STRONG)..];
+            let tail = &new[i..];
+            if Rolling::of(tail).digest().to_be_bytes() == e[..4] && strong(tail) == e[4..] {
+                flush_literal(&mut ops, &mut literal);
+                match copy {
+                    Some((at, count)) if at + count == c => copy = Some((at, count + 1)),
+                    _ => {
+                        flush_copy(&mut ops, &mut copy);
+                        copy = Some((c, 1));
+                    }
+                }
+                break;
+            }
+        }
+        match hit {
+            Some(c) => {
+                flush_literal(&mut ops, &mut literal);
+                match copy {
+                    Some((at, count)) if at + count == c => copy = Some((at, count + 1)),
+                    _ => {
+                        flush_copy(&mut ops, &mut copy);
+                        copy = Some((c, 1));
+                    }
+                }
+                i += block;
+                roll = (i + block <= new.len()).then(|| Rolling::of(&new[i..i + block]));
+            }
+            None => {
+                flush_copy(&mut ops, &mut copy);
+                literal.push(new[i]);
+                if let Some(r) = roll.as_mut() {
+                    if i + block < new.len() {
+                        r.roll(new[i], new[i + block]);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    flush_literal(&mut ops, &mut literal);
+    flush_copy(&mut ops, &mut copy);
+    zstd::bulk::compress(&ops, 19).map_err(|e| SyncError::Ops(e.to_string()))
+}
+
+/// Rebuilds a file from instructions and the file the signatures were
+/// made of (`theirs`, in blocks of `block`); at most `max` bytes.
+pub fn apply_ops(ops: &[u8], theirs: &[u8], block: u32, max: u64) -> Result<Vec<u8>, SyncError> {
+    let bad = |s: String| SyncError::Ops(s);
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(ops)
+        .map_err(|e| bad(e.to_string()))?
+        .take(OPS_MAX.min(max.saturating_mul(2).saturating_add(1 << 16)))
+        .read_to_end(&mut raw)
+        .map_err(|e: io::Error| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let word = |at: usize| -> Result<u32, SyncError> {
+        raw.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| bad("truncated".into()))
+    };
+    while at < raw.len() {
+        match raw[at] {
+            COPY => {
+                let (from, count) = (word(at + 1)? as usize, word(at + 5)? as usize);
+                at += 9;
+                let start = from.checked_mul(block as usize).filter(|s| *s <= theirs.len());
+                let end =
+                    from.checked_add(count).and_then(|e| e.checked_mul(block as usize)).map(|e| e.min(theirs.len()));
+                match (start, end) {
+                    (Some(s), Some(e)) if s < e => out.extend_from_slice(&theirs[s..e]),
+                    _ => return Err(bad(format!("copy of blocks {from}+{count} beyond the file"))),
+                }
+            }
+            LITERAL => {
+                let n = word(at + 1)? as usize;
+                let bytes = raw.get(at + 5..at + 5 + n).ok_or_else(|| bad("truncated literal".into()))?;
+                out.extend_from_slice(bytes);
+                at += 5 + n;
+            }
+            t => return Err(bad(format!("unknown instruction {t}"))),
+        }
+        if out.len() as u64 > max {
+            return Err(bad(format!("rebuilds more than {max} bytes")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"abcdefgh ijk\n"[(x % 13) as usize]
+            })
+            .collect()
+    }
+
+    fn sync(theirs: &[u8], new: &[u8]) -> (Vec<u8>, usize) {
+        let block = block_size(theirs.len() as u64);
+        let sigs = signatures(theirs, block);
+        let ops = make_ops(new, &sigs, block, theirs.len() as u64).unwrap();
+        (apply_ops(&ops, theirs, block, new.len() as u64).unwrap(), ops.len() + sigs.len())
+    }
+
+    #[test]
+    fn a_local_edit_costs_about_the_edit() {
+        let published = text(1, 300_000);
+        let mut edited = published.clone();
+        edited.splice(150_000..150_000, b"# edited on this machine\n".iter().copied());
+        // the machine holds `edited`; it needs `published` back
+        let (got, cost) = sync(&edited, &published);
+        assert_eq!(got, published);
+        assert!(cost < 12_000, "signatures and instructions cost {cost} bytes for a 300 KB file");
+    }
+
+    #[test]
+    fn bad_instructions_are_errors() {
+        let theirs = text(2, 10_000);
+        let block = block_size(10_000);
+        assert!(apply_ops(b"not zstd", &theirs, block, 100).is_err());
+        let copy_beyond = zstd::bulk::compress(&[COPY, 0, 0, 1, 0, 0, 0, 0, 1], 3).unwrap();
+        assert!(apply_ops(&copy_beyond, &theirs, block, 1 << 20).is_err());
+        let truncated = zstd::bulk::compress(&[LITERAL, 0, 0, 0, 9, 1], 3).unwrap();
+        assert!(apply_ops(&truncated, &theirs, block, 1 << 20).is_err());
+        let many = zstd::bulk::compress(&[COPY, 0, 0, 0, 0, 0, 0, 0, 9], 3).unwrap();
+        assert!(apply_ops(&many, &theirs, block, 100).is_err(), "over the limit");
+        assert!(make_ops(b"x", &[1, 2, 3], block, 10).is_err());
+        assert!(make_ops(b"x", &signatures(&theirs, block), block, 99_999).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any file rebuilds exactly from any other, with any edits.
+        #[test]
+        fn files_rebuild_exactly(
+            seed in 0u64..1000,
+            len in 0usize..40_000,
+            edits in proptest::collection::vec((any::<usize>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)), 0..6),
+        ) {
+            let theirs = text(seed, len);
+            let mut new = theirs.clone();
+            for (at, cut, bytes) in edits {
+                let at = at % (new.len() + 1);
+                let end = (at + cut).min(new.len());
+                new.splice(at..end, bytes);
+            }
+            prop_assert_eq!(sync(&theirs, &new).0, new.clone());
+            prop_assert_eq!(sync(&new, &theirs).0, theirs);
+        }
+    }
+}
