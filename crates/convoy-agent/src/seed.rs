@@ -310,7 +310,9 @@ async fn fetch_and_apply(
     let tmp_dir = crate::state_dir(&cfg.root).join("tmp");
     std::fs::create_dir_all(&tmp_dir)?;
     let tmp = tmp_dir.join(format!("delta-{}", w.instruction_id));
-    let limit = body_limit(size);
+    // the size comes from the source (a relay may lie): never past the disk's free space beyond the reserve
+    let free = rustix::fs::statvfs(&cfg.root).map(|s| s.f_bavail * s.f_frsize).unwrap_or(u64::MAX);
+    let limit = body_limit(size).min(free.saturating_sub(cfg.reserve_disk));
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&tmp)?;
     let _ = std::fs::remove_file(&tmp); // the open handle is all that is needed
     let mut bytes = 0u64;
