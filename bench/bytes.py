@@ -361,6 +361,7 @@ def main():
     for r in rows:
         print(f"| {r['name']} | {r['zstd_cpu']:.1f} s, {human(r['zstd_peak'])} "
               f"| **{r['make_cpu']:.1f} s, {human(r['make_peak'])}** | {r['ready_s']:.1f} s |")
+    shutil.copy(os.path.join(work, "convoy", "server.log"), os.path.join(os.path.dirname(exe), "..", "bench-bytes-server.log"))
     shutil.rmtree(work)
 
 

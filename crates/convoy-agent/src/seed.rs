@@ -335,6 +335,10 @@ async fn fetch_and_apply(
     }
 }
 
+/// Most bytes of files one sync request asks for (its answer is held in
+/// memory on both sides).
+const SYNC_BATCH: u64 = 128 << 20;
+
 /// A file of the release this machine lacks, and what it holds at its path.
 struct Drifted {
     path: String,
@@ -379,16 +383,33 @@ pub async fn sync_drifted(
         return Ok((0, 0));
     }
     let prev2 = prev.clone();
+    // behind a relay, files held nowhere here come as chunks: the relay
+    // fetches those once for the whole site
+    let relayed = !w.sources.is_empty();
     let (files, request) = tokio::task::spawn_blocking(move || {
         let mut files = Vec::new();
         let mut request = Vec::new();
+        let mut total = 0u64;
         for (path, size, want) in wanted {
-            let local = dir.join(&path);
-            let Ok(md) = std::fs::symlink_metadata(&local) else { continue };
-            if !md.is_file() || md.len() > SYNC_MAX_FILE || md.len() == 0 {
+            // one answer is held in memory: at most SYNC_BATCH bytes of files
+            if total + size > SYNC_BATCH {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&local) else { continue };
+            let local = dir.join(&path);
+            let bytes = match std::fs::symlink_metadata(&local) {
+                Ok(md) if md.is_file() && md.len() <= SYNC_MAX_FILE => std::fs::read(&local).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if bytes.is_empty() {
+                if relayed {
+                    continue;
+                }
+                // nothing usable here (deleted, or not a file): the file itself, compressed
+                total += size;
+                request.push(SyncFile { path: path.clone(), have: SyncHave::Nothing });
+                files.push(Drifted { path, size, want, local, block: 0 });
+                continue;
+            }
             let refs: Vec<ChunkRef> =
                 cut(&bytes).map(|(at, n)| ChunkRef { id: ChunkId::of(&bytes[at..at + n]), len: n as u32 }).collect();
             let published = installed.as_ref().is_some_and(|m| {
@@ -402,6 +423,7 @@ pub async fn sync_drifted(
             } else {
                 SyncHave::Signatures { size: bytes.len() as u64, block, sums: hex::encode(signatures(&bytes, block)) }
             };
+            total += size;
             request.push(SyncFile { path: path.clone(), have });
             files.push(Drifted { path, size, want, local, block });
         }
@@ -433,10 +455,11 @@ pub async fn sync_drifted(
             let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
             let payload = answer.get(at + 9..at + 9 + len).context("the sync answer ends early")?;
             at += 9 + len;
-            let Ok(local) = std::fs::read(&f.local) else { continue };
+            let local = if kind == 3 { Vec::new() } else { std::fs::read(&f.local).unwrap_or_default() };
             let rebuilt = match kind {
                 1 => decode_delta(&local, payload, f.size).ok(),
                 2 => apply_ops(payload, &local, f.block, f.size).ok(),
+                3 => decode_delta(&[], payload, f.size).ok(),
                 _ => None,
             };
             let Some(data) = rebuilt else { continue };

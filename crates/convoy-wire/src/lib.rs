@@ -620,7 +620,8 @@ pub struct DeploymentDetail {
 /// the release a machine lacks, each with what it holds at that path. The
 /// answer is, per file in order, 1 byte kind (0: nothing, fetch chunks;
 /// 1: a zstd patch of the known file; 2: copy/literal instructions against
-/// the machine's own file, `convoy_pack::apply_ops`), 8 bytes big-endian
+/// the machine's own file, `convoy_pack::apply_ops`; 3: the file
+/// zstd-compressed), 8 bytes big-endian
 /// length, the payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -646,6 +647,8 @@ pub enum SyncHave {
     /// Bytes the server does not know: their block signatures
     /// (`convoy_pack::signatures`, hex) in blocks of `block` bytes.
     Signatures { size: u64, block: u32, sums: String },
+    /// Nothing (deleted here): the file comes zstd-compressed (kind 3).
+    Nothing,
 }
 
 /// Most files one sync request may name.

@@ -25,6 +25,10 @@ use convoy_store::ReleaseRecord;
 use super::{AppError, AppResult};
 use crate::state::AppState;
 
+/// Most bytes of files one sync request may ask for (the answer is held
+/// in memory).
+const SYNC_BATCH: u64 = 256 << 20;
+
 /// zstd level for deltas: they are made once and sent many times.
 pub const DELTA_LEVEL: i32 = 19;
 
@@ -38,14 +42,27 @@ pub struct Deltas {
     inflight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deltas being made in the background (queued or running).
     making: std::sync::Mutex<HashSet<String>>,
-    /// One delta made at a time: bounds the server's memory and CPU.
-    worker: tokio::sync::Semaphore,
+    /// Queued deltas and first-install streams, made one at a time by one
+    /// worker (started with the first job).
+    queue: std::sync::Mutex<(Queue, Queue)>,
+    worker: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
     /// Sync requests of drifted machines answered at once (each holds
     /// files of up to `SYNC_MAX_FILE` bytes).
     syncs: tokio::sync::Semaphore,
     /// Releases before a new one its deltas are made from at publish.
     pub from_last: usize,
 }
+
+/// What the background worker makes first: deltas, then streams.
+#[derive(Clone, Copy)]
+pub enum Job {
+    Delta,
+    Stream,
+}
+
+type Maker = Box<dyn FnOnce() -> Result<Made, String> + Send + 'static>;
+type Queue = std::collections::VecDeque<(String, Maker)>;
 
 /// What a cached generation produced.
 pub enum Made {
@@ -65,17 +82,22 @@ impl Deltas {
             dir,
             inflight: Default::default(),
             making: Default::default(),
-            worker: tokio::sync::Semaphore::new(1),
+            queue: Default::default(),
+            worker: Default::default(),
+            wake: Default::default(),
             syncs: tokio::sync::Semaphore::new(2),
             from_last: DELTA_FROM_LAST,
         })
     }
 
     /// What is made for `key`, or `None` after queueing `make` in the
-    /// background (once, however many ask); never waits for it.
+    /// background (once, however many ask); never waits for it. Deltas
+    /// (`Job::Delta`) are made before first-install streams (`Job::Stream`),
+    /// each kind in the order asked.
     pub fn start(
         self: &Arc<Self>,
         key: String,
+        job: Job,
         make: impl FnOnce() -> Result<Made, String> + Send + 'static,
     ) -> Option<Made> {
         if let Some(m) = self.read(&key) {
@@ -84,29 +106,54 @@ impl Deltas {
         if !self.making.lock().expect("making lock").insert(key.clone()) {
             return None;
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let made = match me.worker.acquire().await {
-                Ok(_permit) if me.read(&key).is_none() => {
-                    let started = std::time::Instant::now();
-                    let r = tokio::task::spawn_blocking(make).await;
-                    tracing::debug!(%key, ms = started.elapsed().as_millis() as u64, "delta made in the background");
-                    r
-                }
-                _ => Ok(Err("made meanwhile".to_owned())),
+        {
+            let mut q = self.queue.lock().expect("queue lock");
+            let (deltas, streams) = &mut *q;
+            match job {
+                Job::Delta => deltas.push_back((key, Box::new(make))),
+                Job::Stream => streams.push_back((key, Box::new(make))),
+            }
+        }
+        if !self.worker.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let me = self.clone();
+            tokio::spawn(async move { me.work().await });
+        }
+        self.wake.notify_one();
+        None
+    }
+
+    /// The one worker: makes queued deltas one at a time, for the life of
+    /// the server (bounds its memory and CPU).
+    async fn work(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut q = self.queue.lock().expect("queue lock");
+                let (deltas, streams) = &mut *q;
+                deltas.pop_front().or_else(|| streams.pop_front())
+            };
+            let Some((key, make)) = next else {
+                self.wake.notified().await;
+                continue;
+            };
+            let made = if self.read(&key).is_none() {
+                let started = std::time::Instant::now();
+                let r = tokio::task::spawn_blocking(make).await;
+                tracing::debug!(%key, ms = started.elapsed().as_millis() as u64, "delta made in the background");
+                r
+            } else {
+                Ok(Err("made meanwhile".to_owned()))
             };
             match made {
                 Ok(Ok(m)) => {
-                    if let Err(e) = me.write(&key, &m) {
+                    if let Err(e) = self.write(&key, &m) {
                         tracing::warn!(error = %e, %key, "could not keep a delta");
                     }
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, %key, "no delta"),
                 Err(e) => tracing::warn!(error = %e, %key, "making a delta failed"),
             }
-            me.making.lock().expect("making lock").remove(&key);
-        });
-        None
+            self.making.lock().expect("making lock").remove(&key);
+        }
     }
 
     /// A turn to answer a sync request.
@@ -237,7 +284,7 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     let chunks = st.chunks.clone();
     let key = format!("{}-{}", from.digest, to.digest);
     let dest = st.deltas.path(&key);
-    Ok(st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).is_some())
+    Ok(st.deltas.start(key, Job::Delta, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).is_some())
 }
 
 /// The key and maker of a release's first-install stream: every file in
@@ -256,7 +303,7 @@ pub async fn first_install(st: &AppState, app: &str, version: &str) -> AppResult
     let to = find(st, app, version).await?;
     let size = to.total_size.to_string();
     let (key, make) = full_stream(st, to);
-    let made = st.deltas.start(key, make).unwrap_or_else(|| {
+    let made = st.deltas.start(key, Job::Stream, make).unwrap_or_else(|| {
         Made::NotReady("the stream is still being made; staging by chunks instead of waiting".into())
     });
     Ok((made, size))
@@ -287,7 +334,7 @@ pub async fn published(st: &AppState, rec: &ReleaseRecord) -> AppResult<()> {
     }
     // after the deltas (one is made at a time, in order): machines new to the app
     let (key, make) = full_stream(st, rec.clone());
-    st.deltas.start(key, make);
+    st.deltas.start(key, Job::Stream, make);
     Ok(())
 }
 
@@ -371,8 +418,10 @@ pub async fn delta(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     let chunks = st.chunks.clone();
     let key = format!("{}-{}", from.digest, to.digest);
     let dest = st.deltas.path(&key);
-    let made =
-        st.deltas.start(key, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).unwrap_or_else(|| {
+    let made = st
+        .deltas
+        .start(key, Job::Delta, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest))
+        .unwrap_or_else(|| {
             Made::NotReady("the delta is still being made; staging by chunks instead of waiting".into())
         });
     Ok((made, from_digest, size))
@@ -456,6 +505,7 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
             .collect::<Result<_, _>>()
             .map_err(AppError::internal)?;
         let mut out = Vec::new();
+        let mut total = 0u64;
         for f in req.files {
             let Some(wanted) = file_bytes(&chunks, &new, &f.path).map_err(AppError::internal)? else {
                 return Err(bad(format!(
@@ -464,12 +514,19 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
                     convoy_pack::SYNC_MAX_FILE
                 )));
             };
+            total += wanted.len() as u64;
+            if total > SYNC_BATCH {
+                return Err(bad(format!("a sync request may ask for at most {SYNC_BATCH} bytes of files")));
+            }
             let (kind, payload) = match f.have {
                 convoy_wire::SyncHave::Known { version: v, path } => {
                     match file_bytes(&chunks, &known[&v], &path).map_err(AppError::internal)? {
                         Some(old) => (1u8, encode_delta(&old, &wanted, DELTA_LEVEL).map_err(AppError::internal)?),
                         None => (0, Vec::new()),
                     }
+                }
+                convoy_wire::SyncHave::Nothing => {
+                    (3, encode_delta(&[], &wanted, DELTA_LEVEL).map_err(AppError::internal)?)
                 }
                 convoy_wire::SyncHave::Signatures { size, block, sums } => {
                     if size > convoy_pack::SYNC_MAX_FILE || block == 0 {
