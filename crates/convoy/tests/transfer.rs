@@ -54,8 +54,9 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     f.wait_delta("web", "1.0", "2.0");
 
     // b's installed 1.0 was modified on the machine and its chunk cache is
-    // gone: its copy of data.bin is no reference for that file's patch any more
+    // gone: its copy of data.bin is no reference for that file's patch any more, and health.sh is deleted
     overwrite(&f.agent_root("b").join("releases/web/1.0/data.bin"), 100, b"local edit");
+    std::fs::remove_file(f.agent_root("b").join("releases/web/1.0/health.sh")).unwrap();
     std::fs::remove_dir_all(f.agent_root("b").join(".convoy/cache")).unwrap();
 
     let d = deploy_wait(&f, "web@2.0");
@@ -84,7 +85,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     // changed chunk and the locally edited one never travel whole
     assert_eq!(metric(&d, "b", "transfer"), "delta+chunks");
     assert!(num(&d, "b", "chunks_seeded") >= 30, "b seeded {}", num(&d, "b", "chunks_seeded"));
-    assert_eq!(num(&d, "b", "chunks_synced"), 2, "data.bin's changed chunk and the locally edited one");
+    assert_eq!(num(&d, "b", "chunks_synced"), 3, "data.bin's changed and locally edited chunks, health.sh");
     assert_eq!(num(&d, "b", "chunks_fetched"), 0);
     assert!(num(&d, "b", "sync_bytes") < 40_000, "sync cost {}", num(&d, "b", "sync_bytes"));
     assert!(num(&d, "b", "bytes_fetched") < 50_000, "b moved {}", num(&d, "b", "bytes_fetched"));
