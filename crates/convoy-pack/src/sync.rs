@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-/// Bytes of the strong hash kept per block (a truncated BLAKE3). A false
-/// match only costs a fall-back: the result is checked against the chunks.
-const STRONG: usize = 6;
+/// Bytes of the strong hash kept per block (a truncated BLAKE3; checked
+/// only where the 32-bit rolling checksum matched). A false match only
+/// costs a fall-back: the result is checked against the chunks.
+const STRONG: usize = 3;
 /// Largest file synced this way (both sides hold it whole).
 pub const SYNC_MAX_FILE: u64 = 64 << 20;
 /// Largest instruction stream accepted, decoded.
