@@ -323,6 +323,8 @@ async fn fetch_and_apply(
         }
         std::io::Write::write_all(&mut file, &piece)?;
     }
+    // what it may decode to: the claimed size, never past the disk's free space
+    let size = size.min(free.saturating_sub(cfg.reserve_disk));
     let (cache, digest) = (cache.clone(), w.digest.clone());
     let applied =
         tokio::task::spawn_blocking(move || apply_downloaded(dir, &old, &file, bytes, size, &digest, &cache)).await?;
@@ -437,12 +439,15 @@ pub async fn sync_drifted(
     let body = convoy_pack::encode_delta(&[], &json, 3)?;
     let sent = body.len() as u64;
     let path = format!("/releases/{}/{}/sync", w.app, w.version);
-    let resp =
+    let mut resp =
         Client::check(client.request(reqwest::Method::POST, &path).body(body).send().await.context("sync")?).await?;
     let limit: u64 = files.iter().map(|f| f.size + f.size / 8 + 64).sum::<u64>() + (1 << 20);
-    let answer = resp.bytes().await.context("reading the sync answer")?;
-    if answer.len() as u64 > limit {
-        bail!("the sync answer has {} bytes, more than {limit}", answer.len());
+    let mut answer = Vec::new();
+    while let Some(piece) = resp.chunk().await.context("reading the sync answer")? {
+        answer.extend_from_slice(&piece);
+        if answer.len() as u64 > limit {
+            bail!("the sync answer has more than {limit} bytes");
+        }
     }
     let received = answer.len() as u64;
     let cache = cache.clone();
@@ -452,8 +457,9 @@ pub async fn sync_drifted(
         for f in files {
             let kind = *answer.get(at).context("the sync answer ends early")?;
             let len = answer.get(at + 1..at + 9).context("the sync answer ends early")?;
-            let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
-            let payload = answer.get(at + 9..at + 9 + len).context("the sync answer ends early")?;
+            let len = usize::try_from(u64::from_be_bytes(len.try_into().expect("8 bytes")))?;
+            let end = (at + 9).checked_add(len).context("the sync answer is malformed")?;
+            let payload = answer.get(at + 9..end).context("the sync answer ends early")?;
             at += 9 + len;
             let local = if kind == 3 { Vec::new() } else { std::fs::read(&f.local).unwrap_or_default() };
             let rebuilt = match kind {

@@ -794,7 +794,9 @@ pub fn decode_delta(old: &[u8], delta: &[u8], want: u64) -> Result<Vec<u8>, Delt
 pub fn decode_bounded(old: &[u8], delta: &[u8], max: u64) -> Result<Vec<u8>, DeltaError> {
     let err = |e: io::Error| DeltaError::Decode(e.to_string());
     let mut dec = zstd::stream::read::Decoder::with_ref_prefix(delta, old).map_err(err)?;
-    dec.window_log_max(31).map_err(err)?;
+    // a segment's window (32 MiB of reference + 16 MiB) needs 2^26; a frame
+    // asking for more is refused rather than given the memory
+    dec.window_log_max(27).map_err(err)?;
     let mut out = Vec::with_capacity(max.min(64 << 20) as usize);
     let n = dec.take(max + 1).read_to_end(&mut out).map_err(err)? as u64;
     if n > max {

@@ -38,7 +38,7 @@ impl Rolling {
         let (mut a, mut b) = (0u32, 0u32);
         for (i, &x) in data.iter().enumerate() {
             a = a.wrapping_add(x as u32);
-            b = b.wrapping_add((data.len() - i) as u32 * x as u32);
+            b = b.wrapping_add(((data.len() - i) as u32).wrapping_mul(x as u32));
         }
         Self { a: a & 0xffff, b: b & 0xffff, len: data.len() as u32 }
     }
@@ -93,12 +93,16 @@ pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<V
     }
     // only whole blocks are matched while rolling; a short last block only at the end
     let last_len = (their_len - (n as u64).saturating_sub(1) * block as u64) as usize;
-    let mut by_weak: HashMap<u32, Vec<u32>> = HashMap::new();
+    // each (weak, strong) pair names one block: a lookup per position costs
+    // one strong hash at most, and failed checks have a budget
+    let mut by_weak: HashMap<u32, HashMap<[u8; STRONG], u32>> = HashMap::new();
     for (i, e) in sigs.chunks(4 + STRONG).enumerate() {
         if i + 1 < n || last_len == block as usize {
-            by_weak.entry(u32::from_be_bytes(e[..4].try_into().expect("4 bytes"))).or_default().push(i as u32);
+            let weak = u32::from_be_bytes(e[..4].try_into().expect("4 bytes"));
+            by_weak.entry(weak).or_default().entry(e[4..].try_into().expect("STRONG bytes")).or_insert(i as u32);
         }
     }
+    let mut misses_left = 4 * n as u64 + (1 << 16);
     let sig = |i: u32| &sigs[i as usize * (4 + STRONG) + 4..(i as usize + 1) * (4 + STRONG)];
     let block = block as usize;
     let mut ops = Vec::new();
@@ -122,12 +126,15 @@ pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<V
     let mut roll = (new.len() >= block).then(|| Rolling::of(&new[..block]));
     while i < new.len() {
         let mut hit = None;
-        if let Some(r) = roll.filter(|_| i + block <= new.len()) {
+        if let Some(r) = roll.filter(|_| i + block <= new.len() && misses_left > 0) {
             if let Some(cands) = by_weak.get(&r.digest()) {
                 let s = strong(&new[i..i + block]);
                 // prefer the block that continues the current run
-                let next = copy.map(|(at, count)| at + count);
-                hit = cands.iter().copied().filter(|c| sig(*c) == s).min_by_key(|c| (Some(*c) != next, *c));
+                let next = copy.map(|(at, count)| at + count).filter(|c| (*c as usize) < n && sig(*c) == s);
+                hit = next.or_else(|| cands.get(&s).copied());
+                if hit.is_none() {
+                    misses_left -= 1;
+                }
             }
         }
         // the short last block, matched only at the very end of the new file

@@ -104,7 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/releases/{app}/{version}/manifest.zst", get(deltas::manifest_zst))
         .route("/releases/{app}/{version}/delta", get(deltas::get))
         .route("/releases/{app}/{version}/stream", get(deltas::stream))
-        .route("/releases/{app}/{version}/sync", post(deltas::sync).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
+        .route("/releases/{app}/{version}/sync", post(deltas::sync).layer(DefaultBodyLimit::max(8 << 20)))
         .route("/releases/{app}/{version}/changes", get(deltas::get_changes))
         .route("/targets", get(targets::list))
         .route("/targets/{id}", delete(targets::remove))

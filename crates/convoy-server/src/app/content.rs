@@ -29,6 +29,9 @@ use crate::state::AppState;
 /// in memory).
 const SYNC_BATCH: u64 = 256 << 20;
 
+/// Most deltas and streams queued or being made at once.
+const QUEUE_MAX: usize = 64;
+
 /// zstd level for deltas: they are made once and sent many times.
 pub const DELTA_LEVEL: i32 = 19;
 
@@ -49,7 +52,7 @@ pub struct Deltas {
     wake: tokio::sync::Notify,
     /// Sync requests of drifted machines answered at once (each holds
     /// files of up to `SYNC_MAX_FILE` bytes).
-    syncs: tokio::sync::Semaphore,
+    syncs: Arc<tokio::sync::Semaphore>,
     /// Releases before a new one its deltas are made from at publish.
     pub from_last: usize,
 }
@@ -85,7 +88,7 @@ impl Deltas {
             queue: Default::default(),
             worker: Default::default(),
             wake: Default::default(),
-            syncs: tokio::sync::Semaphore::new(2),
+            syncs: Arc::new(tokio::sync::Semaphore::new(2)),
             from_last: DELTA_FROM_LAST,
         })
     }
@@ -103,8 +106,12 @@ impl Deltas {
         if let Some(m) = self.read(&key) {
             return Some(m);
         }
-        if !self.making.lock().expect("making lock").insert(key.clone()) {
-            return None;
+        {
+            let mut making = self.making.lock().expect("making lock");
+            // a full queue takes nothing more (askers use chunks)
+            if making.len() >= QUEUE_MAX || !making.insert(key.clone()) {
+                return None;
+            }
         }
         {
             let mut q = self.queue.lock().expect("queue lock");
@@ -157,8 +164,8 @@ impl Deltas {
     }
 
     /// A turn to answer a sync request.
-    pub async fn sync_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.syncs.acquire().await.ok()
+    pub async fn sync_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.syncs.clone().acquire_owned().await.ok()
     }
 
     /// Where the made bytes of `key` are kept.
@@ -488,6 +495,9 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
     for f in &req.files {
         if let convoy_wire::SyncHave::Known { version: v, .. } = &f.have {
             if !known.contains_key(v) {
+                if known.len() >= 4 {
+                    return Err(AppError::bad_request("a sync request may name files of at most 4 releases"));
+                }
                 let r = find(st, app, v).await?;
                 known.insert(v.clone(), r.manifest);
             }
@@ -495,8 +505,10 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
     }
     let chunks = st.chunks.clone();
     let release = format!("{app}@{version}");
-    let _permit = st.deltas.sync_permit().await;
+    // held by the work itself: a caller that goes away does not free it early
+    let permit = st.deltas.sync_permit().await;
     tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
+        let _permit = permit;
         let bad = |e: String| AppError::bad_request(e);
         let new = Manifest::from_slice(&to.manifest).map_err(AppError::internal)?;
         let known: HashMap<String, Manifest> = known
@@ -532,6 +544,10 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
                     if size > convoy_pack::SYNC_MAX_FILE || block == 0 {
                         (0, Vec::new())
                     } else {
+                        if block != convoy_pack::block_size(size) {
+                            let want = convoy_pack::block_size(size);
+                            return Err(bad(format!("{}: block size {block} is not {want}", f.path)));
+                        }
                         let sums = hex::decode(&sums).map_err(|e| bad(format!("{}: signatures: {e}", f.path)))?;
                         let ops = convoy_pack::make_ops(&wanted, &sums, block, size)
                             .map_err(|e| bad(format!("{}: {e}", f.path)))?;

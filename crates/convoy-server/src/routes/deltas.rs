@@ -114,7 +114,7 @@ pub async fn stream(
 }
 
 /// `POST /releases/{app}/{version}/sync`: a drifted machine's files (a
-/// zstd-compressed `convoy_wire::SyncRequest`, at most 64 MiB decoded);
+/// zstd-compressed `convoy_wire::SyncRequest`, at most 16 MiB decoded);
 /// the answer as `app::content::sync` makes it.
 pub async fn sync(
     State(st): State<AppState>,
@@ -123,7 +123,7 @@ pub async fn sync(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     auth::reader(&st, &headers).await?;
-    let json = convoy_pack::decode_bounded(&[], &body, 64 << 20)
+    let json = convoy_pack::decode_bounded(&[], &body, 16 << 20)
         .map_err(|e| crate::error::ApiError::bad_request(format!("sync request: {e}")))?;
     let req: convoy_wire::SyncRequest =
         serde_json::from_slice(&json).map_err(|e| crate::error::ApiError::bad_request(format!("sync request: {e}")))?;
