@@ -152,11 +152,14 @@ pub struct DeltaOutcome {
     /// Why only part of it could be used (files of the installed release
     /// modified here): the rest comes as chunks.
     pub partial: Option<String>,
+    /// Chunks a partial delta added to the cache: those the manifest
+    /// checked against the root digest does not name are removed again.
+    pub added: Vec<ChunkId>,
 }
 
 impl DeltaOutcome {
     fn skip(bytes: u64, why: impl Into<String>) -> Self {
-        Self { bytes, manifest: None, chunks: 0, skipped: Some(why.into()), partial: None }
+        Self { bytes, manifest: None, chunks: 0, skipped: Some(why.into()), partial: None, added: Vec::new() }
     }
 }
 
@@ -195,7 +198,14 @@ pub fn apply_downloaded(
                 }
                 bail!("the release rebuilt from the delta hashes to {got}, expected {digest}");
             }
-            Ok(DeltaOutcome { bytes: len, manifest: Some((bytes, m)), chunks, skipped: None, partial: None })
+            Ok(DeltaOutcome {
+                bytes: len,
+                manifest: Some((bytes, m)),
+                chunks,
+                skipped: None,
+                partial: None,
+                added: Vec::new(),
+            })
         }
         // the files whose reference was modified here come as chunks; the
         // chunks made of the others are kept (each hashed by its bytes, used
@@ -204,6 +214,7 @@ pub fn apply_downloaded(
             bytes: len,
             manifest: None,
             chunks,
+            added,
             skipped: None,
             partial: Some(format!(
                 "{} file(s) of the installed release were modified here ({}); they come as chunks",

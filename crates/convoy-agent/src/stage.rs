@@ -111,6 +111,7 @@ async fn stage_inner(
     let mut sources = Sources::new(client, grant, &w.sources);
     let mut mode = "chunks";
     let mut from_delta = None;
+    let mut partial_added = Vec::new();
     // A first install asks for the release as one compressed stream instead.
     let first = w.previous_version.is_none();
     if cfg.max_memory > 0 && w.previous_version.as_ref().is_none_or(|p| *p != w.version) {
@@ -141,6 +142,7 @@ async fn stage_inner(
                         (None, None) => mode = if first { "stream" } else { "delta" },
                     }
                     from_delta = d.manifest;
+                    partial_added = d.added;
                     break;
                 }
                 Err(e) if !last => sources.failed_api(&format!("{e:#}")),
@@ -184,6 +186,13 @@ async fn stage_inner(
         },
     };
 
+    // what a partial delta made that this release does not use is not kept
+    if !partial_added.is_empty() {
+        let named: HashSet<ChunkId> = manifest.chunk_ids().into_iter().collect();
+        for id in partial_added.iter().filter(|id| !named.contains(id)) {
+            let _ = cache.remove(id);
+        }
+    }
     let sizes: BTreeMap<ChunkId, u32> = manifest
         .entries
         .iter()

@@ -575,6 +575,8 @@ impl<S: ChunkSource, R: ReadAt + ?Sized> Read for Patched<'_, '_, S, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
             let Some(s) = self.segs.next() else { return Ok(0) };
+            // the last segment is spent: not held while the next is decoded
+            (self.buf, self.pos) = (Vec::new(), 0);
             let next = (|| -> Result<Vec<u8>, Stop> {
                 let frame = self.patches.next_frame().map_err(Stop::Delta)?;
                 if frame.is_empty() && self.out_from + s.out_len > self.ref_size {
