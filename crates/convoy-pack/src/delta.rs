@@ -34,12 +34,14 @@ use crate::{ChunkId, ChunkRef, Entry, Manifest, RelPath, VerifiedChunk, CHUNK_AV
 ///
 /// A delta body is: the patch sections (for each `patch` file in skeleton
 /// order, for each of its segments: its length as LEB128, then a zstd
-/// frame made with the segment's reference window as prefix; length 0: the
-/// segment is the reference's bytes at the same offset), the literal
+/// frame made with the segment's reference window as prefix, after the
+/// chain of files patched just before for files of one segment, see
+/// `CHAIN_FILES`; length 0: the segment is the reference's bytes at the
+/// same offset), the literal
 /// stream (one zstd frame, maybe empty), the skeleton as a zstd patch of the
 /// old release's skeleton, and a trailer of three 8-byte big-endian
 /// lengths: patch sections, literal stream, skeleton patch.
-pub const DELTA_FORMAT: &str = "convoy-delta-3";
+pub const DELTA_FORMAT: &str = "convoy-delta-4";
 
 /// Largest piece of a file patched at once.
 pub const SEGMENT: u64 = 16 << 20;
@@ -47,6 +49,13 @@ pub const SEGMENT: u64 = 16 << 20;
 pub const MARGIN: u64 = 8 << 20;
 /// Window of the literal stream (16 MiB).
 const LITERAL_WINDOW_LOG: u32 = 24;
+/// A patch of a file of one segment also refers to the last
+/// `CHAIN_FILES` such files patched before it (each at most `CHAIN_MAX`
+/// bytes), in skeleton order, placed before its reference: a change that
+/// lands in many files (built bundles) is paid for once.
+const CHAIN_FILES: usize = 2;
+const CHAIN_MAX: u64 = 4 << 20;
+
 /// Largest skeleton accepted.
 const SKELETON_MAX: u64 = 64 << 20;
 const TRAILER: u64 = 24;
@@ -213,6 +222,29 @@ fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The prefix of a one-segment patch: the chain, then the reference.
+fn chained(recent: &std::collections::VecDeque<Vec<u8>>, window: Vec<u8>) -> Vec<u8> {
+    if recent.is_empty() {
+        return window;
+    }
+    let mut p = Vec::with_capacity(recent.iter().map(Vec::len).sum::<usize>() + window.len());
+    for r in recent {
+        p.extend_from_slice(r);
+    }
+    p.extend_from_slice(&window);
+    p
+}
+
+/// Keeps a one-segment patched file's new bytes in the chain.
+fn remember(recent: &mut std::collections::VecDeque<Vec<u8>>, file: Vec<u8>) {
+    if file.len() as u64 <= CHAIN_MAX {
+        recent.push_back(file);
+        if recent.len() > CHAIN_FILES {
+            recent.pop_front();
+        }
+    }
+}
+
 /// What making a delta came to.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeltaStats {
@@ -340,6 +372,7 @@ pub fn make_release_delta(
     let mut stats = DeltaStats::default();
     let mut hows: HashMap<&str, How> = HashMap::new();
     let mut literal: Vec<(&RelPath, &[ChunkRef], u64)> = Vec::new();
+    let mut recent = std::collections::VecDeque::new();
 
     // pass 1: decide, and write the patch sections
     for e in &new.entries {
@@ -350,6 +383,7 @@ pub fn make_release_delta(
             let segs = segments(ref_size, *size);
             let mut out_from = 0u64;
             let mut frames = Vec::new();
+            let mut whole = Vec::new();
             for s in &segs {
                 let piece = read_range(new_src, path, chunks, out_from, s.out_len)?;
                 let in_place = out_from + s.out_len <= ref_size
@@ -358,12 +392,14 @@ pub fn make_release_delta(
                 let frame = if in_place {
                     Vec::new()
                 } else {
-                    let prefix = read_range(old_src, &from, ref_chunks, s.ref_from, s.ref_len)?;
+                    let window = read_range(old_src, &from, ref_chunks, s.ref_from, s.ref_len)?;
+                    let prefix = if segs.len() == 1 { chained(&recent, window) } else { window };
                     // no frame checksum: every chunk made of it is hashed
                     encode_with(&prefix, &piece, level, false)?
                 };
                 if segs.len() == 1 {
                     frames.push(frame);
+                    whole = piece;
                 } else {
                     // a big file: written as it goes, never weighed
                     write_varint(&mut out, frame.len() as u64)?;
@@ -382,6 +418,7 @@ pub fn make_release_delta(
                         write_varint(&mut out, f.len() as u64)?;
                         out.write_all(&f)?;
                     }
+                    remember(&mut recent, whole);
                 }
             }
         }
@@ -568,6 +605,9 @@ struct Patched<'a, 'b, S: ChunkSource, R: ReadAt + ?Sized> {
     from: &'a RelPath,
     ref_chunks: &'a [ChunkRef],
     patches: &'a mut Section<'b, R>,
+    /// The files patched just before (for a file of one segment).
+    chain: &'a std::collections::VecDeque<Vec<u8>>,
+    single: bool,
     stop: Option<Stop>,
 }
 
@@ -583,6 +623,7 @@ impl<S: ChunkSource, R: ReadAt + ?Sized> Read for Patched<'_, '_, S, R> {
                     return Err(Stop::Delta(DeltaError::Decode(format!("{}: copy beyond its end", self.from))));
                 }
                 let (out_from, from, ref_chunks) = (self.out_from, self.from, self.ref_chunks);
+                let (single, chain) = (self.single, self.chain);
                 let mut reference = |at, len| {
                     read_range(self.src, from, ref_chunks, at, len).map_err(|e| Stop::Reference(e.to_string()))
                 };
@@ -590,7 +631,8 @@ impl<S: ChunkSource, R: ReadAt + ?Sized> Read for Patched<'_, '_, S, R> {
                     // the same bytes at the same offset
                     return reference(out_from, s.out_len);
                 }
-                let prefix = reference(s.ref_from, s.ref_len)?;
+                let window = reference(s.ref_from, s.ref_len)?;
+                let prefix = if single { chained(chain, window) } else { window };
                 decode_delta(&prefix, &frame, s.out_len).map_err(Stop::Delta)
             })();
             self.out_from += s.out_len;
@@ -682,6 +724,7 @@ pub fn apply_release_delta<R: ReadAt + ?Sized>(
         }
     };
     let mut failed = Vec::new();
+    let mut recent = std::collections::VecDeque::new();
     let mut entries = Vec::with_capacity(s.entries.len());
     for e in s.entries {
         entries.push(match e {
@@ -709,8 +752,12 @@ pub fn apply_release_delta<R: ReadAt + ?Sized>(
                     }
                     How::Patch(from) => {
                         let (from, ref_chunks, ref_size) = old_file(&from)?;
+                        let segs = segments(ref_size, size);
+                        let single = segs.len() == 1;
                         let mut r = Patched {
-                            segs: segments(ref_size, size).into_iter(),
+                            chain: &recent,
+                            single,
+                            segs: segs.into_iter(),
                             out_from: 0,
                             ref_size,
                             buf: Vec::new(),
@@ -723,8 +770,14 @@ pub fn apply_release_delta<R: ReadAt + ?Sized>(
                         };
                         let made = chunk_into(&mut r, sink);
                         let (stop, left) = (r.stop.take(), r.segs.len());
+                        let file = std::mem::take(&mut r.buf);
                         match (made, stop) {
-                            (Ok(refs), _) => refs,
+                            (Ok(refs), _) => {
+                                if single {
+                                    remember(&mut recent, file);
+                                }
+                                refs
+                            }
                             (Err(_), Some(Stop::Reference(why))) => {
                                 // skip what is left of this file's sections
                                 for _ in 0..left {
