@@ -319,7 +319,10 @@ fn a_corrupt_chunk_is_never_installed() {
     let (code, d) = deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
     assert_eq!((code, d["deployment"]["state"].as_str()), (EXIT_NOT_SUCCEEDED, Some("failed")), "{d:#}");
     let i = instruction(&d, "a");
-    assert!(i["note"].as_str().unwrap().contains("failed verification"), "{i:#}");
+    // the agent's hash check refuses the bytes; or the server's own check,
+    // reading the chunk first (making the first-install stream), dropped it
+    let note = i["note"].as_str().unwrap();
+    assert!(note.contains("failed verification") || note.contains("not found"), "{i:#}");
     let root = f.agent_root("a");
     assert!(!root.join("releases/web/1.0").exists() && !root.join("current/web").exists(), "nothing installed");
 }
