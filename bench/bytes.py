@@ -328,7 +328,7 @@ def main():
             r["chunks"], r["chunks_mode"] = int(up["chunks"]["bytes_fetched"]), up["chunks"].get("transfer")
             r["drift"], r["drift_mode"] = int(up["drift"]["bytes_fetched"]), up["drift"].get("transfer")
             rows.append(r)
-            print(f"measured {r['name']}", file=sys.stderr)
+            print(f"measured {r['name']}; the drifted machine's report: {up['drift']}", file=sys.stderr)
     finally:
         convoy.stop()
     print("### Upgrades from the release the machine holds (goal: ≤ 1.1 × best delta + 2 KiB)\n")

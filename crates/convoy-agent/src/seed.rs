@@ -361,6 +361,25 @@ struct Drifted {
     block: u32,
 }
 
+/// The references a sync answer names (files of the new release this
+/// machine holds, see `convoy_wire::SyncRequest`): their bytes end to end,
+/// and the rest of the payload.
+fn references<'a>(payload: &'a [u8], held: &dyn Fn(&str) -> Option<Vec<u8>>) -> Option<(Vec<u8>, &'a [u8])> {
+    let count = *payload.first()? as usize;
+    let mut at = 1;
+    let mut prefix = Vec::new();
+    for _ in 0..count {
+        let n = u16::from_be_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
+        let path = std::str::from_utf8(payload.get(at + 2..at + 2 + n)?).ok()?;
+        at += 2 + n;
+        prefix.extend(held(path)?);
+        if prefix.len() > 16 << 20 {
+            return None;
+        }
+    }
+    Some((prefix, payload.get(at..)?))
+}
+
 /// A machine whose installed files differ from what was published (edited
 /// here, or the delta could not be used): for each file of the release it
 /// still lacks chunks of and holds a file at the same path, it says in one
@@ -462,7 +481,23 @@ pub async fn sync_drifted(
     }
     let received = answer.len() as u64;
     let cache = cache.clone();
+    let files_of: std::collections::HashMap<String, Vec<ChunkRef>> = new
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, chunks, .. } => Some((path.to_string(), chunks.clone())),
+            _ => None,
+        })
+        .collect();
     let cached = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        // a file of the new release, from the cache (each chunk hashed)
+        let held = |path: &str| -> Option<Vec<u8>> {
+            let mut out = Vec::new();
+            for c in files_of.get(path)? {
+                out.extend_from_slice(cache.get(&c.id).ok()??.data());
+            }
+            Some(out)
+        };
         let mut at = 0usize;
         let mut n = 0;
         for f in files {
@@ -472,11 +507,12 @@ pub async fn sync_drifted(
             let end = (at + 9).checked_add(len).context("the sync answer is malformed")?;
             let payload = answer.get(at + 9..end).context("the sync answer ends early")?;
             at += 9 + len;
-            let local = if kind == 3 { Vec::new() } else { std::fs::read(&f.local).unwrap_or_default() };
             let rebuilt = match kind {
-                1 => decode_delta(&local, payload, f.size).ok(),
-                2 => apply_ops(payload, &local, f.block, f.size).ok(),
-                3 => decode_delta(&[], payload, f.size).ok(),
+                1 => decode_delta(&std::fs::read(&f.local).unwrap_or_default(), payload, f.size).ok(),
+                2 => references(payload, &held).and_then(|(prefix, rest)| {
+                    apply_ops(rest, &std::fs::read(&f.local).unwrap_or_default(), f.block, f.size, &prefix).ok()
+                }),
+                3 => references(payload, &held).and_then(|(prefix, rest)| decode_delta(&prefix, rest, f.size).ok()),
                 _ => None,
             };
             let Some(data) = rebuilt else { continue };

@@ -221,8 +221,12 @@ async fn stage_inner(
                 if moved > 0 {
                     metrics.insert("sync_bytes".into(), moved.to_string());
                     metrics.insert("chunks_synced".into(), n.to_string());
-                    if n > 0 && mode == "chunks" {
-                        mode = "sync+chunks";
+                    if n > 0 {
+                        mode = match mode {
+                            "chunks" => "sync+chunks",
+                            "delta+chunks" => "delta+sync+chunks",
+                            m => m,
+                        };
                     }
                 }
                 missing.into_iter().filter(|id| !cache.contains(id)).collect()

@@ -1,14 +1,15 @@
 //! Syncing one file the server does not know (a machine's own edit of an
 //! installed file) the way rsync does: the machine sends block signatures
-//! of what it holds, the server answers with instructions to copy those
-//! blocks and literal bytes between them, zstd-compressed.
+//! of what it holds, the server answers with the runs of those blocks the
+//! new file contains and the new file as a zstd patch against them (so the
+//! bytes between the runs are compressed with the whole matched file as
+//! context, where rsync's zlib stream has 32 KiB of it).
 //!
 //! Nothing here is trusted: what [`apply_ops`] rebuilds is cut into chunks
 //! and used only where the manifest (checked against the root digest)
 //! names exactly those chunks.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
 
 /// Bytes of the strong hash kept per block (a truncated BLAKE3; checked
 /// only where the 32-bit rolling checksum matched). A false match only
@@ -16,8 +17,6 @@ use std::io::{self, Read};
 const STRONG: usize = 3;
 /// Largest file synced this way (both sides hold it whole).
 pub const SYNC_MAX_FILE: u64 = 64 << 20;
-/// Largest instruction stream accepted, decoded.
-const OPS_MAX: u64 = SYNC_MAX_FILE + (1 << 20);
 
 /// The block size for a file of `len` bytes: about its square root, as
 /// rsync chooses, between 512 bytes and 16 KiB.
@@ -75,14 +74,12 @@ pub enum SyncError {
     Ops(String),
 }
 
-// instruction stream, before zstd: tag 0 + u32 block + u32 count: copy that
-// many blocks from that one on; tag 1 + u32 n + n bytes: literal
-const COPY: u8 = 0;
-const LITERAL: u8 = 1;
-
 /// Instructions rebuilding `new` from a file whose signatures (made with
-/// `block`, of a file of `their_len` bytes) are `sigs`, zstd-compressed.
-pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<Vec<u8>, SyncError> {
+/// `block`, of a file of `their_len` bytes) are `sigs`: `u32` count of
+/// runs, each `u32` first block and `u32` count (big-endian), then `new`
+/// as a zstd patch against `context` (other bytes both sides hold) and
+/// those runs' bytes, laid end to end.
+pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64, context: &[u8]) -> Result<Vec<u8>, SyncError> {
     let bad = |s: &str| SyncError::Signatures(s.to_owned());
     if block == 0 || !sigs.len().is_multiple_of(4 + STRONG) {
         return Err(bad("not a whole number of entries"));
@@ -105,32 +102,30 @@ pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<V
     let mut misses_left = 4 * n as u64 + (1 << 16);
     let sig = |i: u32| &sigs[i as usize * (4 + STRONG) + 4..(i as usize + 1) * (4 + STRONG)];
     let block = block as usize;
-    let mut ops = Vec::new();
-    let mut literal: Vec<u8> = Vec::new();
-    let mut copy: Option<(u32, u32)> = None;
-    let flush_literal = |ops: &mut Vec<u8>, literal: &mut Vec<u8>| {
-        if !literal.is_empty() {
-            ops.push(LITERAL);
-            ops.extend_from_slice(&(literal.len() as u32).to_be_bytes());
-            ops.append(literal);
-        }
-    };
-    let flush_copy = |ops: &mut Vec<u8>, copy: &mut Option<(u32, u32)>| {
-        if let Some((at, count)) = copy.take() {
-            ops.push(COPY);
-            ops.extend_from_slice(&at.to_be_bytes());
-            ops.extend_from_slice(&count.to_be_bytes());
+    // runs of their blocks (first, count) and the bytes they hold, in the new file's order
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    let mut matched: Vec<u8> = context.to_vec();
+    let mut take = |runs: &mut Vec<(u32, u32)>, c: u32, bytes: &[u8]| {
+        matched.extend_from_slice(bytes);
+        match runs.last_mut() {
+            Some((at, count)) if *at + *count == c => *count += 1,
+            _ => runs.push((c, 1)),
         }
     };
     let mut i = 0usize;
     let mut roll = (new.len() >= block).then(|| Rolling::of(&new[..block]));
+    let mut continuing = false;
     while i < new.len() {
         let mut hit = None;
         if let Some(r) = roll.filter(|_| i + block <= new.len() && misses_left > 0) {
             if let Some(cands) = by_weak.get(&r.digest()) {
                 let s = strong(&new[i..i + block]);
                 // prefer the block that continues the current run
-                let next = copy.map(|(at, count)| at + count).filter(|c| (*c as usize) < n && sig(*c) == s);
+                let next = runs
+                    .last()
+                    .filter(|_| continuing)
+                    .map(|(at, count)| at + count)
+                    .filter(|c| (*c as usize) < n && sig(*c) == s);
                 hit = next.or_else(|| cands.get(&s).copied());
                 if hit.is_none() {
                     misses_left -= 1;
@@ -139,37 +134,22 @@ pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<V
         }
         // the short last block, matched only at the very end of the new file
         if hit.is_none() && last_len < block && new.len() - i == last_len && n > 0 {
-            let c = (n - 1) as u32;
             let e = &sigs[(n - 1) * (4 + STRONG)..];
             let tail = &new[i..];
             if Rolling::of(tail).digest().to_be_bytes() == e[..4] && strong(tail) == e[4..] {
-                flush_literal(&mut ops, &mut literal);
-                match copy {
-                    Some((at, count)) if at + count == c => copy = Some((at, count + 1)),
-                    _ => {
-                        flush_copy(&mut ops, &mut copy);
-                        copy = Some((c, 1));
-                    }
-                }
+                take(&mut runs, (n - 1) as u32, tail);
                 break;
             }
         }
         match hit {
             Some(c) => {
-                flush_literal(&mut ops, &mut literal);
-                match copy {
-                    Some((at, count)) if at + count == c => copy = Some((at, count + 1)),
-                    _ => {
-                        flush_copy(&mut ops, &mut copy);
-                        copy = Some((c, 1));
-                    }
-                }
+                take(&mut runs, c, &new[i..i + block]);
+                continuing = true;
                 i += block;
                 roll = (i + block <= new.len()).then(|| Rolling::of(&new[i..i + block]));
             }
             None => {
-                flush_copy(&mut ops, &mut copy);
-                literal.push(new[i]);
+                continuing = false;
                 if let Some(r) = roll.as_mut() {
                     if i + block < new.len() {
                         r.roll(new[i], new[i + block]);
@@ -179,54 +159,44 @@ pub fn make_ops(new: &[u8], sigs: &[u8], block: u32, their_len: u64) -> Result<V
             }
         }
     }
-    flush_literal(&mut ops, &mut literal);
-    flush_copy(&mut ops, &mut copy);
-    zstd::bulk::compress(&ops, 19).map_err(|e| SyncError::Ops(e.to_string()))
+    let mut out = Vec::with_capacity(4 + runs.len() * 8 + 1024);
+    out.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+    for (at, count) in &runs {
+        out.extend_from_slice(&at.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    let level = if new.len() <= 16 << 20 { 19 } else { 9 };
+    out.extend(crate::encode_delta(&matched, new, level).map_err(|e| SyncError::Ops(e.to_string()))?);
+    Ok(out)
 }
 
-/// Rebuilds a file from instructions and the file the signatures were
-/// made of (`theirs`, in blocks of `block`); at most `max` bytes.
-pub fn apply_ops(ops: &[u8], theirs: &[u8], block: u32, max: u64) -> Result<Vec<u8>, SyncError> {
+/// Rebuilds a file from instructions, the `context` they were made with
+/// and the file the signatures were made of (`theirs`, in blocks of
+/// `block`); at most `max` bytes.
+pub fn apply_ops(ops: &[u8], theirs: &[u8], block: u32, max: u64, context: &[u8]) -> Result<Vec<u8>, SyncError> {
     let bad = |s: String| SyncError::Ops(s);
-    let mut raw = Vec::new();
-    zstd::stream::read::Decoder::new(ops)
-        .map_err(|e| bad(e.to_string()))?
-        .take(OPS_MAX.min(max.saturating_mul(2).saturating_add(1 << 16)))
-        .read_to_end(&mut raw)
-        .map_err(|e: io::Error| bad(e.to_string()))?;
-    let mut out = Vec::new();
-    let mut at = 0usize;
     let word = |at: usize| -> Result<u32, SyncError> {
-        raw.get(at..at + 4)
+        ops.get(at..at + 4)
             .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
             .ok_or_else(|| bad("truncated".into()))
     };
-    while at < raw.len() {
-        match raw[at] {
-            COPY => {
-                let (from, count) = (word(at + 1)? as usize, word(at + 5)? as usize);
-                at += 9;
-                let start = from.checked_mul(block as usize).filter(|s| *s <= theirs.len());
-                let end =
-                    from.checked_add(count).and_then(|e| e.checked_mul(block as usize)).map(|e| e.min(theirs.len()));
-                match (start, end) {
-                    (Some(s), Some(e)) if s < e => out.extend_from_slice(&theirs[s..e]),
-                    _ => return Err(bad(format!("copy of blocks {from}+{count} beyond the file"))),
-                }
+    let runs = word(0)? as usize;
+    let body = runs.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|n| *n <= ops.len());
+    let Some(body) = body else { return Err(bad(format!("{runs} runs do not fit the instructions"))) };
+    // the runs' bytes are parts of the new file: never more than it
+    let mut matched = context.to_vec();
+    for r in 0..runs {
+        let (from, count) = (word(4 + 8 * r)? as usize, word(8 + 8 * r)? as usize);
+        let start = from.checked_mul(block as usize).filter(|s| *s < theirs.len());
+        let end = from.checked_add(count).and_then(|e| e.checked_mul(block as usize)).map(|e| e.min(theirs.len()));
+        match (start, end) {
+            (Some(s), Some(e)) if s < e && (matched.len() - context.len() + e - s) as u64 <= max => {
+                matched.extend_from_slice(&theirs[s..e])
             }
-            LITERAL => {
-                let n = word(at + 1)? as usize;
-                let bytes = raw.get(at + 5..at + 5 + n).ok_or_else(|| bad("truncated literal".into()))?;
-                out.extend_from_slice(bytes);
-                at += 5 + n;
-            }
-            t => return Err(bad(format!("unknown instruction {t}"))),
-        }
-        if out.len() as u64 > max {
-            return Err(bad(format!("rebuilds more than {max} bytes")));
+            _ => return Err(bad(format!("copy of blocks {from}+{count} beyond the file or the limit"))),
         }
     }
-    Ok(out)
+    crate::decode_bounded(&matched, &ops[body..], max).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
@@ -250,8 +220,8 @@ mod tests {
     fn sync(theirs: &[u8], new: &[u8]) -> (Vec<u8>, usize) {
         let block = block_size(theirs.len() as u64);
         let sigs = signatures(theirs, block);
-        let ops = make_ops(new, &sigs, block, theirs.len() as u64).unwrap();
-        (apply_ops(&ops, theirs, block, new.len() as u64).unwrap(), ops.len() + sigs.len())
+        let ops = make_ops(new, &sigs, block, theirs.len() as u64, b"context").unwrap();
+        (apply_ops(&ops, theirs, block, new.len() as u64, b"context").unwrap(), ops.len() + sigs.len())
     }
 
     #[test]
@@ -266,18 +236,41 @@ mod tests {
     }
 
     #[test]
+    fn bytes_between_runs_are_compressed_with_the_file_as_context() {
+        // like source code: lines that recur across the file; a change
+        // every 16 KB costs a block of new bytes, made of lines found elsewhere
+        let lines: Vec<Vec<u8>> = (0..300).map(|i| text(i + 10, 40)).collect();
+        let theirs: Vec<u8> = (0..10_000u64).flat_map(|i| lines[(i * 7919 % 300) as usize].clone()).collect();
+        let mut new = theirs.clone();
+        for at in (8_000..400_000).step_by(16_000) {
+            new[at] ^= 1;
+        }
+        let (got, cost) = sync(&theirs, &new);
+        assert_eq!(got, new);
+        let sigs = signatures(&theirs, block_size(theirs.len() as u64)).len();
+        assert!(cost - sigs < 2_000, "instructions cost {} bytes for 25 one-byte changes", cost - sigs);
+    }
+
+    #[test]
     fn bad_instructions_are_errors() {
         let theirs = text(2, 10_000);
         let block = block_size(10_000);
-        assert!(apply_ops(b"not zstd", &theirs, block, 100).is_err());
-        let copy_beyond = zstd::bulk::compress(&[COPY, 0, 0, 1, 0, 0, 0, 0, 1], 3).unwrap();
-        assert!(apply_ops(&copy_beyond, &theirs, block, 1 << 20).is_err());
-        let truncated = zstd::bulk::compress(&[LITERAL, 0, 0, 0, 9, 1], 3).unwrap();
-        assert!(apply_ops(&truncated, &theirs, block, 1 << 20).is_err());
-        let many = zstd::bulk::compress(&[COPY, 0, 0, 0, 0, 0, 0, 0, 9], 3).unwrap();
-        assert!(apply_ops(&many, &theirs, block, 100).is_err(), "over the limit");
-        assert!(make_ops(b"x", &[1, 2, 3], block, 10).is_err());
-        assert!(make_ops(b"x", &signatures(&theirs, block), block, 99_999).is_err());
+        let frame = crate::encode_delta(&[], b"abc", 3).unwrap();
+        let with = |head: &[u8]| [head, &frame[..]].concat();
+        assert!(apply_ops(b"not zstd", &theirs, block, 100, &[]).is_err());
+        assert!(apply_ops(&with(&[0, 0, 0, 0]), &theirs, block, 100, &[]).is_ok());
+        assert!(
+            apply_ops(&with(&[0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1]), &theirs, block, 1 << 20, &[]).is_err(),
+            "beyond"
+        );
+        assert!(apply_ops(&with(&[0, 0, 0, 9]), &theirs, block, 1 << 20, &[]).is_err(), "truncated runs");
+        assert!(
+            apply_ops(&with(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9]), &theirs, block, 100, &[]).is_err(),
+            "over the limit"
+        );
+        assert!(apply_ops(&with(&[0, 0, 0, 0]), &theirs, block, 2, &[]).is_err(), "rebuilds over the limit");
+        assert!(make_ops(b"x", &[1, 2, 3], block, 10, &[]).is_err());
+        assert!(make_ops(b"x", &signatures(&theirs, block), block, 99_999, &[]).is_err());
     }
 
     proptest! {

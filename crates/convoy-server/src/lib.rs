@@ -31,7 +31,7 @@ use convoy_pack::ChunkStore;
 use convoy_store::{hash_token, new_id, new_secret, EnrolTokenRecord, EventRecord, Store, TokenKind, TokenRecord};
 use tokio::net::TcpListener;
 
-pub use app::content::DELTA_FROM_LAST;
+pub use app::content::{DELTA_CACHE_MIB, DELTA_FROM_LAST};
 pub use limit::{DEFAULT_PER_ADDRESS as DEFAULT_ENROL_RATE_ADDRESS, DEFAULT_PER_TOKEN as DEFAULT_ENROL_RATE_TOKEN};
 pub use state::AppState;
 
@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// Deltas to a new release are made at publish from this many of the
     /// app's releases before it (and from every version the fleet runs).
     pub delta_from_last: usize,
+    /// MiB of deltas and first-install streams kept in DATA_DIR/deltas
+    /// (the oldest are removed first).
+    pub delta_cache_mib: u64,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -426,6 +429,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     );
     let mut deltas = app::content::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
     deltas.from_last = config.delta_from_last;
+    deltas.max_bytes = config.delta_cache_mib.saturating_mul(1 << 20);
     for m in &config.mirrors {
         let plain = m.strip_prefix("store+").unwrap_or(m);
         if !(plain.starts_with("http://") || plain.starts_with("https://")) || m.len() > 256 {

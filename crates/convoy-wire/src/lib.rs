@@ -619,10 +619,13 @@ pub struct DeploymentDetail {
 /// `POST /releases/{app}/{version}/sync` (sent zstd-compressed): files of
 /// the release a machine lacks, each with what it holds at that path. The
 /// answer is, per file in order, 1 byte kind (0: nothing, fetch chunks;
-/// 1: a zstd patch of the known file; 2: copy/literal instructions against
-/// the machine's own file, `convoy_pack::apply_ops`; 3: the file
-/// zstd-compressed), 8 bytes big-endian
-/// length, the payload.
+/// 1: a zstd patch of the known file; 2: references, then instructions
+/// against them and the machine's own file, `convoy_pack::apply_ops`; 3:
+/// references, then the file as a zstd patch against them), 8 bytes
+/// big-endian length, the payload. References are other files of the
+/// wanted release the machine holds (one the request does not name, or
+/// one answered before): 1 byte count, per file 2 bytes big-endian length
+/// and its path; their bytes end to end are the patch's context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
@@ -647,7 +650,8 @@ pub enum SyncHave {
     /// Bytes the server does not know: their block signatures
     /// (`convoy_pack::signatures`, hex) in blocks of `block` bytes.
     Signatures { size: u64, block: u32, sums: String },
-    /// Nothing (deleted here): the file comes zstd-compressed (kind 3).
+    /// Nothing (deleted here): the file comes compressed against similar
+    /// files of the release the machine holds (kind 3).
     Nothing,
 }
 

@@ -39,6 +39,8 @@ pub struct ServerFile {
     pub key_secret_file: Option<PathBuf>,
     /// Releases before a new one that its deltas are made from at publish (default 3).
     pub delta_from_last: Option<usize>,
+    /// MiB of made deltas and first-install streams kept on disk (default 4096).
+    pub delta_cache_mib: Option<u64>,
 }
 
 /// `convoy agent --config FILE`.

@@ -88,6 +88,10 @@ enum Cmd {
         /// the app's releases before it (besides every version the fleet runs) [default: 3].
         #[arg(long, env = "CONVOY_DELTA_FROM_LAST")]
         delta_from_last: Option<usize>,
+        /// MiB of made deltas and first-install streams kept on disk; the oldest are removed
+        /// first [default: 4096].
+        #[arg(long, env = "CONVOY_DELTA_CACHE_MIB")]
+        delta_cache_mib: Option<u64>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -650,6 +654,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             enrol_rate_address,
             key_secret_file,
             delta_from_last,
+            delta_cache_mib,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -681,6 +686,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .unwrap_or(convoy_server::DEFAULT_ENROL_RATE_ADDRESS),
                 key_secret_file: key_secret_file.clone().or(file.key_secret_file),
                 delta_from_last: delta_from_last.or(file.delta_from_last).unwrap_or(convoy_server::DELTA_FROM_LAST),
+                delta_cache_mib: delta_cache_mib.or(file.delta_cache_mib).unwrap_or(convoy_server::DELTA_CACHE_MIB),
             })
             .await?;
         }

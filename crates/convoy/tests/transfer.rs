@@ -83,7 +83,7 @@ fn deltas_rebuild_identical_releases_and_modified_installs_fall_back_to_chunks()
     // out; seeded what its files still hold; data.bin synced from its own
     // copy (block signatures up, copy/literal instructions down), so the
     // changed chunk and the locally edited one never travel whole
-    assert_eq!(metric(&d, "b", "transfer"), "delta+chunks");
+    assert_eq!(metric(&d, "b", "transfer"), "delta+sync+chunks");
     assert!(num(&d, "b", "chunks_seeded") >= 30, "b seeded {}", num(&d, "b", "chunks_seeded"));
     assert_eq!(num(&d, "b", "chunks_synced"), 3, "data.bin's changed and locally edited chunks, health.sh");
     assert_eq!(num(&d, "b", "chunks_fetched"), 0);

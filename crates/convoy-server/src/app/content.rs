@@ -55,7 +55,14 @@ pub struct Deltas {
     syncs: Arc<tokio::sync::Semaphore>,
     /// Releases before a new one its deltas are made from at publish.
     pub from_last: usize,
+    /// Bytes of deltas and streams kept on disk; the oldest go first.
+    pub max_bytes: u64,
 }
+
+/// Default of [`Deltas::max_bytes`].
+pub const DELTA_CACHE_MIB: u64 = 4096;
+/// How long a failed generation is not tried again.
+const FAILED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What the background worker makes first: deltas, then streams.
 #[derive(Clone, Copy)]
@@ -90,6 +97,7 @@ impl Deltas {
             wake: Default::default(),
             syncs: Arc::new(tokio::sync::Semaphore::new(2)),
             from_last: DELTA_FROM_LAST,
+            max_bytes: DELTA_CACHE_MIB << 20,
         })
     }
 
@@ -150,15 +158,24 @@ impl Deltas {
             } else {
                 Ok(Err("made meanwhile".to_owned()))
             };
-            match made {
+            let failed = match made {
                 Ok(Ok(m)) => {
                     if let Err(e) = self.write(&key, &m) {
                         tracing::warn!(error = %e, %key, "could not keep a delta");
                     }
+                    None
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, %key, "no delta"),
-                Err(e) => tracing::warn!(error = %e, %key, "making a delta failed"),
+                Ok(Err(e)) if e == "made meanwhile" => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                // not tried again for a while: asking again costs nothing
+                tracing::warn!(error = %e, %key, "making a delta failed");
+                let why = format!("making it failed; tried again after {} s: {e}", FAILED_FOR.as_secs());
+                let _ = std::fs::write(self.dir.join(format!("{key}.failed")), why);
             }
+            self.prune();
             self.making.lock().expect("making lock").remove(&key);
         }
     }
@@ -178,7 +195,44 @@ impl Deltas {
         if path.is_file() {
             return Some(Made::File(path));
         }
-        std::fs::read_to_string(self.dir.join(format!("{key}.skip"))).ok().map(Made::Skip)
+        if let Ok(why) = std::fs::read_to_string(self.dir.join(format!("{key}.skip"))) {
+            return Some(Made::Skip(why));
+        }
+        let failed = self.dir.join(format!("{key}.failed"));
+        let recent = std::fs::metadata(&failed)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < FAILED_FOR));
+        recent.then(|| std::fs::read_to_string(&failed).ok().map(Made::Skip)).flatten()
+    }
+
+    /// Removes the oldest kept deltas and streams until they fit in
+    /// `max_bytes` (one being served stays readable until it is closed).
+    fn prune(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return };
+        let mut kept: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .flatten()
+            .filter_map(|e| {
+                let md = e.metadata().ok()?;
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let modified = md.modified().ok()?;
+                (md.is_file() && !name.starts_with('.')).then(|| (modified, md.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = kept.iter().map(|k| k.1).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        kept.sort();
+        for (_, len, path) in kept {
+            if total <= self.max_bytes {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::info!(path = %path.display(), bytes = len, "removed an old delta (the delta cache is full)");
+                total -= len;
+            }
+        }
     }
 
     fn write(&self, key: &str, made: &Made) -> std::io::Result<()> {
@@ -481,6 +535,44 @@ fn file_bytes(chunks: &ChunkStore, m: &Manifest, path: &str) -> Result<Option<Ve
     convoy_pack::read_range(&mut read, p, refs, 0, *size).map(Some).map_err(|e| e.to_string())
 }
 
+/// Largest file used as a reference for a file a machine lacks.
+const REFERENCE_MAX: u64 = 8 << 20;
+
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Up to two files of `held` (by directory) a file the machine lacks is
+/// compressed against: in its directory, with its extension, the names
+/// sharing the most of its start and end (`vue.runtime.global.js` and
+/// `vue.global.js`), then the nearest in size; at most 16 MiB together.
+fn references<'a>(path: &str, size: u64, held: &HashMap<&str, Vec<(&'a str, u64)>>) -> Vec<&'a str> {
+    let name = |p: &'a str| p.rsplit_once('/').map_or(p, |(_, n)| n);
+    let ext = |n: &str| n.rsplit_once('.').map(|(_, e)| e.to_owned());
+    let mine = path.rsplit_once('/').map_or(path, |(_, n)| n);
+    let shared = |other: &str| {
+        let start = mine.bytes().zip(other.bytes()).take_while(|(a, b)| a == b).count();
+        let end = mine.bytes().rev().zip(other.bytes().rev()).take_while(|(a, b)| a == b).count();
+        (start + end).min(mine.len().min(other.len()))
+    };
+    let Some(candidates) = held.get(parent_dir(path)) else { return Vec::new() };
+    let mut scored: Vec<(usize, u64, &'a str, u64)> = candidates
+        .iter()
+        .filter(|(p, s)| ext(name(p)) == ext(mine) && *s > 0 && *p != path)
+        .map(|(p, s)| (shared(name(p)), s.abs_diff(size), *p, *s))
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(b.2)));
+    let mut out = Vec::new();
+    let mut total = 0;
+    for (_, _, p, s) in scored.into_iter().take(2) {
+        if total + s <= 16 << 20 {
+            total += s;
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Answers a drifted machine's sync request for `app@version` (see
 /// `convoy_wire::SyncRequest`): per file, a zstd patch of the published
 /// file it holds, or copy/literal instructions against the bytes whose
@@ -516,9 +608,28 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
             .map(|(v, m)| Manifest::from_slice(&m).map(|m| (v, m)))
             .collect::<Result<_, _>>()
             .map_err(AppError::internal)?;
+        // files of the new release the machine holds whole: every one the
+        // request does not name, and each answered before (by directory)
+        let named: HashSet<&str> = req.files.iter().map(|f| f.path.as_str()).collect();
+        let mut held: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+        for e in &new.entries {
+            if let convoy_pack::Entry::File { path, size, .. } = e {
+                if !named.contains(path.as_str()) && *size <= REFERENCE_MAX {
+                    held.entry(parent_dir(path.as_str())).or_default().push((path.as_str(), *size));
+                }
+            }
+        }
+        let sizes: HashMap<&str, u64> = new
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                convoy_pack::Entry::File { path, size, .. } => Some((path.as_str(), *size)),
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::new();
         let mut total = 0u64;
-        for f in req.files {
+        for f in &req.files {
             let Some(wanted) = file_bytes(&chunks, &new, &f.path).map_err(AppError::internal)? else {
                 return Err(bad(format!(
                     "{}: no such file of at most {} bytes in {release}",
@@ -530,17 +641,33 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
             if total > SYNC_BATCH {
                 return Err(bad(format!("a sync request may ask for at most {SYNC_BATCH} bytes of files")));
             }
-            let (kind, payload) = match f.have {
+            // the names of similar files the machine holds, and their bytes
+            let context = |path: &str, size: u64| -> Result<(Vec<u8>, Vec<u8>), AppError> {
+                let refs = references(path, size, &held);
+                let mut head = vec![refs.len() as u8];
+                let mut prefix = Vec::new();
+                for r in &refs {
+                    head.extend_from_slice(&(r.len() as u16).to_be_bytes());
+                    head.extend_from_slice(r.as_bytes());
+                    let bytes = file_bytes(&chunks, &new, r).map_err(AppError::internal)?;
+                    prefix.extend(bytes.ok_or_else(|| AppError::internal(format!("{r}: not in the release")))?);
+                }
+                Ok((head, prefix))
+            };
+            let (kind, payload) = match &f.have {
                 convoy_wire::SyncHave::Known { version: v, path } => {
-                    match file_bytes(&chunks, &known[&v], &path).map_err(AppError::internal)? {
+                    match file_bytes(&chunks, &known[v], path).map_err(AppError::internal)? {
                         Some(old) => (1u8, encode_delta(&old, &wanted, DELTA_LEVEL).map_err(AppError::internal)?),
                         None => (0, Vec::new()),
                     }
                 }
                 convoy_wire::SyncHave::Nothing => {
-                    (3, encode_delta(&[], &wanted, DELTA_LEVEL).map_err(AppError::internal)?)
+                    let (mut payload, prefix) = context(&f.path, wanted.len() as u64)?;
+                    payload.extend(encode_delta(&prefix, &wanted, DELTA_LEVEL).map_err(AppError::internal)?);
+                    (3, payload)
                 }
                 convoy_wire::SyncHave::Signatures { size, block, sums } => {
+                    let (size, block) = (*size, *block);
                     if size > convoy_pack::SYNC_MAX_FILE || block == 0 {
                         (0, Vec::new())
                     } else {
@@ -548,13 +675,19 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
                             let want = convoy_pack::block_size(size);
                             return Err(bad(format!("{}: block size {block} is not {want}", f.path)));
                         }
-                        let sums = hex::decode(&sums).map_err(|e| bad(format!("{}: signatures: {e}", f.path)))?;
-                        let ops = convoy_pack::make_ops(&wanted, &sums, block, size)
+                        let sums = hex::decode(sums).map_err(|e| bad(format!("{}: signatures: {e}", f.path)))?;
+                        let (mut payload, prefix) = context(&f.path, wanted.len() as u64)?;
+                        let ops = convoy_pack::make_ops(&wanted, &sums, block, size, &prefix)
                             .map_err(|e| bad(format!("{}: {e}", f.path)))?;
-                        (2, ops)
+                        payload.extend(ops);
+                        (2, payload)
                     }
                 }
             };
+            if kind != 0 {
+                // rebuilt on the machine before the next file is: a reference for it
+                held.entry(parent_dir(&f.path)).or_default().push((&f.path, sizes[f.path.as_str()]));
+            }
             out.push(kind);
             out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
             out.extend_from_slice(&payload);
@@ -563,4 +696,54 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
     })
     .await
     .map_err(AppError::internal)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_compressed_against_its_namesakes() {
+        let held: HashMap<&str, Vec<(&str, u64)>> = HashMap::from([(
+            "dist",
+            vec![
+                ("dist/vue.global.js", 519_000),
+                ("dist/vue.esm-browser.js", 488_000),
+                ("dist/vue.global.prod.js", 147_000),
+                ("dist/vue.global.d.ts", 300),
+                ("dist/empty.js", 0),
+            ],
+        )]);
+        // the most of its name shared, then the nearest in size
+        assert_eq!(
+            references("dist/vue.runtime.global.js", 354_000, &held),
+            ["dist/vue.global.js", "dist/vue.esm-browser.js"],
+        );
+        assert_eq!(references("dist/vue.runtime.global.prod.js", 91_000, &held)[0], "dist/vue.global.prod.js");
+        assert!(references("lib/other.js", 1_000, &held).is_empty(), "only its own directory");
+        assert!(references("dist/readme.md", 1_000, &held).is_empty(), "only its own extension");
+    }
+
+    #[test]
+    fn the_oldest_deltas_go_when_the_cache_is_full() {
+        let dir = std::env::temp_dir().join(format!("convoy-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut d = Deltas::open(dir.clone()).unwrap();
+        d.max_bytes = 2500;
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            d.write(key, &Made::Bytes(vec![0; 1000])).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - i as u64);
+            std::fs::File::options().write(true).open(d.path(key)).unwrap().set_modified(t).unwrap();
+        }
+        d.prune();
+        assert!(d.read("a").is_none(), "the oldest is removed");
+        assert!(matches!(d.read("b"), Some(Made::File(_))) && matches!(d.read("c"), Some(Made::File(_))));
+        // a failure is remembered for a while, then tried again
+        std::fs::write(dir.join("x.failed"), "making it failed").unwrap();
+        assert!(matches!(d.read("x"), Some(Made::Skip(_))));
+        let old = std::time::SystemTime::now() - FAILED_FOR;
+        std::fs::File::options().write(true).open(dir.join("x.failed")).unwrap().set_modified(old).unwrap();
+        assert!(d.read("x").is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
