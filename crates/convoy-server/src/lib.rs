@@ -167,6 +167,8 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // not known to be alone on the database until the scheduler has looked
+    state.set_alone(false);
     tokio::spawn(scheduler::run(state.clone()));
     tokio::spawn(app::tuf::renew_forever(state.clone()));
     if let Some(rx) = state.report_rx.lock().expect("report queue lock").take() {

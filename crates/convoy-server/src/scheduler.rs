@@ -15,11 +15,17 @@ const TICK: Duration = Duration::from_millis(250);
 /// The scheduler lease: held this long, renewed when a third is left.
 pub const LEASE_MS: i64 = 10_000;
 const LEASE_NAME: &str = "scheduler";
+/// Held by servers that do not run the scheduler, so that the one that
+/// does knows it is not alone (its poll cache is then not exact).
+const FOLLOWERS: &str = "followers";
+/// How often a server says, or looks whether, it is not alone.
+const PRESENCE: Duration = Duration::from_secs(2);
 
 /// Runs until the process ends; acts only while this process holds the
 /// scheduler lease.
 pub async fn run(st: AppState) {
     let mut held_until = 0i64;
+    let mut presence_at = tokio::time::Instant::now();
     loop {
         let now = now_ms();
         if now >= held_until - LEASE_MS / 3 {
@@ -43,6 +49,10 @@ pub async fn run(st: AppState) {
         }
         let leader = now_ms() < held_until;
         st.counters.scheduler_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+        if tokio::time::Instant::now() >= presence_at {
+            presence_at = tokio::time::Instant::now() + PRESENCE;
+            presence(&st, leader).await;
+        }
         if leader {
             if let Err(e) = tick(&st).await {
                 tracing::warn!(error = %e, "scheduler pass failed; retrying");
@@ -51,4 +61,20 @@ pub async fn run(st: AppState) {
         let wait = if leader { TICK } else { Duration::from_millis(LEASE_MS as u64 / 4) };
         let _ = tokio::time::timeout(wait, st.wake.notified()).await;
     }
+}
+
+/// Whether this server is the only one on its database: a follower holds
+/// the `followers` lease (for three beats); the leader tries to take it
+/// for no time at all, which fails while any follower holds it. Alone,
+/// the poll cache is exact; otherwise its entries live a couple of seconds
+/// (other servers write what this one does not see).
+async fn presence(st: &AppState, leader: bool) {
+    let now = now_ms();
+    let alone = if leader {
+        st.store.hold_lease(FOLLOWERS, &st.epoch, now, 0).await.unwrap_or(false)
+    } else {
+        let _ = st.store.hold_lease(FOLLOWERS, &st.epoch, now, 3 * PRESENCE.as_millis() as i64).await;
+        false
+    };
+    st.set_alone(alone);
 }

@@ -11,7 +11,13 @@ type Granted = (String, Option<String>);
 /// Shared by every handler and the scheduler.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database behind [`convoy_store::CachedStore`] (polls are
+    /// answered from memory).
     pub store: Arc<dyn Store>,
+    /// The same cache, for what only it does (exactness, invalidation).
+    pub cache: Arc<convoy_store::CachedStore>,
+    /// See [`AppState::set_alone`].
+    alone: Arc<std::sync::atomic::AtomicBool>,
     pub chunks: ChunkStore,
     /// Release deltas and compressed manifests, made once each.
     pub deltas: Arc<crate::app::content::Deltas>,
@@ -72,10 +78,13 @@ impl AppState {
         key: convoy_wire::sign::ServerKey,
     ) -> Self {
         let (reports, rx) = tokio::sync::mpsc::channel(crate::app::reports::QUEUE);
+        let cache = Arc::new(convoy_store::CachedStore::new(store));
         Self {
             reports,
             report_rx: Arc::new(std::sync::Mutex::new(Some(rx))),
-            store,
+            store: cache.clone(),
+            cache,
+            alone: Arc::new(true.into()),
             chunks,
             deltas: Arc::new(deltas),
             changes: Default::default(),
@@ -148,6 +157,17 @@ impl AppState {
 
     /// Loads the relay directory from the operators' grants, and every
     /// target's site from its labels.
+    /// Whether this server sees every write to its database (it is the
+    /// only server, or servers share invalidations): the poll cache is
+    /// exact then. Becoming exact drops what was cached before.
+    pub fn set_alone(&self, alone: bool) {
+        let was = self.alone.swap(alone, std::sync::atomic::Ordering::SeqCst);
+        if alone && !was {
+            self.cache.invalidate_all();
+        }
+        self.cache.set_exact(alone);
+    }
+
     pub async fn load_relays(&self) -> Result<(), convoy_store::StoreError> {
         let grants = self.store.list_relays().await?;
         let mut urls = HashMap::new();

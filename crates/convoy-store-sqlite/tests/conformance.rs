@@ -10,6 +10,14 @@ async fn sqlite_passes_the_conformance_suite() {
     assert_eq!(again.list_releases().await.unwrap().len(), 1);
 }
 
+/// The poll cache in front of the database answers exactly as it does.
+#[tokio::test]
+async fn sqlite_behind_the_cache_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = convoy_store_sqlite::SqliteStore::open(&dir.path().join("convoy.db")).await.unwrap();
+    convoy_store::conformance::run(&convoy_store::CachedStore::new(std::sync::Arc::new(store))).await;
+}
+
 /// A database made by the first schema, with data, upgrades in place.
 #[tokio::test]
 async fn schema_1_databases_upgrade() {

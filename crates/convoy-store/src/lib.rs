@@ -7,10 +7,12 @@
 //! together with its event (time, actor, note) in one transaction, and only
 //! if the row is still in the state the caller saw (compare-and-set).
 
+pub mod cached;
 pub mod conformance;
 mod records;
 mod sql;
 
+pub use cached::CachedStore;
 pub use records::*;
 
 use async_trait::async_trait;

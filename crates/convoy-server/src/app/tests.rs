@@ -548,3 +548,62 @@ async fn a_retry_of_some_targets_accepts_the_failures_not_retried() {
 fn note(n: &str) -> convoy_wire::Decision {
     convoy_wire::Decision { note: n.into(), ..Default::default() }
 }
+
+/// P-pull: a poll with nothing new is answered from memory (no call
+/// reaches the database); new work, and a revoked credential, are seen at
+/// the very next poll.
+#[tokio::test]
+async fn a_poll_with_no_work_touches_no_database_and_a_revoked_token_is_refused_at_once() {
+    use tower::ServiceExt;
+    let h = harness(&FLEET[..1]).await;
+    env(&h, &Policy::default()).await;
+    let token = |secret: &str, at: i64| convoy_store::TokenRecord {
+        hash: convoy_store::hash_token(secret),
+        kind: convoy_store::TokenKind::Agent,
+        subject: "t-a1".into(),
+        created_at: at,
+        revoked_at: None,
+        revoked_note: String::new(),
+    };
+    h.st.store.put_token(&token("agent-secret", 1)).await.unwrap();
+    let app = crate::router(h.st.clone());
+    let poll = |secret: &str| {
+        let req = axum::http::Request::builder()
+            .uri(format!("{}/agent/work?wait=0", convoy_wire::API))
+            .header("authorization", format!("Bearer {secret}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+        }
+    };
+    let (status, w) = poll("agent-secret").await;
+    assert_eq!((status, w["work"].as_array().map(Vec::len)), (200, Some(0)), "{w}");
+    let before = h.st.cache.backend_calls();
+    for _ in 0..5 {
+        let (status, w) = poll("agent-secret").await;
+        assert_eq!((status, w["work"].as_array().map(Vec::len)), (200, Some(0)), "{w}");
+    }
+    assert_eq!(h.st.cache.backend_calls(), before, "polls with no work reached the database");
+
+    // work made for it is there at the next poll
+    let dana = user("dana", Role::Deployer);
+    let id = requests::submit(&h.st, &dana, request("role=web")).await.unwrap().id;
+    settle(&h).await;
+    let (status, w) = poll("agent-secret").await;
+    assert_eq!(status, 200);
+    let work = w["work"].as_array().unwrap();
+    assert_eq!(work.len(), 1, "{w}");
+    assert!(w.to_string().contains(&id), "{w}");
+
+    // a rotated credential is refused at once, the new one works
+    let ev = convoy_store::EventRecord::audit("user:admin", "rotate", String::new(), 2);
+    h.st.store.rotate_token(&token("agent-secret-2", 2), "rotated", &ev).await.unwrap();
+    let (status, e) = poll("agent-secret").await;
+    assert_eq!(status, 401, "{e}");
+    assert_eq!(poll("agent-secret-2").await.0, 200);
+}

@@ -1,0 +1,471 @@
+//! [`CachedStore`]: a [`Store`] that answers the hot reads of polling
+//! agents from memory (P-pull): token lookups, and each target's pending
+//! instructions and checks. Every write through it that can change those
+//! answers drops what it changes (the target's entries, a subject's tokens,
+//! or everything on a deployment-wide move), so a poll with nothing new
+//! costs no database statement.
+//!
+//! The cache is exact only while this process is the only writer (or the
+//! writers share invalidations through [`CachedStore::invalidate_target`] /
+//! [`CachedStore::invalidate_all`]); otherwise entries are trusted for at
+//! most [`SHARED_TTL`] ([`CachedStore::set_exact`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use convoy_domain::{DeploymentState, InstructionState};
+
+use crate::*;
+
+/// How long an entry is trusted when other processes may write unseen.
+pub const SHARED_TTL: Duration = Duration::from_secs(2);
+/// Entries kept before a map is emptied (bounds memory against floods of
+/// unknown tokens).
+const MAX_ENTRIES: usize = 1 << 20;
+
+struct Slot<T> {
+    epoch: u64,
+    at: Instant,
+    value: T,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Bumped by [`CachedStore::invalidate_all`]: older entries are void.
+    epoch: u64,
+    /// Per target, bumped when its entries are dropped.
+    versions: HashMap<String, u64>,
+    tokens: HashMap<String, Slot<Option<TokenRecord>>>,
+    instructions: HashMap<String, Slot<Vec<InstructionRecord>>>,
+    checks: HashMap<String, Slot<Vec<CheckRecord>>>,
+    /// Which target an instruction belongs to (learnt from reads and writes).
+    owners: HashMap<String, String>,
+}
+
+/// See the module documentation.
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    exact: AtomicBool,
+    calls: AtomicU64,
+    cache: Mutex<Inner>,
+}
+
+impl CachedStore {
+    /// A cache in front of `inner`; exact (this process the only writer)
+    /// until [`CachedStore::set_exact`] says otherwise.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, exact: AtomicBool::new(true), calls: AtomicU64::new(0), cache: Default::default() }
+    }
+
+    /// Whether every write to the database is seen here (one server, or
+    /// servers sharing invalidations); if not, entries live [`SHARED_TTL`].
+    pub fn set_exact(&self, exact: bool) {
+        self.exact.store(exact, Ordering::Relaxed);
+    }
+
+    /// Calls that reached the database so far.
+    pub fn backend_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Drops what is cached of one target (its work changed elsewhere).
+    pub fn invalidate_target(&self, target: &str) {
+        let mut c = self.cache.lock().expect("cache lock");
+        Self::drop_target(&mut c, target);
+    }
+
+    /// Drops everything (a deployment-wide change, or invalidations that
+    /// may have been missed).
+    pub fn invalidate_all(&self) {
+        let mut c = self.cache.lock().expect("cache lock");
+        c.epoch += 1;
+        c.tokens.clear();
+        c.instructions.clear();
+        c.checks.clear();
+        c.owners.clear();
+        c.versions.clear();
+    }
+
+    fn drop_target(c: &mut Inner, target: &str) {
+        *c.versions.entry(target.to_owned()).or_default() += 1;
+        c.instructions.remove(target);
+        c.checks.remove(target);
+    }
+
+    fn drop_tokens(&self, kind: TokenKind, subject: &str) {
+        let mut c = self.cache.lock().expect("cache lock");
+        c.tokens.retain(|_, s| !s.value.as_ref().is_some_and(|t| t.kind == kind && t.subject == subject));
+    }
+
+    fn drop_token(&self, hash: &str) {
+        self.cache.lock().expect("cache lock").tokens.remove(hash);
+    }
+
+    fn db(&self) -> &dyn Store {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        &*self.inner
+    }
+
+    fn fresh<T: Clone>(&self, epoch: u64, slot: Option<&Slot<T>>) -> Option<T> {
+        let s = slot?;
+        let young = self.exact.load(Ordering::Relaxed) || s.at.elapsed() < SHARED_TTL;
+        (s.epoch == epoch && young).then(|| s.value.clone())
+    }
+
+    /// The target an instruction belongs to, asking the database if unknown.
+    async fn owner(&self, id: &str) -> Result<Option<String>> {
+        if let Some(t) = self.cache.lock().expect("cache lock").owners.get(id) {
+            return Ok(Some(t.clone()));
+        }
+        Ok(self.db().get_instruction(id).await?.map(|i| i.target_id))
+    }
+
+    fn learn_owners(c: &mut Inner, rows: &[InstructionRecord]) {
+        if c.owners.len() + rows.len() > MAX_ENTRIES {
+            c.owners.clear();
+        }
+        for i in rows {
+            c.owners.insert(i.id.clone(), i.target_id.clone());
+        }
+    }
+}
+
+/// Reads through a per-target map: a hit, or the database's answer kept
+/// unless the target's entries were dropped while it was being read.
+macro_rules! per_target {
+    ($self:ident, $map:ident, $target:ident, $read:expr) => {{
+        let (epoch, version) = {
+            let c = $self.cache.lock().expect("cache lock");
+            if let Some(v) = $self.fresh(c.epoch, c.$map.get($target)) {
+                return Ok(v);
+            }
+            (c.epoch, c.versions.get($target).copied().unwrap_or(0))
+        };
+        let rows = $read.await?;
+        let mut c = $self.cache.lock().expect("cache lock");
+        if c.epoch == epoch && c.versions.get($target).copied().unwrap_or(0) == version {
+            if c.$map.len() >= MAX_ENTRIES {
+                c.$map.clear();
+            }
+            c.$map.insert($target.to_owned(), Slot { epoch, at: Instant::now(), value: rows.clone() });
+        }
+        Ok(rows)
+    }};
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn put_token(&self, t: &TokenRecord) -> Result<()> {
+        let r = self.db().put_token(t).await;
+        self.drop_token(&t.hash);
+        r
+    }
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let epoch = {
+            let c = self.cache.lock().expect("cache lock");
+            if let Some(v) = self.fresh(c.epoch, c.tokens.get(hash)) {
+                return Ok(v);
+            }
+            c.epoch
+        };
+        let found = self.db().find_token(hash).await?;
+        let mut c = self.cache.lock().expect("cache lock");
+        if c.epoch == epoch {
+            if c.tokens.len() >= MAX_ENTRIES {
+                c.tokens.clear();
+            }
+            c.tokens.insert(hash.to_owned(), Slot { epoch, at: Instant::now(), value: found.clone() });
+        }
+        Ok(found)
+    }
+    async fn count_tokens(&self, kind: TokenKind) -> Result<u64> {
+        self.db().count_tokens(kind).await
+    }
+    async fn rotate_token(&self, new: &TokenRecord, note: &str, event: &EventRecord) -> Result<u64> {
+        let r = self.db().rotate_token(new, note, event).await;
+        self.drop_tokens(new.kind, &new.subject);
+        self.drop_token(&new.hash);
+        r
+    }
+    async fn create_enrol_token(&self, e: &EnrolTokenRecord, token: &TokenRecord, event: &EventRecord) -> Result<()> {
+        let r = self.db().create_enrol_token(e, token, event).await;
+        self.drop_token(&token.hash);
+        r
+    }
+    async fn get_enrol_token(&self, id: &str) -> Result<Option<EnrolTokenRecord>> {
+        self.db().get_enrol_token(id).await
+    }
+    async fn list_enrol_tokens(&self) -> Result<Vec<EnrolTokenRecord>> {
+        self.db().list_enrol_tokens().await
+    }
+    async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool> {
+        let r = self.db().revoke_enrol_token(id, event).await;
+        self.drop_tokens(TokenKind::Enrol, id);
+        r
+    }
+    async fn enrol_target(
+        &self,
+        t: &TargetRecord,
+        agent_token: &TokenRecord,
+        enrol_token: Option<&str>,
+        event: &EventRecord,
+    ) -> Result<()> {
+        let r = self.db().enrol_target(t, agent_token, enrol_token, event).await;
+        self.drop_token(&agent_token.hash);
+        self.invalidate_target(&t.id);
+        r
+    }
+    async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
+        let r = self.db().insert_target(t).await;
+        self.invalidate_target(&t.id);
+        r
+    }
+    async fn update_target(&self, id: &str, hostname: &str, inventory_json: &str, now: i64) -> Result<()> {
+        self.db().update_target(id, hostname, inventory_json, now).await
+    }
+    async fn set_target_labels(&self, id: &str, labels_json: &str, event: &EventRecord) -> Result<bool> {
+        self.db().set_target_labels(id, labels_json, event).await
+    }
+    async fn set_target_warning(&self, id: &str, warning: &str) -> Result<()> {
+        self.db().set_target_warning(id, warning).await
+    }
+    async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()> {
+        self.db().touch_targets(seen).await
+    }
+    async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>> {
+        self.db().get_target(id).await
+    }
+    async fn list_targets(&self) -> Result<Vec<TargetRecord>> {
+        self.db().list_targets().await
+    }
+    async fn remove_target(&self, id: &str) -> Result<bool> {
+        let r = self.db().remove_target(id).await;
+        self.drop_tokens(TokenKind::Agent, id);
+        self.invalidate_target(id);
+        r
+    }
+
+    async fn pause(&self, id: &str, by: &str, event: &EventRecord) -> Result<bool> {
+        self.db().pause(id, by, event).await
+    }
+    async fn resume(&self, id: &str, event: &EventRecord) -> Result<bool> {
+        self.db().resume(id, event).await
+    }
+    async fn paused_by(&self, id: &str) -> Result<Option<String>> {
+        self.db().paused_by(id).await
+    }
+
+    async fn grant_relay(&self, r: &RelayRecord, event: &EventRecord) -> Result<()> {
+        self.db().grant_relay(r, event).await
+    }
+    async fn revoke_relay(&self, target_id: &str, event: &EventRecord) -> Result<bool> {
+        self.db().revoke_relay(target_id, event).await
+    }
+    async fn list_relays(&self) -> Result<Vec<RelayRecord>> {
+        self.db().list_relays().await
+    }
+
+    async fn server_key(&self, name: &str, make: (String, String), now: i64) -> Result<(String, String)> {
+        self.db().server_key(name, make, now).await
+    }
+    async fn put_tuf(&self, role: &str, version: u64, body: &[u8], now: i64) -> Result<bool> {
+        self.db().put_tuf(role, version, body, now).await
+    }
+    async fn get_tuf(&self, role: &str, version: Option<u64>) -> Result<Option<(u64, Vec<u8>)>> {
+        self.db().get_tuf(role, version).await
+    }
+
+    async fn insert_release(&self, r: &ReleaseRecord) -> Result<bool> {
+        self.db().insert_release(r).await
+    }
+    async fn get_release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
+        self.db().get_release(app, version).await
+    }
+    async fn list_releases(&self) -> Result<Vec<ReleaseRecord>> {
+        self.db().list_releases().await
+    }
+
+    async fn create_deployment(
+        &self,
+        d: &DeploymentRecord,
+        instructions: &[InstructionRecord],
+        actor: &str,
+    ) -> Result<()> {
+        let r = self.db().create_deployment(d, instructions, actor).await;
+        let mut c = self.cache.lock().expect("cache lock");
+        for i in instructions {
+            Self::drop_target(&mut c, &i.target_id);
+        }
+        Self::learn_owners(&mut c, instructions);
+        r
+    }
+    async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
+        self.db().get_deployment(id).await
+    }
+    async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>> {
+        self.db().list_deployments(limit).await
+    }
+    async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        self.db().active_deployments().await
+    }
+    async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>> {
+        let rows = self.db().list_instructions(deployment_id).await?;
+        Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
+        Ok(rows)
+    }
+    async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>> {
+        self.db().get_instruction(id).await
+    }
+    async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
+        let read = async {
+            let rows = self.db().pending_instructions(target_id).await?;
+            Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
+            Ok::<_, StoreError>(rows)
+        };
+        per_target!(self, instructions, target_id, read)
+    }
+    async fn busy_targets(&self, app: &str) -> Result<Vec<String>> {
+        self.db().busy_targets(app).await
+    }
+
+    async fn transition_instruction(
+        &self,
+        id: &str,
+        from: InstructionState,
+        from_attempt: u32,
+        up: &InstructionUpdate,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let owner = self.owner(id).await?;
+        let r = self.db().transition_instruction(id, from, from_attempt, up, actor, now).await;
+        match owner {
+            Some(t) => self.invalidate_target(&t),
+            None => self.invalidate_all(),
+        }
+        r
+    }
+    async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
+        let r = self.db().transition_deployment(id, m).await;
+        // instructions in bulk, new rows, and checks that hang on the
+        // deployment's state: dropped for every target
+        self.invalidate_all();
+        r
+    }
+
+    async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>> {
+        self.db().events(deployment_id).await
+    }
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>> {
+        self.db().audit(f).await
+    }
+    async fn append_event(&self, e: &EventRecord) -> Result<()> {
+        self.db().append_event(e).await
+    }
+
+    async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
+        let mut owners = Vec::with_capacity(moves.len());
+        for m in moves {
+            owners.push(self.owner(&m.id).await?);
+        }
+        let r = self.db().transition_instructions(moves, now).await;
+        if owners.iter().any(Option::is_none) {
+            self.invalidate_all();
+        } else {
+            let mut c = self.cache.lock().expect("cache lock");
+            for t in owners.into_iter().flatten() {
+                Self::drop_target(&mut c, &t);
+            }
+        }
+        r
+    }
+
+    async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()> {
+        let r = self.db().add_user(u, token).await;
+        self.drop_token(&token.hash);
+        r
+    }
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.db().get_user(name).await
+    }
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.db().list_users().await
+    }
+    async fn remove_user(&self, name: &str) -> Result<bool> {
+        let r = self.db().remove_user(name).await;
+        self.drop_tokens(TokenKind::User, name);
+        r
+    }
+    async fn add_user_key(&self, k: &UserKeyRecord, event: &EventRecord) -> Result<bool> {
+        self.db().add_user_key(k, event).await
+    }
+    async fn user_keys(&self, user: Option<&str>) -> Result<Vec<UserKeyRecord>> {
+        self.db().user_keys(user).await
+    }
+
+    async fn put_env(&self, e: &EnvRecord) -> Result<()> {
+        self.db().put_env(e).await
+    }
+    async fn get_env(&self, name: &str) -> Result<Option<EnvRecord>> {
+        self.db().get_env(name).await
+    }
+    async fn list_envs(&self) -> Result<Vec<EnvRecord>> {
+        self.db().list_envs().await
+    }
+
+    async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool> {
+        let r = self.db().add_approval(a, state, actor).await;
+        self.invalidate_all();
+        r
+    }
+    async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>> {
+        self.db().list_approvals(deployment_id).await
+    }
+    #[allow(clippy::too_many_arguments)]
+    async fn revise_request(
+        &self,
+        id: &str,
+        from: DeploymentState,
+        revision: u32,
+        to: DeploymentState,
+        selector: &str,
+        go_live_at: Option<i64>,
+        reason: &str,
+        actor: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let r = self.db().revise_request(id, from, revision, to, selector, go_live_at, reason, actor, note, now).await;
+        self.invalidate_all();
+        r
+    }
+
+    async fn list_checks(&self, deployment_id: &str) -> Result<Vec<CheckRecord>> {
+        self.db().list_checks(deployment_id).await
+    }
+    async fn pending_checks(&self, target_id: &str) -> Result<Vec<CheckRecord>> {
+        per_target!(self, checks, target_id, self.db().pending_checks(target_id))
+    }
+    async fn get_check(&self, id: &str) -> Result<Option<CheckRecord>> {
+        self.db().get_check(id).await
+    }
+    async fn finish_check(&self, c: &CheckRecord, actor: &str) -> Result<bool> {
+        let r = self.db().finish_check(c, actor).await;
+        self.invalidate_target(&c.target_id);
+        r
+    }
+
+    async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool> {
+        self.db().hold_lease(name, holder, now, ttl_ms).await
+    }
+    async fn state_counts(&self) -> Result<StateCounts> {
+        self.db().state_counts().await
+    }
+}
