@@ -323,6 +323,11 @@ impl Store for CachedStore {
     async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>> {
         self.db().get_instruction(id).await
     }
+    async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>> {
+        let rows = self.db().get_instructions(ids).await?;
+        Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
+        Ok(rows)
+    }
     async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
         let read = async {
             let rows = self.db().pending_instructions(target_id).await?;

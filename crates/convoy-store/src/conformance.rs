@@ -18,6 +18,119 @@ pub async fn run(store: &dyn Store) {
     workflow(store).await;
     trust(store).await;
     tuf(store).await;
+    moves_as_sets(store).await;
+}
+
+/// A batch of report moves (several for one instruction, stale ones, in
+/// any order) leaves the same states and events as the moves one by one.
+async fn moves_as_sets(s: &dyn Store) {
+    let mv = |id: &str, from: S, attempt: u32, to: S, note: &str| InstructionMove {
+        id: id.into(),
+        from,
+        from_attempt: attempt,
+        up: InstructionUpdate {
+            to: Some(to),
+            attempt: Some(if to == S::Created { attempt + 1 } else { attempt }),
+            reported_digest: (to == S::Staged).then(|| "dd".to_owned()),
+            metrics_json: Some(format!("{{\"n\":\"{note}\"}}")),
+            note: note.into(),
+            ..Default::default()
+        },
+        actor: "agent:x".into(),
+    };
+    let plan = |p: &str| {
+        vec![
+            mv(&format!("{p}-a"), S::Created, 0, S::Sent, "sent"),
+            mv(&format!("{p}-b"), S::Created, 0, S::Sent, "sent"),
+            mv(&format!("{p}-a"), S::Sent, 0, S::Received, "received"),
+            mv(&format!("{p}-c"), S::Sent, 0, S::Received, "stale: c is created"),
+            mv(&format!("{p}-a"), S::Received, 0, S::Staged, "staged"),
+            mv(&format!("{p}-b"), S::Sent, 0, S::Failed, "failed"),
+            mv(&format!("{p}-b"), S::Failed, 0, S::Created, "retry"),
+            mv(&format!("{p}-a"), S::Received, 0, S::Failed, "stale: a is staged"),
+        ]
+    };
+    let mut got = Vec::new();
+    for (p, one_by_one) in [("set", false), ("one", true)] {
+        let d = DeploymentRecord {
+            id: format!("d-{p}"),
+            app: "web".into(),
+            version: "1".into(),
+            digest: "aa".into(),
+            selector: String::new(),
+            state: D::Staging,
+            go_live_at: None,
+            max_failures: 0,
+            stage_deadline: None,
+            activate_timeout_ms: 1,
+            created_by: "admin".into(),
+            created_at: 1,
+            updated_at: 1,
+            note: String::new(),
+            env: None,
+            reason: String::new(),
+            policy_json: String::new(),
+            plan_json: String::new(),
+            wave: 0,
+            revision: 0,
+            expires_at: None,
+            targets: String::new(),
+        };
+        let instrs: Vec<InstructionRecord> = ["a", "b", "c"]
+            .iter()
+            .map(|x| InstructionRecord {
+                deployment_id: d.id.clone(),
+                ..instruction(&format!("{p}-{x}"), &format!("t-{p}-{x}"), S::Created)
+            })
+            .collect();
+        for i in &instrs {
+            let t = TargetRecord {
+                id: i.target_id.clone(),
+                hostname: i.target_id.clone(),
+                labels_json: "{}".into(),
+                inventory_json: "{}".into(),
+                enrolled_at: 1,
+                last_seen: 1,
+                warning: String::new(),
+            };
+            s.insert_target(&t).await.unwrap();
+        }
+        s.create_deployment(&d, &instrs, "admin").await.unwrap();
+        let moves = plan(p);
+        let moved = if one_by_one {
+            let mut out = Vec::new();
+            for m in &moves {
+                out.extend(s.transition_instructions(std::slice::from_ref(m), 300).await.unwrap());
+            }
+            out
+        } else {
+            s.transition_instructions(&moves, 300).await.unwrap()
+        };
+        let states: Vec<(S, u32, Option<String>, String, String)> = s
+            .list_instructions(&d.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.state, i.attempt, i.reported_digest, i.metrics_json, i.note))
+            .collect();
+        let events: Vec<(Option<String>, String, String, String)> = s
+            .events(&d.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| !e.from_state.is_empty())
+            .map(|e| (e.instruction_id.map(|i| i[p.len()..].to_owned()), e.from_state, e.to_state, e.note))
+            .collect();
+        // each instruction's events in the same order (across instructions
+        // a set writes them round by round)
+        let mut events = events;
+        events.sort_by(|x, y| x.0.cmp(&y.0));
+        let ids: Vec<String> = ["a", "b", "c", "nosuch"].iter().map(|x| format!("{p}-{x}")).collect();
+        check("read as a set", s.get_instructions(&ids).await.unwrap().len(), 3);
+        got.push((moved, states, events));
+    }
+    check("moved", &got[0].0, &vec![true, true, true, false, true, true, true, false]);
+    check("a set moves as one by one", &got[0], &got[1]);
 }
 
 /// TUF metadata: versions written once, the newest or a given one read.

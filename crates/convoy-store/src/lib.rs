@@ -139,6 +139,8 @@ pub trait Store: Send + Sync + 'static {
     async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>>;
     async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>>;
     async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>>;
+    /// The instructions of these ids that exist, in any order.
+    async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>>;
     /// Instructions with agent work pending for a target, oldest first.
     async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>>;
     /// Targets with an unsettled instruction for `app` in an unsettled deployment.
@@ -166,8 +168,10 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an event that belongs to no state move (users, environments).
     async fn append_event(&self, e: &EventRecord) -> Result<()>;
 
-    /// Applies report-driven moves in one transaction; each is a
-    /// compare-and-set like `transition_instruction`. Returns which moved.
+    /// Applies report-driven moves in one transaction, as sets (a constant
+    /// number of statements however many moves, more only when one
+    /// instruction moves several times); each is a compare-and-set like
+    /// `transition_instruction`, in the order given. Returns which moved.
     async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>>;
 
     /// Adds a user and its token at once; `Conflict` if the name is taken.

@@ -625,28 +625,87 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
-                    let mut out = Vec::with_capacity(moves.len());
+                    // as sets: one UPDATE and one INSERT of events per round,
+                    // round k holding the k-th move of each instruction (so
+                    // moves of one instruction apply in order, as one by one)
+                    let mut out = vec![false; moves.len()];
                     if moves.is_empty() {
                         return Ok(out);
                     }
-                    let mut tx = self.pool.begin().await.map_err(db)?;
-                    for m in moves {
-                        let (from, up) = (m.from, &m.up);
-                        let to = up.to.unwrap_or(from);
-                        let done = ::sqlx::query(UPDATE_INSTR)
-                            .bind(to.as_str()).bind(up.attempt.unwrap_or(m.from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
-                            .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(now).bind(&m.id).bind(from.as_str()).bind(m.from_attempt as i64)
-                            .execute(&mut *tx).await.map_err(db)?;
-                        let moved = done.rows_affected() == 1;
-                        if moved {
-                            let dep_id: String = ::sqlx::query("SELECT deployment_id FROM instructions WHERE id = $1").bind(&m.id)
-                                .fetch_one(&mut *tx).await.map_err(db)?.try_get("deployment_id").map_err(db)?;
-                            ::sqlx::query(INSERT_EVENT).bind(&dep_id).bind(Some(&m.id)).bind(from.as_str()).bind(to.as_str()).bind(&m.actor).bind(&up.note).bind(now)
-                                .execute(&mut *tx).await.map_err(db)?;
+                    let mut rounds: Vec<Vec<usize>> = Vec::new();
+                    let mut seen: ::std::collections::HashMap<&str, usize> = ::std::collections::HashMap::new();
+                    for (k, m) in moves.iter().enumerate() {
+                        let n = seen.entry(m.id.as_str()).or_default();
+                        if rounds.len() <= *n {
+                            rounds.push(Vec::new());
                         }
-                        out.push(moved);
+                        rounds[*n].push(k);
+                        *n += 1;
+                    }
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    for round in rounds {
+                        // 10 parameters a row: far below either engine's limit
+                        for part in round.chunks(1_000) {
+                            let mut q = String::from("WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES ");
+                            for j in 0..part.len() {
+                                let b = j * 10;
+                                if j > 0 {
+                                    q.push_str(", ");
+                                }
+                                q.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
+                            }
+                            q.push_str(&format!(") UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ${} FROM m WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt RETURNING id, deployment_id", part.len() * 10 + 1));
+                            let mut query = ::sqlx::query(&q);
+                            for k in part {
+                                let (m, up) = (&moves[*k], &moves[*k].up);
+                                let to = up.to.unwrap_or(m.from);
+                                query = query
+                                    .bind(&m.id).bind(to.as_str()).bind(up.attempt.unwrap_or(m.from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
+                                    .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(m.from.as_str()).bind(m.from_attempt as i64);
+                            }
+                            let rows = query.bind(now).fetch_all(&mut *tx).await.map_err(db)?;
+                            let mut moved: ::std::collections::HashMap<String, String> = ::std::collections::HashMap::new();
+                            for r in &rows {
+                                moved.insert(r.try_get("id").map_err(db)?, r.try_get("deployment_id").map_err(db)?);
+                            }
+                            let events: Vec<(usize, &String)> = part.iter().filter_map(|k| moved.get(&moves[*k].id).map(|d| (*k, d))).collect();
+                            if events.is_empty() {
+                                continue;
+                            }
+                            let mut q = String::from("INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ");
+                            for j in 0..events.len() {
+                                let b = j * 7;
+                                if j > 0 {
+                                    q.push_str(", ");
+                                }
+                                q.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7));
+                            }
+                            let mut query = ::sqlx::query(&q);
+                            for (k, dep) in &events {
+                                let m = &moves[*k];
+                                query = query.bind(*dep).bind(Some(&m.id)).bind(m.from.as_str()).bind(m.up.to.unwrap_or(m.from).as_str()).bind(&m.actor).bind(&m.up.note).bind(now);
+                                out[*k] = true;
+                            }
+                            query.execute(&mut *tx).await.map_err(db)?;
+                        }
                     }
                     tx.commit().await.map_err(db)?;
+                    Ok(out)
+                }
+
+                async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>> {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for part in ids.chunks(1_000) {
+                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
+                        let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE id IN ({})", marks.join(", "));
+                        let mut query = ::sqlx::query(&q);
+                        for id in part {
+                            query = query.bind(id);
+                        }
+                        for r in query.fetch_all(&self.read).await.map_err(db)? {
+                            out.push(instr(&r)?);
+                        }
+                    }
                     Ok(out)
                 }
 

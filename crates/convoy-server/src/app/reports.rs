@@ -1,6 +1,7 @@
 //! Agent reports (P-states) go through a queue and are written in batches:
-//! one transaction for up to [`BATCH`] reports, so a burst of reports costs
-//! few database commits and never holds up polls (which read only). A
+//! one read of the reported instructions, and one transaction of set-wise
+//! statements for up to [`BATCH`] reports, so a burst of reports costs few
+//! statements and commits and never holds up polls (which read only). A
 //! report is answered only once its move is persisted.
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,11 @@ async fn write(st: &AppState, items: Vec<Queued>) {
     // what this batch already did to an instruction, so two reports for one
     // instruction in a batch see each other
     let mut seen: HashMap<String, (InstructionState, u32, String)> = HashMap::new();
+    // every reported instruction in one read
+    let ids: Vec<String> = items.iter().map(|q| q.report.instruction_id.clone()).collect();
+    let read = st.store.get_instructions(&ids).await.map(|rows| {
+        rows.into_iter().map(|i| (i.id.clone(), i)).collect::<HashMap<String, convoy_store::InstructionRecord>>()
+    });
     for q in items {
         let r = &q.report;
         let mut p = Pending {
@@ -72,10 +78,10 @@ async fn write(st: &AppState, items: Vec<Queued>) {
             to: InstructionState::Created,
             deployment: String::new(),
         };
-        let found = match st.store.get_instruction(&r.instruction_id).await {
-            Ok(i) => i.filter(|i| i.target_id == q.target),
+        let found = match &read {
+            Ok(rows) => rows.get(&r.instruction_id).filter(|i| i.target_id == q.target).cloned(),
             Err(e) => {
-                p.outcome = Err(Err(e.into()));
+                p.outcome = Err(Err(AppError::internal(e)));
                 pending.push(p);
                 continue;
             }
