@@ -34,14 +34,15 @@ use crate::{ChunkId, ChunkRef, Entry, Manifest, RelPath, VerifiedChunk, CHUNK_AV
 ///
 /// A delta body is: the patch sections (for each `patch` file in skeleton
 /// order, for each of its segments: its length as LEB128, then a zstd
-/// frame made with the segment's reference window as prefix, after the
-/// chain of files patched just before for files of one segment, see
-/// `CHAIN_FILES`; length 0: the segment is the reference's bytes at the
+/// frame made with the segment's reference window as prefix; a file of one
+/// segment has a byte before its frame: 0 for that, 1 for a frame made
+/// with the chain of files patched just before it ahead of the window (see
+/// `CHAIN_FILES`); length 0: the segment is the reference's bytes at the
 /// same offset), the literal
 /// stream (one zstd frame, maybe empty), the skeleton as a zstd patch of the
 /// old release's skeleton, and a trailer of three 8-byte big-endian
 /// lengths: patch sections, literal stream, skeleton patch.
-pub const DELTA_FORMAT: &str = "convoy-delta-4";
+pub const DELTA_FORMAT: &str = "convoy-delta-5";
 
 /// Largest piece of a file patched at once.
 pub const SEGMENT: u64 = 16 << 20;
@@ -55,6 +56,9 @@ const LITERAL_WINDOW_LOG: u32 = 24;
 /// lands in many files (built bundles) is paid for once.
 const CHAIN_FILES: usize = 2;
 const CHAIN_MAX: u64 = 4 << 20;
+/// Level of a patch against the chain (loading a big prefix costs about
+/// its size in work at 15 and above, a tenth of that here).
+const CHAIN_LEVEL: i32 = 12;
 
 /// Largest skeleton accepted.
 const SKELETON_MAX: u64 = 64 << 20;
@@ -396,12 +400,27 @@ pub fn make_release_delta(
                     Vec::new()
                 } else {
                     let window = read_range(old_src, &from, ref_chunks, s.ref_from, s.ref_len)?;
-                    let prefix = if segs.len() == 1 { chained(&recent, window) } else { window };
                     // no frame checksum: every chunk made of it is hashed; big
                     // pieces at 18 at most (a quarter less CPU and a third less
                     // memory than 19 for under 1% more bytes, on a 10 MB binary)
                     let level = if piece.len() > BIG_PIECE { level.min(18) } else { level };
-                    encode_with(&prefix, &piece, level, false)?
+                    if segs.len() == 1 {
+                        // a flag byte: 0 against the window, 1 against the chain
+                        // too (made at a level that loads a big prefix cheaply),
+                        // whichever is smaller
+                        let chain = if recent.is_empty() {
+                            None
+                        } else {
+                            Some(encode_with(&chained(&recent, window.clone()), &piece, CHAIN_LEVEL, false)?)
+                        };
+                        let plain = encode_with(&window, &piece, level, false)?;
+                        match chain {
+                            Some(c) if c.len() < plain.len() => [&[1u8][..], &c].concat(),
+                            _ => [&[0u8][..], &plain].concat(),
+                        }
+                    } else {
+                        encode_with(&window, &piece, level, false)?
+                    }
                 };
                 if segs.len() == 1 {
                     frames.push(frame);
@@ -638,8 +657,13 @@ impl<S: ChunkSource, R: ReadAt + ?Sized> Read for Patched<'_, '_, S, R> {
                     return reference(out_from, s.out_len);
                 }
                 let window = reference(s.ref_from, s.ref_len)?;
-                let prefix = if single { chained(chain, window) } else { window };
-                decode_delta(&prefix, &frame, s.out_len).map_err(Stop::Delta)
+                let (prefix, frame) = match (single, frame.split_first()) {
+                    (false, _) => (window, &frame[..]),
+                    (true, Some((0, rest))) => (window, rest),
+                    (true, Some((1, rest))) => (chained(chain, window), rest),
+                    _ => return Err(Stop::Delta(DeltaError::Decode(format!("{}: unknown patch kind", self.from)))),
+                };
+                decode_delta(&prefix, frame, s.out_len).map_err(Stop::Delta)
             })();
             self.out_from += s.out_len;
             match next {
@@ -1020,6 +1044,24 @@ mod tests {
         let stats = check_round_trip(&old, &new);
         assert!(stats.bytes < 1_200, "delta of small edits, a move and renames is {} bytes: {stats:?}", stats.bytes);
         assert_eq!((stats.same, stats.copied, stats.patched, stats.literal), (1, 1, 3, 1), "{stats:?}");
+    }
+
+    #[test]
+    fn a_change_landing_in_many_files_is_paid_about_once() {
+        // three builds of one bundle: the same new 6 KB lands in each
+        let change = pseudo(77, 6_000);
+        let mut old = BTreeMap::new();
+        let mut new = BTreeMap::new();
+        for (i, name) in ["a.js", "b.js", "c.js"].iter().enumerate() {
+            let base = words(i as u64 + 40, 120_000);
+            let mut edited = base.clone();
+            edited.splice(60_000..60_000, change.iter().copied());
+            old.insert(name.to_string(), base);
+            new.insert(name.to_string(), edited);
+        }
+        let stats = check_round_trip(&old, &new);
+        assert_eq!(stats.patched, 3);
+        assert!(stats.bytes < 9_000, "the change cost {} bytes over three files", stats.bytes);
     }
 
     #[test]

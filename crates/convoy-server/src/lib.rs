@@ -8,6 +8,7 @@
 
 mod app;
 mod auth;
+mod bus;
 mod error;
 mod limit;
 mod metrics;
@@ -70,6 +71,9 @@ pub struct ServerConfig {
     /// MiB of deltas and first-install streams kept in DATA_DIR/deltas
     /// (the oldest are removed first).
     pub delta_cache_mib: u64,
+    /// `redis://HOST:PORT`: servers sharing a database share poll-cache
+    /// invalidations and wake-ups through it.
+    pub cache: Option<String>,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -167,7 +171,9 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // not known to be alone on the database until the scheduler has looked
+    // not known to be alone on the database until the scheduler (or the
+    // cache bus) has looked
+    state.cache.set_exact(false);
     state.set_alone(false);
     tokio::spawn(scheduler::run(state.clone()));
     tokio::spawn(app::tuf::renew_forever(state.clone()));
@@ -451,6 +457,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     state.mirrors = Arc::new(config.mirrors.clone());
     state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;
+    if let Some(url) = &config.cache {
+        let bus = bus::start(&state, url)?;
+        let (b, origin) = (bus.clone(), state.epoch.clone());
+        state.cache.set_notify(Box::new(move |t| b.publish(&origin, 'i', t)));
+        let _ = state.bus.set(bus);
+    }
     serve(listener, state, tls, shutdown_signal()).await
 }
 

@@ -18,6 +18,8 @@ pub struct AppState {
     pub cache: Arc<convoy_store::CachedStore>,
     /// See [`AppState::set_alone`].
     alone: Arc<std::sync::atomic::AtomicBool>,
+    /// The cache bus through Redis, when servers share one (`--cache`).
+    pub bus: Arc<std::sync::OnceLock<Arc<crate::bus::Bus>>>,
     pub chunks: ChunkStore,
     /// Release deltas and compressed manifests, made once each.
     pub deltas: Arc<crate::app::content::Deltas>,
@@ -85,6 +87,7 @@ impl AppState {
             store: cache.clone(),
             cache,
             alone: Arc::new(true.into()),
+            bus: Default::default(),
             chunks,
             deltas: Arc::new(deltas),
             changes: Default::default(),
@@ -161,6 +164,10 @@ impl AppState {
     /// only server, or servers share invalidations): the poll cache is
     /// exact then. Becoming exact drops what was cached before.
     pub fn set_alone(&self, alone: bool) {
+        if self.bus.get().is_some() {
+            // the bus decides: exact while subscribed
+            return;
+        }
         let was = self.alone.swap(alone, std::sync::atomic::Ordering::SeqCst);
         if alone && !was {
             self.cache.invalidate_all();
@@ -303,8 +310,34 @@ impl AppState {
         self.sites.lock().expect("sites lock").get(target).cloned()
     }
 
-    /// Wakes the long polls of these targets, and the scheduler.
+    /// Wakes the long polls of these targets (on every server sharing the
+    /// cache bus), and the scheduler.
     pub fn changed<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
+        let targets: Vec<&str> = targets.into_iter().collect();
+        if let Some(bus) = self.bus.get() {
+            if targets.len() > 1_000 {
+                bus.publish(&self.epoch, 'w', None);
+            } else {
+                for t in &targets {
+                    bus.publish(&self.epoch, 'w', Some(t));
+                }
+            }
+        }
+        self.wake_local(targets);
+    }
+
+    /// Wakes every long poll this server holds.
+    pub fn wake_all(&self) {
+        let map = self.changes.lock().expect("changes lock");
+        for tx in map.values() {
+            tx.send_replace(self.next_tick());
+        }
+        drop(map);
+        self.wake.notify_one();
+    }
+
+    /// Wakes the long polls of these targets held by this server.
+    pub fn wake_local<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
         let mut map = self.changes.lock().expect("changes lock");
         for t in targets {
             if let Some(tx) = map.get(t) {

@@ -48,6 +48,9 @@ struct Inner {
 /// See the module documentation.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
+    /// Told of every change this process's writes made (a target, or
+    /// everything), to pass on to other servers.
+    notify: std::sync::OnceLock<Box<dyn Fn(Option<&str>) + Send + Sync>>,
     exact: AtomicBool,
     calls: AtomicU64,
     cache: Mutex<Inner>,
@@ -57,7 +60,38 @@ impl CachedStore {
     /// A cache in front of `inner`; exact (this process the only writer)
     /// until [`CachedStore::set_exact`] says otherwise.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, exact: AtomicBool::new(true), calls: AtomicU64::new(0), cache: Default::default() }
+        Self {
+            inner,
+            notify: Default::default(),
+            exact: AtomicBool::new(true),
+            calls: AtomicU64::new(0),
+            cache: Default::default(),
+        }
+    }
+
+    /// Where the changes this process's writes make are told (once).
+    pub fn set_notify(&self, f: Box<dyn Fn(Option<&str>) + Send + Sync>) {
+        let _ = self.notify.set(f);
+    }
+
+    /// A write here changed `target`'s work (or everything's): dropped
+    /// here, and told to whoever listens.
+    fn changed(&self, target: Option<&str>) {
+        match target {
+            Some(t) => self.invalidate_target(t),
+            None => self.invalidate_all(),
+        }
+        if let Some(f) = self.notify.get() {
+            f(target);
+        }
+    }
+
+    /// A change to tokens: dropped here by the caller; other servers drop
+    /// everything (token changes are rare).
+    fn tokens_changed(&self) {
+        if let Some(f) = self.notify.get() {
+            f(None);
+        }
     }
 
     /// Whether every write to the database is seen here (one server, or
@@ -71,7 +105,8 @@ impl CachedStore {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Drops what is cached of one target (its work changed elsewhere).
+    /// Drops what is cached of one target (its work changed elsewhere; not
+    /// told on).
     pub fn invalidate_target(&self, target: &str) {
         let mut c = self.cache.lock().expect("cache lock");
         Self::drop_target(&mut c, target);
@@ -165,6 +200,7 @@ impl Store for CachedStore {
     async fn put_token(&self, t: &TokenRecord) -> Result<()> {
         let r = self.db().put_token(t).await;
         self.drop_token(&t.hash);
+        self.tokens_changed();
         r
     }
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
@@ -192,11 +228,13 @@ impl Store for CachedStore {
         let r = self.db().rotate_token(new, note, event).await;
         self.drop_tokens(new.kind, &new.subject);
         self.drop_token(&new.hash);
+        self.tokens_changed();
         r
     }
     async fn create_enrol_token(&self, e: &EnrolTokenRecord, token: &TokenRecord, event: &EventRecord) -> Result<()> {
         let r = self.db().create_enrol_token(e, token, event).await;
         self.drop_token(&token.hash);
+        self.tokens_changed();
         r
     }
     async fn get_enrol_token(&self, id: &str) -> Result<Option<EnrolTokenRecord>> {
@@ -208,6 +246,7 @@ impl Store for CachedStore {
     async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool> {
         let r = self.db().revoke_enrol_token(id, event).await;
         self.drop_tokens(TokenKind::Enrol, id);
+        self.tokens_changed();
         r
     }
     async fn enrol_target(
@@ -218,13 +257,14 @@ impl Store for CachedStore {
         event: &EventRecord,
     ) -> Result<()> {
         let r = self.db().enrol_target(t, agent_token, enrol_token, event).await;
+        // a new random token: no other server can hold an answer for it
         self.drop_token(&agent_token.hash);
-        self.invalidate_target(&t.id);
+        self.changed(Some(&t.id));
         r
     }
     async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
         let r = self.db().insert_target(t).await;
-        self.invalidate_target(&t.id);
+        self.changed(Some(&t.id));
         r
     }
     async fn update_target(&self, id: &str, hostname: &str, inventory_json: &str, now: i64) -> Result<()> {
@@ -248,7 +288,7 @@ impl Store for CachedStore {
     async fn remove_target(&self, id: &str) -> Result<bool> {
         let r = self.db().remove_target(id).await;
         self.drop_tokens(TokenKind::Agent, id);
-        self.invalidate_target(id);
+        self.changed(None);
         r
     }
 
@@ -299,11 +339,14 @@ impl Store for CachedStore {
         actor: &str,
     ) -> Result<()> {
         let r = self.db().create_deployment(d, instructions, actor).await;
-        let mut c = self.cache.lock().expect("cache lock");
-        for i in instructions {
-            Self::drop_target(&mut c, &i.target_id);
+        Self::learn_owners(&mut self.cache.lock().expect("cache lock"), instructions);
+        if instructions.len() > 100 {
+            self.changed(None);
+        } else {
+            for i in instructions {
+                self.changed(Some(&i.target_id));
+            }
         }
-        Self::learn_owners(&mut c, instructions);
         r
     }
     async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
@@ -351,17 +394,14 @@ impl Store for CachedStore {
     ) -> Result<bool> {
         let owner = self.owner(id).await?;
         let r = self.db().transition_instruction(id, from, from_attempt, up, actor, now).await;
-        match owner {
-            Some(t) => self.invalidate_target(&t),
-            None => self.invalidate_all(),
-        }
+        self.changed(owner.as_deref());
         r
     }
     async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
         let r = self.db().transition_deployment(id, m).await;
         // instructions in bulk, new rows, and checks that hang on the
         // deployment's state: dropped for every target
-        self.invalidate_all();
+        self.changed(None);
         r
     }
 
@@ -381,12 +421,12 @@ impl Store for CachedStore {
             owners.push(self.owner(&m.id).await?);
         }
         let r = self.db().transition_instructions(moves, now).await;
-        if owners.iter().any(Option::is_none) {
-            self.invalidate_all();
+        if owners.iter().any(Option::is_none) || owners.len() > 100 {
+            self.changed(None);
         } else {
-            let mut c = self.cache.lock().expect("cache lock");
-            for t in owners.into_iter().flatten() {
-                Self::drop_target(&mut c, &t);
+            let unique: std::collections::BTreeSet<String> = owners.into_iter().flatten().collect();
+            for t in unique {
+                self.changed(Some(&t));
             }
         }
         r
@@ -395,6 +435,7 @@ impl Store for CachedStore {
     async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()> {
         let r = self.db().add_user(u, token).await;
         self.drop_token(&token.hash);
+        self.tokens_changed();
         r
     }
     async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
@@ -406,6 +447,7 @@ impl Store for CachedStore {
     async fn remove_user(&self, name: &str) -> Result<bool> {
         let r = self.db().remove_user(name).await;
         self.drop_tokens(TokenKind::User, name);
+        self.tokens_changed();
         r
     }
     async fn add_user_key(&self, k: &UserKeyRecord, event: &EventRecord) -> Result<bool> {
@@ -427,7 +469,7 @@ impl Store for CachedStore {
 
     async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool> {
         let r = self.db().add_approval(a, state, actor).await;
-        self.invalidate_all();
+        self.changed(None);
         r
     }
     async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>> {
@@ -448,7 +490,7 @@ impl Store for CachedStore {
         now: i64,
     ) -> Result<bool> {
         let r = self.db().revise_request(id, from, revision, to, selector, go_live_at, reason, actor, note, now).await;
-        self.invalidate_all();
+        self.changed(None);
         r
     }
 
@@ -463,7 +505,7 @@ impl Store for CachedStore {
     }
     async fn finish_check(&self, c: &CheckRecord, actor: &str) -> Result<bool> {
         let r = self.db().finish_check(c, actor).await;
-        self.invalidate_target(&c.target_id);
+        self.changed(Some(&c.target_id));
         r
     }
 

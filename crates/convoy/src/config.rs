@@ -41,6 +41,8 @@ pub struct ServerFile {
     pub delta_from_last: Option<usize>,
     /// MiB of made deltas and first-install streams kept on disk (default 4096).
     pub delta_cache_mib: Option<u64>,
+    /// redis://HOST:PORT shared by servers on one database.
+    pub cache: Option<String>,
 }
 
 /// `convoy agent --config FILE`.

@@ -92,6 +92,10 @@ enum Cmd {
         /// first [default: 4096].
         #[arg(long, env = "CONVOY_DELTA_CACHE_MIB")]
         delta_cache_mib: Option<u64>,
+        /// redis://HOST:PORT shared by servers on one database: poll-cache invalidations and
+        /// wake-ups go through it [default: none; a lone server needs none].
+        #[arg(long, env = "CONVOY_CACHE")]
+        cache: Option<String>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -655,6 +659,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             key_secret_file,
             delta_from_last,
             delta_cache_mib,
+            cache,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -687,6 +692,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 key_secret_file: key_secret_file.clone().or(file.key_secret_file),
                 delta_from_last: delta_from_last.or(file.delta_from_last).unwrap_or(convoy_server::DELTA_FROM_LAST),
                 delta_cache_mib: delta_cache_mib.or(file.delta_cache_mib).unwrap_or(convoy_server::DELTA_CACHE_MIB),
+                cache: cache.clone().or(file.cache),
             })
             .await?;
         }

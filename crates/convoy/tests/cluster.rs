@@ -195,3 +195,95 @@ fn two_servers_on_one_postgres_one_scheduler() {
         (metric(fport, "convoy_scheduler_leader") == 1).then_some(())
     });
 }
+
+/// A Redis of the test's own on a free loopback port (no persistence), so
+/// that it can be stopped and started again.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) runs the cache bus test");
+        wait_until("redis-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self { child, port }
+    }
+    fn stop(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two servers on one PostgreSQL and one Redis: the scheduler's moves on
+/// one wake a poll held on the other at once (its poll cache is told
+/// through Redis, so it holds polls for their whole wait), and work made
+/// while Redis is down still arrives.
+#[test]
+fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() {
+    let Ok(url) = std::env::var("CONVOY_TEST_DATABASE_URL") else {
+        eprintln!("CONVOY_TEST_DATABASE_URL is not set: the Redis cache bus test is not run");
+        return;
+    };
+    let mut redis = Redis::start(free_port());
+    let cache = format!("redis://127.0.0.1:{}", redis.port);
+    let schema = format!("convoy_bus_{:016x}", rand::random::<u64>());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}options[search_path]={schema}");
+    let mut one = Fleet::start_on(db.clone(), &["--cache", &cache]);
+    let mut two = Fleet::start_on(db, &["--cache", &cache]);
+    let l = wait_until("one scheduler", Duration::from_secs(20), || {
+        let l = [metric(one.port, "convoy_scheduler_leader"), metric(two.port, "convoy_scheduler_leader")];
+        (l.iter().sum::<u64>() == 1).then_some(l)
+    });
+    let follower = if l[0] == 1 { &mut two } else { &mut one };
+    wait_until("the follower to subscribe", Duration::from_secs(20), || {
+        follower.server.as_ref().unwrap().log_text().contains("through Redis").then_some(())
+    });
+    // polls held for a whole minute: only a wake-up through Redis ends them early
+    follower.start_agent("a", "role=web", &[], &["--poll-wait", "60"]);
+    for v in ["1.0", "2.0"] {
+        let src = follower.path(&format!("src/{v}"));
+        write_app(&src, v, 10_000);
+        follower.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", v]);
+    }
+    // let the agent's first poll settle into its long wait
+    std::thread::sleep(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let id = follower.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = follower.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a poll waited {:?}: not woken through Redis",
+        started.elapsed()
+    );
+
+    // Redis goes away; work made meanwhile arrives (polls read the database
+    // again), and the bus is used again once Redis is back
+    redis.stop();
+    let id = follower.json(&["deploy", "web@2.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = follower.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    let redis = Redis::start(redis.port);
+    let log = || follower.server.as_ref().unwrap().log_text();
+    wait_until("the follower to subscribe again", Duration::from_secs(30), || {
+        (log().matches("through Redis").count() >= 2).then_some(())
+    });
+    drop(redis);
+}

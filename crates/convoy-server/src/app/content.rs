@@ -343,7 +343,7 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
         return Ok(true);
     }
     let chunks = st.chunks.clone();
-    let key = format!("v4-{}-{}", from.digest, to.digest);
+    let key = format!("v5-{}-{}", from.digest, to.digest);
     let dest = st.deltas.path(&key);
     Ok(st.deltas.start(key, Job::Delta, move || make_delta(&chunks, &from.manifest, &to.manifest, &dest)).is_some())
 }
@@ -353,7 +353,7 @@ pub async fn begin(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
 /// about what `tar | zstd -19` of the tree does, not one compressed chunk
 /// at a time. The agent cuts it into chunks and hashes each.
 fn full_stream(st: &AppState, to: ReleaseRecord) -> (String, impl FnOnce() -> Result<Made, String> + Send + 'static) {
-    let key = format!("full-v4-{}", to.digest);
+    let key = format!("full-v5-{}", to.digest);
     let (chunks, dest) = (st.chunks.clone(), st.deltas.path(&key));
     (key, move || make_delta(&chunks, &[], &to.manifest, &dest))
 }
@@ -477,7 +477,7 @@ pub async fn delta(st: &AppState, app: &str, from: &str, to: &str) -> AppResult<
     let from_digest = from.digest.clone();
     let size = to.total_size.to_string();
     let chunks = st.chunks.clone();
-    let key = format!("v4-{}-{}", from.digest, to.digest);
+    let key = format!("v5-{}-{}", from.digest, to.digest);
     let dest = st.deltas.path(&key);
     let made = st
         .deltas

@@ -256,9 +256,11 @@ pub async fn work(
             return Ok(Json(WorkResponse { work: Vec::new() }));
         }
         // a server that does not run the scheduler is not told of the
-        // scheduler's moves: it looks again every few seconds
+        // scheduler's moves (unless through the cache bus): it looks again
+        // every few seconds
         let now = tokio::time::Instant::now();
-        let until = if st.counters.scheduler_leader.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+        let told = st.bus.get().is_some_and(|b| b.up.load(std::sync::atomic::Ordering::Relaxed));
+        let until = if told || st.counters.scheduler_leader.load(std::sync::atomic::Ordering::Relaxed) == 1 {
             deadline
         } else {
             deadline.min(now + FOLLOWER_RECHECK)

@@ -118,6 +118,25 @@ impl Fleet {
         f
     }
 
+    /// A fleet whose server uses this database and gets these extra flags.
+    pub fn start_on(database: String, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut f = Fleet {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+            server: None,
+            agents: Vec::new(),
+            database: Some(database),
+            tls: None,
+            server_args: args.iter().map(|a| a.to_string()).collect(),
+            server_env: Vec::new(),
+        };
+        f.start_server();
+        f
+    }
+
     /// A fleet whose server gets these extra flags.
     pub fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
