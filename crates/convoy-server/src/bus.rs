@@ -19,6 +19,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// A subscription silent this long is asked for a PING; one that does not
+/// answer within `IO_TIMEOUT` is dropped (and with it exactness).
+const QUIET: Duration = Duration::from_secs(15);
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -98,14 +102,15 @@ async fn connect(addr: &str) -> anyhow::Result<TcpStream> {
 
 /// One RESP reply line (`+OK`, `:1`, `*3`, `$7`...), without CRLF.
 async fn line(r: &mut BufReader<impl tokio::io::AsyncRead + Unpin>) -> anyhow::Result<String> {
-    let mut l = String::new();
-    let n = r.read_line(&mut l).await?;
+    let mut raw = Vec::new();
+    let n = (&mut *r).take(MAX_MESSAGE as u64 + 2).read_until(b'\n', &mut raw).await?;
     if n == 0 {
         bail!("Redis closed the connection");
     }
-    if l.len() > MAX_MESSAGE {
+    if !raw.ends_with(b"\n") {
         bail!("a Redis reply line is too long");
     }
+    let l = String::from_utf8(raw).context("a Redis reply is not UTF-8")?;
     if let Some(e) = l.strip_prefix('-') {
         bail!("Redis: {}", e.trim_end());
     }
@@ -133,7 +138,6 @@ async fn publisher(bus: Arc<Bus>, addr: String, mut rx: mpsc::Receiver<String>) 
             let s = connect(&addr).await?;
             let (r, mut w) = s.into_split();
             let mut r = BufReader::new(r);
-            backoff = Duration::from_millis(200);
             loop {
                 let msg = match held.take() {
                     Some(m) => m,
@@ -156,6 +160,7 @@ async fn publisher(bus: Arc<Bus>, addr: String, mut rx: mpsc::Receiver<String>) 
                 w.write_all(&command(&["PUBLISH", &bus.channel, &msg])).await?;
                 tokio::time::timeout(IO_TIMEOUT, line(&mut r)).await.context("Redis did not answer")??;
                 held = None;
+                backoff = Duration::from_millis(200);
             }
             #[allow(unreachable_code)]
             Ok::<(), anyhow::Error>(())
@@ -193,8 +198,25 @@ async fn subscriber(st: AppState, bus: Arc<Bus>, addr: String) {
             st.wake_all();
             tracing::info!(%addr, "sharing cache invalidations and wake-ups through Redis");
             backoff = Duration::from_millis(200);
+            let mut pinged = false;
             loop {
-                let head = line(&mut r).await?;
+                let wait = if pinged { IO_TIMEOUT } else { QUIET };
+                let head = match tokio::time::timeout(wait, line(&mut r)).await {
+                    Ok(head) => head?,
+                    Err(_) if !pinged => {
+                        w.write_all(&command(&["PING"])).await?;
+                        pinged = true;
+                        continue;
+                    }
+                    Err(_) => bail!("Redis did not answer a PING within {IO_TIMEOUT:?}"),
+                };
+                pinged = false;
+                if head == "*2" {
+                    // the answer to a PING in subscribed mode: "pong", ""
+                    bulk(&mut r).await?;
+                    bulk(&mut r).await?;
+                    continue;
+                }
                 if head != "*3" {
                     bail!("unexpected Redis push {head:?}");
                 }

@@ -20,8 +20,17 @@ use convoy_domain::{DeploymentState, InstructionState};
 
 use crate::*;
 
+/// Told of the changes a process's writes make: a target, or everything.
+pub type Notify = Box<dyn Fn(Option<&str>) + Send + Sync>;
+
 /// How long an entry is trusted when other processes may write unseen.
 pub const SHARED_TTL: Duration = Duration::from_secs(2);
+/// Oldest a work entry is trusted even when exact (bounds what a lost
+/// invalidation can cost).
+const WORK_AGE: Duration = Duration::from_secs(300);
+/// Oldest a token entry is trusted (a revocation lost on the way to this
+/// server holds no longer).
+const TOKEN_AGE: Duration = Duration::from_secs(60);
 /// Entries kept before a map is emptied (bounds memory against floods of
 /// unknown tokens).
 const MAX_ENTRIES: usize = 1 << 20;
@@ -38,7 +47,10 @@ struct Inner {
     epoch: u64,
     /// Per target, bumped when its entries are dropped.
     versions: HashMap<String, u64>,
-    tokens: HashMap<String, Slot<Option<TokenRecord>>>,
+    /// Live tokens by hash (unknown ones are not kept: each costs a read).
+    tokens: HashMap<String, Slot<TokenRecord>>,
+    /// Bumped by every token write: a lookup that read before it is not kept.
+    token_gen: u64,
     instructions: HashMap<String, Slot<Vec<InstructionRecord>>>,
     checks: HashMap<String, Slot<Vec<CheckRecord>>>,
     /// Which target an instruction belongs to (learnt from reads and writes).
@@ -50,7 +62,7 @@ pub struct CachedStore {
     inner: Arc<dyn Store>,
     /// Told of every change this process's writes made (a target, or
     /// everything), to pass on to other servers.
-    notify: std::sync::OnceLock<Box<dyn Fn(Option<&str>) + Send + Sync>>,
+    notify: std::sync::OnceLock<Notify>,
     exact: AtomicBool,
     calls: AtomicU64,
     cache: Mutex<Inner>,
@@ -70,7 +82,7 @@ impl CachedStore {
     }
 
     /// Where the changes this process's writes make are told (once).
-    pub fn set_notify(&self, f: Box<dyn Fn(Option<&str>) + Send + Sync>) {
+    pub fn set_notify(&self, f: Notify) {
         let _ = self.notify.set(f);
     }
 
@@ -125,6 +137,13 @@ impl CachedStore {
     }
 
     fn drop_target(c: &mut Inner, target: &str) {
+        if c.versions.len() >= MAX_ENTRIES {
+            // bounded: forgetting versions is safe once every entry is void
+            c.epoch += 1;
+            c.instructions.clear();
+            c.checks.clear();
+            c.versions.clear();
+        }
         *c.versions.entry(target.to_owned()).or_default() += 1;
         c.instructions.remove(target);
         c.checks.remove(target);
@@ -132,11 +151,14 @@ impl CachedStore {
 
     fn drop_tokens(&self, kind: TokenKind, subject: &str) {
         let mut c = self.cache.lock().expect("cache lock");
-        c.tokens.retain(|_, s| !s.value.as_ref().is_some_and(|t| t.kind == kind && t.subject == subject));
+        c.token_gen += 1;
+        c.tokens.retain(|_, s| !(s.value.kind == kind && s.value.subject == subject));
     }
 
     fn drop_token(&self, hash: &str) {
-        self.cache.lock().expect("cache lock").tokens.remove(hash);
+        let mut c = self.cache.lock().expect("cache lock");
+        c.token_gen += 1;
+        c.tokens.remove(hash);
     }
 
     fn db(&self) -> &dyn Store {
@@ -146,7 +168,8 @@ impl CachedStore {
 
     fn fresh<T: Clone>(&self, epoch: u64, slot: Option<&Slot<T>>) -> Option<T> {
         let s = slot?;
-        let young = self.exact.load(Ordering::Relaxed) || s.at.elapsed() < SHARED_TTL;
+        let age = s.at.elapsed();
+        let young = age < SHARED_TTL || (self.exact.load(Ordering::Relaxed) && age < WORK_AGE);
         (s.epoch == epoch && young).then(|| s.value.clone())
     }
 
@@ -165,6 +188,16 @@ impl CachedStore {
         for i in rows {
             c.owners.insert(i.id.clone(), i.target_id.clone());
         }
+    }
+}
+
+/// Runs its closure when dropped: a write's invalidation happens even when
+/// the caller stops waiting for the write (its commit may still land).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 
@@ -198,26 +231,28 @@ impl Store for CachedStore {
     }
 
     async fn put_token(&self, t: &TokenRecord) -> Result<()> {
-        let r = self.db().put_token(t).await;
-        self.drop_token(&t.hash);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_token(&t.hash);
+            self.tokens_changed();
+        });
+        self.db().put_token(t).await
     }
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let epoch = {
+        let (epoch, generation) = {
             let c = self.cache.lock().expect("cache lock");
-            if let Some(v) = self.fresh(c.epoch, c.tokens.get(hash)) {
-                return Ok(v);
+            let hit = c.tokens.get(hash).filter(|s| s.at.elapsed() < TOKEN_AGE);
+            if let Some(v) = self.fresh(c.epoch, hit) {
+                return Ok(Some(v));
             }
-            c.epoch
+            (c.epoch, c.token_gen)
         };
         let found = self.db().find_token(hash).await?;
         let mut c = self.cache.lock().expect("cache lock");
-        if c.epoch == epoch {
+        if let Some(t) = found.as_ref().filter(|_| c.epoch == epoch && c.token_gen == generation) {
             if c.tokens.len() >= MAX_ENTRIES {
                 c.tokens.clear();
             }
-            c.tokens.insert(hash.to_owned(), Slot { epoch, at: Instant::now(), value: found.clone() });
+            c.tokens.insert(hash.to_owned(), Slot { epoch, at: Instant::now(), value: t.clone() });
         }
         Ok(found)
     }
@@ -225,17 +260,19 @@ impl Store for CachedStore {
         self.db().count_tokens(kind).await
     }
     async fn rotate_token(&self, new: &TokenRecord, note: &str, event: &EventRecord) -> Result<u64> {
-        let r = self.db().rotate_token(new, note, event).await;
-        self.drop_tokens(new.kind, &new.subject);
-        self.drop_token(&new.hash);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_tokens(new.kind, &new.subject);
+            self.drop_token(&new.hash);
+            self.tokens_changed();
+        });
+        self.db().rotate_token(new, note, event).await
     }
     async fn create_enrol_token(&self, e: &EnrolTokenRecord, token: &TokenRecord, event: &EventRecord) -> Result<()> {
-        let r = self.db().create_enrol_token(e, token, event).await;
-        self.drop_token(&token.hash);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_token(&token.hash);
+            self.tokens_changed();
+        });
+        self.db().create_enrol_token(e, token, event).await
     }
     async fn get_enrol_token(&self, id: &str) -> Result<Option<EnrolTokenRecord>> {
         self.db().get_enrol_token(id).await
@@ -244,10 +281,11 @@ impl Store for CachedStore {
         self.db().list_enrol_tokens().await
     }
     async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool> {
-        let r = self.db().revoke_enrol_token(id, event).await;
-        self.drop_tokens(TokenKind::Enrol, id);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_tokens(TokenKind::Enrol, id);
+            self.tokens_changed();
+        });
+        self.db().revoke_enrol_token(id, event).await
     }
     async fn enrol_target(
         &self,
@@ -256,16 +294,18 @@ impl Store for CachedStore {
         enrol_token: Option<&str>,
         event: &EventRecord,
     ) -> Result<()> {
-        let r = self.db().enrol_target(t, agent_token, enrol_token, event).await;
-        // a new random token: no other server can hold an answer for it
-        self.drop_token(&agent_token.hash);
-        self.changed(Some(&t.id));
-        r
+        let _after = OnDrop(|| {
+            // a new random token: no other server can hold an answer for it
+            self.drop_token(&agent_token.hash);
+            self.changed(Some(&t.id));
+        });
+        self.db().enrol_target(t, agent_token, enrol_token, event).await
     }
     async fn insert_target(&self, t: &TargetRecord) -> Result<()> {
-        let r = self.db().insert_target(t).await;
-        self.changed(Some(&t.id));
-        r
+        let _after = OnDrop(|| {
+            self.changed(Some(&t.id));
+        });
+        self.db().insert_target(t).await
     }
     async fn update_target(&self, id: &str, hostname: &str, inventory_json: &str, now: i64) -> Result<()> {
         self.db().update_target(id, hostname, inventory_json, now).await
@@ -286,10 +326,11 @@ impl Store for CachedStore {
         self.db().list_targets().await
     }
     async fn remove_target(&self, id: &str) -> Result<bool> {
-        let r = self.db().remove_target(id).await;
-        self.drop_tokens(TokenKind::Agent, id);
-        self.changed(None);
-        r
+        let _after = OnDrop(|| {
+            self.drop_tokens(TokenKind::Agent, id);
+            self.changed(None);
+        });
+        self.db().remove_target(id).await
     }
 
     async fn pause(&self, id: &str, by: &str, event: &EventRecord) -> Result<bool> {
@@ -338,16 +379,17 @@ impl Store for CachedStore {
         instructions: &[InstructionRecord],
         actor: &str,
     ) -> Result<()> {
-        let r = self.db().create_deployment(d, instructions, actor).await;
-        Self::learn_owners(&mut self.cache.lock().expect("cache lock"), instructions);
-        if instructions.len() > 100 {
-            self.changed(None);
-        } else {
-            for i in instructions {
-                self.changed(Some(&i.target_id));
+        let _after = OnDrop(|| {
+            Self::learn_owners(&mut self.cache.lock().expect("cache lock"), instructions);
+            if instructions.len() > 100 {
+                self.changed(None);
+            } else {
+                for i in instructions {
+                    self.changed(Some(&i.target_id));
+                }
             }
-        }
-        r
+        });
+        self.db().create_deployment(d, instructions, actor).await
     }
     async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
         self.db().get_deployment(id).await
@@ -393,16 +435,18 @@ impl Store for CachedStore {
         now: i64,
     ) -> Result<bool> {
         let owner = self.owner(id).await?;
-        let r = self.db().transition_instruction(id, from, from_attempt, up, actor, now).await;
-        self.changed(owner.as_deref());
-        r
+        let _after = OnDrop(|| {
+            self.changed(owner.as_deref());
+        });
+        self.db().transition_instruction(id, from, from_attempt, up, actor, now).await
     }
     async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
-        let r = self.db().transition_deployment(id, m).await;
-        // instructions in bulk, new rows, and checks that hang on the
-        // deployment's state: dropped for every target
-        self.changed(None);
-        r
+        let _after = OnDrop(|| {
+            // instructions in bulk, new rows, and checks that hang on the
+            // deployment's state: dropped for every target
+            self.changed(None);
+        });
+        self.db().transition_deployment(id, m).await
     }
 
     async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>> {
@@ -420,23 +464,25 @@ impl Store for CachedStore {
         for m in moves {
             owners.push(self.owner(&m.id).await?);
         }
-        let r = self.db().transition_instructions(moves, now).await;
-        if owners.iter().any(Option::is_none) || owners.len() > 100 {
-            self.changed(None);
-        } else {
-            let unique: std::collections::BTreeSet<String> = owners.into_iter().flatten().collect();
-            for t in unique {
-                self.changed(Some(&t));
+        let _after = OnDrop(|| {
+            if owners.iter().any(Option::is_none) || owners.len() > 100 {
+                self.changed(None);
+            } else {
+                let unique: std::collections::BTreeSet<&String> = owners.iter().flatten().collect();
+                for t in unique {
+                    self.changed(Some(t));
+                }
             }
-        }
-        r
+        });
+        self.db().transition_instructions(moves, now).await
     }
 
     async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()> {
-        let r = self.db().add_user(u, token).await;
-        self.drop_token(&token.hash);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_token(&token.hash);
+            self.tokens_changed();
+        });
+        self.db().add_user(u, token).await
     }
     async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
         self.db().get_user(name).await
@@ -445,10 +491,11 @@ impl Store for CachedStore {
         self.db().list_users().await
     }
     async fn remove_user(&self, name: &str) -> Result<bool> {
-        let r = self.db().remove_user(name).await;
-        self.drop_tokens(TokenKind::User, name);
-        self.tokens_changed();
-        r
+        let _after = OnDrop(|| {
+            self.drop_tokens(TokenKind::User, name);
+            self.tokens_changed();
+        });
+        self.db().remove_user(name).await
     }
     async fn add_user_key(&self, k: &UserKeyRecord, event: &EventRecord) -> Result<bool> {
         self.db().add_user_key(k, event).await
@@ -468,9 +515,10 @@ impl Store for CachedStore {
     }
 
     async fn add_approval(&self, a: &ApprovalRecord, state: DeploymentState, actor: &str) -> Result<bool> {
-        let r = self.db().add_approval(a, state, actor).await;
-        self.changed(None);
-        r
+        let _after = OnDrop(|| {
+            self.changed(None);
+        });
+        self.db().add_approval(a, state, actor).await
     }
     async fn list_approvals(&self, deployment_id: &str) -> Result<Vec<ApprovalRecord>> {
         self.db().list_approvals(deployment_id).await
@@ -489,9 +537,10 @@ impl Store for CachedStore {
         note: &str,
         now: i64,
     ) -> Result<bool> {
-        let r = self.db().revise_request(id, from, revision, to, selector, go_live_at, reason, actor, note, now).await;
-        self.changed(None);
-        r
+        let _after = OnDrop(|| {
+            self.changed(None);
+        });
+        self.db().revise_request(id, from, revision, to, selector, go_live_at, reason, actor, note, now).await
     }
 
     async fn list_checks(&self, deployment_id: &str) -> Result<Vec<CheckRecord>> {
@@ -504,9 +553,10 @@ impl Store for CachedStore {
         self.db().get_check(id).await
     }
     async fn finish_check(&self, c: &CheckRecord, actor: &str) -> Result<bool> {
-        let r = self.db().finish_check(c, actor).await;
-        self.changed(Some(&c.target_id));
-        r
+        let _after = OnDrop(|| {
+            self.changed(Some(&c.target_id));
+        });
+        self.db().finish_check(c, actor).await
     }
 
     async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool> {

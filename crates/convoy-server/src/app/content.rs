@@ -654,6 +654,15 @@ pub async fn sync(st: &AppState, app: &str, version: &str, req: convoy_wire::Syn
                 }
                 Ok((head, prefix))
             };
+            // references are read and compressed against too: they count
+            let mut context = |path: &str, size: u64| -> Result<(Vec<u8>, Vec<u8>), AppError> {
+                let (head, prefix) = context(path, size)?;
+                total += prefix.len() as u64;
+                if total > 2 * SYNC_BATCH {
+                    return Err(bad(format!("a sync request may cost at most {} bytes of files", 2 * SYNC_BATCH)));
+                }
+                Ok((head, prefix))
+            };
             let (kind, payload) = match &f.have {
                 convoy_wire::SyncHave::Known { version: v, path } => {
                     match file_bytes(&chunks, &known[v], path).map_err(AppError::internal)? {
