@@ -18,6 +18,10 @@ const LEASE_NAME: &str = "scheduler";
 /// Held by servers that do not run the scheduler, so that the one that
 /// does knows it is not alone (its poll cache is then not exact).
 const FOLLOWERS: &str = "followers";
+/// How far apart servers' clocks may be for the presence lease to work
+/// (the leader learns it is alone again this long after the last follower
+/// went away).
+const CLOCK_SLACK_MS: i64 = 60_000;
 /// How often a server says, or looks whether, it is not alone.
 const PRESENCE: Duration = Duration::from_secs(2);
 
@@ -65,13 +69,16 @@ pub async fn run(st: AppState) {
 
 /// Whether this server is the only one on its database: a follower holds
 /// the `followers` lease (for three beats); the leader tries to take it
-/// for no time at all, which fails while any follower holds it. Alone,
+/// for no time at all as of a minute ago, which fails while any follower
+/// holds it. Alone,
 /// the poll cache is exact; otherwise its entries live a couple of seconds
 /// (other servers write what this one does not see).
 async fn presence(st: &AppState, leader: bool) {
     let now = now_ms();
     let alone = if leader {
-        st.store.hold_lease(FOLLOWERS, &st.epoch, now, 0).await.unwrap_or(false)
+        // as of a minute ago: clocks up to a minute apart still see a
+        // follower's lease (and followers see this one as long run out)
+        st.store.hold_lease(FOLLOWERS, &st.epoch, now - CLOCK_SLACK_MS, 0).await.unwrap_or(false)
     } else {
         let _ = st.store.hold_lease(FOLLOWERS, &st.epoch, now, 3 * PRESENCE.as_millis() as i64).await;
         false
