@@ -52,30 +52,7 @@ async fn moves_as_sets(s: &dyn Store) {
     };
     let mut got = Vec::new();
     for (p, one_by_one) in [("set", false), ("one", true)] {
-        let d = DeploymentRecord {
-            id: format!("d-{p}"),
-            app: "web".into(),
-            version: "1".into(),
-            digest: "aa".into(),
-            selector: String::new(),
-            state: D::Staging,
-            go_live_at: None,
-            max_failures: 0,
-            stage_deadline: None,
-            activate_timeout_ms: 1,
-            created_by: "admin".into(),
-            created_at: 1,
-            updated_at: 1,
-            note: String::new(),
-            env: None,
-            reason: String::new(),
-            policy_json: String::new(),
-            plan_json: String::new(),
-            wave: 0,
-            revision: 0,
-            expires_at: None,
-            targets: String::new(),
-        };
+        let d = staging(&format!("d-{p}"), 1);
         let instrs: Vec<InstructionRecord> = ["a", "b", "c"]
             .iter()
             .map(|x| InstructionRecord {
@@ -199,30 +176,7 @@ async fn trust(s: &dyn Store) {
     check("enrol tokens", s.list_enrol_tokens().await.unwrap().len(), 1);
 
     // pauses: only an unsettled deployment, once; resumed once
-    let d = DeploymentRecord {
-        id: "d-pause".into(),
-        app: "web".into(),
-        version: "1".into(),
-        digest: "aa".into(),
-        selector: String::new(),
-        state: D::Staging,
-        go_live_at: None,
-        max_failures: 0,
-        stage_deadline: None,
-        activate_timeout_ms: 1,
-        created_by: "admin".into(),
-        created_at: 90,
-        updated_at: 90,
-        note: String::new(),
-        env: None,
-        reason: String::new(),
-        policy_json: String::new(),
-        plan_json: String::new(),
-        wave: 0,
-        revision: 0,
-        expires_at: None,
-        targets: String::new(),
-    };
+    let d = staging("d-pause", 90);
     s.create_deployment(&d, &[], "admin").await.unwrap();
     let pe = |what: &str| EventRecord { deployment_id: "d-pause".into(), ..ev(what) };
     check("pause", s.pause("d-pause", "alice", &pe("paused")).await.unwrap(), true);
@@ -321,6 +275,34 @@ async fn releases(s: &dyn Store) {
     check("listing omits manifest", listed[0].manifest.len(), 0);
     check("large sizes survive", listed[0].total_size, 3_000_000_000);
     check("unknown release", s.get_release("web", "9").await.unwrap(), None);
+}
+
+/// A staging deployment of web@1 with no plan, created at `at`.
+fn staging(id: &str, at: i64) -> DeploymentRecord {
+    DeploymentRecord {
+        id: id.into(),
+        app: "web".into(),
+        version: "1".into(),
+        digest: "aa".into(),
+        selector: String::new(),
+        state: D::Staging,
+        go_live_at: None,
+        max_failures: 0,
+        stage_deadline: None,
+        activate_timeout_ms: 1,
+        created_by: "admin".into(),
+        created_at: at,
+        updated_at: at,
+        note: String::new(),
+        env: None,
+        reason: String::new(),
+        policy_json: String::new(),
+        plan_json: String::new(),
+        wave: 0,
+        revision: 0,
+        expires_at: None,
+        targets: String::new(),
+    }
 }
 
 fn instruction(id: &str, target: &str, state: S) -> InstructionRecord {
