@@ -190,8 +190,8 @@ fn rolled_back_by_operator(d: &convoy_wire::DeploymentDetail) -> bool {
     d.events.iter().any(|e| e.instruction_id.is_none() && e.actor.starts_with("user:") && e.to == "rolling_back")
 }
 
-pub async fn status(c: &Client, id: &str, events: bool, fmt: Format) -> anyhow::Result<()> {
-    let d = watch::detail(c, id).await?;
+pub async fn status(c: &Client, id: &str, events: bool, all: bool, fmt: Format) -> anyhow::Result<()> {
+    let d = watch::view(c, id, all).await?;
     match fmt {
         Format::Json => output::json(&d),
         Format::Table => {

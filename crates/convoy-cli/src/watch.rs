@@ -6,12 +6,90 @@ use std::time::Duration;
 
 use convoy_client::Client;
 use convoy_domain::DeploymentState;
-use convoy_wire::{DeploymentDetail, InstructionInfo};
+use convoy_wire::{DeploymentDetail, DetailQuery, InstructionInfo};
 
 use crate::output::{self, line};
 
+/// One page of a deployment's detail, as `q` asks.
+pub async fn page(client: &Client, id: &str, q: &DetailQuery) -> anyhow::Result<DeploymentDetail> {
+    let mut query: Vec<String> = Vec::new();
+    let mut add = |k: &str, v: String| query.push(format!("{k}={}", encode(&v)));
+    if let Some(v) = &q.state {
+        add("state", v.clone());
+    }
+    if let Some(v) = q.wave {
+        add("wave", v.to_string());
+    }
+    if let Some(v) = &q.label {
+        add("label", v.clone());
+    }
+    if let Some(v) = q.limit {
+        add("limit", v.to_string());
+    }
+    if let Some(v) = &q.after {
+        add("after", v.clone());
+    }
+    if let Some(v) = q.late {
+        add("late", v.to_string());
+    }
+    let sep = if query.is_empty() { "" } else { "?" };
+    client.get_json(&format!("/deployments/{}{sep}{}", encode(id), query.join("&")), Duration::from_secs(30)).await
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Rows shown without `--all` when a deployment has more targets.
+pub const SHOWN: u32 = 50;
+/// States that count as failing (shown first).
+const FAILING: &str = "failed,rolled_back,canceled";
+
+/// What `status` shows: the summary with every target of a small
+/// deployment; of a bigger one (over [`SHOWN`] targets) the failing ones
+/// first, up to [`SHOWN`]. `all`: every target, page by page, and the
+/// targets the deployment left out.
+pub async fn view(client: &Client, id: &str, all: bool) -> anyhow::Result<DeploymentDetail> {
+    if all {
+        let q = DetailQuery { limit: Some(convoy_wire::DETAIL_MAX_LIMIT), late: Some(true), ..Default::default() };
+        let mut d = page(client, id, &q).await?;
+        let mut after = d.next.take();
+        while let Some(a) = after {
+            let q = DetailQuery { limit: Some(convoy_wire::DETAIL_MAX_LIMIT), after: Some(a), ..Default::default() };
+            let more = page(client, id, &q).await?;
+            d.instructions.extend(more.instructions);
+            // a later page repeats the deployment's own events
+            d.events.extend(more.events.into_iter().filter(|e| e.instruction_id.is_some()));
+            if let (Some(p), Some(m)) = (&mut d.plan, more.plan) {
+                p.targets.extend(m.targets);
+            }
+            after = more.next;
+        }
+        d.events.sort_by_key(|e| e.at);
+        return Ok(d);
+    }
+    let d = page(client, id, &DetailQuery { limit: Some(SHOWN), ..Default::default() }).await?;
+    if d.next.is_none() {
+        return Ok(d);
+    }
+    let failing =
+        page(client, id, &DetailQuery { limit: Some(SHOWN), state: Some(FAILING.into()), ..Default::default() })
+            .await?;
+    Ok(DeploymentDetail { instructions: failing.instructions, events: failing.events, next: failing.next, ..d })
+}
+
+/// The whole deployment's detail as one value (every page).
 pub async fn detail(client: &Client, id: &str) -> anyhow::Result<DeploymentDetail> {
-    client.get_json(&format!("/deployments/{id}"), Duration::from_secs(30)).await
+    view(client, id, true).await
 }
 
 pub fn settled(d: &DeploymentDetail) -> bool {
@@ -55,8 +133,14 @@ fn progress(d: &DeploymentDetail) -> Vec<String> {
 pub async fn watch(client: &Client, id: &str, quiet: bool) -> anyhow::Result<DeploymentDetail> {
     let tty = std::io::stdout().is_terminal() && !quiet;
     let mut last: Option<Vec<String>> = None;
+    // the counts, and the targets still fetching (their bytes)
+    let fetching = DetailQuery {
+        state: Some("created,sent,received".into()),
+        limit: Some(convoy_wire::DETAIL_MAX_LIMIT),
+        ..Default::default()
+    };
     loop {
-        let d = detail(client, id).await?;
+        let d = page(client, id, &fetching).await?;
         let p = progress(&d);
         if !quiet && last.as_ref() != Some(&p) {
             if let (true, Some(prev)) = (tty, &last) {
@@ -69,7 +153,7 @@ pub async fn watch(client: &Client, id: &str, quiet: bool) -> anyhow::Result<Dep
             last = Some(p);
         }
         if settled(&d) {
-            return Ok(d);
+            return view(client, id, false).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -203,6 +287,16 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
     if let Some(by) = &dep.paused_by {
         line(format!("  paused   by {by}: no new wave starts until `convoy resume {}`", dep.id));
     }
+    if d.deployment.counts.total > 0 {
+        let states: Vec<String> = d.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        line(format!("  targets  {}: {}", dep.counts.total, states.join(", ")));
+        if d.waves.len() > 1 {
+            for w in &d.waves {
+                let states: Vec<String> = w.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                line(format!("    wave {}: {}", w.wave, states.join(", ")));
+            }
+        }
+    }
     if !d.not_included.is_empty() {
         line(format!(
             "  not in this deployment (matched the selector after it was planned): {}",
@@ -225,8 +319,10 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
     if let (Some(at), "scheduled") = (dep.go_live_at, dep.state.as_str()) {
         line(format!("  go-live  in {}s", ((at - now).max(0) + 999) / 1000));
     }
-    let rows: Vec<Vec<String>> = d
-        .instructions
+    // failing targets first, then by hostname
+    let mut shown: Vec<&InstructionInfo> = d.instructions.iter().collect();
+    shown.sort_by_key(|i| (!FAILING.split(',').any(|f| f == i.state), &i.hostname, &i.target_id));
+    let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|i| {
             let digest = match &i.reported_digest {
@@ -252,6 +348,15 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
             row
         })
         .collect();
+    let total = dep.counts.total as usize;
+    if d.instructions.len() < total {
+        let which = if d.instructions.is_empty() { "none is failing" } else { "the failing ones" };
+        line(format!(
+            "  shown    {} of {total} targets ({which}); `convoy status {} --all` lists every one",
+            d.instructions.len(),
+            dep.id
+        ));
+    }
     if d.instructions.is_empty() {
         return out.join("\n");
     }
@@ -264,7 +369,7 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
     } else {
         line(output::render_table(&["HOST", "TARGET", "LABELS", "STATE", "DIGEST", "PREVIOUS", "METRICS"], &rows));
     }
-    let troubled = d.instructions.iter().filter(|i| i.state == "failed" || i.note.contains("failed") || i.attempt > 0);
+    let troubled = shown.iter().filter(|i| i.state == "failed" || i.note.contains("failed") || i.attempt > 0);
     for i in troubled {
         let tries = if i.attempt > 0 { format!(" (after {} stagings)", i.attempt + 1) } else { String::new() };
         line(format!("\n{} ({}, {}): {}{tries}", i.hostname, i.target_id, i.labels, i.note));
@@ -404,6 +509,10 @@ mod tests {
             checks: vec![],
             plan: None,
             not_included: vec![],
+            states: [("failed".to_owned(), 1), ("received".to_owned(), 1), ("staged".to_owned(), 1)].into(),
+            waves: vec![],
+            matching: 3,
+            next: None,
         }
     }
 
@@ -415,11 +524,12 @@ mod tests {
               go-live  2026-09-21T14:13:20Z
               note     staging shop-web@2.0 to 3 targets
               changes  from 1.0: 1 added, 0 removed, 2 changed (46.9 KiB of 1.1 MiB); config defaults changed: config/app.env (machines keep theirs); migrate hook: sh hooks/migrate.sh
+              targets  3: 1 failed, 1 received, 1 staged
               waiting  for web-3 (received, last seen 12s ago)
 
             HOST   TARGET   LABELS            STATE         DIGEST                     PREVIOUS  METRICS
-            web-1  t-web-1  role=web,site=sh  staged        match                      1.0       fetched=47.0KiB requests_ok=100
             web-2  t-web-2  role=web,site=sh  failed        MISMATCH bbbbbbbbbbbbbbbb  1.0
+            web-1  t-web-1  role=web,site=sh  staged        match                      1.0       fetched=47.0KiB requests_ok=100
             web-3  t-web-3  role=web,site=sh  received 45%  -                          1.0
 
             web-2 (t-web-2, role=web,site=sh): consistency gate: target reported digest bbbb, release is aaaa; gave up after 3 attempts (after 3 stagings)

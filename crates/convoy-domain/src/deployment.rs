@@ -111,17 +111,21 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&mut self, s: crate::InstructionState) {
+        self.add_n(s, 1)
+    }
+    /// Counts `n` instructions in state `s`.
+    pub fn add_n(&mut self, s: crate::InstructionState, n: u32) {
         use crate::InstructionState as S;
         match s {
-            S::Created | S::Sent | S::Received => self.staging += 1,
-            S::Staged => self.staged += 1,
-            S::Activating => self.activating += 1,
-            S::Succeeded => self.succeeded += 1,
-            S::Failed => self.failed += 1,
-            S::RollingBack => self.rolling_back += 1,
-            S::RolledBack => self.rolled_back += 1,
-            S::Canceled => self.canceled += 1,
-            S::Superseded => self.superseded += 1,
+            S::Created | S::Sent | S::Received => self.staging += n,
+            S::Staged => self.staged += n,
+            S::Activating => self.activating += n,
+            S::Succeeded => self.succeeded += n,
+            S::Failed => self.failed += n,
+            S::RollingBack => self.rolling_back += n,
+            S::RolledBack => self.rolled_back += n,
+            S::Canceled => self.canceled += n,
+            S::Superseded => self.superseded += n,
         }
     }
     pub fn total(&self) -> u32 {

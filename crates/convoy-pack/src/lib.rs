@@ -29,6 +29,6 @@ pub use frames::{encode_frame, FrameDecoder, FrameTooLarge, FRAME_HEADER, MAX_FR
 pub use manifest::{ChunkRef, Entry, Manifest, ManifestError, MANIFEST_FORMAT};
 pub use nofollow::{open_dir_nofollow, open_parent_nofollow, openat_nofollow};
 pub use path::{PathError, RelPath};
-pub use store::ChunkStore;
+pub use store::{conformance as chunk_store_conformance, ChunkStore, Remote};
 pub use sync::{apply_ops, block_size, make_ops, signatures, SyncError, SYNC_MAX_FILE};
 pub use tree::{chunk_file, pack_tree, scan_tree, unpack, PackError};

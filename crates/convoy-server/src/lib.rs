@@ -14,6 +14,7 @@ mod limit;
 mod metrics;
 mod nats;
 mod notify;
+pub mod objects;
 mod openapi;
 mod routes;
 pub mod scheduler;
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     /// `redis://HOST:PORT`: servers sharing a database share poll-cache
     /// invalidations and wake-ups through it.
     pub cache: Option<String>,
+    /// Chunks in an S3-compatible object store instead of DATA_DIR/chunks.
+    pub objects: Option<objects::S3Config>,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -425,15 +428,27 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(|(cert, key)| tls::acceptor(cert, key)).transpose()?;
     let store = open_store(&config).await?;
     bootstrap_tokens(store.as_ref(), &config).await?;
-    let chunks = ChunkStore::open(config.data_dir.join("chunks")).context("opening the chunk store")?;
+    let chunks = match &config.objects {
+        None => ChunkStore::open(config.data_dir.join("chunks")).context("opening the chunk store")?,
+        Some(c) => {
+            let remote = std::sync::Arc::new(objects::S3Chunks::open(c)?);
+            // reach it now: a wrong endpoint, bucket or key is told at start
+            let probe = remote.clone();
+            tokio::task::spawn_blocking(move || convoy_pack::Remote::head(probe.as_ref(), "chunks/.probe"))
+                .await?
+                .with_context(|| format!("reaching the object store {}", c.url))?;
+            ChunkStore::remote(remote)
+        }
+    };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), data_dir = %config.data_dir.display(), "convoy server listening");
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "convoy: server listening on {scheme}://{addr} ({} database, data in {})",
+        "convoy: server listening on {scheme}://{addr} ({} database, data in {}, chunks in {})",
         store.backend(),
-        config.data_dir.display()
+        config.data_dir.display(),
+        chunks.describe()
     );
     let mut deltas = app::content::Deltas::open(config.data_dir.join("deltas")).context("opening the delta store")?;
     deltas.from_last = config.delta_from_last;

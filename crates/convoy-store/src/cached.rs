@@ -325,6 +325,9 @@ impl Store for CachedStore {
     async fn list_targets(&self) -> Result<Vec<TargetRecord>> {
         self.db().list_targets().await
     }
+    async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>> {
+        self.db().get_targets(ids).await
+    }
     async fn remove_target(&self, id: &str) -> Result<bool> {
         let _after = OnDrop(|| {
             self.drop_tokens(TokenKind::Agent, id);
@@ -451,6 +454,12 @@ impl Store for CachedStore {
 
     async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>> {
         self.db().events(deployment_id).await
+    }
+    async fn events_of(&self, deployment_id: &str, instruction_ids: &[String]) -> Result<Vec<EventRecord>> {
+        self.db().events_of(deployment_id, instruction_ids).await
+    }
+    async fn instruction_counts(&self, deployment_ids: &[String]) -> Result<Vec<(String, u32, InstructionState, u32)>> {
+        self.db().instruction_counts(deployment_ids).await
     }
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>> {
         self.db().audit(f).await

@@ -19,6 +19,51 @@ pub async fn run(store: &dyn Store) {
     trust(store).await;
     tuf(store).await;
     moves_as_sets(store).await;
+    big_deployments(store).await;
+}
+
+/// A deployment of more instructions than one statement carries is
+/// written, moved in bulk and counted whole; its events come per page.
+async fn big_deployments(s: &dyn Store) {
+    const N: usize = 1_234;
+    let d = staging("d-big", 1);
+    let instrs: Vec<InstructionRecord> = (0..N)
+        .map(|k| InstructionRecord {
+            deployment_id: d.id.clone(),
+            wave: 1 + (k % 2) as u32,
+            ..instruction(&format!("big-{k:05}"), &format!("t-big-{k:05}"), S::Created)
+        })
+        .collect();
+    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    let got = s.list_instructions(&d.id).await.unwrap();
+    assert_eq!(got.len(), N);
+    assert_eq!(got[N - 1], instrs[N - 1], "every field of the last row");
+    assert_eq!(s.events(&d.id).await.unwrap().len(), N + 1, "one creation event each, and the deployment's");
+    // wave 2 moves on, wave 1 stays
+    let bulk = [BulkMove {
+        from: vec![S::Created],
+        to: S::Canceled,
+        go_live_at: Some(9),
+        note: "canceled".into(),
+        waves: WaveFilter::Only(2),
+    }];
+    let m = DeploymentMove { bulk: &bulk, ..DeploymentMove::new(D::Staging, D::Staging, "wave 2 out", "admin", 5) };
+    assert!(s.transition_deployment(&d.id, &m).await.unwrap());
+    let mut counts = s.instruction_counts(&[d.id.clone(), "d-none".into()]).await.unwrap();
+    counts.sort_by_key(|c| c.1);
+    assert_eq!(counts, [(d.id.clone(), 1, S::Created, 617), (d.id.clone(), 2, S::Canceled, 617)]);
+    let moved = s.get_instruction("big-00001").await.unwrap().unwrap();
+    assert_eq!(
+        (moved.state, moved.go_live_at, moved.note.as_str(), moved.updated_at),
+        (S::Canceled, Some(9), "canceled", 5)
+    );
+    let events = s.events(&d.id).await.unwrap();
+    assert_eq!(events.len(), N + 2 + 617);
+    // events of a page: the deployment's own and those of the named instructions
+    let page = s.events_of(&d.id, &["big-00001".into(), "big-00002".into()]).await.unwrap();
+    let subjects: Vec<Option<&str>> = page.iter().map(|e| e.instruction_id.as_deref()).collect();
+    assert_eq!(subjects, [None, Some("big-00001"), Some("big-00002"), None, Some("big-00001")]);
+    assert!(page.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
 }
 
 /// A batch of report moves (several for one instruction, stale ones, in

@@ -88,6 +88,8 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()>;
     async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>>;
     async fn list_targets(&self) -> Result<Vec<TargetRecord>>;
+    /// The enrolled targets among `ids` (any order; unknown ids are left out).
+    async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>>;
     /// Removes a target and revokes its credential, unless it has work in an
     /// unsettled deployment (`Conflict`). Its history stays in the events.
     /// Returns false if there was no such target.
@@ -163,6 +165,10 @@ pub trait Store: Send + Sync + 'static {
     async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool>;
 
     async fn events(&self, deployment_id: &str) -> Result<Vec<EventRecord>>;
+    /// A deployment's own events and those of the named instructions, in order.
+    async fn events_of(&self, deployment_id: &str, instruction_ids: &[String]) -> Result<Vec<EventRecord>>;
+    /// Instructions per (deployment, wave, state) of the named deployments.
+    async fn instruction_counts(&self, deployment_ids: &[String]) -> Result<Vec<(String, u32, InstructionState, u32)>>;
     /// The audit log, newest first, by deployment and/or actor.
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>>;
     /// Appends an event that belongs to no state move (users, environments).

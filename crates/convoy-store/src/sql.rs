@@ -191,16 +191,66 @@ macro_rules! impl_sql_store {
             }
 
             const INSERT_EVENT: &str = "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
-            const INSERT_INSTR: &str = "INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
             const UPDATE_INSTR: &str = "UPDATE instructions SET state = $1, attempt = $2, go_live_at = COALESCE($3, go_live_at), reported_digest = COALESCE($4, reported_digest), metrics = COALESCE($5, metrics), output = COALESCE($6, output), note = $7, updated_at = $8 WHERE id = $9 AND state = $10 AND attempt = $11";
 
-            async fn insert_instr<'c, E: ::sqlx::Executor<'c, Database = <$row as ::sqlx::Row>::Database>>(ex: E, i: &InstructionRecord) -> Result<()> {
-                ::sqlx::query(INSERT_INSTR)
-                    .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)
-                    .bind(&i.previous_version).bind(i.go_live_at).bind(&i.reported_digest).bind(&i.metrics_json).bind(&i.output).bind(&i.note).bind(i.updated_at)
-                    .bind(i.wave as i64).bind(i.planned_at)
-                    .execute(ex).await.map_err(db)?;
+            /// `(..), (..)` for `rows` rows of `cols` parameters each.
+            fn values(rows: usize, cols: usize) -> String {
+                let mut q = String::with_capacity(rows * cols * 5);
+                for j in 0..rows {
+                    q.push_str(if j == 0 { "(" } else { ", (" });
+                    for c in 1..=cols {
+                        if c > 1 {
+                            q.push_str(", ");
+                        }
+                        q.push_str(&format!("${}", j * cols + c));
+                    }
+                    q.push(')');
+                }
+                q
+            }
+
+            /// Events as multi-row INSERTs (7 parameters a row).
+            async fn insert_events(tx: &mut ::sqlx::Transaction<'_, <$row as ::sqlx::Row>::Database>, events: &[EventRecord]) -> Result<()> {
+                for part in events.chunks(1_000) {
+                    let q = format!("INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES {}", values(part.len(), 7));
+                    let mut query = ::sqlx::query(&q);
+                    for e in part {
+                        query = query.bind(&e.deployment_id).bind(&e.instruction_id).bind(&e.from_state).bind(&e.to_state).bind(&e.actor).bind(&e.note).bind(e.at);
+                    }
+                    query.execute(&mut **tx).await.map_err(db)?;
+                }
                 Ok(())
+            }
+
+            /// New instructions, each with its creation event, as multi-row
+            /// INSERTs (14 parameters a row: 500 rows stay far below either
+            /// engine's limit).
+            async fn insert_instrs(tx: &mut ::sqlx::Transaction<'_, <$row as ::sqlx::Row>::Database>, instructions: &[InstructionRecord], actor: &str, at: Option<i64>) -> Result<()> {
+                for part in instructions.chunks(500) {
+                    let q = format!("INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at) VALUES {}", values(part.len(), 14));
+                    let mut query = ::sqlx::query(&q);
+                    for i in part {
+                        query = query
+                            .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)
+                            .bind(&i.previous_version).bind(i.go_live_at).bind(&i.reported_digest).bind(&i.metrics_json).bind(&i.output).bind(&i.note).bind(i.updated_at)
+                            .bind(i.wave as i64).bind(i.planned_at);
+                    }
+                    query.execute(&mut **tx).await.map_err(db)?;
+                }
+                let events: Vec<EventRecord> = instructions
+                    .iter()
+                    .map(|i| EventRecord {
+                        seq: 0,
+                        deployment_id: i.deployment_id.clone(),
+                        instruction_id: Some(i.id.clone()),
+                        from_state: String::new(),
+                        to_state: i.state.as_str().to_owned(),
+                        actor: actor.to_owned(),
+                        note: i.note.clone(),
+                        at: at.unwrap_or(i.updated_at),
+                    })
+                    .collect();
+                insert_events(tx, &events).await
             }
 
             #[::async_trait::async_trait]
@@ -499,11 +549,7 @@ macro_rules! impl_sql_store {
                         .execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(None::<String>).bind("").bind(d.state.as_str()).bind(actor).bind(&d.note).bind(d.created_at)
                         .execute(&mut *tx).await.map_err(db)?;
-                    for i in instructions {
-                        insert_instr(&mut *tx, i).await?;
-                        ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(Some(&i.id)).bind("").bind(i.state.as_str()).bind(actor).bind(&i.note).bind(i.updated_at)
-                            .execute(&mut *tx).await.map_err(db)?;
-                    }
+                    insert_instrs(&mut tx, instructions, actor, None).await?;
                     tx.commit().await.map_err(db)
                 }
 
@@ -579,30 +625,49 @@ macro_rules! impl_sql_store {
                     if !m.bulk.is_empty() {
                         let rows = ::sqlx::query("SELECT id, state, wave FROM instructions WHERE deployment_id = $1 ORDER BY id").bind(id)
                             .fetch_all(&mut *tx).await.map_err(db)?;
+                        // per rule, its instructions as one UPDATE (in parts
+                        // of 1000) and their events as multi-row INSERTs
+                        let mut by_rule: Vec<Vec<String>> = vec![Vec::new(); m.bulk.len()];
+                        let mut events = Vec::new();
                         for r in rows {
                             let iid: String = r.try_get("id").map_err(db)?;
                             let st: String = r.try_get("state").map_err(db)?;
                             let wave = r.try_get::<i64, _>("wave").map_err(db)? as u32;
-                            let Some(b) = m.bulk.iter().find(|b| b.waves.matches(wave) && b.from.iter().any(|f| f.as_str() == st)) else {
+                            let Some(k) = m.bulk.iter().position(|b| b.waves.matches(wave) && b.from.iter().any(|f| f.as_str() == st)) else {
                                 continue;
                             };
-                            ::sqlx::query("UPDATE instructions SET state = $1, go_live_at = COALESCE($2, go_live_at), note = $3, updated_at = $4 WHERE id = $5")
-                                .bind(b.to.as_str()).bind(b.go_live_at).bind(&b.note).bind(now).bind(&iid)
-                                .execute(&mut *tx).await.map_err(db)?;
-                            ::sqlx::query(INSERT_EVENT).bind(id).bind(Some(&iid)).bind(&st).bind(b.to.as_str()).bind(actor).bind(&b.note).bind(now)
-                                .execute(&mut *tx).await.map_err(db)?;
+                            let b = &m.bulk[k];
+                            events.push(EventRecord {
+                                seq: 0,
+                                deployment_id: id.to_owned(),
+                                instruction_id: Some(iid.clone()),
+                                from_state: st,
+                                to_state: b.to.as_str().to_owned(),
+                                actor: actor.to_owned(),
+                                note: b.note.clone(),
+                                at: now,
+                            });
+                            by_rule[k].push(iid);
                         }
+                        for (b, ids) in m.bulk.iter().zip(&by_rule) {
+                            for part in ids.chunks(1_000) {
+                                let marks: Vec<String> = (5..part.len() + 5).map(|j| format!("${j}")).collect();
+                                let q = format!("UPDATE instructions SET state = $1, go_live_at = COALESCE($2, go_live_at), note = $3, updated_at = $4 WHERE id IN ({})", marks.join(", "));
+                                let mut query = ::sqlx::query(&q).bind(b.to.as_str()).bind(b.go_live_at).bind(&b.note).bind(now);
+                                for iid in part {
+                                    query = query.bind(iid);
+                                }
+                                query.execute(&mut *tx).await.map_err(db)?;
+                            }
+                        }
+                        insert_events(&mut tx, &events).await?;
                     }
                     for c in m.new_checks {
                         ::sqlx::query("INSERT INTO checks (id, deployment_id, target_id, state, result, output, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                             .bind(&c.id).bind(&c.deployment_id).bind(&c.target_id).bind(&c.state).bind(&c.result_json).bind(&c.output).bind(c.updated_at)
                             .execute(&mut *tx).await.map_err(db)?;
                     }
-                    for i in m.new_instructions {
-                        insert_instr(&mut *tx, i).await?;
-                        ::sqlx::query(INSERT_EVENT).bind(id).bind(Some(&i.id)).bind("").bind(i.state.as_str()).bind(actor).bind(&i.note).bind(now)
-                            .execute(&mut *tx).await.map_err(db)?;
-                    }
+                    insert_instrs(&mut tx, m.new_instructions, actor, Some(now)).await?;
                     tx.commit().await.map_err(db)?;
                     Ok(true)
                 }
@@ -672,21 +737,24 @@ macro_rules! impl_sql_store {
                             if events.is_empty() {
                                 continue;
                             }
-                            let mut q = String::from("INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ");
-                            for j in 0..events.len() {
-                                let b = j * 7;
-                                if j > 0 {
-                                    q.push_str(", ");
-                                }
-                                q.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7));
-                            }
-                            let mut query = ::sqlx::query(&q);
-                            for (k, dep) in &events {
-                                let m = &moves[*k];
-                                query = query.bind(*dep).bind(Some(&m.id)).bind(m.from.as_str()).bind(m.up.to.unwrap_or(m.from).as_str()).bind(&m.actor).bind(&m.up.note).bind(now);
-                                out[*k] = true;
-                            }
-                            query.execute(&mut *tx).await.map_err(db)?;
+                            let rows: Vec<EventRecord> = events
+                                .iter()
+                                .map(|(k, dep)| {
+                                    let m = &moves[*k];
+                                    out[*k] = true;
+                                    EventRecord {
+                                        seq: 0,
+                                        deployment_id: (*dep).clone(),
+                                        instruction_id: Some(m.id.clone()),
+                                        from_state: m.from.as_str().to_owned(),
+                                        to_state: m.up.to.unwrap_or(m.from).as_str().to_owned(),
+                                        actor: m.actor.clone(),
+                                        note: m.up.note.clone(),
+                                        at: now,
+                                    }
+                                })
+                                .collect();
+                            insert_events(&mut tx, &rows).await?;
                         }
                     }
                     tx.commit().await.map_err(db)?;
@@ -704,6 +772,63 @@ macro_rules! impl_sql_store {
                         }
                         for r in query.fetch_all(&self.read).await.map_err(db)? {
                             out.push(instr(&r)?);
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>> {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for part in ids.chunks(1_000) {
+                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
+                        let q = format!("SELECT {TARGET_COLS} FROM targets WHERE id IN ({})", marks.join(", "));
+                        let mut query = ::sqlx::query(&q);
+                        for id in part {
+                            query = query.bind(id);
+                        }
+                        for r in query.fetch_all(&self.read).await.map_err(db)? {
+                            out.push(target(&r)?);
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn events_of(&self, deployment_id: &str, instruction_ids: &[String]) -> Result<Vec<EventRecord>> {
+                    const COLS: &str = "seq, deployment_id, instruction_id, from_state, to_state, actor, note, at";
+                    let q = format!("SELECT {COLS} FROM events WHERE deployment_id = $1 AND instruction_id IS NULL");
+                    let mut out: Vec<EventRecord> = ::sqlx::query(&q).bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect::<Result<_>>()?;
+                    for part in instruction_ids.chunks(1_000) {
+                        let marks: Vec<String> = (2..part.len() + 2).map(|j| format!("${j}")).collect();
+                        let q = format!("SELECT {COLS} FROM events WHERE deployment_id = $1 AND instruction_id IN ({})", marks.join(", "));
+                        let mut query = ::sqlx::query(&q).bind(deployment_id);
+                        for id in part {
+                            query = query.bind(id);
+                        }
+                        for r in query.fetch_all(&self.read).await.map_err(db)? {
+                            out.push(event(&r)?);
+                        }
+                    }
+                    out.sort_by_key(|e| e.seq);
+                    Ok(out)
+                }
+
+                async fn instruction_counts(&self, deployment_ids: &[String]) -> Result<Vec<(String, u32, InstructionState, u32)>> {
+                    let mut out = Vec::new();
+                    for part in deployment_ids.chunks(1_000) {
+                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
+                        let q = format!("SELECT deployment_id, wave, state, COUNT(*) AS n FROM instructions WHERE deployment_id IN ({}) GROUP BY deployment_id, wave, state", marks.join(", "));
+                        let mut query = ::sqlx::query(&q);
+                        for id in part {
+                            query = query.bind(id);
+                        }
+                        for r in query.fetch_all(&self.read).await.map_err(db)? {
+                            let state: String = r.try_get("state").map_err(db)?;
+                            out.push((
+                                r.try_get("deployment_id").map_err(db)?,
+                                r.try_get::<i64, _>("wave").map_err(db)? as u32,
+                                InstructionState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("instruction state {state:?}")))?,
+                                r.try_get::<i64, _>("n").map_err(db)? as u32,
+                            ));
                         }
                     }
                     Ok(out)

@@ -611,10 +611,59 @@ pub struct DeploymentDetail {
     #[serde(default)]
     pub plan: Option<PlanInfo>,
     /// Targets the selector matches now that are not in the deployment
-    /// (enrolled or relabelled after it was planned), as `HOST (ID)`.
+    /// (enrolled or relabelled after it was planned), as `HOST (ID)`;
+    /// looked for only when asked (`?late=true`: it reads every target).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_included: Vec<String>,
+    /// Targets per state, over the whole deployment.
+    #[serde(default)]
+    pub states: BTreeMap<String, u32>,
+    /// Targets per wave and state, over the whole deployment.
+    #[serde(default)]
+    pub waves: Vec<WaveCounts>,
+    /// How many targets the page's filter matches (`instructions` holds
+    /// at most `limit` of them, in instruction id order).
+    #[serde(default)]
+    pub matching: u32,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveCounts {
+    pub wave: u32,
+    pub total: u32,
+    pub states: BTreeMap<String, u32>,
+}
+
+/// The query of `GET /deployments/{id}`: which targets come in
+/// `instructions`, a page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailQuery {
+    /// Instruction states, comma-separated (`failed,rolled_back`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+    /// A label selector the target's labels must match (`site=berlin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Page size: 1 to [`DETAIL_MAX_LIMIT`]; [`DETAIL_LIMIT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Also name the targets the selector matches that the deployment
+    /// left out (reads every enrolled target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<bool>,
+}
+
+pub const DETAIL_LIMIT: u32 = 500;
+pub const DETAIL_MAX_LIMIT: u32 = 2_000;
 
 /// `POST /releases/{app}/{version}/sync` (sent zstd-compressed): files of
 /// the release a machine lacks, each with what it holds at that path. The

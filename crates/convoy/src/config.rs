@@ -43,6 +43,14 @@ pub struct ServerFile {
     pub delta_cache_mib: Option<u64>,
     /// redis://HOST:PORT shared by servers on one database.
     pub cache: Option<String>,
+    /// s3://BUCKET[/PREFIX]: chunks in an S3-compatible object store.
+    pub store: Option<String>,
+    /// http(s)://HOST:PORT of the object store (default: AWS).
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Credentials (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
 }
 
 /// `convoy agent --config FILE`.

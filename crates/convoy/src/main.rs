@@ -96,6 +96,17 @@ enum Cmd {
         /// wake-ups go through it [default: none; a lone server needs none].
         #[arg(long, env = "CONVOY_CACHE")]
         cache: Option<String>,
+        /// s3://BUCKET[/PREFIX]: keep chunks in an S3-compatible object store (shared by the
+        /// servers of one database) instead of DATA_DIR/chunks. Credentials from
+        /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the config file.
+        #[arg(long, env = "CONVOY_STORE")]
+        store: Option<String>,
+        /// http(s)://HOST:PORT of an S3-compatible server for --store [default: AWS].
+        #[arg(long, env = "CONVOY_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+        /// The object store's region [default: AWS_REGION, else us-east-1].
+        #[arg(long, env = "CONVOY_S3_REGION")]
+        s3_region: Option<String>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -335,6 +346,11 @@ enum Cmd {
         /// Also list every state change with its time, actor and note.
         #[arg(long)]
         events: bool,
+        /// Every target (a page at a time), and the targets the selector
+        /// matched after planning; without it a deployment of more than 50
+        /// targets shows its counts and the failing targets.
+        #[arg(long)]
+        all: bool,
     },
     /// Follow a deployment with progress bars until it settles.
     Watch {
@@ -660,6 +676,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             delta_from_last,
             delta_cache_mib,
             cache,
+            store,
+            s3_endpoint,
+            s3_region,
         } => {
             init_tracing("info");
             exit_on_panic();
@@ -693,6 +712,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 delta_from_last: delta_from_last.or(file.delta_from_last).unwrap_or(convoy_server::DELTA_FROM_LAST),
                 delta_cache_mib: delta_cache_mib.or(file.delta_cache_mib).unwrap_or(convoy_server::DELTA_CACHE_MIB),
                 cache: cache.clone().or(file.cache),
+                objects: store.clone().or(file.store).map(|url| convoy_server::objects::S3Config {
+                    url,
+                    endpoint: s3_endpoint.clone().or(file.s3_endpoint),
+                    region: s3_region.clone().or(file.s3_region),
+                    access_key_id: file.s3_access_key_id,
+                    secret_access_key: file.s3_secret_access_key,
+                }),
             })
             .await?;
         }
@@ -889,7 +915,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Env { action: EnvCmd::Show { name } } => {
             convoy_cli::workflow::env_show(&api()?, name.as_deref(), fmt).await?
         }
-        Cmd::Status { id, events } => convoy_cli::status(&api()?, id, *events, fmt).await?,
+        Cmd::Status { id, events, all } => convoy_cli::status(&api()?, id, *events, *all, fmt).await?,
         Cmd::Watch { id } => return convoy_cli::watch_cmd(&api()?, id, fmt).await,
         Cmd::Rollback { id, wait, reason, uninstall } => {
             return convoy_cli::rollback(&api()?, id, *wait, reason, *uninstall, fmt).await

@@ -287,3 +287,86 @@ fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() 
     });
     drop(redis);
 }
+
+/// The chunk store on S3 (a real Garage of the test's own) does what the
+/// one on disk does: convoy-pack's chunk store conformance, unchanged.
+#[test]
+fn the_s3_chunk_store_passes_the_chunk_store_conformance_against_garage() {
+    let g = Garage::start();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _in = rt.enter();
+    for prefix in ["", "/conformance/two"] {
+        let c = convoy_server::objects::S3Config {
+            url: format!("s3://{}{prefix}", g.bucket),
+            endpoint: Some(g.endpoint.clone()),
+            region: Some("garage".into()),
+            access_key_id: Some(g.key_id.clone()),
+            secret_access_key: Some(g.secret.clone()),
+        };
+        let store =
+            convoy_pack::ChunkStore::remote(std::sync::Arc::new(convoy_server::objects::S3Chunks::open(&c).unwrap()));
+        convoy_pack::chunk_store_conformance(&store);
+    }
+    // a wrong key is an error, never "absent"
+    let c = convoy_server::objects::S3Config {
+        url: format!("s3://{}", g.bucket),
+        endpoint: Some(g.endpoint.clone()),
+        region: Some("garage".into()),
+        access_key_id: Some(g.key_id.clone()),
+        secret_access_key: Some("0".repeat(64)),
+    };
+    let wrong = convoy_server::objects::S3Chunks::open(&c).unwrap();
+    let e = convoy_pack::Remote::get(&wrong, "chunks/00/none.zst").unwrap_err();
+    assert!(e.to_string().contains("s3://convoy/"), "{e}");
+}
+
+/// Scale-out on existing engines: two servers on one PostgreSQL, one Redis
+/// and one object store (Garage). A release published through one is
+/// installed by an agent of the other; neither keeps chunks on its disk.
+/// A server given a wrong key for the store says so at start and stops.
+#[test]
+fn two_servers_on_postgres_redis_and_an_object_store_serve_one_fleet() {
+    let url = std::env::var("CONVOY_TEST_DATABASE_URL")
+        .expect("CONVOY_TEST_DATABASE_URL (a PostgreSQL) runs the scale-out test; .ci/run sets it");
+    let g = Garage::start();
+    let redis = Redis::start(free_port());
+    let cache = format!("redis://127.0.0.1:{}", redis.port);
+    let schema = format!("convoy_s3_{:016x}", rand::random::<u64>());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}options[search_path]={schema}");
+    let store = format!("s3://{}/{schema}", g.bucket);
+    let args = ["--cache", &cache, "--store", &store, "--s3-endpoint", &g.endpoint, "--s3-region", "garage"];
+    let one = Fleet::start_on_env(db.clone(), &args, &g.env());
+    let mut two = Fleet::start_on_env(db.clone(), &args, &g.env());
+    assert!(one.server.as_ref().unwrap().log_text().contains(&format!("chunks in s3://{}/{schema}", g.bucket)));
+    two.start_agent("a", "role=web", &[], &[]);
+    let src = one.path("src/1.0");
+    write_app(&src, "1.0", 200_000);
+    one.ok(&["publish", src.to_str().unwrap(), "--app", "web", "--version", "1.0"]);
+    let id = two.json(&["deploy", "web@1.0", "--selector", "role=web"])["id"].as_str().unwrap().to_owned();
+    let d = two.wait_state(&id, &["succeeded", "failed", "rolled_back"], LONG);
+    assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    for f in [&one, &two] {
+        assert!(!f.path("server/chunks").exists(), "chunks live in the object store only");
+    }
+
+    // a wrong secret: a clear error at start, and the server stops
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(EXE)
+        .args(["server", "--listen", &listen, "--data-dir", data.path().to_str().unwrap(), "--database", &db])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
+        .env("CONVOY_KEY_SECRET_FILE", shared_key_secret())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_until("the misconfigured server to stop", Duration::from_secs(60), || child.try_wait().unwrap());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success() && err.contains("reaching the object store"), "{status}: {err}");
+}

@@ -609,13 +609,15 @@ fn targets_enrolled_after_planning_are_named_not_silently_left_out() {
     publish(&f, "1.0", 10_000);
     let (_, d) = deploy_wait(&f, &["web@1.0", "--selector", "role=web"]);
     let id = d["deployment"]["id"].as_str().unwrap().to_owned();
-    assert!(f.deployment(&id)["not_included"].is_null(), "nobody is left out yet");
+    let all = |f: &Fleet| f.json(&["status", &id, "--all"]);
+    assert!(all(&f)["not_included"].is_null(), "nobody is left out yet");
     f.start_agent("late", "role=web", &[], &[]);
-    let after = f.deployment(&id);
+    assert!(f.deployment(&id)["not_included"].is_null(), "looked for only with --all (it reads every target)");
+    let after = all(&f);
     let late = after["not_included"].as_array().unwrap();
     assert_eq!(late.len(), 1, "{after:#}");
     assert!(late[0].as_str().unwrap().starts_with("late ("), "{late:?}");
-    let table = f.ok(&["status", &id]);
+    let table = f.ok(&["status", &id, "--all"]);
     assert!(table.contains("not in this deployment") && table.contains("late ("), "{table}");
 }
 

@@ -20,7 +20,7 @@ pub mod schedule;
 mod tests;
 pub mod tuf;
 
-use convoy_domain::{Policy, Tally, WavePlan, Window};
+use convoy_domain::{InstructionState, Policy, Tally, WavePlan, Window};
 use convoy_store::{DeploymentRecord, InstructionRecord, StoreError, TargetRecord};
 use convoy_wire::{Counts, DeploymentInfo, Inventory, Labels, TargetInfo};
 
@@ -121,10 +121,11 @@ impl Rules {
     }
 }
 
-pub fn counts(instrs: &[InstructionRecord]) -> Counts {
+/// A deployment's counts from its instructions counted per state.
+pub fn counts_of(states: &[(InstructionState, u32)]) -> Counts {
     let mut t = Tally::default();
-    for i in instrs {
-        t.add(i.state);
+    for (s, n) in states {
+        t.add_n(*s, *n);
     }
     Counts {
         total: t.total(),
@@ -138,6 +139,12 @@ pub fn counts(instrs: &[InstructionRecord]) -> Counts {
 
 /// A deployment as the API shows it.
 pub fn info(d: &DeploymentRecord, instrs: &[InstructionRecord]) -> DeploymentInfo {
+    let states: Vec<(InstructionState, u32)> = instrs.iter().map(|i| (i.state, 1)).collect();
+    info_counted(d, &states)
+}
+
+/// [`info`] from instructions counted per state.
+pub fn info_counted(d: &DeploymentRecord, states: &[(InstructionState, u32)]) -> DeploymentInfo {
     DeploymentInfo {
         id: d.id.clone(),
         app: d.app.clone(),
@@ -153,7 +160,7 @@ pub fn info(d: &DeploymentRecord, instrs: &[InstructionRecord]) -> DeploymentInf
         created_at: d.created_at,
         updated_at: d.updated_at,
         note: d.note.clone(),
-        counts: counts(instrs),
+        counts: counts_of(states),
         env: d.env.clone(),
         reason: d.reason.clone(),
         wave: d.wave,

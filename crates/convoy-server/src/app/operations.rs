@@ -8,33 +8,98 @@ use std::collections::BTreeMap;
 use convoy_domain::{
     request_rollback, resume_after_breach, DeploymentState as D, InstrAction, InstructionState as S, Role,
 };
-use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord, InstructionUpdate};
-use convoy_wire::{ApprovalInfo, CheckInfo, DeploymentDetail, DeploymentInfo, InstructionInfo, Labels};
+use convoy_store::{DeploymentMove, DeploymentRecord, InstructionRecord, InstructionUpdate, TargetRecord};
+use convoy_wire::{
+    ApprovalInfo, CheckInfo, DeploymentDetail, DeploymentInfo, DetailQuery, InstructionInfo, Labels, WaveCounts,
+    DETAIL_LIMIT, DETAIL_MAX_LIMIT,
+};
 
 use super::schedule::{bulk_for, tallies};
 use super::{audited, event_info, find, info, need_role, AppError, AppResult, Rules};
 use crate::auth::User;
 use crate::state::{now_ms, AppState};
 
-/// The newest deployments (at most 100) with their counts.
+/// The newest deployments (at most 100) with their counts (one grouped
+/// query for all of them).
 pub async fn list(st: &AppState) -> AppResult<Vec<DeploymentInfo>> {
-    let mut out = Vec::new();
-    for d in st.store.list_deployments(100).await? {
-        let instrs = st.store.list_instructions(&d.id).await?;
-        out.push(info(&d, &instrs));
+    let deps = st.store.list_deployments(100).await?;
+    let ids: Vec<String> = deps.iter().map(|d| d.id.clone()).collect();
+    let mut per: BTreeMap<String, Vec<(S, u32)>> = BTreeMap::new();
+    for (dep, _, state, n) in st.store.instruction_counts(&ids).await? {
+        per.entry(dep).or_default().push((state, n));
     }
-    Ok(out)
+    Ok(deps.iter().map(|d| super::info_counted(d, per.get(&d.id).map(Vec::as_slice).unwrap_or(&[]))).collect())
 }
 
-/// A deployment with its instructions, events, upgrade descriptions,
-/// approvals, preflight checks, plan and the targets it left out.
-pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
-    let (st, id) = (st.clone(), id.to_owned());
-    let d = find(&st, &id).await?;
-    let instrs = st.store.list_instructions(&id).await?;
-    let targets: BTreeMap<String, _> = st.store.list_targets().await?.into_iter().map(|t| (t.id.clone(), t)).collect();
-    let mut out = Vec::new();
+/// A deployment with the counts of its targets per state and wave, a page
+/// of its targets (filtered by state, wave and labels; in instruction id
+/// order), their events, the deployment's own events, upgrade
+/// descriptions, approvals, preflight checks and plan. Reads only the
+/// deployment's instructions and the targets it needs; every enrolled
+/// target only when asked for late ones (`late`).
+pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<DeploymentDetail> {
+    let states: Option<Vec<S>> = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|s| {
+                    S::parse(s.trim()).ok_or_else(|| {
+                        AppError::bad_request(format!(
+                            "state {s:?} is not an instruction state (created, sent, received, staged, activating, succeeded, failed, canceled, rolling_back, rolled_back, superseded)"
+                        ))
+                    })
+                })
+                .collect::<AppResult<_>>()?,
+        ),
+    };
+    let label = match q.label.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(l) => {
+            Some(convoy_domain::Selector::parse(l).map_err(|e| AppError::bad_request(format!("label {l:?}: {e}")))?)
+        }
+    };
+    let limit = q.limit.unwrap_or(DETAIL_LIMIT);
+    if limit == 0 || limit > DETAIL_MAX_LIMIT {
+        return Err(AppError::bad_request(format!("limit is 1 to {DETAIL_MAX_LIMIT}")));
+    }
+    let d = find(st, id).await?;
+    let instrs = st.store.list_instructions(id).await?;
+    // the summary: per state and per wave, over the whole deployment
+    let mut by_state: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_wave: BTreeMap<u32, WaveCounts> = BTreeMap::new();
     for i in &instrs {
+        *by_state.entry(i.state.as_str().to_owned()).or_default() += 1;
+        let w = by_wave.entry(i.wave).or_insert_with(|| WaveCounts { wave: i.wave, ..Default::default() });
+        w.total += 1;
+        *w.states.entry(i.state.as_str().to_owned()).or_default() += 1;
+    }
+    // the page: instructions come in id order (list_instructions sorts them)
+    let mut picked: Vec<&InstructionRecord> = instrs
+        .iter()
+        .filter(|i| states.as_ref().is_none_or(|s| s.contains(&i.state)) && q.wave.is_none_or(|w| w == i.wave))
+        .collect();
+    let mut targets: BTreeMap<String, TargetRecord> = BTreeMap::new();
+    if let Some(sel) = &label {
+        // labels live with the targets: read those of the picked ones
+        let ids: Vec<String> = picked.iter().map(|i| i.target_id.clone()).collect();
+        targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+        picked.retain(|i| {
+            targets
+                .get(&i.target_id)
+                .is_some_and(|t| sel.matches(&serde_json::from_str::<Labels>(&t.labels_json).unwrap_or_default()))
+        });
+    }
+    let matching = picked.len() as u32;
+    let after = q.after.as_deref().unwrap_or("");
+    let rest: Vec<&InstructionRecord> = picked.into_iter().filter(|i| i.id.as_str() > after).collect();
+    let page: Vec<&InstructionRecord> = rest.iter().take(limit as usize).copied().collect();
+    let next = (rest.len() > page.len()).then(|| page.last().map(|i| i.id.clone())).flatten();
+    if label.is_none() {
+        let ids: Vec<String> = page.iter().map(|i| i.target_id.clone()).collect();
+        targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+    }
+    let mut out = Vec::with_capacity(page.len());
+    for i in &page {
         let (hostname, labels, last_seen) = match targets.get(&i.target_id) {
             Some(t) => {
                 (t.hostname.clone(), serde_json::from_str::<Labels>(&t.labels_json).unwrap_or_default(), t.last_seen)
@@ -66,20 +131,20 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
                 .map(|(_, p)| p),
         });
     }
-    out.sort_by(|a, b| (&a.hostname, &a.target_id).cmp(&(&b.hostname, &b.target_id)));
-    let events = st.store.events(&id).await?.into_iter().map(event_info).collect();
+    let page_ids: Vec<String> = page.iter().map(|i| i.id.clone()).collect();
+    let events = st.store.events_of(id, &page_ids).await?.into_iter().map(event_info).collect();
     let froms: std::collections::BTreeSet<&String> =
         instrs.iter().filter_map(|i| i.previous_version.as_ref()).filter(|v| **v != d.version).collect();
     let mut changes = Vec::new();
     for from in froms {
-        match super::content::changes(&st, &d.app, from, &d.version).await {
+        match super::content::changes(st, &d.app, from, &d.version).await {
             Ok(c) => changes.push(c),
             Err(e) => tracing::debug!(error = %e, %from, "no change description"),
         }
     }
     let approvals = st
         .store
-        .list_approvals(&id)
+        .list_approvals(id)
         .await?
         .into_iter()
         .map(|a| ApprovalInfo {
@@ -93,13 +158,18 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
             at: a.at,
         })
         .collect();
-    let checks = st
-        .store
-        .list_checks(&id)
-        .await?
+    // preflight checks are a request's (its targets are in scope)
+    let checks = st.store.list_checks(id).await?;
+    let check_hosts: BTreeMap<String, String> = if checks.is_empty() {
+        BTreeMap::new()
+    } else {
+        let ids: Vec<String> = checks.iter().map(|c| c.target_id.clone()).collect();
+        st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id, t.hostname)).collect()
+    };
+    let checks = checks
         .into_iter()
         .map(|c| CheckInfo {
-            hostname: targets.get(&c.target_id).map(|t| t.hostname.clone()).unwrap_or_default(),
+            hostname: check_hosts.get(&c.target_id).cloned().unwrap_or_default(),
             target_id: c.target_id,
             state: c.state,
             results: serde_json::from_str(&c.result_json).unwrap_or_default(),
@@ -108,13 +178,13 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
         })
         .collect();
     let hosts = targets.iter().map(|(id, t)| (id.clone(), t.hostname.clone())).collect();
-    let plan = super::rollout::plan_view(&st, &d, &instrs, &hosts).await?;
+    let plan = super::rollout::plan_view(st, &d, &instrs, &hosts).await?;
     // late targets: the selector matches them, the deployment has none of their work
     let mut not_included = Vec::new();
-    if !instrs.is_empty() {
+    if q.late == Some(true) && !instrs.is_empty() {
         // in scope: the selector matches them (and, with picked targets, they were picked)
         let planned: std::collections::BTreeSet<&str> = instrs.iter().map(|i| i.target_id.as_str()).collect();
-        for t in super::rollout::in_scope(&st, &d).await? {
+        for t in super::rollout::in_scope(st, &d).await? {
             if !planned.contains(t.id.as_str()) {
                 not_included.push(format!("{} ({})", t.hostname, t.id));
             }
@@ -122,8 +192,21 @@ pub async fn detail(st: &AppState, id: &str) -> AppResult<DeploymentDetail> {
         not_included.sort();
     }
     let mut deployment = info(&d, &instrs);
-    deployment.paused_by = st.store.paused_by(&id).await?;
-    Ok(DeploymentDetail { deployment, instructions: out, events, changes, approvals, checks, plan, not_included })
+    deployment.paused_by = st.store.paused_by(id).await?;
+    Ok(DeploymentDetail {
+        deployment,
+        instructions: out,
+        events,
+        changes,
+        approvals,
+        checks,
+        plan,
+        not_included,
+        states: by_state,
+        waves: by_wave.into_values().collect(),
+        matching,
+        next,
+    })
 }
 
 /// The failed or canceled targets of a finished deployment (all, or those

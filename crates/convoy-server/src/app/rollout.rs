@@ -401,8 +401,8 @@ fn plan_targets(targets: &[TargetInfo]) -> Vec<PlanTarget> {
 }
 
 /// The plan as it stands (stored once confirmed; before that, as it would
-/// be made now).
-/// `hosts` maps target ids to hostnames.
+/// be made now). Once planned, it names the targets of `hosts` (target id
+/// to hostname: a page of the deployment's), not all of them.
 pub async fn plan_view(
     st: &AppState,
     d: &DeploymentRecord,
@@ -412,10 +412,12 @@ pub async fn plan_view(
     if d.env.is_none() {
         return Ok(None);
     }
-    let host = |id: &str| hosts.get(id).cloned().unwrap_or_default();
     if !instrs.is_empty() {
         let waves = Rules::of(d)?.plan;
-        let targets = instrs.iter().map(|i| (i.target_id.clone(), host(&i.target_id), i.wave)).collect();
+        let targets = instrs
+            .iter()
+            .filter_map(|i| hosts.get(&i.target_id).map(|h| (i.target_id.clone(), h.clone(), i.wave)))
+            .collect();
         return Ok(Some(PlanInfo { waves, targets, note: None }));
     }
     if !d.state.is_request() {
@@ -423,10 +425,18 @@ pub async fn plan_view(
     }
     let (policy, windows) = policy_of(d)?;
     let targets = rollout_targets(st, d).await?;
+    let host: BTreeMap<&str, &str> = targets.iter().map(|t| (t.id.as_str(), t.hostname.as_str())).collect();
     Ok(Some(match plan(&plan_targets(&targets), &policy, &windows, d.go_live_at) {
         Ok(p) => PlanInfo {
             waves: p.waves,
-            targets: p.assignment.into_iter().map(|(id, w)| (id.clone(), host(&id), w)).collect(),
+            targets: p
+                .assignment
+                .into_iter()
+                .map(|(id, w)| {
+                    let h = host.get(id.as_str()).copied().unwrap_or_default().to_owned();
+                    (id, h, w)
+                })
+                .collect(),
             note: p.moved,
         },
         Err(e) => PlanInfo { waves: Vec::new(), targets: Vec::new(), note: Some(e.0) },

@@ -381,7 +381,10 @@ async fn late_targets_join_the_last_wave_only_when_the_environment_says() {
         assert!(instrs(&h, &id).await.iter().all(|i| i.target_id != "t-late1"), "not before the gate");
         stage_all(&h, &id).await; // the gate passes; wave 1 goes live
         let late = instrs(&h, &id).await.into_iter().find(|i| i.target_id == "t-late1");
-        let detail = operations::detail(&h.st, &id).await.unwrap();
+        let detail =
+            operations::detail(&h.st, &id, &convoy_wire::DetailQuery { late: Some(true), ..Default::default() })
+                .await
+                .unwrap();
         if include {
             assert_eq!(late.as_ref().map(|i| (i.wave, i.state)), Some((2, S::Created)), "joins the last wave");
             assert!(detail.not_included.is_empty(), "{:?}", detail.not_included);
@@ -606,4 +609,86 @@ async fn a_poll_with_no_work_touches_no_database_and_a_revoked_token_is_refused_
     let (status, e) = poll("agent-secret").await;
     assert_eq!(status, 401, "{e}");
     assert_eq!(poll("agent-secret-2").await.0, 200);
+}
+
+#[tokio::test]
+async fn pages_of_a_deployment_return_every_target_exactly_once_and_filter_by_state_wave_and_label() {
+    let h = harness(&[]).await;
+    let hosts: Vec<(String, String)> = (0..230)
+        .map(|k| (format!("w{k:03}"), format!("role=web,site={}", if k % 3 == 0 { "sh" } else { "ber" })))
+        .collect();
+    for (host, labels) in &hosts {
+        enrol(&h, host, labels).await;
+    }
+    enrol(&h, "db", "role=db").await; // outside the deployment
+    let mut req = request("role=web");
+    req.env = None;
+    req.max_failures = 10;
+    let id = requests::submit(&h.st, &user("root", Role::Admin), req).await.unwrap().id;
+    // fail a few: they show under ?state=failed
+    let all = instrs(&h, &id).await;
+    assert_eq!(all.len(), 230);
+    for host in ["w000", "w001", "w002", "w003", "w004"] {
+        fail_staging(&h, &id, host).await;
+    }
+    let page = |q: convoy_wire::DetailQuery| {
+        let st = h.st.clone();
+        let id = id.clone();
+        async move { operations::detail(&st, &id, &q).await }
+    };
+    let walk = |limit: u32, state: Option<&str>, label: Option<&str>| {
+        let (state, label) = (state.map(str::to_owned), label.map(str::to_owned));
+        async move {
+            let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+            loop {
+                let q = convoy_wire::DetailQuery {
+                    limit: Some(limit),
+                    after: after.take(),
+                    state: state.clone(),
+                    label: label.clone(),
+                    ..Default::default()
+                };
+                let d = page(q).await.unwrap();
+                assert!(d.instructions.len() <= limit as usize);
+                assert_eq!(d.states.values().sum::<u32>(), 230, "the summary is the whole deployment's");
+                seen.extend(
+                    d.instructions.iter().map(|i| (i.target_id.clone(), i.state.clone(), i.labels.to_string())),
+                );
+                pages += 1;
+                assert!(pages < 100, "paging ends");
+                match d.next {
+                    Some(n) => after = Some(n),
+                    None => return (seen, d.matching),
+                }
+            }
+        }
+    };
+    let (seen, matching) = walk(17, None, None).await;
+    assert_eq!(matching, 230);
+    let ids: std::collections::BTreeSet<&String> = seen.iter().map(|(t, _, _)| t).collect();
+    assert_eq!((seen.len(), ids.len()), (230, 230), "every target exactly once");
+    assert!(!ids.contains(&"t-db".to_owned()));
+    // failed targets show under their state
+    let (failed, matching) = walk(2, Some("failed"), None).await;
+    assert_eq!((failed.len(), matching), (5, 5), "{failed:?}");
+    assert!(failed.iter().all(|(_, s, _)| s == "failed"));
+    let (sh, matching) = walk(50, None, Some("site=sh")).await;
+    assert_eq!((sh.len(), matching), (77, 77));
+    assert!(sh.iter().all(|(_, _, l)| l.contains("site=sh")), "{sh:?}");
+    let (none, _) = walk(10, Some("failed"), Some("site=nowhere")).await;
+    assert!(none.is_empty());
+    // the summary counts per wave; bad queries are refused, nothing changes
+    let d = page(Default::default()).await.unwrap();
+    assert_eq!(d.waves.len(), 1);
+    assert_eq!((d.waves[0].total, d.waves[0].states.get("failed")), (230, Some(&5)));
+    assert_eq!(d.instructions.len(), 230, "the first page holds {} by default", convoy_wire::DETAIL_LIMIT);
+    for bad in [
+        convoy_wire::DetailQuery { state: Some("broken".into()), ..Default::default() },
+        convoy_wire::DetailQuery { limit: Some(0), ..Default::default() },
+        convoy_wire::DetailQuery { limit: Some(convoy_wire::DETAIL_MAX_LIMIT + 1), ..Default::default() },
+        convoy_wire::DetailQuery { label: Some("=,=".into()), ..Default::default() },
+    ] {
+        let e = page(bad.clone()).await.unwrap_err();
+        assert!(matches!(e, AppError::Invalid(_)), "{bad:?}: {e}");
+    }
 }

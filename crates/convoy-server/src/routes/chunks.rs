@@ -74,7 +74,12 @@ pub async fn get(
 ) -> ApiResult<impl IntoResponse> {
     auth::reader(&st, &headers).await?;
     let id = ChunkId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match st.chunks.get_compressed(&id).map_err(ApiError::internal)? {
+    let chunks = st.chunks.clone();
+    let found = tokio::task::spawn_blocking(move || chunks.get_compressed(&id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    match found {
         Some(b) => {
             crate::metrics::add(&st.counters.chunk_bytes_served, b.len() as u64);
             Ok(([(axum::http::header::CONTENT_TYPE, "application/zstd")], b))

@@ -2,12 +2,12 @@
 //! list, detail, retry, pause, resume, rollback. Adapters over
 //! `app::requests` and `app::operations`.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use convoy_domain::Role;
-use convoy_wire::{DeployRequest, DeploymentDetail, DeploymentInfo};
+use convoy_wire::{DeployRequest, DeploymentDetail, DeploymentInfo, DetailQuery};
 
 use crate::app::{operations, requests};
 use crate::auth;
@@ -38,13 +38,17 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<J
     Ok(Json(operations::list(&st).await?))
 }
 
+/// `GET /deployments/{id}?state=&wave=&label=&limit=&after=&late=`: the
+/// summary and a page of targets.
 pub async fn get(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<DetailQuery>, QueryRejection>,
 ) -> ApiResult<Json<DeploymentDetail>> {
     auth::require(&st, &headers, Role::Viewer).await?;
-    Ok(Json(operations::detail(&st, &id).await?))
+    let Query(q) = q?;
+    Ok(Json(operations::detail(&st, &id, &q).await?))
 }
 
 /// `POST /deployments/{id}/retry` (deployer; audited).

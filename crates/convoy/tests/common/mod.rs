@@ -120,6 +120,11 @@ impl Fleet {
 
     /// A fleet whose server uses this database and gets these extra flags.
     pub fn start_on(database: String, args: &[&str]) -> Self {
+        Self::start_on_env(database, args, &[])
+    }
+
+    /// [`Fleet::start_on`] with more environment for the server.
+    pub fn start_on_env(database: String, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut f = Fleet {
@@ -131,7 +136,7 @@ impl Fleet {
             database: Some(database),
             tls: None,
             server_args: args.iter().map(|a| a.to_string()).collect(),
-            server_env: Vec::new(),
+            server_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         f.start_server();
         f
@@ -411,4 +416,115 @@ pub fn ok_as(f: &Fleet, token: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `garage` binary: `CONVOY_TEST_GARAGE`, else on PATH, else in
+/// `~/.cargo/bin` (where `.ci/run` builds it). Missing is a failure, not
+/// a skip.
+pub fn garage_exe() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONVOY_TEST_GARAGE") {
+        return PathBuf::from(p);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join("garage")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "garage (the S3-compatible object store these tests run against) is not installed: .ci/run builds it, \
+             or `cargo install garage --locked --no-default-features --features sqlite,bundled-libs`"
+        )
+    })
+}
+
+/// A single-node Garage of the test's own on loopback ports (SQLite
+/// metadata in a temporary directory), with one bucket and one key that
+/// may read and write it.
+pub struct Garage {
+    child: Child,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl Garage {
+    pub fn start() -> Self {
+        let exe = garage_exe();
+        let dir = tempfile::tempdir().unwrap();
+        let (s3, rpc) = (free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\napi_bind_addr = \"127.0.0.1:{s3}\"\ns3_region = \"garage\"\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("garage.log")).unwrap();
+        let child = Command::new(&exe)
+            .args(["-c", config.to_str().unwrap(), "server"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut g = Garage {
+            child,
+            config,
+            _dir: dir,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            bucket: "convoy".into(),
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        let node = wait_until("garage to answer", Duration::from_secs(30), || {
+            let out = g.cli(&["node", "id", "-q"]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).split('@').next().unwrap().trim().to_owned())
+        });
+        g.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node[..16]]);
+        g.ok(&["layout", "apply", "--version", "1"]);
+        g.ok(&["bucket", "create", "convoy"]);
+        let key = g.ok(&["key", "create", "convoy-test"]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in {key}"))
+        };
+        g.key_id = field("Key ID:");
+        g.secret = field("Secret key:");
+        g.ok(&["bucket", "allow", "--read", "--write", "convoy", "--key", "convoy-test"]);
+        g
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(garage_exe()).arg("-c").arg(&self.config).args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "garage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Environment giving a server this store's key.
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        vec![("AWS_ACCESS_KEY_ID", self.key_id.as_str()), ("AWS_SECRET_ACCESS_KEY", self.secret.as_str())]
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
