@@ -60,6 +60,12 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     metric("convoy_instructions", "gauge", "Instructions by state.", &by_state(&counts.instructions));
     metric("convoy_agent_polls_total", "counter", "Work polls answered.", &[(String::new(), get(&c.polls))]);
     metric(
+        "convoy_store_calls_total",
+        "counter",
+        "Store calls that reached the database (the rest were answered from the poll cache).",
+        &[(String::new(), st.cache.backend_calls())],
+    );
+    metric(
         "convoy_site_polls_total",
         "counter",
         "Relays' polls on behalf of their sites' agents.",

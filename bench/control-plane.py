@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""The control plane at scale (SPEC §6, §8; issue figures): one server,
+N enrolled targets simulated over loopback (no agent processes), measured
+beside the same server's /health in the same run.
+
+Usage: control-plane.py CONVOY_BIN N BACKEND [HELD]
+  BACKEND: sqlite, or a postgres:// URL (a fresh schema is made in it).
+Prints one line per figure with its goal; exits 0 (figures are reported,
+not judged). Every phase is bounded in count and time.
+"""
+
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ADMIN = "bench-admin-token-0123456789"
+ENROL = "bench-enrol-token-0123456789"
+CONC = 64
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection on loopback."""
+
+    def __init__(self, port):
+        self.port = port
+        self.r = self.w = None
+
+    async def open(self):
+        self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def send(self, method, path, token=None, body=None):
+        if self.w is None:
+            await self.open()
+        data = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
+        self.w.write(head.encode() + b"\r\n" + data)
+        await self.w.drain()
+
+    async def answer(self):
+        status = await self.r.readline()
+        if not status:
+            raise ConnectionError("closed")
+        code = int(status.split()[1])
+        length = 0
+        while True:
+            line = await self.r.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        body = await self.r.readexactly(length) if length else b""
+        return code, body
+
+    async def call(self, method, path, token=None, body=None):
+        await self.send(method, path, token, body)
+        return await self.answer()
+
+    def close(self):
+        if self.w:
+            self.w.close()
+
+
+async def pool(port, items, job, deadline):
+    """Runs job(conn, item) over items on CONC connections; returns seconds."""
+    queue = list(items)
+    queue.reverse()
+    start = time.monotonic()
+
+    async def worker():
+        c = Conn(port)
+        while queue:
+            if time.monotonic() - start > deadline:
+                raise TimeoutError(f"not done within {deadline}s")
+            await job(c, queue.pop())
+        c.close()
+
+    await asyncio.gather(*(worker() for _ in range(CONC)))
+    return time.monotonic() - start
+
+
+def metric(port, name):
+    out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/api/v1/metrics"], capture_output=True, text=True, timeout=30).stdout
+    if "convoy_targets" not in out:
+        out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/metrics"], capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise SystemExit(f"no {name} in /metrics")
+
+
+WRK_LUA = """
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local n = 0
+request = function()
+  n = n + 1
+  local t = tokens[(n * 7919 + math.random(#tokens)) % #tokens + 1]
+  return wrk.format("GET", "/api/v1/agent/work", {["Authorization"] = "Bearer " .. t})
+end
+"""
+
+
+def wrk(url, seconds, lua=None, env=None):
+    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--timeout", "10s"]
+    if lua:
+        args += ["-s", lua]
+    out = subprocess.run(args + [url], capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            rate = float(line.split()[1])
+        if "Non-2xx" in line:
+            raise SystemExit(f"wrk saw errors: {out}")
+    return rate
+
+
+async def main():
+    exe, n, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    held_n = int(sys.argv[4]) if len(sys.argv) > 4 else min(10_000, n)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < held_n + 1000:
+        raise SystemExit(f"open-file limit {hard} is below {held_n} held polls")
+    tmp = tempfile.mkdtemp(prefix="convoy-cp-")
+    port = free_port()
+    env = dict(os.environ, CONVOY_ADMIN_TOKEN=ADMIN, CONVOY_ENROL_TOKEN=ENROL, CONVOY_ENROL_RATE_TOKEN="0", CONVOY_ENROL_RATE_ADDRESS="0")
+    args = [exe, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", f"{tmp}/data"]
+    schema = None
+    if backend != "sqlite":
+        schema = f"convoy_cp_{random.getrandbits(40):010x}"
+        sep = "&" if "?" in backend else "?"
+        subprocess.run(["psql", backend, "-qc", f"CREATE SCHEMA {schema}"], check=True, timeout=30)
+        args += ["--database", f"{backend}{sep}options[search_path]={schema}"]
+        with open(f"{tmp}/secret", "w") as f:
+            f.write("ab" * 32)
+        os.chmod(f"{tmp}/secret", 0o600)
+        env["CONVOY_KEY_SECRET_FILE"] = f"{tmp}/secret"
+    server = subprocess.Popen(args, env=env, stdout=open(f"{tmp}/server.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        await run(exe, n, held_n, port, server.pid, tmp, backend, schema)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if schema:
+            subprocess.run(["psql", backend, "-qc", f"DROP SCHEMA {schema} CASCADE"], timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def line(name, value, goal):
+    print(f"{name:<44} {value:<34} goal {goal}", flush=True)
+
+
+async def run(exe, n, held_n, port, pid, tmp, backend, schema):
+    name = "sqlite" if backend == "sqlite" else "postgres"
+    print(f"# control plane, {name}, {n} targets, {held_n} held polls", flush=True)
+    tokens = []
+
+    async def enrol(c, k):
+        group = "held" if k < held_n else "rest"
+        inv = {"hostname": f"sim-{k:06d}", "os": "linux", "arch": "x86_64", "free_disk_bytes": 1 << 34,
+               "labels": {"group": group}, "installed": {}, "current": {}, "agent_version": "bench"}
+        code, body = await c.call("POST", "/api/v1/agent/enroll", ENROL, {"inventory": inv})
+        if code != 200:
+            raise SystemExit(f"enrol: {code} {body[:200]}")
+        tokens.append((k, json.loads(body)["token"]))
+
+    secs = await pool(port, range(n), enrol, 3600)
+    tokens.sort()
+    tokens = [t for _, t in tokens]
+    line("enrolments", f"{n / secs:,.0f}/s ({secs:.0f} s)", "-")
+    with open(f"{tmp}/tokens", "w") as f:
+        f.write("\n".join(tokens) + "\n")
+
+    # every target polls once (fills the cache), then polls with no work
+    async def poll(c, t):
+        code, body = await c.call("GET", "/api/v1/agent/work", t)
+        if code != 200:
+            raise SystemExit(f"poll: {code} {body[:200]}")
+
+    await pool(port, tokens, poll, 3600)
+    with open(f"{tmp}/work.lua", "w") as f:
+        f.write(WRK_LUA)
+    calls0 = metric(port, "convoy_store_calls_total")
+    calls1 = metric(port, "convoy_store_calls_total")
+    per_metrics = calls1 - calls0
+    polls0 = metric(port, "convoy_agent_polls_total")
+    polls = wrk(f"http://127.0.0.1:{port}", 10, f"{tmp}/work.lua", dict(os.environ, TOKENS=f"{tmp}/tokens"))
+    calls2 = metric(port, "convoy_store_calls_total")
+    polled = metric(port, "convoy_agent_polls_total") - polls0
+    health = wrk(f"http://127.0.0.1:{port}/api/v1/health", 10)
+    line("polls with no work", f"{polls:,.0f}/s ({polls / health:.2f}x /health)", ">= 20,000/s")
+    line("baseline: /health, same server, same run", f"{health:,.0f}/s", "")
+    line("database calls per such poll", f"{max(0, calls2 - calls1 - per_metrics) / max(polled, 1):.4f}", "0")
+
+    # held polls: their memory, then how fast a deployment wakes them
+    rest = rss_kib(pid)
+    held = [Conn(port) for _ in range(held_n)]
+    for k in range(0, held_n, 500):
+        await asyncio.gather(*(c.open() for c in held[k:k + 500]))
+    for c, t in zip(held, tokens[:held_n]):
+        await c.send("GET", "/api/v1/agent/work?wait=60", t)
+    await asyncio.sleep(3)
+    holding = rss_kib(pid)
+    line("server memory per held poll", f"{(holding - rest) * 1024 / held_n / 1024:.1f} KiB ({held_n} held)", "<= 16 KB")
+    src = f"{tmp}/release"
+    os.makedirs(src)
+    with open(f"{src}/app.txt", "w") as f:
+        f.write("release 1.0\n" * 100)
+    cli_env = dict(os.environ, CONVOY_SERVER=f"http://127.0.0.1:{port}", CONVOY_TOKEN=ADMIN)
+    subprocess.run([exe, "publish", src, "--app", "bench", "--version", "1.0"], env=cli_env, check=True, capture_output=True, timeout=120)
+    woke = []
+    t0 = time.monotonic()
+
+    async def wait_one(c, tok):
+        code, body = await c.answer()
+        woke.append((time.monotonic() - t0, json.loads(body).get("work", []) if code == 200 else [], tok))
+
+    waits = [asyncio.ensure_future(wait_one(c, t)) for c, t in zip(held, tokens[:held_n])]
+    admin = Conn(port)
+    t0 = time.monotonic()
+    code, body = await admin.call("POST", "/api/v1/deployments", ADMIN, {"app": "bench", "version": "1.0", "selector": "group=held", "max_failures": held_n})
+    created = time.monotonic() - t0
+    if code != 200:
+        raise SystemExit(f"deploy: {code} {body[:300]}")
+    dep = json.loads(body)["id"]
+    await asyncio.wait_for(asyncio.gather(*waits), 120)
+    times = sorted(t for t, _, _ in woke)
+    with_work = sum(1 for _, w, _ in woke if w)
+    line(f"create a deployment to {held_n} targets", f"{created * 1000:.0f} ms", "<= 1 s (10k)")
+    line(f"wake {held_n} held polls", f"p50 {times[len(times) // 2]:.2f} s, p99 {times[int(len(times) * 0.99)]:.2f} s ({with_work} with work)", "<= 1 s p99")
+    for c in held:
+        c.close()
+
+    # reports: each woken target says received, then staged
+    work = [w[0] for _, w, _ in woke if w]
+    owner = {w[0]["instruction_id"]: tok for _, w, tok in woke if w}
+    digest = json.loads((await admin.call("GET", "/api/v1/releases/bench/1.0", ADMIN))[1])["digest"]
+    reports = [(w, {"kind": "received"}) for w in work]
+    reports += [(w, {"kind": "staged", "digest": digest}) for w in work]
+    rejected = []
+
+    async def report(c, item):
+        w, kind = item
+        body = {"instruction_id": w["instruction_id"], "phase": "stage", "attempt": w["attempt"], "report": kind, "metrics": {}, "output": "", "inventory": None}
+        code, ans = await c.call("POST", "/api/v1/agent/report", owner[w["instruction_id"]], body)
+        if code != 200:
+            rejected.append((code, ans[:200]))
+
+    first = await pool(port, reports[: len(work)], report, 600)
+    second = await pool(port, reports[len(work):], report, 600)
+    if rejected:
+        raise SystemExit(f"reports refused: {rejected[:3]}")
+    line("reports absorbed (received, staged)", f"{len(reports) / (first + second):,.0f}/s", ">= 20,000/s")
+
+    # status of the deployment, as an operator sees it
+    lat = []
+    for _ in range(7):
+        t = time.monotonic()
+        subprocess.run([exe, "status", dep], env=cli_env, check=True, capture_output=True, timeout=60)
+        lat.append(time.monotonic() - t)
+    api = []
+    for _ in range(7):
+        t = time.monotonic()
+        code, body = await admin.call("GET", f"/api/v1/deployments/{dep}", ADMIN)
+        api.append(time.monotonic() - t)
+    line(f"convoy status of the {held_n}-target deployment", f"median {statistics.median(lat) * 1000:.0f} ms", "<= 300 ms")
+    line("  GET /deployments/{id} (first page)", f"median {statistics.median(api) * 1000:.0f} ms, {len(body) / 1024:.0f} KiB", "summary + pages")
+    admin.close()
+    await asyncio.sleep(2)
+    line("server RSS at rest", f"{rss_kib(pid) / 1024:.0f} MiB", "<= 200 MB (100k)")
+    if backend == "sqlite":
+        size = sum(os.path.getsize(f"{tmp}/data/{f}") for f in os.listdir(f"{tmp}/data") if f.startswith("convoy.db"))
+    else:
+        out = subprocess.run(["psql", backend, "-Atc", f"SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind = 'r'"], capture_output=True, text=True, timeout=60).stdout
+        size = int(out.strip() or 0)
+    line("database size", f"{size / 1e6:.0f} MB", "-")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
