@@ -47,6 +47,8 @@ pub struct AppState {
     pub nats: Option<(String, String)>,
     /// Every target's `site` label, for relays polling on their site's behalf.
     sites: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// See [`AppState::work_deployment`].
+    work_deployments: Arc<std::sync::Mutex<HashMap<String, Arc<convoy_store::DeploymentRecord>>>>,
     /// Source of change generations: strictly increasing across all
     /// targets, so a forgotten and re-made watch never repeats a value a
     /// relay has seen.
@@ -106,6 +108,7 @@ impl AppState {
             tuf: Default::default(),
             upgrades: Default::default(),
             sites: Default::default(),
+            work_deployments: Default::default(),
             tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             epoch: convoy_store::new_secret()[..16].to_owned(),
             seen: Default::default(),
@@ -305,6 +308,26 @@ impl AppState {
         self.relays.lock().expect("relays lock").get(target).map(|(s, _)| s.clone())
     }
 
+    /// A deployment as polls need it: its id, app, version, digest and
+    /// environment, which never change once it exists (so a copy kept in
+    /// memory is never stale in them; nothing else of it may be read).
+    pub async fn work_deployment(
+        &self,
+        id: &str,
+    ) -> Result<Option<Arc<convoy_store::DeploymentRecord>>, convoy_store::StoreError> {
+        if let Some(d) = self.work_deployments.lock().expect("deployments lock").get(id) {
+            return Ok(Some(d.clone()));
+        }
+        let Some(d) = self.store.get_deployment(id).await? else { return Ok(None) };
+        let d = Arc::new(d);
+        let mut kept = self.work_deployments.lock().expect("deployments lock");
+        if kept.len() >= WORK_DEPLOYMENTS {
+            kept.clear();
+        }
+        kept.insert(id.to_owned(), d.clone());
+        Ok(Some(d))
+    }
+
     /// A target's `site` label.
     pub fn site_of(&self, target: &str) -> Option<String> {
         self.sites.lock().expect("sites lock").get(target).cloned()
@@ -354,6 +377,9 @@ impl AppState {
 }
 
 /// How long a read grant lasts; agents renew theirs well before.
+/// Deployments kept for polls (all are dropped when it is full).
+const WORK_DEPLOYMENTS: usize = 4_096;
+
 pub const GRANT_TTL_MS: i64 = 60 * 60 * 1000;
 
 pub fn now_ms() -> i64 {

@@ -22,7 +22,8 @@ pub const QUEUE: usize = 20_000;
 pub struct Queued {
     target: String,
     report: Report,
-    reply: oneshot::Sender<AppResult<ReportResponse>>,
+    /// `None`: the server's own created→sent move (nobody waits for it).
+    reply: Option<oneshot::Sender<AppResult<ReportResponse>>>,
 }
 
 pub type Queue = mpsc::Sender<Queued>;
@@ -31,10 +32,28 @@ pub type Queue = mpsc::Sender<Queued>;
 pub async fn submit(st: &AppState, target: String, report: Report) -> AppResult<ReportResponse> {
     let (reply, answer) = oneshot::channel();
     st.reports
-        .send(Queued { target, report, reply })
+        .send(Queued { target, report, reply: Some(reply) })
         .await
         .map_err(|_| AppError::internal("the report writer has stopped"))?;
     answer.await.map_err(|_| AppError::internal("the report writer dropped a report"))?
+}
+
+/// Records, in the writer's next batch, that work for a created
+/// instruction went out to its target (created→sent); a poll does not
+/// wait for it. Dropped when the queue is full: the instruction stays
+/// created and goes out again with the next poll, which the agent
+/// recognises as work it holds.
+pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
+    let report = Report {
+        instruction_id: instruction.to_owned(),
+        phase: convoy_wire::Phase::Stage,
+        attempt,
+        report: ReportKind::Received,
+        metrics: Default::default(),
+        output: String::new(),
+        inventory: None,
+    };
+    let _ = st.reports.try_send(Queued { target: target.to_owned(), report, reply: None });
 }
 
 /// The writer: takes what is queued, up to [`BATCH`] at a time.
@@ -47,7 +66,7 @@ pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
 }
 
 struct Pending {
-    reply: oneshot::Sender<AppResult<ReportResponse>>,
+    reply: Option<oneshot::Sender<AppResult<ReportResponse>>>,
     /// Index into the moves, or the answer already known.
     outcome: Result<usize, AppResult<ReportResponse>>,
     note: String,
@@ -112,6 +131,19 @@ async fn write(st: &AppState, items: Vec<Queued>) {
         let d = &deployments[&i.deployment_id];
         let (state, attempt, metrics_json) =
             seen.get(&i.id).cloned().unwrap_or((i.state, i.attempt, i.metrics_json.clone()));
+        if p.reply.is_none() {
+            // the server's own record of delivery: created→sent, if still created
+            if state == InstructionState::Created && attempt == r.attempt {
+                let up = InstructionUpdate {
+                    to: Some(InstructionState::Sent),
+                    note: "delivered to agent".into(),
+                    ..Default::default()
+                };
+                moves.push(InstructionMove { id: i.id.clone(), from: state, from_attempt: attempt, up, actor: "server".into() });
+                seen.insert(i.id.clone(), (InstructionState::Sent, attempt, metrics_json));
+            }
+            continue;
+        }
         let outcome = on_report(InstructionView { state, attempt }, r.phase, r.attempt, &r.report, &d.digest);
         let (to, new_attempt, note) = match outcome {
             Outcome::Stale(note) => {
@@ -184,7 +216,9 @@ async fn write(st: &AppState, items: Vec<Queued>) {
                 }
             },
         };
-        let _ = p.reply.send(answer);
+        if let Some(reply) = p.reply {
+            let _ = reply.send(answer);
+        }
     }
     if !touched.is_empty() {
         st.changed(touched.iter().map(String::as_str));

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use convoy_domain::InstructionState;
-use convoy_store::{new_id, new_secret, InstructionUpdate, TargetRecord, TokenKind, TokenRecord};
+use convoy_store::{new_id, new_secret, TargetRecord, TokenKind, TokenRecord};
 use convoy_wire::{
     sign::SignedWork, EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work,
     WorkResponse,
@@ -279,15 +279,15 @@ pub async fn work(
 /// Where a target fetches content, in order, before the server itself:
 /// the relays of its site (by the `site` label; parent relays are theirs
 /// to know), then the mirrors in the target's order.
-async fn sources_for(st: &AppState, target: &str) -> ApiResult<Vec<String>> {
-    let Some(t) = st.store.get_target(target).await? else { return Ok(Vec::new()) };
-    let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(ApiError::internal)?;
-    let mut out = match labels.0.get(SITE_LABEL) {
-        Some(site) => st.relays_of(site, target),
+/// Sites come from the server's memory (kept by enrolment and label
+/// changes, re-read every few seconds): a poll reads no target row.
+fn sources_for(st: &AppState, target: &str) -> Vec<String> {
+    let mut out = match st.site_of(target) {
+        Some(site) => st.relays_of(&site, target),
         None => Vec::new(),
     };
     out.extend(st.mirrors_for(target));
-    Ok(out)
+    out
 }
 
 /// A target's pending work, each item signed for it.
@@ -301,35 +301,36 @@ async fn unsigned_work(st: &AppState, target: &str) -> ApiResult<Vec<Work>> {
         let Some(phase) = i.state.phase() else {
             continue;
         };
-        let Some(d) = st.store.get_deployment(&i.deployment_id).await? else {
+        let Some(d) = st.work_deployment(&i.deployment_id).await? else {
             continue;
         };
         if i.state == InstructionState::Created {
-            let up = InstructionUpdate {
-                to: Some(InstructionState::Sent),
-                note: "delivered to agent".into(),
-                ..Default::default()
-            };
-            st.store.transition_instruction(&i.id, i.state, i.attempt, &up, "server", now_ms()).await?;
+            crate::app::reports::delivered(st, target, &i.id, i.attempt);
         }
         let approval = match phase {
-            convoy_wire::Phase::Stage | convoy_wire::Phase::Activate => crate::app::approvals::envelope(st, &d).await?,
+            // approvals are read fresh (the cached record's fields above never change)
+            convoy_wire::Phase::Stage | convoy_wire::Phase::Activate if d.env.is_some() => {
+                match st.store.get_deployment(&d.id).await? {
+                    Some(fresh) => crate::app::approvals::envelope(st, &fresh).await?,
+                    None => None,
+                }
+            }
             _ => None,
         };
         out.push(Work {
             instruction_id: i.id,
-            deployment_id: d.id,
+            deployment_id: d.id.clone(),
             phase,
             attempt: i.attempt,
-            app: d.app,
-            version: d.version,
-            digest: d.digest,
+            app: d.app.clone(),
+            version: d.version.clone(),
+            digest: d.digest.clone(),
             go_live_at: i.go_live_at,
             previous_version: i.previous_version,
-            sources: if phase == convoy_wire::Phase::Stage { sources_for(st, target).await? } else { Vec::new() },
+            sources: if phase == convoy_wire::Phase::Stage { sources_for(st, target) } else { Vec::new() },
             preflight: None,
             approval,
-            env: d.env,
+            env: d.env.clone(),
         });
     }
     for c in st.store.pending_checks(target).await? {
