@@ -45,6 +45,8 @@ struct Slot<T> {
 struct Inner {
     /// Bumped by [`CachedStore::invalidate_all`]: older entries are void.
     epoch: u64,
+    /// Bumped when every target's work entries are dropped (tokens kept).
+    work_gen: u64,
     /// Per target, bumped when its entries are dropped.
     versions: HashMap<String, u64>,
     /// Live tokens by hash (unknown ones are not kept: each costs a read).
@@ -55,6 +57,14 @@ struct Inner {
     checks: HashMap<String, Slot<Vec<CheckRecord>>>,
     /// Which target an instruction belongs to (learnt from reads and writes).
     owners: HashMap<String, String>,
+}
+
+impl Inner {
+    /// What work entries are stamped with: changes with every drop of all
+    /// entries, or of all work (both only grow).
+    fn work_epoch(&self) -> u64 {
+        self.epoch + self.work_gen
+    }
 }
 
 /// See the module documentation.
@@ -112,6 +122,11 @@ impl CachedStore {
         self.exact.store(exact, Ordering::Relaxed);
     }
 
+    /// The backend's own answer, past the cache (for tests).
+    pub async fn inner_pending(&self, target: &str) -> Vec<InstructionRecord> {
+        self.inner.pending_instructions(target).await.expect("pending instructions")
+    }
+
     /// Calls that reached the database so far.
     pub fn backend_calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -133,6 +148,16 @@ impl CachedStore {
         c.instructions.clear();
         c.checks.clear();
         c.owners.clear();
+        c.versions.clear();
+    }
+
+    /// Drops every target's work entries, keeping tokens (a
+    /// deployment-wide change to work).
+    fn invalidate_work(&self) {
+        let mut c = self.cache.lock().expect("cache lock");
+        c.work_gen += 1;
+        c.instructions.clear();
+        c.checks.clear();
         c.versions.clear();
     }
 
@@ -207,14 +232,14 @@ macro_rules! per_target {
     ($self:ident, $map:ident, $target:ident, $read:expr) => {{
         let (epoch, version) = {
             let c = $self.cache.lock().expect("cache lock");
-            if let Some(v) = $self.fresh(c.epoch, c.$map.get($target)) {
+            if let Some(v) = $self.fresh(c.work_epoch(), c.$map.get($target)) {
                 return Ok(v);
             }
-            (c.epoch, c.versions.get($target).copied().unwrap_or(0))
+            (c.work_epoch(), c.versions.get($target).copied().unwrap_or(0))
         };
         let rows = $read.await?;
         let mut c = $self.cache.lock().expect("cache lock");
-        if c.epoch == epoch && c.versions.get($target).copied().unwrap_or(0) == version {
+        if c.work_epoch() == epoch && c.versions.get($target).copied().unwrap_or(0) == version {
             if c.$map.len() >= MAX_ENTRIES {
                 c.$map.clear();
             }
@@ -382,17 +407,49 @@ impl Store for CachedStore {
         instructions: &[InstructionRecord],
         actor: &str,
     ) -> Result<()> {
+        // after the write, even when the caller stops waiting for it (its
+        // commit may still land)
+        let written = AtomicBool::new(false);
         let _after = OnDrop(|| {
-            Self::learn_owners(&mut self.cache.lock().expect("cache lock"), instructions);
-            if instructions.len() > 100 {
-                self.changed(None);
-            } else {
-                for i in instructions {
-                    self.changed(Some(&i.target_id));
+            let mut c = self.cache.lock().expect("cache lock");
+            Self::learn_owners(&mut c, instructions);
+            let (epoch, ok) = (c.work_epoch(), written.load(Ordering::Relaxed));
+            for i in instructions {
+                // a read under way saw the rows before: it must not be kept
+                *c.versions.entry(i.target_id.clone()).or_default() += 1;
+                // a target whose pending work is held gets the new row
+                // added (no read after a big deployment); else it reads again
+                let add = ok
+                    && matches!(
+                        i.state,
+                        InstructionState::Created
+                            | InstructionState::Sent
+                            | InstructionState::Received
+                            | InstructionState::Activating
+                            | InstructionState::RollingBack
+                    );
+                match c.instructions.get_mut(&i.target_id) {
+                    Some(slot) if add && slot.epoch == epoch => slot.value.push(i.clone()),
+                    Some(_) => {
+                        c.instructions.remove(&i.target_id);
+                    }
+                    None => {}
+                }
+            }
+            drop(c);
+            if let Some(f) = self.notify.get() {
+                if instructions.len() > 100 {
+                    f(None);
+                } else {
+                    for i in instructions {
+                        f(Some(&i.target_id));
+                    }
                 }
             }
         });
-        self.db().create_deployment(d, instructions, actor).await
+        self.db().create_deployment(d, instructions, actor).await?;
+        written.store(true, Ordering::Relaxed);
+        Ok(())
     }
     async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
         self.db().get_deployment(id).await
@@ -446,8 +503,11 @@ impl Store for CachedStore {
     async fn transition_deployment(&self, id: &str, m: &DeploymentMove<'_>) -> Result<bool> {
         let _after = OnDrop(|| {
             // instructions in bulk, new rows, and checks that hang on the
-            // deployment's state: dropped for every target
-            self.changed(None);
+            // deployment's state: dropped for every target (tokens stay)
+            self.invalidate_work();
+            if let Some(f) = self.notify.get() {
+                f(None);
+            }
         });
         self.db().transition_deployment(id, m).await
     }

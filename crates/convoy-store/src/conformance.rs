@@ -765,3 +765,50 @@ async fn workflow(s: &dyn Store) {
     check("token revoked", s.find_token(&tok.hash).await.unwrap(), None);
     check("keys removed with the user", s.user_keys(Some("alice")).await.unwrap(), vec![]);
 }
+
+/// The poll cache in front of a backend: a new deployment's rows join the
+/// pending work it holds (no read afterwards), and what it holds for
+/// other targets is unchanged; a deployment-wide move drops work, not
+/// tokens.
+pub async fn cache(c: &CachedStore) {
+    let t = |n: &str| format!("t-cache-{n}");
+    assert!(c.pending_instructions(&t("held")).await.unwrap().is_empty());
+    let calls = c.backend_calls();
+    assert!(c.pending_instructions(&t("held")).await.unwrap().is_empty());
+    assert_eq!(c.backend_calls(), calls, "held");
+    let d = staging("d-cache", 1);
+    let instrs: Vec<InstructionRecord> = ["held", "cold"]
+        .iter()
+        .map(|n| InstructionRecord {
+            deployment_id: d.id.clone(),
+            ..instruction(&format!("i-cache-{n}"), &t(n), S::Created)
+        })
+        .collect();
+    c.create_deployment(&d, &instrs, "admin").await.unwrap();
+    let calls = c.backend_calls();
+    let got = c.pending_instructions(&t("held")).await.unwrap();
+    assert_eq!(got, [instrs[0].clone()], "the new row joins the held work");
+    assert_eq!(c.backend_calls(), calls, "without a read");
+    assert_eq!(c.pending_instructions(&t("cold")).await.unwrap(), [instrs[1].clone()]);
+    assert_eq!(c.backend_calls(), calls + 1, "a target not held is read");
+    // the rows held are what the database says
+    assert_eq!(c.pending_instructions(&t("held")).await.unwrap(), c.inner_pending(&t("held")).await);
+    // a deployment-wide move drops work entries, not tokens
+    let tok = TokenRecord {
+        hash: "h-cache".into(),
+        kind: TokenKind::Agent,
+        subject: t("held"),
+        created_at: 1,
+        revoked_at: None,
+        revoked_note: String::new(),
+    };
+    c.put_token(&tok).await.unwrap();
+    assert!(c.find_token("h-cache").await.unwrap().is_some());
+    let m = DeploymentMove::new(D::Staging, D::Staging, "move", "admin", 2);
+    assert!(c.transition_deployment(&d.id, &m).await.unwrap());
+    let calls = c.backend_calls();
+    assert!(c.find_token("h-cache").await.unwrap().is_some());
+    assert_eq!(c.backend_calls(), calls, "tokens stay");
+    c.pending_instructions(&t("held")).await.unwrap();
+    assert_eq!(c.backend_calls(), calls + 1, "work is read again");
+}

@@ -193,6 +193,22 @@ macro_rules! impl_sql_store {
             const INSERT_EVENT: &str = "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
             const UPDATE_INSTR: &str = "UPDATE instructions SET state = $1, attempt = $2, go_live_at = COALESCE($3, go_live_at), reported_digest = COALESCE($4, reported_digest), metrics = COALESCE($5, metrics), output = COALESCE($6, output), note = $7, updated_at = $8 WHERE id = $9 AND state = $10 AND attempt = $11";
 
+            /// The `n`-th parameter of a statement whose parameters appear in
+            /// order. SQLite gets anonymous `?`: naming thousands of `$n`
+            /// costs a scan of the names per parameter bound (quadratic).
+            fn mark(n: usize) -> String {
+                if $backend == "sqlite" {
+                    "?".to_owned()
+                } else {
+                    format!("${n}")
+                }
+            }
+
+            /// `mark(from)..` for `count` parameters, comma-separated.
+            fn marks(from: usize, count: usize) -> String {
+                (from..from + count).map(mark).collect::<Vec<_>>().join(", ")
+            }
+
             /// `(..), (..)` for `rows` rows of `cols` parameters each.
             fn values(rows: usize, cols: usize) -> String {
                 let mut q = String::with_capacity(rows * cols * 5);
@@ -202,7 +218,7 @@ macro_rules! impl_sql_store {
                         if c > 1 {
                             q.push_str(", ");
                         }
-                        q.push_str(&format!("${}", j * cols + c));
+                        q.push_str(&mark(j * cols + c));
                     }
                     q.push(')');
                 }
@@ -651,8 +667,7 @@ macro_rules! impl_sql_store {
                         }
                         for (b, ids) in m.bulk.iter().zip(&by_rule) {
                             for part in ids.chunks(1_000) {
-                                let marks: Vec<String> = (5..part.len() + 5).map(|j| format!("${j}")).collect();
-                                let q = format!("UPDATE instructions SET state = $1, go_live_at = COALESCE($2, go_live_at), note = $3, updated_at = $4 WHERE id IN ({})", marks.join(", "));
+                                let q = format!("UPDATE instructions SET state = {}, go_live_at = COALESCE({}, go_live_at), note = {}, updated_at = {} WHERE id IN ({})", mark(1), mark(2), mark(3), mark(4), marks(5, part.len()));
                                 let mut query = ::sqlx::query(&q).bind(b.to.as_str()).bind(b.go_live_at).bind(&b.note).bind(now);
                                 for iid in part {
                                     query = query.bind(iid);
@@ -712,14 +727,8 @@ macro_rules! impl_sql_store {
                         // 10 parameters a row: far below either engine's limit
                         for part in round.chunks(1_000) {
                             let mut q = String::from("WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES ");
-                            for j in 0..part.len() {
-                                let b = j * 10;
-                                if j > 0 {
-                                    q.push_str(", ");
-                                }
-                                q.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
-                            }
-                            q.push_str(&format!(") UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ${} FROM m WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt RETURNING id, deployment_id", part.len() * 10 + 1));
+                            q.push_str(&values(part.len(), 10));
+                            q.push_str(&format!(") UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = {} FROM m WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt RETURNING id, deployment_id", mark(part.len() * 10 + 1)));
                             let mut query = ::sqlx::query(&q);
                             for k in part {
                                 let (m, up) = (&moves[*k], &moves[*k].up);
@@ -764,8 +773,7 @@ macro_rules! impl_sql_store {
                 async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>> {
                     let mut out = Vec::with_capacity(ids.len());
                     for part in ids.chunks(1_000) {
-                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
-                        let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE id IN ({})", marks.join(", "));
+                        let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE id IN ({})", marks(1, part.len()));
                         let mut query = ::sqlx::query(&q);
                         for id in part {
                             query = query.bind(id);
@@ -780,8 +788,7 @@ macro_rules! impl_sql_store {
                 async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>> {
                     let mut out = Vec::with_capacity(ids.len());
                     for part in ids.chunks(1_000) {
-                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
-                        let q = format!("SELECT {TARGET_COLS} FROM targets WHERE id IN ({})", marks.join(", "));
+                        let q = format!("SELECT {TARGET_COLS} FROM targets WHERE id IN ({})", marks(1, part.len()));
                         let mut query = ::sqlx::query(&q);
                         for id in part {
                             query = query.bind(id);
@@ -798,8 +805,7 @@ macro_rules! impl_sql_store {
                     let q = format!("SELECT {COLS} FROM events WHERE deployment_id = $1 AND instruction_id IS NULL");
                     let mut out: Vec<EventRecord> = ::sqlx::query(&q).bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect::<Result<_>>()?;
                     for part in instruction_ids.chunks(1_000) {
-                        let marks: Vec<String> = (2..part.len() + 2).map(|j| format!("${j}")).collect();
-                        let q = format!("SELECT {COLS} FROM events WHERE deployment_id = $1 AND instruction_id IN ({})", marks.join(", "));
+                        let q = format!("SELECT {COLS} FROM events WHERE deployment_id = {} AND instruction_id IN ({})", mark(1), marks(2, part.len()));
                         let mut query = ::sqlx::query(&q).bind(deployment_id);
                         for id in part {
                             query = query.bind(id);
@@ -815,8 +821,7 @@ macro_rules! impl_sql_store {
                 async fn instruction_counts(&self, deployment_ids: &[String]) -> Result<Vec<(String, u32, InstructionState, u32)>> {
                     let mut out = Vec::new();
                     for part in deployment_ids.chunks(1_000) {
-                        let marks: Vec<String> = (1..=part.len()).map(|j| format!("${j}")).collect();
-                        let q = format!("SELECT deployment_id, wave, state, COUNT(*) AS n FROM instructions WHERE deployment_id IN ({}) GROUP BY deployment_id, wave, state", marks.join(", "));
+                        let q = format!("SELECT deployment_id, wave, state, COUNT(*) AS n FROM instructions WHERE deployment_id IN ({}) GROUP BY deployment_id, wave, state", marks(1, part.len()));
                         let mut query = ::sqlx::query(&q);
                         for id in part {
                             query = query.bind(id);

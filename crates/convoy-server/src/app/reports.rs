@@ -139,7 +139,13 @@ async fn write(st: &AppState, items: Vec<Queued>) {
                     note: "delivered to agent".into(),
                     ..Default::default()
                 };
-                moves.push(InstructionMove { id: i.id.clone(), from: state, from_attempt: attempt, up, actor: "server".into() });
+                moves.push(InstructionMove {
+                    id: i.id.clone(),
+                    from: state,
+                    from_attempt: attempt,
+                    up,
+                    actor: "server".into(),
+                });
                 seen.insert(i.id.clone(), (InstructionState::Sent, attempt, metrics_json));
             }
             continue;
