@@ -55,14 +55,40 @@ impl Bus {
     }
 }
 
-/// `redis://HOST:PORT[/...]` → `HOST:PORT`.
-pub fn address(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("redis://").context("the cache URL must be redis://HOST:PORT")?;
-    let hostport = rest.split('/').next().unwrap_or_default();
-    if hostport.is_empty() || hostport.contains('@') || hostport.len() > 255 {
-        bail!("the cache URL must be redis://HOST:PORT (no credentials in it)");
+/// Where Redis is, and the credentials it wants (`AUTH`), if any.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    auth: Option<(Option<String>, String)>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the password
+        f.write_str(&self.addr)
     }
-    Ok(if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") })
+}
+
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/...]`.
+pub fn address(url: &str) -> anyhow::Result<Endpoint> {
+    const FORM: &str = "the cache URL must be redis://[[USER]:PASSWORD@]HOST[:PORT]";
+    let rest = url.strip_prefix("redis://").context(FORM)?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (auth, hostport) = match authority.rsplit_once('@') {
+        None => (None, authority),
+        Some((creds, hostport)) => {
+            let (user, password) = creds.split_once(':').context(FORM)?;
+            if password.is_empty() {
+                bail!("{FORM}: the password is empty");
+            }
+            ((Some((Some(user.to_owned()).filter(|u| !u.is_empty()), password.to_owned()))), hostport)
+        }
+    };
+    if hostport.is_empty() || hostport.contains('@') || hostport.len() > 255 {
+        bail!("{FORM}");
+    }
+    let addr = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") };
+    Ok(Endpoint { addr, auth })
 }
 
 /// Starts publishing and subscribing for `st`; the cache publishes its
@@ -91,12 +117,29 @@ fn command(args: &[&str]) -> Vec<u8> {
     out
 }
 
-async fn connect(addr: &str) -> anyhow::Result<TcpStream> {
-    let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+async fn connect(to: &Endpoint) -> anyhow::Result<TcpStream> {
+    let addr = &to.addr;
+    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .with_context(|| format!("connecting to Redis at {addr} timed out"))?
         .with_context(|| format!("connecting to Redis at {addr}"))?;
     s.set_nodelay(true).ok();
+    if let Some((user, password)) = &to.auth {
+        let cmd = match user {
+            Some(u) => command(&["AUTH", u, password]),
+            None => command(&["AUTH", password]),
+        };
+        let answer = tokio::time::timeout(IO_TIMEOUT, async {
+            s.write_all(&cmd).await?;
+            line(&mut BufReader::new(&mut s)).await
+        })
+        .await
+        .with_context(|| format!("Redis at {addr} did not answer AUTH in time"))?
+        .with_context(|| format!("Redis at {addr} refused the credentials"))?;
+        if answer != "+OK" {
+            bail!("Redis at {addr} answered AUTH with {answer:?}");
+        }
+    }
     Ok(s)
 }
 
@@ -130,7 +173,7 @@ async fn bulk(r: &mut BufReader<impl tokio::io::AsyncRead + Unpin>) -> anyhow::R
     String::from_utf8(buf).context("a Redis message is not UTF-8")
 }
 
-async fn publisher(bus: Arc<Bus>, addr: String, mut rx: mpsc::Receiver<String>) {
+async fn publisher(bus: Arc<Bus>, addr: Endpoint, mut rx: mpsc::Receiver<String>) {
     let mut backoff = Duration::from_millis(200);
     let mut held: Option<String> = None;
     loop {
@@ -176,7 +219,7 @@ async fn publisher(bus: Arc<Bus>, addr: String, mut rx: mpsc::Receiver<String>) 
     }
 }
 
-async fn subscriber(st: AppState, bus: Arc<Bus>, addr: String) {
+async fn subscriber(st: AppState, bus: Arc<Bus>, addr: Endpoint) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let run = async {
@@ -236,6 +279,7 @@ async fn subscriber(st: AppState, bus: Arc<Bus>, addr: String) {
                 }
                 match (what, target) {
                     ("i", "*") => st.cache.invalidate_all(),
+                    ("i", convoy_store::ALL_WORK) => st.cache.invalidate_work(),
                     ("i", t) => st.cache.invalidate_target(t),
                     ("w", "*") => st.wake_all(),
                     ("w", t) => {
@@ -261,9 +305,14 @@ async fn subscriber(st: AppState, bus: Arc<Bus>, addr: String) {
 mod tests {
     #[test]
     fn cache_urls() {
-        assert_eq!(super::address("redis://127.0.0.1:6380").unwrap(), "127.0.0.1:6380");
-        assert_eq!(super::address("redis://cache/0").unwrap(), "cache:6379");
+        assert_eq!(super::address("redis://127.0.0.1:6380").unwrap().addr, "127.0.0.1:6380");
+        assert_eq!(super::address("redis://cache/0").unwrap().addr, "cache:6379");
         assert!(super::address("http://x").is_err());
-        assert!(super::address("redis://user:pw@x:1").is_err());
+        let e = super::address("redis://user:pw@x:1").unwrap();
+        assert_eq!((e.addr.as_str(), e.auth), ("x:1", Some((Some("user".into()), "pw".into()))));
+        assert_eq!(super::address("redis://:pw@x").unwrap().auth, Some((None, "pw".into())));
+        assert!(super::address("redis://pw@x").is_err(), "USER:PASSWORD or :PASSWORD");
+        assert!(super::address("redis://u:@x").is_err());
+        assert_eq!(super::address("redis://:secret@x").unwrap().to_string(), "x:6379", "never shown");
     }
 }

@@ -23,6 +23,10 @@ use crate::*;
 /// Told of the changes a process's writes make: a target, or everything.
 pub type Notify = Box<dyn Fn(Option<&str>) + Send + Sync>;
 
+/// Told instead of a target when every target's work changed (tokens did
+/// not): other servers drop their work entries.
+pub const ALL_WORK: &str = "*work";
+
 /// How long an entry is trusted when other processes may write unseen.
 pub const SHARED_TTL: Duration = Duration::from_secs(2);
 /// Oldest a work entry is trusted even when exact (bounds what a lost
@@ -153,7 +157,7 @@ impl CachedStore {
 
     /// Drops every target's work entries, keeping tokens (a
     /// deployment-wide change to work).
-    fn invalidate_work(&self) {
+    pub fn invalidate_work(&self) {
         let mut c = self.cache.lock().expect("cache lock");
         c.work_gen += 1;
         c.instructions.clear();
@@ -439,7 +443,7 @@ impl Store for CachedStore {
             drop(c);
             if let Some(f) = self.notify.get() {
                 if instructions.len() > 100 {
-                    f(None);
+                    f(Some(ALL_WORK));
                 } else {
                     for i in instructions {
                         f(Some(&i.target_id));
@@ -506,7 +510,7 @@ impl Store for CachedStore {
             // deployment's state: dropped for every target (tokens stay)
             self.invalidate_work();
             if let Some(f) = self.notify.get() {
-                f(None);
+                f(Some(ALL_WORK));
             }
         });
         self.db().transition_deployment(id, m).await
@@ -534,12 +538,28 @@ impl Store for CachedStore {
             owners.push(self.owner(&m.id).await?);
         }
         let _after = OnDrop(|| {
-            if owners.iter().any(Option::is_none) || owners.len() > 100 {
-                self.changed(None);
-            } else {
-                let unique: std::collections::BTreeSet<&String> = owners.iter().flatten().collect();
-                for t in unique {
-                    self.changed(Some(t));
+            if owners.iter().any(Option::is_none) {
+                self.invalidate_work();
+                if let Some(f) = self.notify.get() {
+                    f(Some(ALL_WORK));
+                }
+                return;
+            }
+            let unique: std::collections::BTreeSet<&String> = owners.iter().flatten().collect();
+            {
+                let mut c = self.cache.lock().expect("cache lock");
+                for t in &unique {
+                    Self::drop_target(&mut c, t);
+                }
+            }
+            // other servers: one message for a big batch (they drop all work)
+            if let Some(f) = self.notify.get() {
+                if unique.len() > 100 {
+                    f(Some(ALL_WORK));
+                } else {
+                    for t in unique {
+                        f(Some(t));
+                    }
                 }
             }
         });

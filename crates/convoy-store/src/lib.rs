@@ -12,7 +12,7 @@ pub mod conformance;
 mod records;
 mod sql;
 
-pub use cached::CachedStore;
+pub use cached::{CachedStore, ALL_WORK};
 pub use records::*;
 
 use async_trait::async_trait;

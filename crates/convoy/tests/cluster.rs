@@ -205,8 +205,12 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) runs the cache bus test");
@@ -369,4 +373,24 @@ fn two_servers_on_postgres_redis_and_an_object_store_serve_one_fleet() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!status.success() && err.contains("reaching the object store"), "{status}: {err}");
+}
+
+/// A Redis that wants a password: the server gives it (`redis://:PW@...`),
+/// and one with a wrong password says so and keeps serving without the bus.
+#[test]
+fn the_cache_bus_authenticates_to_redis() {
+    let redis = Redis::start_with(free_port(), &["--requirepass", "bus-secret-0123"]);
+    let good = Fleet::start_with_args(&["--cache", &format!("redis://:bus-secret-0123@127.0.0.1:{}", redis.port)]);
+    wait_until("the server to subscribe", Duration::from_secs(20), || {
+        good.server.as_ref().unwrap().log_text().contains("through Redis").then_some(())
+    });
+    let bad = Fleet::start_with_args(&["--cache", &format!("redis://:wrong@127.0.0.1:{}", redis.port)]);
+    let log = wait_until("the server to report the refusal", Duration::from_secs(20), || {
+        let log = bad.server.as_ref().unwrap().log_text();
+        log.contains("refused the credentials").then_some(log)
+    });
+    assert!(!log.contains("wrong"), "the password is never logged: {log}");
+    assert!(!log.contains("through Redis"), "{log}");
+    let (status, _) = http(bad.port, "GET", "/api/v1/health", None, b"").unwrap();
+    assert_eq!(status, 200, "it serves on without the bus");
 }
