@@ -198,7 +198,7 @@ async def main():
         server.terminate()
         server.wait(timeout=30)
         if schema:
-            subprocess.run(["psql", backend, "-qc", f"DROP SCHEMA {schema} CASCADE"], timeout=60)
+            subprocess.run(["psql", backend, "-qc", f"DROP SCHEMA {schema} CASCADE"], timeout=60, stderr=subprocess.DEVNULL)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

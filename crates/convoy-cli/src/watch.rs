@@ -77,14 +77,14 @@ pub async fn view(client: &Client, id: &str, all: bool) -> anyhow::Result<Deploy
         d.events.sort_by_key(|e| e.at);
         return Ok(d);
     }
-    let d = page(client, id, &DetailQuery { limit: Some(SHOWN), ..Default::default() }).await?;
-    if d.next.is_none() {
-        return Ok(d);
-    }
+    // one request for a big deployment: the summary and its failing targets
     let failing =
         page(client, id, &DetailQuery { limit: Some(SHOWN), state: Some(FAILING.into()), ..Default::default() })
             .await?;
-    Ok(DeploymentDetail { instructions: failing.instructions, events: failing.events, next: failing.next, ..d })
+    if failing.deployment.counts.total > SHOWN {
+        return Ok(failing);
+    }
+    page(client, id, &DetailQuery { limit: Some(SHOWN), ..Default::default() }).await
 }
 
 /// The whole deployment's detail as one value (every page).

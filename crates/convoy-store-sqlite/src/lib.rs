@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_targets.sql")),
     (7, include_str!("../migrations/0007_tuf.sql")),
     (8, include_str!("../migrations/0008_signed_approvals.sql")),
+    (9, include_str!("../migrations/0009_events_instruction.sql")),
 ];
 
 pub struct SqliteStore {

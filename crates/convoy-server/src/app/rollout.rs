@@ -59,9 +59,14 @@ pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<V
     let picked: BTreeSet<&str> = d.targets.split(',').filter(|s| !s.is_empty()).collect();
     let mut out = Vec::new();
     for t in st.store.list_targets().await? {
-        let info = target_info(&t, None)?;
-        if selector.matches(&info.labels) && (picked.is_empty() || picked.contains(info.id.as_str())) {
-            out.push(info);
+        if !(picked.is_empty() || picked.contains(t.id.as_str())) {
+            continue;
+        }
+        // labels first: only the targets chosen have their inventory read
+        let labels: convoy_wire::Labels =
+            serde_json::from_str(&t.labels_json).map_err(|e| AppError::corrupt("labels", &t.id, e))?;
+        if selector.matches(&labels) {
+            out.push(target_info(&t, None)?);
         }
     }
     Ok(out)
