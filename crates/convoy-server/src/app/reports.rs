@@ -196,7 +196,11 @@ async fn write(st: &AppState, items: Vec<Queued>) {
     let written = if moves.is_empty() {
         Ok(Vec::new())
     } else {
-        crate::metrics::add(&st.counters.report_batches, 1);
+        // counted when it carries agents' reports (not only the server's
+        // own records of delivery)
+        if pending.iter().any(|p| p.outcome.is_ok()) {
+            crate::metrics::add(&st.counters.report_batches, 1);
+        }
         st.store.transition_instructions(&moves, now_ms()).await
     };
     let mut touched = Vec::new();
