@@ -73,9 +73,19 @@ impl std::fmt::Display for Endpoint {
 pub fn address(url: &str) -> anyhow::Result<Endpoint> {
     const FORM: &str = "the cache URL must be redis://[[USER]:PASSWORD@]HOST[:PORT]";
     let rest = url.strip_prefix("redis://").context(FORM)?;
-    let authority = rest.split('/').next().unwrap_or_default();
+    // credentials end at the last `@` (a password may hold `/`); the path
+    // after the host is ignored
+    let (creds, after) = match rest.rsplit_once('@') {
+        Some((c, a)) => (Some(c), a),
+        None => (None, rest),
+    };
+    let host = after.split('/').next().unwrap_or_default();
+    let authority = match creds {
+        Some(c) => format!("{c}@{host}"),
+        None => host.to_owned(),
+    };
     let (auth, hostport) = match authority.rsplit_once('@') {
-        None => (None, authority),
+        None => (None, authority.as_str()),
         Some((creds, hostport)) => {
             let (user, password) = creds.split_once(':').context(FORM)?;
             if password.is_empty() {
@@ -314,5 +324,7 @@ mod tests {
         assert!(super::address("redis://pw@x").is_err(), "USER:PASSWORD or :PASSWORD");
         assert!(super::address("redis://u:@x").is_err());
         assert_eq!(super::address("redis://:secret@x").unwrap().to_string(), "x:6379", "never shown");
+        let e = super::address("redis://:ab/cd@x:2/0").unwrap();
+        assert_eq!((e.addr.as_str(), e.auth), ("x:2", Some((None, "ab/cd".into()))), "a password with a slash");
     }
 }

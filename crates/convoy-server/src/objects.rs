@@ -98,7 +98,8 @@ impl S3Chunks {
 
     /// Runs `f` on the runtime from a blocking caller, within [`DEADLINE`].
     fn block<T>(&self, what: &str, key: &str, f: impl Future<Output = object_store::Result<T>>) -> io::Result<T> {
-        let fut = tokio::time::timeout(DEADLINE, f);
+        // the deadline is made inside the runtime (a caller may have none)
+        let fut = async move { tokio::time::timeout(DEADLINE, f).await };
         let run = || self.rt.block_on(fut);
         let r = match tokio::runtime::Handle::try_current() {
             // on a worker thread: let the others carry on meanwhile

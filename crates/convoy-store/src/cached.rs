@@ -433,6 +433,8 @@ impl Store for CachedStore {
                             | InstructionState::RollingBack
                     );
                 match c.instructions.get_mut(&i.target_id) {
+                    // a poll that read after the commit may hold it already
+                    Some(slot) if add && slot.epoch == epoch && slot.value.iter().any(|x| x.id == i.id) => {}
                     Some(slot) if add && slot.epoch == epoch => slot.value.push(i.clone()),
                     Some(_) => {
                         c.instructions.remove(&i.target_id);

@@ -94,7 +94,7 @@ enum Cmd {
         delta_cache_mib: Option<u64>,
         /// redis://HOST:PORT shared by servers on one database: poll-cache invalidations and
         /// wake-ups go through it [default: none; a lone server needs none].
-        #[arg(long, env = "CONVOY_CACHE")]
+        #[arg(long, env = "CONVOY_CACHE", hide_env_values = true)]
         cache: Option<String>,
         /// s3://BUCKET[/PREFIX]: keep chunks in an S3-compatible object store (shared by the
         /// servers of one database) instead of DATA_DIR/chunks. Credentials from

@@ -177,7 +177,11 @@ pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<Deplo
             updated_at: c.updated_at,
         })
         .collect();
-    let hosts = targets.iter().map(|(id, t)| (id.clone(), t.hostname.clone())).collect();
+    // the page's targets only (a label filter read more)
+    let hosts = page
+        .iter()
+        .filter_map(|i| targets.get(&i.target_id).map(|t| (i.target_id.clone(), t.hostname.clone())))
+        .collect();
     let plan = super::rollout::plan_view(st, &d, &instrs, &hosts).await?;
     // late targets: the selector matches them, the deployment has none of their work
     let mut not_included = Vec::new();
