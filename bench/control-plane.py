@@ -7,6 +7,16 @@ Usage: control-plane.py CONVOY_BIN N BACKEND [HELD]
   BACKEND: sqlite, or a postgres:// URL (a fresh schema is made in it).
 Prints one line per figure with its goal; exits 0 (figures are reported,
 not judged). Every phase is bounded in count and time.
+
+Environment (all optional):
+  CP_REPORTERS=N   connections posting reports (default 64)
+  CP_PERF=FILE     perf profile of the server, during CP_PERF_PHASE
+                   (create: creation and wake, the default; reports)
+  CP_WRAP="CMD"    run the server under CMD (e.g. "heaptrack -o /tmp/ht")
+  CP_KILL=1        end the server with SIGKILL at the end (a heap profiler
+                   then reports its memory at rest as not freed)
+  CP_UNTIL=polls   stop after the polls with no work
+  CP_LOG=FILE      keep the server's log (CONVOY_LOG sets its filter)
 """
 
 import asyncio
@@ -141,18 +151,47 @@ setup = function(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
+-- each of the 2 threads posts every other report once, then /health
 local k = 0
 request = function()
   k = k + 1
-  local it = items[((k - 1) * 2 + tid) % #items + 1]
+  local i = (k - 1) * 2 + tid + 1
+  if i > #items then
+    return wrk.format("GET", "/api/v1/health")
+  end
+  local it = items[i]
   return wrk.format("POST", "/api/v1/agent/report",
     {["Authorization"] = "Bearer " .. it[1], ["Content-Type"] = "application/json"}, it[2])
 end
 """
 
 
-def wrk(url, seconds, lua=None, env=None):
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--timeout", "10s"]
+async def absorb(port, lua, env, conns, expected):
+    """Moves per second while wrk posts `expected` reports once each: from
+    wrk's start until the server has accepted them all (or 60 s)."""
+    name = 'convoy_agent_reports_total{result="accepted"}'
+    moved0 = metric(port, name)
+    t0 = time.monotonic()
+    w = subprocess.Popen(["wrk", "-t2", f"-c{conns}", "-d60s", "--timeout", "10s", "-s", lua, f"http://127.0.0.1:{port}"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moved, last = 0, t0
+    try:
+        # until all moved, or none more for a second
+        while time.monotonic() - t0 < 60 and time.monotonic() - last < (1 if moved else 30):
+            await asyncio.sleep(0.02)
+            now = metric(port, name) - moved0
+            if now > moved:
+                moved, last = now, time.monotonic()
+            if moved >= expected:
+                break
+    finally:
+        w.terminate()
+        w.wait(timeout=30)
+    return moved / max(last - t0, 1e-3)
+
+
+def wrk(url, seconds, lua=None, env=None, conns=64):
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
     if lua:
         args += ["-s", lua]
     out = subprocess.run(args + [url], capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
@@ -185,6 +224,8 @@ async def main():
             f.write("ab" * 32)
         os.chmod(f"{tmp}/secret", 0o600)
         env["CONVOY_KEY_SECRET_FILE"] = f"{tmp}/secret"
+    # CP_WRAP: a command to run the server under (a profiler)
+    args = os.environ.get("CP_WRAP", "").split() + args
     server = subprocess.Popen(args, env=env, stdout=open(f"{tmp}/server.log", "w"), stderr=subprocess.STDOUT)
     try:
         for _ in range(300):
@@ -199,6 +240,8 @@ async def main():
         server.wait(timeout=30)
         if schema:
             subprocess.run(["psql", backend, "-qc", f"DROP SCHEMA {schema} CASCADE"], timeout=60, stderr=subprocess.DEVNULL)
+        if os.environ.get("CP_LOG"):
+            shutil.copy(f"{tmp}/server.log", os.environ["CP_LOG"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -250,6 +293,9 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
 
     # held polls: their memory, then how fast a deployment wakes them
     rest = rss_kib(pid)
+    line("server RSS, every target polled once", f"{rest / 1024:.0f} MiB", "-")
+    if os.environ.get("CP_UNTIL") == "polls":
+        return
     held = [Conn(port) for _ in range(held_n)]
     for k in range(0, held_n, 500):
         await asyncio.gather(*(c.open() for c in held[k:k + 500]))
@@ -275,7 +321,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     waits = [asyncio.ensure_future(wait_one(c, t)) for c, t in zip(held, tokens[:held_n])]
     admin = Conn(port)
     perf = None
-    if os.environ.get("CP_PERF"):
+    if os.environ.get("CP_PERF") and os.environ.get("CP_PERF_PHASE", "create") == "create":
         # a profile of the server while it creates the deployment and wakes the polls
         perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
         await asyncio.sleep(1)
@@ -302,10 +348,15 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     digest = json.loads((await admin.call("GET", "/api/v1/releases/bench/1.0", ADMIN))[1])["digest"]
     reports = [(w, {"kind": "received"}) for w in work]
     reports += [(w, {"kind": "staged", "digest": digest}) for w in work]
-    # wrk posts them (one pass of each kind, then the same again: stale)
+    # wrk posts each once, from CP_REPORTERS connections (64); the rate is
+    # moves the server accepted over the time wrk took
     with open(f"{tmp}/report.lua", "w") as f:
         f.write(REPORT_LUA)
     rates = []
+    reporters = int(os.environ.get("CP_REPORTERS", "64"))
+    if os.environ.get("CP_PERF") and os.environ.get("CP_PERF_PHASE") == "reports":
+        perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1)
     acc0 = metric(port, 'convoy_agent_reports_total{result="accepted"}')
     for kind in ("received", "staged"):
         with open(f"{tmp}/reports", "w") as f:
@@ -314,9 +365,12 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
                     continue
                 body = {"instruction_id": w["instruction_id"], "phase": "stage", "attempt": w["attempt"], "report": k, "metrics": {}, "output": "", "inventory": None}
                 f.write(owner[w["instruction_id"]] + "\t" + json.dumps(body) + "\n")
-        rates.append(wrk(f"http://127.0.0.1:{port}", 2, f"{tmp}/report.lua", dict(os.environ, REPORTS=f"{tmp}/reports")))
+        rates.append(await absorb(port, f"{tmp}/report.lua", dict(os.environ, REPORTS=f"{tmp}/reports"), reporters, len(reports) // 2))
     accepted = metric(port, 'convoy_agent_reports_total{result="accepted"}') - acc0
-    line("reports absorbed (received, staged)", f"{statistics.mean(rates):,.0f}/s ({accepted:.0f} of {len(reports)} moved)", ">= 20,000/s")
+    if perf and perf.poll() is None:
+        perf.send_signal(2)
+        perf.wait(timeout=60)
+    line(f"reports absorbed (received, staged; {reporters} conns)", f"{statistics.mean(rates):,.0f}/s ({accepted:.0f} of {len(reports)} moved)", ">= 20,000/s")
 
     # status of the deployment, as an operator sees it
     lat = []
@@ -340,6 +394,10 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
         out = subprocess.run(["psql", backend, "-Atc", f"SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind = 'r'"], capture_output=True, text=True, timeout=60).stdout
         size = int(out.strip() or 0)
     line("database size", f"{size / 1e6:.0f} MB", "-")
+    if os.environ.get("CP_KILL"):
+        # ends the server as it is (what a heap profiler under CP_WRAP
+        # then reports as not freed is the server's memory at rest)
+        subprocess.run(["pkill", "-9", "-f", f"server --listen 127.0.0.1:{port} "], timeout=30)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ pub struct AppState {
     pub deltas: Arc<crate::app::content::Deltas>,
     /// One generation counter per target, bumped when its instructions
     /// change; a target's long poll waits on its own only.
-    changes: Arc<std::sync::Mutex<HashMap<String, watch::Sender<u64>>>>,
+    changes: Arc<std::sync::Mutex<Changes>>,
     /// Wakes the scheduler early (after a report).
     pub wake: Arc<Notify>,
     pub counters: Arc<crate::metrics::Counters>,
@@ -181,16 +181,17 @@ impl AppState {
     pub async fn load_relays(&self) -> Result<(), convoy_store::StoreError> {
         let grants = self.store.list_relays().await?;
         let mut urls = HashMap::new();
-        for t in self.store.list_targets().await? {
+        for t in self.store.list_target_labels().await? {
             if let Ok(labels) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json) {
                 self.note_site(&t.id, labels.0.get(crate::app::SITE_LABEL).map(String::as_str));
             }
-            if grants.iter().any(|g| g.target_id == t.id) {
-                if let Some(u) =
-                    serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json).ok().and_then(|i| i.relay)
-                {
-                    urls.insert(t.id.clone(), u);
-                }
+        }
+        let granted: Vec<String> = grants.iter().map(|g| g.target_id.clone()).collect();
+        for t in self.store.get_targets(&granted).await? {
+            if let Some(u) =
+                serde_json::from_str::<convoy_wire::Inventory>(&t.inventory_json).ok().and_then(|i| i.relay)
+            {
+                urls.insert(t.id.clone(), u);
             }
         }
         self.reload_grants(grants, urls);
@@ -219,7 +220,7 @@ impl AppState {
     /// through another server on the database).
     pub async fn refresh_sites(&self) -> Result<(), convoy_store::StoreError> {
         let mut sites = HashMap::new();
-        for t in self.store.list_targets().await? {
+        for t in self.store.list_target_labels().await? {
             if let Some(site) = serde_json::from_str::<convoy_wire::Labels>(&t.labels_json)
                 .ok()
                 .and_then(|l| l.0.get(crate::app::SITE_LABEL).cloned())
@@ -289,14 +290,30 @@ impl AppState {
         self.store.touch_targets(&batch).await
     }
 
-    /// Subscribes to changes of one target's instructions.
-    pub fn watch_target(&self, target: &str) -> watch::Receiver<u64> {
-        self.changes
-            .lock()
-            .expect("changes lock")
-            .entry(target.to_owned())
-            .or_insert_with(|| watch::channel(self.next_tick()).0)
-            .subscribe()
+    /// Subscribes to changes of one target's instructions, for as long as
+    /// the returned watch lives. `relayed`: its generation is shown to a
+    /// relay, which compares it later (it is kept when the watch ends).
+    pub fn watch_target(&self, target: &str, relayed: bool) -> TargetWatch {
+        let mut c = self.changes.lock().expect("changes lock");
+        let rx = match c.live.get_mut(target) {
+            Some((tx, r)) => {
+                *r |= relayed;
+                tx.subscribe()
+            }
+            None => {
+                // a relay may hold the resting generation: kept, and the
+                // channel stays relayed
+                let rested = c.resting.remove(target);
+                let gen = match rested {
+                    Some(gen) => gen.max(c.floor),
+                    None => self.next_tick(),
+                };
+                let (tx, rx) = watch::channel(gen);
+                c.live.insert(target.to_owned(), (tx, relayed || rested.is_some()));
+                rx
+            }
+        };
+        TargetWatch { rx: Some(rx), target: target.to_owned(), changes: self.changes.clone() }
     }
 
     fn next_tick(&self) -> u64 {
@@ -351,27 +368,28 @@ impl AppState {
 
     /// Wakes every long poll this server holds.
     pub fn wake_all(&self) {
-        let map = self.changes.lock().expect("changes lock");
-        for tx in map.values() {
+        let mut c = self.changes.lock().expect("changes lock");
+        for (tx, _) in c.live.values() {
             tx.send_replace(self.next_tick());
         }
-        drop(map);
+        // every resting generation is now below this one
+        c.floor = self.next_tick();
+        drop(c);
         self.wake.notify_one();
     }
 
     /// Wakes the long polls of these targets held by this server.
     pub fn wake_local<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
-        let mut map = self.changes.lock().expect("changes lock");
+        let mut c = self.changes.lock().expect("changes lock");
         for t in targets {
-            if let Some(tx) = map.get(t) {
+            if let Some((tx, _)) = c.live.get(t) {
                 tx.send_replace(self.next_tick());
-                // nobody polls for it any more: forget it
-                if tx.receiver_count() == 0 {
-                    map.remove(t);
-                }
+            } else if c.resting.contains_key(t) {
+                let gen = self.next_tick();
+                c.resting.insert(t.to_owned(), gen);
             }
         }
-        drop(map);
+        drop(c);
         self.wake.notify_one();
     }
 }
@@ -384,4 +402,60 @@ pub const GRANT_TTL_MS: i64 = 60 * 60 * 1000;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Change generations: a channel per target while a poll waits on it, and
+/// the last generation of targets a relay was shown, while none does (a
+/// held poll costs its channel; a target at rest, a number).
+#[derive(Default)]
+pub struct Changes {
+    live: HashMap<String, (watch::Sender<u64>, bool)>,
+    resting: HashMap<String, u64>,
+    /// Set by a change of every target: resting generations below it
+    /// count as it.
+    floor: u64,
+}
+
+/// Most resting generations kept; past it they are dropped, and each
+/// relay fetches those targets' work once more.
+const RESTING: usize = 1 << 20;
+
+/// A poll's subscription to one target's changes (see
+/// [`AppState::watch_target`]); the last one to end puts the channel away.
+pub struct TargetWatch {
+    rx: Option<watch::Receiver<u64>>,
+    target: String,
+    changes: Arc<std::sync::Mutex<Changes>>,
+}
+
+impl std::ops::Deref for TargetWatch {
+    type Target = watch::Receiver<u64>;
+    fn deref(&self) -> &Self::Target {
+        self.rx.as_ref().expect("live watch")
+    }
+}
+
+impl std::ops::DerefMut for TargetWatch {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.rx.as_mut().expect("live watch")
+    }
+}
+
+impl Drop for TargetWatch {
+    fn drop(&mut self) {
+        let mut c = self.changes.lock().expect("changes lock");
+        drop(self.rx.take());
+        let Some((tx, relayed)) = c.live.get(&self.target) else { return };
+        if tx.receiver_count() > 0 {
+            return;
+        }
+        let (gen, relayed) = (*tx.borrow(), *relayed);
+        c.live.remove(&self.target);
+        if relayed {
+            if c.resting.len() >= RESTING {
+                c.resting.clear();
+            }
+            c.resting.insert(std::mem::take(&mut self.target), gen);
+        }
+    }
 }

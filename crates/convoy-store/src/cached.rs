@@ -210,6 +210,19 @@ impl CachedStore {
         Ok(self.db().get_instruction(id).await?.map(|i| i.target_id))
     }
 
+    /// Notes which target each instruction belongs to (its writer knows).
+    pub fn note_owners<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut c = self.cache.lock().expect("cache lock");
+        for (instruction, target) in pairs {
+            if c.owners.len() >= MAX_ENTRIES {
+                c.owners.clear();
+            }
+            if !c.owners.contains_key(instruction) {
+                c.owners.insert(instruction.to_owned(), target.to_owned());
+            }
+        }
+    }
+
     fn learn_owners(c: &mut Inner, rows: &[InstructionRecord]) {
         if c.owners.len() + rows.len() > MAX_ENTRIES {
             c.owners.clear();
@@ -353,6 +366,9 @@ impl Store for CachedStore {
     }
     async fn list_targets(&self) -> Result<Vec<TargetRecord>> {
         self.db().list_targets().await
+    }
+    async fn list_target_labels(&self) -> Result<Vec<TargetLabels>> {
+        self.db().list_target_labels().await
     }
     async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>> {
         self.db().get_targets(ids).await

@@ -88,6 +88,9 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_targets(&self, seen: &[(String, i64)]) -> Result<()>;
     async fn get_target(&self, id: &str) -> Result<Option<TargetRecord>>;
     async fn list_targets(&self) -> Result<Vec<TargetRecord>>;
+    /// Every target's id, hostname and labels only (no inventory), in the
+    /// order of [`Store::list_targets`]: what selectors and sites need.
+    async fn list_target_labels(&self) -> Result<Vec<TargetLabels>>;
     /// The enrolled targets among `ids` (any order; unknown ids are left out).
     async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>>;
     /// Removes a target and revokes its credential, unless it has work in an

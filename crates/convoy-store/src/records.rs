@@ -131,6 +131,15 @@ pub struct TargetRecord {
     pub warning: String,
 }
 
+/// A target's id, hostname and labels (see [`crate::Store::list_target_labels`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLabels {
+    pub id: String,
+    pub hostname: String,
+    /// `Labels` as JSON.
+    pub labels_json: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseRecord {
     pub app: String,

@@ -507,6 +507,13 @@ macro_rules! impl_sql_store {
                     ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)?.iter().map(target).collect()
                 }
 
+                async fn list_target_labels(&self) -> Result<Vec<$crate::TargetLabels>> {
+                    let rows = ::sqlx::query("SELECT id, hostname, labels FROM targets ORDER BY hostname, id").fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter()
+                        .map(|r| Ok($crate::TargetLabels { id: r.try_get("id").map_err(db)?, hostname: r.try_get("hostname").map_err(db)?, labels_json: r.try_get("labels").map_err(db)? }))
+                        .collect()
+                }
+
                 async fn remove_target(&self, id: &str) -> Result<bool> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
                     let gone = ::sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;

@@ -255,7 +255,7 @@ async fn retry_unaudited(
         )));
     }
     let instrs = st.store.list_instructions(id).await?;
-    let all = st.store.list_targets().await?;
+    let all = st.store.list_target_labels().await?;
     let host: BTreeMap<&str, &str> = all.iter().map(|t| (t.id.as_str(), t.hostname.as_str())).collect();
     let named = |i: &InstructionRecord| {
         req.targets.is_empty()

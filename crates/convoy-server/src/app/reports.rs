@@ -59,112 +59,200 @@ pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
 /// The writer: takes what is queued, up to [`BATCH`] at a time.
 pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut known = HashMap::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let items = std::mem::take(&mut batch);
-        write(&st, items).await;
+        let again = write(&st, items, &mut known, true).await;
+        if !again.is_empty() {
+            write(&st, again, &mut known, false).await;
+        }
+    }
+}
+
+/// What the writer last wrote of an instruction, so that the next report
+/// on it needs no read. It is exact unless another writer (the scheduler,
+/// an operator, another server) moved the instruction since; then the
+/// guarded update finds another state and the report is judged again from
+/// a fresh read. Nothing is answered from it alone.
+#[derive(Clone)]
+struct Known {
+    target: String,
+    deployment: String,
+    state: InstructionState,
+    attempt: u32,
+    metrics_json: String,
+}
+
+/// Most instructions the writer remembers (a few hundred bytes each).
+const KNOWN: usize = 20_000;
+
+impl From<convoy_store::InstructionRecord> for Known {
+    fn from(i: convoy_store::InstructionRecord) -> Self {
+        Known {
+            target: i.target_id,
+            deployment: i.deployment_id,
+            state: i.state,
+            attempt: i.attempt,
+            metrics_json: i.metrics_json,
+        }
     }
 }
 
 struct Pending {
-    reply: Option<oneshot::Sender<AppResult<ReportResponse>>>,
-    /// Index into the moves, or the answer already known.
-    outcome: Result<usize, AppResult<ReportResponse>>,
+    queued: Option<Queued>,
+    /// Index into the moves, the answer already known, or `None`: judged
+    /// from what the writer remembered, which turned out stale (judged
+    /// again from a read).
+    outcome: Result<usize, Option<AppResult<ReportResponse>>>,
     note: String,
-    target: String,
     to: InstructionState,
     deployment: String,
 }
 
-async fn write(st: &AppState, items: Vec<Queued>) {
+/// Writes one batch; returns the reports to judge again from a read
+/// (only when `trust_known`).
+async fn write(
+    st: &AppState,
+    items: Vec<Queued>,
+    known: &mut HashMap<String, Known>,
+    trust_known: bool,
+) -> Vec<Queued> {
+    let started = std::time::Instant::now();
+    let size = items.len();
     let mut moves: Vec<InstructionMove> = Vec::new();
+    // whether each move was judged from memory (not a read)
+    let mut remembered: Vec<bool> = Vec::new();
     let mut pending: Vec<Pending> = Vec::with_capacity(items.len());
-    let mut deployments: HashMap<String, DeploymentRecord> = HashMap::new();
+    let mut deployments: HashMap<String, std::sync::Arc<DeploymentRecord>> = HashMap::new();
     // what this batch already did to an instruction, so two reports for one
-    // instruction in a batch see each other
-    let mut seen: HashMap<String, (InstructionState, u32, String)> = HashMap::new();
-    // every reported instruction in one read
-    let ids: Vec<String> = items.iter().map(|q| q.report.instruction_id.clone()).collect();
-    let read = st.store.get_instructions(&ids).await.map(|rows| {
-        rows.into_iter().map(|i| (i.id.clone(), i)).collect::<HashMap<String, convoy_store::InstructionRecord>>()
-    });
+    // instruction in a batch see each other (and whether from memory)
+    let mut seen: HashMap<String, (Known, bool)> = HashMap::new();
+    // instructions whose reports are judged again: later ones too, in order
+    let mut again: std::collections::HashSet<String> = Default::default();
+    // every reported instruction not remembered, in one read
+    let mut ids: Vec<String> = items
+        .iter()
+        .map(|q| &q.report.instruction_id)
+        .filter(|id| !(trust_known && known.contains_key(*id)))
+        .cloned()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let read = if ids.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        st.store
+            .get_instructions(&ids)
+            .await
+            .map(|rows| rows.into_iter().map(|i| (i.id.clone(), Known::from(i))).collect::<HashMap<String, Known>>())
+    };
     for q in items {
         let r = &q.report;
         let mut p = Pending {
-            reply: q.reply,
-            outcome: Err(Ok(ReportResponse { accepted: false, note: String::new() })),
+            queued: None,
+            outcome: Err(Some(Ok(ReportResponse { accepted: false, note: String::new() }))),
             note: String::new(),
-            target: q.target.clone(),
             to: InstructionState::Created,
             deployment: String::new(),
         };
-        let found = match &read {
-            Ok(rows) => rows.get(&r.instruction_id).filter(|i| i.target_id == q.target).cloned(),
-            Err(e) => {
-                p.outcome = Err(Err(AppError::internal(e)));
-                pending.push(p);
-                continue;
-            }
+        if again.contains(&r.instruction_id) {
+            p.outcome = Err(None);
+            p.queued = Some(q);
+            pending.push(p);
+            continue;
+        }
+        let base = match seen.get(&r.instruction_id) {
+            Some((k, from_memory)) => Some((k.clone(), *from_memory)),
+            None => match known.get(&r.instruction_id).filter(|_| trust_known) {
+                Some(k) => Some((k.clone(), true)),
+                None => match &read {
+                    Ok(rows) => rows.get(&r.instruction_id).map(|k| (k.clone(), false)),
+                    Err(e) => {
+                        p.outcome = Err(Some(Err(AppError::internal(e))));
+                        p.queued = Some(q);
+                        pending.push(p);
+                        continue;
+                    }
+                },
+            },
         };
-        let Some(i) = found else {
-            p.outcome =
-                Err(Err(AppError::not_found(format!("instruction {} not found for this target", r.instruction_id))));
+        // an instruction's target never changes: memory is exact here
+        let Some((base, from_memory)) = base.filter(|(k, _)| k.target == q.target) else {
+            p.outcome = Err(Some(Err(AppError::not_found(format!(
+                "instruction {} not found for this target",
+                r.instruction_id
+            )))));
+            p.queued = Some(q);
             pending.push(p);
             continue;
         };
-        if !deployments.contains_key(&i.deployment_id) {
-            match st.store.get_deployment(&i.deployment_id).await {
+        if !deployments.contains_key(&base.deployment) {
+            match st.work_deployment(&base.deployment).await {
                 Ok(Some(d)) => {
                     deployments.insert(d.id.clone(), d);
                 }
                 Ok(None) => {
-                    p.outcome = Err(Err(AppError::internal("instruction without deployment")));
+                    p.outcome = Err(Some(Err(AppError::internal("instruction without deployment"))));
+                    p.queued = Some(q);
                     pending.push(p);
                     continue;
                 }
                 Err(e) => {
-                    p.outcome = Err(Err(e.into()));
+                    p.outcome = Err(Some(Err(e.into())));
+                    p.queued = Some(q);
                     pending.push(p);
                     continue;
                 }
             }
         }
-        let d = &deployments[&i.deployment_id];
-        let (state, attempt, metrics_json) =
-            seen.get(&i.id).cloned().unwrap_or((i.state, i.attempt, i.metrics_json.clone()));
-        if p.reply.is_none() {
-            // the server's own record of delivery: created→sent, if still created
-            if state == InstructionState::Created && attempt == r.attempt {
+        let d = deployments[&base.deployment].clone();
+        let (state, attempt) = (base.state, base.attempt);
+        if q.reply.is_none() {
+            // the server's own record of delivery: created→sent, if still
+            // created (memory may be behind: the database decides)
+            if from_memory || (state == InstructionState::Created && attempt == r.attempt) {
                 let up = InstructionUpdate {
                     to: Some(InstructionState::Sent),
                     note: "delivered to agent".into(),
                     ..Default::default()
                 };
                 moves.push(InstructionMove {
-                    id: i.id.clone(),
-                    from: state,
-                    from_attempt: attempt,
+                    id: r.instruction_id.clone(),
+                    from: InstructionState::Created,
+                    from_attempt: r.attempt,
                     up,
                     actor: "server".into(),
                 });
-                seen.insert(i.id.clone(), (InstructionState::Sent, attempt, metrics_json));
+                remembered.push(from_memory);
+                let next = Known { state: InstructionState::Sent, attempt: r.attempt, ..base };
+                seen.insert(r.instruction_id.clone(), (next, from_memory));
             }
             continue;
         }
         let outcome = on_report(InstructionView { state, attempt }, r.phase, r.attempt, &r.report, &d.digest);
         let (to, new_attempt, note) = match outcome {
+            Outcome::Stale(_) if from_memory => {
+                // memory may be behind: judged again from a read
+                again.insert(r.instruction_id.clone());
+                p.outcome = Err(None);
+                p.queued = Some(q);
+                pending.push(p);
+                continue;
+            }
             Outcome::Stale(note) => {
                 crate::metrics::add(&st.counters.reports_stale, 1);
-                p.outcome = Err(Ok(ReportResponse { accepted: false, note }));
+                p.outcome = Err(Some(Ok(ReportResponse { accepted: false, note })));
+                p.queued = Some(q);
                 pending.push(p);
                 continue;
             }
             Outcome::Move { to, attempt, note } => (to, attempt, note),
         };
         if let Some(bad) = r.metrics.get("source_failures") {
-            tracing::warn!(target_id = %q.target, instruction = %i.id, "content source reported failing: {bad}");
+            tracing::warn!(target_id = %q.target, instruction = %r.instruction_id, "content source reported failing: {bad}");
             crate::metrics::add(&st.counters.source_failures, 1);
         }
-        let mut metrics: BTreeMap<String, String> = serde_json::from_str(&metrics_json).unwrap_or_default();
+        let mut metrics: BTreeMap<String, String> = serde_json::from_str(&base.metrics_json).unwrap_or_default();
         metrics.extend(r.metrics.clone());
         let metrics_json = serde_json::to_string(&metrics).unwrap_or_else(|_| "{}".into());
         let up = InstructionUpdate {
@@ -180,19 +268,25 @@ async fn write(st: &AppState, items: Vec<Queued>) {
             ..Default::default()
         };
         moves.push(InstructionMove {
-            id: i.id.clone(),
+            id: r.instruction_id.clone(),
             from: state,
             from_attempt: attempt,
             up,
             actor: format!("agent:{}", q.target),
         });
-        seen.insert(i.id.clone(), (to, new_attempt, metrics_json));
+        remembered.push(from_memory);
+        let next = Known { state: to, attempt: new_attempt, metrics_json, ..base };
+        seen.insert(r.instruction_id.clone(), (next, from_memory));
         p.outcome = Ok(moves.len() - 1);
         p.note = note;
         p.to = to;
         p.deployment = d.id.clone();
+        p.queued = Some(q);
         pending.push(p);
     }
+    // the cache learns whose instructions these are (no read to find out)
+    st.cache.note_owners(moves.iter().filter_map(|m| seen.get(&m.id).map(|(k, _)| (m.id.as_str(), k.target.as_str()))));
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let written = if moves.is_empty() {
         Ok(Vec::new())
     } else {
@@ -203,14 +297,48 @@ async fn write(st: &AppState, items: Vec<Queued>) {
         }
         st.store.transition_instructions(&moves, now_ms()).await
     };
+    let write_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
+    // what the writer remembers: the last move of each instruction that
+    // landed; one that did not land is forgotten
+    if let Ok(done) = &written {
+        for (k, m) in moves.iter().enumerate() {
+            if done.get(k).copied().unwrap_or(false) {
+                if let Some((next, _)) = seen.get(&m.id) {
+                    if next.state == m.up.to.unwrap_or(m.from) {
+                        known.insert(m.id.clone(), next.clone());
+                    }
+                }
+            } else {
+                known.remove(&m.id);
+            }
+        }
+        if known.len() > KNOWN {
+            known.clear();
+        }
+    } else {
+        for m in &moves {
+            known.remove(&m.id);
+        }
+    }
+    let mut retry = Vec::new();
     let mut touched = Vec::new();
-    for p in pending {
+    for mut p in pending {
+        let Some(q) = p.queued.take() else { continue };
         let answer = match p.outcome {
-            Err(known) => known,
+            Err(Some(known)) => known,
+            Err(None) => {
+                retry.push(q);
+                continue;
+            }
             Ok(k) => match &written {
                 Err(e) => Err(AppError::internal(e)),
                 Ok(done) => {
                     let moved = done.get(k).copied().unwrap_or(false);
+                    if !moved && remembered[k] {
+                        // judged from memory that was behind: again, from a read
+                        retry.push(q);
+                        continue;
+                    }
                     crate::metrics::add(
                         if moved { &st.counters.reports_accepted } else { &st.counters.reports_stale },
                         1,
@@ -219,18 +347,33 @@ async fn write(st: &AppState, items: Vec<Queued>) {
                         if p.to != InstructionState::Received {
                             st.progress.lock().expect("progress lock").remove(&moves[k].id);
                         }
-                        tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %p.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
-                        touched.push(p.target.clone());
+                        tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                        touched.push(q.target.clone());
                     }
                     Ok(ReportResponse { accepted: moved, note: p.note })
                 }
             },
         };
-        if let Some(reply) = p.reply {
+        if let Some(reply) = q.reply {
             let _ = reply.send(answer);
         }
     }
     if !touched.is_empty() {
         st.changed(touched.iter().map(String::as_str));
+    }
+    tracing::debug!(
+        size,
+        moves = moves.len(),
+        retry = retry.len(),
+        read_ms,
+        write_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "report batch"
+    );
+    if trust_known {
+        retry
+    } else {
+        // judged from reads only: nothing comes back (defensive)
+        Vec::new()
     }
 }

@@ -57,16 +57,30 @@ pub fn request_rules(p: &Policy) -> RequestRules {
 pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<Vec<TargetInfo>> {
     let selector = Selector::parse(&d.selector).map_err(|e| AppError::corrupt("selector", &d.id, e))?;
     let picked: BTreeSet<&str> = d.targets.split(',').filter(|s| !s.is_empty()).collect();
-    let mut out = Vec::new();
-    for t in st.store.list_targets().await? {
+    // labels first (a narrow read of every target): only the targets
+    // chosen have their whole rows read
+    let mut chosen = Vec::new();
+    for t in st.store.list_target_labels().await? {
         if !(picked.is_empty() || picked.contains(t.id.as_str())) {
             continue;
         }
-        // labels first: only the targets chosen have their inventory read
         let labels: convoy_wire::Labels =
             serde_json::from_str(&t.labels_json).map_err(|e| AppError::corrupt("labels", &t.id, e))?;
         if selector.matches(&labels) {
-            out.push(target_info(&t, None)?);
+            chosen.push(t.id);
+        }
+    }
+    let order: std::collections::HashMap<&str, usize> =
+        chosen.iter().enumerate().map(|(k, id)| (id.as_str(), k)).collect();
+    let mut rows = st.store.get_targets(&chosen).await?;
+    // a target removed since the first read drops out
+    rows.sort_by_key(|t| order.get(t.id.as_str()).copied().unwrap_or(usize::MAX));
+    // judged again on the rows read: a target relabelled in between drops out
+    let mut out = Vec::with_capacity(rows.len());
+    for t in &rows {
+        let info = target_info(t, None)?;
+        if selector.matches(&info.labels) {
+            out.push(info);
         }
     }
     Ok(out)
@@ -78,10 +92,10 @@ pub(super) async fn pick(st: &AppState, names: &[String], selector: &Selector) -
     if names.len() > 10_000 {
         return Err(AppError::bad_request("at most 10000 targets by name; use a selector"));
     }
-    let all = st.store.list_targets().await?;
+    let all = st.store.list_target_labels().await?;
     let mut out = BTreeSet::new();
     for n in names {
-        let found: Vec<&convoy_store::TargetRecord> = all.iter().filter(|t| t.id == *n || t.hostname == *n).collect();
+        let found: Vec<&convoy_store::TargetLabels> = all.iter().filter(|t| t.id == *n || t.hostname == *n).collect();
         let t = match found.as_slice() {
             [] => return Err(AppError::bad_request(format!("no enrolled target has the id or hostname {n:?}"))),
             [t] => *t,
@@ -94,8 +108,9 @@ pub(super) async fn pick(st: &AppState, names: &[String], selector: &Selector) -
                 )));
             }
         };
-        let info = target_info(t, None)?;
-        if !selector.matches(&info.labels) {
+        let labels: convoy_wire::Labels =
+            serde_json::from_str(&t.labels_json).map_err(|e| AppError::corrupt("labels", &t.id, e))?;
+        if !selector.matches(&labels) {
             return Err(AppError::bad_request(format!(
                 "target {} ({}) does not match the selector {:?}",
                 t.id,
@@ -376,7 +391,7 @@ pub async fn settle_preflight(st: &AppState, d: &DeploymentRecord, now: i64) -> 
 }
 
 async fn hostnames(st: &AppState) -> AppResult<BTreeMap<String, String>> {
-    Ok(st.store.list_targets().await?.into_iter().map(|t| (t.id, t.hostname)).collect())
+    Ok(st.store.list_target_labels().await?.into_iter().map(|t| (t.id, t.hostname)).collect())
 }
 
 fn describe_failure(c: &CheckRecord, hosts: &BTreeMap<String, String>) -> String {

@@ -692,3 +692,72 @@ async fn pages_of_a_deployment_return_every_target_exactly_once_and_filter_by_st
         assert!(matches!(e, AppError::Invalid(_)), "{bad:?}: {e}");
     }
 }
+
+/// The report writer judges a report from what it last wrote of the
+/// instruction (no read); when another writer moved the instruction since,
+/// the report is judged again from the database, both ways: a report that
+/// memory would accept is refused, and one memory would refuse is accepted.
+#[tokio::test]
+async fn the_report_writer_judges_again_from_the_database_when_its_memory_is_behind() {
+    let h = harness(&FLEET[..1]).await;
+    let admin = user("root", Role::Admin);
+    let mut req = request("role=web");
+    req.env = None;
+    let id = requests::submit(&h.st, &admin, req).await.unwrap().id;
+    settle(&h).await;
+    let i = instrs(&h, &id).await.remove(0);
+    let say = |attempt: u32, kind: ReportKind| {
+        let r = Report {
+            instruction_id: i.id.clone(),
+            phase: Phase::Stage,
+            attempt,
+            report: kind,
+            metrics: Default::default(),
+            output: String::new(),
+            inventory: None,
+        };
+        reports::submit(&h.st, i.target_id.clone(), r)
+    };
+    let now = |h: &H| {
+        let id = i.id.clone();
+        let store = h.st.store.clone();
+        async move { store.get_instruction(&id).await.unwrap().unwrap() }
+    };
+    assert!(say(i.attempt, ReportKind::Received).await.unwrap().accepted);
+    assert_eq!(now(&h).await.state, S::Received);
+    // moved elsewhere: back to sent (the writer remembers it received)
+    let up =
+        convoy_store::InstructionUpdate { to: Some(S::Sent), note: "moved elsewhere".into(), ..Default::default() };
+    assert!(h.st.store.transition_instruction(&i.id, S::Received, i.attempt, &up, "test", 2).await.unwrap());
+    // memory says "already received"; the database says it is due
+    assert!(say(i.attempt, ReportKind::Received).await.unwrap().accepted, "judged again from the database");
+    assert_eq!(now(&h).await.state, S::Received);
+    // moved elsewhere: a new attempt (the writer remembers the old one)
+    let up = convoy_store::InstructionUpdate {
+        to: Some(S::Created),
+        attempt: Some(i.attempt + 1),
+        note: "retried elsewhere".into(),
+        ..Default::default()
+    };
+    assert!(h.st.store.transition_instruction(&i.id, S::Received, i.attempt, &up, "test", 3).await.unwrap());
+    // memory would accept this staged report of the old attempt; it is stale
+    let r = say(i.attempt, ReportKind::Staged { digest: DIGEST.into() }).await.unwrap();
+    assert!(!r.accepted, "a report of the old attempt is stale: {}", r.note);
+    let after = now(&h).await;
+    assert_eq!((after.state, after.attempt), (S::Created, i.attempt + 1));
+    // the new attempt goes on
+    assert!(say(i.attempt + 1, ReportKind::Received).await.unwrap().accepted);
+    assert!(say(i.attempt + 1, ReportKind::Staged { digest: DIGEST.into() }).await.unwrap().accepted);
+    assert_eq!(now(&h).await.state, S::Staged);
+    // a report for another target's instruction is refused, from memory too
+    let r = Report {
+        instruction_id: i.id.clone(),
+        phase: Phase::Stage,
+        attempt: i.attempt + 1,
+        report: ReportKind::Received,
+        metrics: Default::default(),
+        output: String::new(),
+        inventory: None,
+    };
+    assert!(reports::submit(&h.st, "t-someone-else".into(), r).await.is_err());
+}

@@ -231,20 +231,23 @@ pub async fn work(
     headers: HeaderMap,
     q: Result<Query<WorkQuery>, QueryRejection>,
 ) -> ApiResult<Json<WorkResponse>> {
-    let target = auth::agent(&st, &headers).await?;
+    // a held poll keeps only what it needs: the futures of the steps
+    // before and between waits live on the heap while they run
+    let target = Box::pin(auth::agent(&st, &headers)).await?;
+    drop(headers);
     let Query(q) = q?;
     let holding: std::collections::HashSet<&str> = q.holding.split(',').filter(|k| !k.is_empty()).collect();
     if holding.len() > MAX_HOLDING {
         return Err(ApiError::bad_request(format!("at most {MAX_HOLDING} held work items per poll")));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
-    let mut changes = st.watch_target(&target);
+    let mut changes = st.watch_target(&target, false);
     let mut stopping = st.stopping.subscribe();
     st.saw(&target);
     crate::metrics::add(&st.counters.polls, 1);
     loop {
         changes.borrow_and_update();
-        let mut work = pending_work(&st, &target).await?;
+        let mut work = Box::pin(pending_work(&st, &target)).await?;
         work.retain(|sw| {
             let Some(w) = sw.unverified().map(|s| s.work) else { return true };
             !holding.contains(format!("{}-{}-{}", w.instruction_id, w.phase.as_str(), w.attempt).as_str())
@@ -429,7 +432,7 @@ pub async fn site_poll(
         return Ok(reply(Vec::new()));
     }
     let stale = req.epoch.as_deref() != Some(st.epoch.as_str());
-    let mut watches: Vec<_> = mine.into_iter().map(|t| (t, st.watch_target(&t.id))).collect();
+    let mut watches: Vec<_> = mine.into_iter().map(|t| (t, st.watch_target(&t.id, true))).collect();
     for (t, _) in &watches {
         st.saw(&t.id);
     }
