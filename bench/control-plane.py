@@ -386,6 +386,23 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     line(f"convoy status of the {held_n}-target deployment", f"median {statistics.median(lat) * 1000:.0f} ms", "<= 300 ms")
     line("  GET /deployments/{id} (first page)", f"median {statistics.median(api) * 1000:.0f} ms, {len(body) / 1024:.0f} KiB", "summary + pages")
     admin.close()
+    # one real agent, idle: its memory while it long-polls
+    root = f"{tmp}/agent"
+    os.makedirs(root)
+    agent = subprocess.Popen([exe, "agent", "--server", f"http://127.0.0.1:{port}", "--root", root, "--labels", "group=idle", "--name", "idle-agent"],
+                             env=dict(os.environ, CONVOY_TOKEN=ENROL), stdout=open(f"{tmp}/agent.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            if os.path.exists(f"{root}/.convoy/agent.json"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("the idle agent did not enrol in 30 s")
+        await asyncio.sleep(10)
+        line("agent RSS, idle (long-polling)", f"{rss_kib(agent.pid) / 1024:.1f} MiB", "<= 12 MB")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
     await asyncio.sleep(2)
     line("server RSS at rest", f"{rss_kib(pid) / 1024:.0f} MiB", "<= 200 MB (100k)")
     if backend == "sqlite":
