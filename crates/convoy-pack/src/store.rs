@@ -123,11 +123,22 @@ impl ChunkStore {
         }
     }
 
-    /// Size of the stored compressed chunk, if present.
+    /// Size of the stored compressed chunk, if present (an error reading
+    /// it counts as absent: for estimates only).
     pub fn compressed_len(&self, id: &ChunkId) -> Option<u64> {
+        self.try_compressed_len(id).ok().flatten()
+    }
+
+    /// Size of the stored compressed chunk, `None` if absent; an error if
+    /// the store could not say (an object store that is down).
+    pub fn try_compressed_len(&self, id: &ChunkId) -> io::Result<Option<u64>> {
         match &self.remote {
-            Some(r) => r.head(&Self::key(id)).ok().flatten(),
-            None => fs::metadata(self.path(id)).ok().map(|m| m.len()),
+            Some(r) => r.head(&Self::key(id)),
+            None => match fs::metadata(self.path(id)) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
         }
     }
 

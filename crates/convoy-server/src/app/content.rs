@@ -280,8 +280,16 @@ fn make_delta(chunks: &ChunkStore, from: &[u8], to: &[u8], dest: &std::path::Pat
     let new = Manifest::from_slice(to).map_err(|e| e.to_string())?;
     // what a holder of the old release lacks, sent as chunks
     let have: HashSet<_> = old.chunk_ids().into_iter().collect();
-    let chunk_cost: u64 =
-        new.chunk_ids().iter().filter(|id| !have.contains(id)).filter_map(|id| chunks.compressed_len(id)).sum();
+    // a store that cannot say is an error (tried again later), never a
+    // lasting "chunks are cheaper"
+    let mut chunk_cost: u64 = 0;
+    for id in new.chunk_ids().iter().filter(|id| !have.contains(id)) {
+        match chunks.try_compressed_len(id) {
+            Ok(Some(n)) => chunk_cost += n,
+            Ok(None) => return Err(format!("chunk {id} of the new release is missing from the chunk store")),
+            Err(e) => return Err(format!("reading the size of chunk {id}: {e}")),
+        }
+    }
     if chunk_cost == 0 {
         return Ok(Made::Skip("the old release holds every chunk of the new one".into()));
     }
@@ -731,6 +739,50 @@ mod tests {
         assert_eq!(references("dist/vue.runtime.global.prod.js", 91_000, &held)[0], "dist/vue.global.prod.js");
         assert!(references("lib/other.js", 1_000, &held).is_empty(), "only its own directory");
         assert!(references("dist/readme.md", 1_000, &held).is_empty(), "only its own extension");
+    }
+
+    /// An object store that answers nothing.
+    #[derive(Debug)]
+    struct Down;
+
+    impl convoy_pack::Remote for Down {
+        fn get(&self, _: &str) -> std::io::Result<Option<Vec<u8>>> {
+            Err(std::io::Error::other("store unreachable"))
+        }
+        fn head(&self, _: &str) -> std::io::Result<Option<u64>> {
+            Err(std::io::Error::other("store unreachable"))
+        }
+        fn put(&self, _: &str, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("store unreachable"))
+        }
+        fn delete(&self, _: &str) -> std::io::Result<()> {
+            Err(std::io::Error::other("store unreachable"))
+        }
+    }
+
+    #[test]
+    fn a_chunk_store_that_cannot_answer_fails_a_delta_and_never_skips_it() {
+        let file = |name: &str, data: &[u8]| convoy_pack::Entry::File {
+            path: RelPath::parse(name).unwrap(),
+            mode: 0o644,
+            size: data.len() as u64,
+            chunks: vec![ChunkRef { id: convoy_pack::ChunkId::of(data), len: data.len() as u32 }],
+        };
+        let old = Manifest::new(vec![file("a.txt", b"old bytes")]).canonical_bytes();
+        let new = Manifest::new(vec![file("a.txt", b"new bytes")]).canonical_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("d.zst");
+        let down = ChunkStore::remote(Arc::new(Down));
+        let made = make_delta(&down, &old, &new, &dest);
+        assert!(
+            made.as_ref().is_err_and(|e| e.contains("store unreachable")),
+            "an error, not a skip: {:?}",
+            made.map(|_| ())
+        );
+        // a chunk missing from a store that answers is an error too
+        let empty = ChunkStore::open(dir.path().join("chunks")).unwrap();
+        let made = make_delta(&empty, &old, &new, &dest);
+        assert!(made.as_ref().is_err_and(|e| e.contains("missing")), "{:?}", made.map(|_| ()));
     }
 
     #[test]
