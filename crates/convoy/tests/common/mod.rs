@@ -490,6 +490,10 @@ impl Garage {
                 .success()
                 .then(|| String::from_utf8_lossy(&out.stdout).split('@').next().unwrap().trim().to_owned())
         });
+        // the node id is read from disk: wait for the server's RPC too
+        wait_until("garage's RPC port to answer", Duration::from_secs(30), || {
+            g.cli(&["status"]).status.success().then_some(())
+        });
         g.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node[..16]]);
         g.ok(&["layout", "apply", "--version", "1"]);
         g.ok(&["bucket", "create", "convoy"]);
