@@ -52,11 +52,9 @@ fn nats_request(url: &str, subject: &str, payload: &[u8]) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs NATS (CONVOY_TEST_NATS_URL, else 127.0.0.1:4222): cargo test -- --include-ignored"]
 fn a_request_over_nats_ends_like_one_over_http() {
-    let Ok(nats) = std::env::var("CONVOY_TEST_NATS_URL") else {
-        eprintln!("CONVOY_TEST_NATS_URL is not set: the NATS test is not run");
-        return;
-    };
+    let nats = service_url("CONVOY_TEST_NATS_URL", "nats://127.0.0.1:4222");
     let subject = format!("convoy.test.{:016x}", rand::random::<u64>());
     let mut f = Fleet::start_with_args(&["--nats", &nats, "--nats-subject", &subject]);
     wait_until("the server to subscribe", Duration::from_secs(20), || {
@@ -148,11 +146,9 @@ fn metric(port: u16, name: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (CONVOY_TEST_DATABASE_URL, else 127.0.0.1:5432): cargo test -- --include-ignored"]
 fn two_servers_on_one_postgres_one_scheduler() {
-    let Ok(url) = std::env::var("CONVOY_TEST_DATABASE_URL") else {
-        eprintln!("CONVOY_TEST_DATABASE_URL is not set: the two-server test is not run");
-        return;
-    };
+    let url = postgres_url();
     let schema = format!("convoy_two_{:016x}", rand::random::<u64>());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
@@ -237,11 +233,9 @@ impl Drop for Redis {
 /// through Redis, so it holds polls for their whole wait), and work made
 /// while Redis is down still arrives.
 #[test]
+#[ignore = "needs PostgreSQL (CONVOY_TEST_DATABASE_URL, else 127.0.0.1:5432) and redis-server: cargo test -- --include-ignored"]
 fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() {
-    let Ok(url) = std::env::var("CONVOY_TEST_DATABASE_URL") else {
-        eprintln!("CONVOY_TEST_DATABASE_URL is not set: the Redis cache bus test is not run");
-        return;
-    };
+    let url = postgres_url();
     let mut redis = Redis::start(free_port());
     let cache = format!("redis://127.0.0.1:{}", redis.port);
     let schema = format!("convoy_bus_{:016x}", rand::random::<u64>());
@@ -295,6 +289,7 @@ fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() 
 /// The chunk store on S3 (a real Garage of the test's own) does what the
 /// one on disk does: convoy-pack's chunk store conformance, unchanged.
 #[test]
+#[ignore = "needs garage (CONVOY_TEST_GARAGE or PATH; .ci/run builds it): cargo test -- --include-ignored"]
 fn the_s3_chunk_store_passes_the_chunk_store_conformance_against_garage() {
     let g = Garage::start();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -329,9 +324,9 @@ fn the_s3_chunk_store_passes_the_chunk_store_conformance_against_garage() {
 /// installed by an agent of the other; neither keeps chunks on its disk.
 /// A server given a wrong key for the store says so at start and stops.
 #[test]
+#[ignore = "needs PostgreSQL (CONVOY_TEST_DATABASE_URL, else 127.0.0.1:5432), redis-server and garage: cargo test -- --include-ignored"]
 fn two_servers_on_postgres_redis_and_an_object_store_serve_one_fleet() {
-    let url = std::env::var("CONVOY_TEST_DATABASE_URL")
-        .expect("CONVOY_TEST_DATABASE_URL (a PostgreSQL) runs the scale-out test; .ci/run sets it");
+    let url = postgres_url();
     let g = Garage::start();
     let redis = Redis::start(free_port());
     let cache = format!("redis://127.0.0.1:{}", redis.port);
@@ -378,6 +373,7 @@ fn two_servers_on_postgres_redis_and_an_object_store_serve_one_fleet() {
 /// A Redis that wants a password: the server gives it (`redis://:PW@...`),
 /// and one with a wrong password says so and keeps serving without the bus.
 #[test]
+#[ignore = "needs redis-server (Debian package redis-server): cargo test -- --include-ignored"]
 fn the_cache_bus_authenticates_to_redis() {
     let redis = Redis::start_with(free_port(), &["--requirepass", "bus-secret-0123"]);
     let good = Fleet::start_with_args(&["--cache", &format!("redis://:bus-secret-0123@127.0.0.1:{}", redis.port)]);
