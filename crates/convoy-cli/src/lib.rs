@@ -260,6 +260,64 @@ pub async fn remove_target(c: &Client, id: &str, fmt: Format) -> anyhow::Result<
     Ok(())
 }
 
+/// `convoy targets show ID`: a target, its inventory and its last deployments.
+pub async fn target_show(c: &Client, id: &str, fmt: Format) -> anyhow::Result<()> {
+    let d: convoy_wire::TargetDetail =
+        c.get_json(&format!("/targets/{}", watch::encode(id)), Duration::from_secs(30)).await?;
+    let t = &d.target;
+    match fmt {
+        Format::Json => output::json(&d),
+        Format::Table => {
+            let current: Vec<String> = t.inventory.current.iter().map(|(a, v)| format!("{a}@{v}")).collect();
+            let rows = [
+                ("target", t.id.clone()),
+                ("host", t.hostname.clone()),
+                ("labels", t.labels.to_string()),
+                ("platform", format!("{}/{}", t.inventory.os, t.inventory.arch)),
+                ("agent", t.inventory.agent_version.clone()),
+                ("free disk", output::bytes(t.inventory.free_disk_bytes)),
+                ("live", if current.is_empty() { "-".into() } else { current.join(", ") }),
+                ("role", t.relay_site.as_ref().map_or("-".into(), |s| format!("relay for site {s}"))),
+                ("enrolled", output::time(t.enrolled_at)),
+                ("seen", format!("{} ({})", seen(t.last_seen), output::time(t.last_seen))),
+            ];
+            for (k, v) in rows {
+                line(format!("{k:<10} {v}"));
+            }
+            if !t.warning.is_empty() {
+                line(format!("{:<10} {}", "warning", t.warning));
+            }
+            line("");
+            if d.history.is_empty() {
+                line("no deployment has included this target yet");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = d
+                .history
+                .iter()
+                .map(|h| {
+                    let metrics: Vec<String> = h.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        h.deployment_id.clone(),
+                        format!("{}@{}", h.app, h.version),
+                        h.previous_version.clone().unwrap_or_else(|| "-".into()),
+                        h.wave.to_string(),
+                        h.state.clone(),
+                        h.deployment_state.clone(),
+                        output::time(h.updated_at),
+                        if metrics.is_empty() { h.note.clone() } else { metrics.join(" ") },
+                    ]
+                })
+                .collect();
+            output::table(
+                &["DEPLOYMENT", "RELEASE", "FROM", "WAVE", "TARGET STATE", "DEPLOYMENT", "CHANGED", "NOTE"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn targets(c: &Client, selector: &str, fmt: Format) -> anyhow::Result<()> {
     let selector = Selector::parse(selector)?;
     let mut t: Vec<TargetInfo> = c.get_json("/targets", Duration::from_secs(30)).await?;

@@ -37,7 +37,7 @@ pub async fn page(client: &Client, id: &str, q: &DetailQuery) -> anyhow::Result<
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -32,6 +32,13 @@ pub struct ServerError {
     pub retry_after: Option<u64>,
 }
 
+/// Whether `e` says no server answered at all (refused, unreachable, timed
+/// out, TLS or DNS failure), as opposed to a server that answered with an
+/// error.
+pub fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<reqwest::Error>().is_some_and(|r| r.is_connect() || r.is_timeout()))
+}
+
 impl Client {
     /// A client of `server` (`http://` or `https://`). `ca_cert` is a PEM
     /// file of certificate authorities to trust besides the system's, for

@@ -117,7 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/releases/{app}/{version}/sync", post(deltas::sync).layer(DefaultBodyLimit::max(8 << 20)))
         .route("/releases/{app}/{version}/changes", get(deltas::get_changes))
         .route("/targets", get(targets::list))
-        .route("/targets/{id}", delete(targets::remove))
+        .route("/targets/{id}", get(targets::get).delete(targets::remove))
         .route("/targets/{id}/labels", patch(trust::label))
         .route("/relays", get(trust::list_relays))
         .route("/relays/{id}", put(trust::grant_relay).delete(trust::revoke_relay))
@@ -162,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .nest(convoy_wire::API, api)
         .route("/metrics", get(metrics::render))
         .fallback(|| async { error::ApiError::not_found("not found; the API lives under /api/v1") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -259,7 +260,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
         Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the admin token must be at least 16 characters"),
         Some(Secret(t)) => match store.find_token(&hash_token(t)).await? {
             Some(rec) if rec.revoked_at.is_some() => {
-                eprintln!("convoy: warning: the configured admin token was revoked ({}); it stays revoked: configure a new one or use a rotated token", rec.revoked_note);
+                tracing::warn!(note = %rec.revoked_note, "the configured admin token was revoked; it stays revoked: configure a new one or use a rotated token");
             }
             Some(_) => {}
             None => {
@@ -293,7 +294,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
         Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the agent enrolment token must be at least 16 characters"),
         Some(Secret(t)) => match store.find_token(&hash_token(t)).await? {
             Some(rec) if rec.revoked_at.is_some() => {
-                eprintln!("convoy: warning: the configured enrolment token was revoked; it stays revoked (convoy enrol-tokens create makes new ones)");
+                tracing::warn!("the configured enrolment token was revoked; it stays revoked (convoy enrol-tokens create makes new ones)");
                 None
             }
             Some(_) => None,

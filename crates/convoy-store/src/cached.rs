@@ -495,6 +495,9 @@ impl Store for CachedStore {
         Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
         Ok(rows)
     }
+    async fn target_instructions(&self, target_id: &str, limit: u32) -> Result<Vec<InstructionRecord>> {
+        self.db().target_instructions(target_id, limit).await
+    }
     async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
         let read = async {
             let rows = self.db().pending_instructions(target_id).await?;
@@ -669,7 +672,7 @@ impl Store for CachedStore {
     async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool> {
         self.db().hold_lease(name, holder, now, ttl_ms).await
     }
-    async fn state_counts(&self) -> Result<StateCounts> {
-        self.db().state_counts().await
+    async fn state_counts(&self, online_since: i64) -> Result<StateCounts> {
+        self.db().state_counts(online_since).await
     }
 }

@@ -401,6 +401,8 @@ async fn deployments(s: &dyn Store) {
     check("list", s.list_deployments(10).await.unwrap().len(), 1);
     check("instructions", s.list_instructions("d-1").await.unwrap(), instrs.to_vec());
     check("pending for t-1", s.pending_instructions("t-1").await.unwrap().len(), 1);
+    check("history of t-1", s.target_instructions("t-1", 10).await.unwrap(), vec![instrs[0].clone()]);
+    check("history of t-9", s.target_instructions("t-9", 10).await.unwrap().len(), 0);
     check("busy", s.busy_targets("web").await.unwrap().len(), 2);
     check("not busy for other app", s.busy_targets("api").await.unwrap().len(), 0);
 
@@ -482,8 +484,10 @@ async fn deployments(s: &dyn Store) {
     check("deployment state", (dep.state, dep.note.as_str(), dep.updated_at), (D::Scheduled, "gate passed", 130));
     check("wave and go-live set", (dep.wave, dep.go_live_at), (1, Some(5000)));
 
-    let counts = s.state_counts().await.unwrap();
+    let counts = s.state_counts(0).await.unwrap();
     check("target count", counts.targets, 1);
+    check("online since the start of time", counts.targets_online, 1);
+    check("online since the end of time", s.state_counts(i64::MAX).await.unwrap().targets_online, 0);
     check("deployments by state", counts.deployments, vec![("scheduled".to_owned(), 1)]);
     check("instructions by state", counts.instructions, vec![("activating".to_owned(), 1), ("created".to_owned(), 1)]);
 

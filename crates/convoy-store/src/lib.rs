@@ -146,6 +146,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>>;
     /// The instructions of these ids that exist, in any order.
     async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>>;
+    /// A target's last `limit` instructions of any state, most recently
+    /// changed first (its history of deployments).
+    async fn target_instructions(&self, target_id: &str, limit: u32) -> Result<Vec<InstructionRecord>>;
     /// Instructions with agent work pending for a target, oldest first.
     async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>>;
     /// Targets with an unsettled instruction for `app` in an unsettled deployment.
@@ -234,7 +237,7 @@ pub trait Store: Send + Sync + 'static {
     async fn hold_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool>;
 
     /// `(state, count)` of deployments and of instructions, for metrics.
-    async fn state_counts(&self) -> Result<StateCounts>;
+    async fn state_counts(&self, online_since: i64) -> Result<StateCounts>;
 }
 
 #[cfg(test)]

@@ -406,6 +406,8 @@ pub struct InstructionMove {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateCounts {
     pub targets: i64,
+    /// Targets seen at or after the time given to `state_counts`.
+    pub targets_online: i64,
     pub deployments: Vec<(String, i64)>,
     pub instructions: Vec<(String, i64)>,
 }

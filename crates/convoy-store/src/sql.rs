@@ -601,6 +601,11 @@ macro_rules! impl_sql_store {
                     ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(instr).transpose()
                 }
 
+                async fn target_instructions(&self, target_id: &str, limit: u32) -> Result<Vec<InstructionRecord>> {
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2");
+                    ::sqlx::query(&q).bind(target_id).bind(limit as i64).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
+                }
+
                 async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
                     let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND state IN ('created', 'sent', 'received', 'activating', 'rolling_back') ORDER BY updated_at, id");
                     ::sqlx::query(&q).bind(target_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
@@ -1007,10 +1012,12 @@ macro_rules! impl_sql_store {
                     Ok(done.rows_affected() == 1)
                 }
 
-                async fn state_counts(&self) -> Result<StateCounts> {
-                    let targets: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM targets")
-                        .fetch_one(&self.read).await.map_err(db)?.try_get("n").map_err(db)?;
-                    let mut out = StateCounts { targets, ..Default::default() };
+                async fn state_counts(&self, online_since: i64) -> Result<StateCounts> {
+                    let row = ::sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END), 0) AS online FROM targets")
+                        .bind(online_since).fetch_one(&self.read).await.map_err(db)?;
+                    let targets: i64 = row.try_get("n").map_err(db)?;
+                    let targets_online: i64 = row.try_get("online").map_err(db)?;
+                    let mut out = StateCounts { targets, targets_online, ..Default::default() };
                     for (table, into) in [("deployments", &mut out.deployments), ("instructions", &mut out.instructions)] {
                         let q = format!("SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state");
                         for r in ::sqlx::query(&q).fetch_all(&self.read).await.map_err(db)? {

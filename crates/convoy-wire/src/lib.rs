@@ -348,6 +348,33 @@ pub struct TargetInfo {
     pub relay_site: Option<String>,
 }
 
+/// `GET /targets/{id}`: a target and what convoy last did on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetDetail {
+    pub target: TargetInfo,
+    /// Its last instructions (at most 50), most recently changed first.
+    pub history: Vec<TargetHistoryEntry>,
+}
+
+/// One deployment as one target lived it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetHistoryEntry {
+    pub deployment_id: String,
+    pub app: String,
+    pub version: String,
+    /// The deployment's state; `state` is this target's.
+    pub deployment_state: String,
+    pub instruction_id: String,
+    pub state: String,
+    pub attempt: u32,
+    pub wave: u32,
+    pub previous_version: Option<String>,
+    pub reported_digest: Option<String>,
+    pub metrics: BTreeMap<String, String>,
+    pub note: String,
+    pub updated_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {

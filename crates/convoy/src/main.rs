@@ -402,6 +402,12 @@ enum Cmd {
     },
     /// List recent deployments.
     Deployments,
+    /// Print a completion script: `convoy completions bash > /etc/bash_completion.d/convoy`,
+    /// zsh: into a directory of $fpath as `_convoy`, fish: `~/.config/fish/completions/convoy.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run a server and three agents locally: v1 → v2 → failed v3 → v3.1 through approval and waves.
     Demo {
         /// Keep the temporary work directory.
@@ -569,6 +575,11 @@ enum EnvCmd {
 
 #[derive(Subcommand)]
 enum TargetsCmd {
+    /// One target: labels, inventory, what runs, and its last deployments.
+    Show {
+        #[arg(value_name = "TARGET")]
+        id: String,
+    },
     /// Forget a decommissioned target and revoke its credential.
     Remove {
         #[arg(value_name = "TARGET")]
@@ -631,15 +642,45 @@ enum EnrolTokensCmd {
     },
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVOY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs go to stderr: `CONVOY_LOG` filters them (`info`, `convoy_server=debug`),
+/// `CONVOY_LOG_FORMAT=json` writes one JSON object per line, and colour is
+/// used only on a terminal and never when `NO_COLOR` is set.
+fn init_tracing(default: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("CONVOY_LOG") {
+        Ok(f) => tracing_subscriber::EnvFilter::try_new(&f).with_context(|| {
+            format!("CONVOY_LOG={f:?} is not a log filter (e.g. info, or warn,convoy_server=debug)")
+        })?,
+        Err(_) => tracing_subscriber::EnvFilter::new(default),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log_format(std::env::var("CONVOY_LOG_FORMAT").ok().as_deref())? {
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            logs.with_ansi(use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref())).init()
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn log_format(v: Option<&str>) -> anyhow::Result<LogFormat> {
+    match v.map(str::trim) {
+        None | Some("" | "text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => anyhow::bail!("CONVOY_LOG_FORMAT={other:?}: use text (the default) or json"),
+    }
+}
+
+/// Colour on a terminal, unless `NO_COLOR` is set to anything but empty
+/// (no-color.org).
+fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Long-running processes exit on a panic so their supervisor restarts them
@@ -680,7 +721,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             s3_endpoint,
             s3_region,
         } => {
-            init_tracing("info");
+            init_tracing("info")?;
             exit_on_panic();
             let file: config::ServerFile = config::load(config.as_deref())?;
             let secret =
@@ -740,7 +781,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             trust_root,
             environment,
         } => {
-            init_tracing("info");
+            init_tracing("info")?;
             exit_on_panic();
             let file: config::AgentFile = config::load(config.as_deref())?;
             let labels = match (labels, file.labels) {
@@ -920,6 +961,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Rollback { id, wait, reason, uninstall } => {
             return convoy_cli::rollback(&api()?, id, *wait, reason, *uninstall, fmt).await
         }
+        Cmd::Targets { action: Some(TargetsCmd::Show { id }), .. } => convoy_cli::target_show(&api()?, id, fmt).await?,
         Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
             convoy_cli::remove_target(&api()?, id, fmt).await?
         }
@@ -942,8 +984,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Releases => convoy_cli::releases(&api()?, fmt).await?,
         Cmd::Changes { release, from } => convoy_cli::changes(&api()?, release, from, fmt).await?,
         Cmd::Deployments => convoy_cli::deployments(&api()?, fmt).await?,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "convoy", &mut std::io::stdout());
+        }
         Cmd::Demo { keep } => {
-            init_tracing("warn");
+            init_tracing("warn")?;
             return convoy_cli::demo::run(*keep).await;
         }
     }
@@ -966,13 +1012,41 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 fn main() {
     let cli = Cli::parse();
+    let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let operator = !matches!(cli.cmd, Cmd::Server { .. } | Cmd::Agent { .. } | Cmd::Demo { .. });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if operator && convoy_client::unreachable(&e) {
+                eprintln!(
+                    "hint: no convoy server answered at {server}. Is `convoy server` running there, and is \
+                     --server (or CONVOY_SERVER) its URL? It listens on {DEFAULT_SERVER} by default."
+                );
+            }
             1
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::use_colour(true, None));
+        assert!(super::use_colour(true, Some(OsStr::new(""))));
+        assert!(!super::use_colour(true, Some(OsStr::new("1"))));
+        assert!(!super::use_colour(false, None));
+    }
+
+    #[test]
+    fn log_formats() {
+        use super::{log_format, LogFormat};
+        assert_eq!(log_format(None).unwrap(), LogFormat::Text);
+        assert_eq!(log_format(Some("json")).unwrap(), LogFormat::Json);
+        assert!(log_format(Some("yaml")).unwrap_err().to_string().contains("text (the default) or json"));
+    }
 }

@@ -121,6 +121,27 @@ fn upgrade_gate_health_failure_and_rollback() {
     for h in ["a", "b", "c"] {
         assert!(status.contains(&format!("\n{h} ")), "{status}");
     }
+
+    // a target's own page: its deployments, newest change first, with the
+    // metrics and notes it reported
+    let c_id = c["target_id"].as_str().unwrap();
+    let t = f.json(&["targets", "show", c_id]);
+    assert_eq!(t["target"]["hostname"], "c");
+    let history: Vec<(&str, &str, &str)> = t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (h["version"].as_str().unwrap(), h["state"].as_str().unwrap(), h["deployment_state"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(history, vec![("2.0", "rolled_back", "rolled_back"), ("1.0", "succeeded", "succeeded")], "{t:#}");
+    assert_eq!(t["history"][1]["metrics"]["served_version"], "1.0");
+    let text = f.ok(&["targets", "show", c_id]);
+    assert!(text.contains("web@2.0") && text.contains("web@1.0") && text.contains("rolled_back"), "{text}");
+    let missing = f.cli(&["targets", "show", "no-such-target"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("target no-such-target not found"));
 }
 
 #[test]

@@ -6,27 +6,8 @@ mod common;
 
 use common::*;
 
-/// The Python with python-tuf: `CONVOY_TEST_PYTHON`, or a virtual
-/// environment in `target/tuf-venv`, made (from PyPI) when missing.
 fn python() -> String {
-    if let Ok(p) = std::env::var("CONVOY_TEST_PYTHON") {
-        return p;
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tuf-venv");
-    let py = venv.join("bin/python");
-    let has_tuf = |py: &std::path::Path| {
-        std::process::Command::new(py).args(["-c", "import tuf.ngclient"]).output().is_ok_and(|o| o.status.success())
-    };
-    if !has_tuf(&py) {
-        let run = |cmd: &str, args: &[&str]| {
-            let out = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-            assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run("python3", &["-m", "venv", venv.to_str().unwrap()]);
-        run(venv.join("bin/pip").to_str().unwrap(), &["install", "-q", "tuf>=7,<8"]);
-        assert!(has_tuf(&py), "python-tuf did not install into {}", venv.display());
-    }
-    py.to_str().unwrap().to_owned()
+    test_python("tuf.ngclient")
 }
 
 fn client(f: &Fleet, root: &std::path::Path, target: &str, digest: &str) -> (i32, String) {

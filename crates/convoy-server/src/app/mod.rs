@@ -199,6 +199,41 @@ pub fn target_info(t: &TargetRecord, relay_site: Option<String>) -> AppResult<Ta
     })
 }
 
+/// How many of a target's instructions `GET /targets/{id}` shows.
+pub const TARGET_HISTORY: u32 = 50;
+
+/// A target and its last deployments, most recently changed first.
+pub async fn target_detail(st: &AppState, id: &str) -> AppResult<convoy_wire::TargetDetail> {
+    let t = st.store.get_target(id).await?.ok_or_else(|| AppError::not_found(format!("target {id} not found")))?;
+    let target = target_info(&t, st.relay_site(id))?;
+    let rows = st.store.target_instructions(id, TARGET_HISTORY).await?;
+    let mut deployments = std::collections::HashMap::new();
+    let mut history = Vec::with_capacity(rows.len());
+    for i in rows {
+        if !deployments.contains_key(&i.deployment_id) {
+            let d = st.store.get_deployment(&i.deployment_id).await?;
+            deployments.insert(i.deployment_id.clone(), d);
+        }
+        let Some(d) = &deployments[&i.deployment_id] else { continue };
+        history.push(convoy_wire::TargetHistoryEntry {
+            deployment_id: d.id.clone(),
+            app: d.app.clone(),
+            version: d.version.clone(),
+            deployment_state: d.state.as_str().to_owned(),
+            metrics: serde_json::from_str(&i.metrics_json).unwrap_or_default(),
+            instruction_id: i.id,
+            state: i.state.as_str().to_owned(),
+            attempt: i.attempt,
+            wave: i.wave,
+            previous_version: i.previous_version,
+            reported_digest: i.reported_digest,
+            note: i.note,
+            updated_at: i.updated_at,
+        });
+    }
+    Ok(convoy_wire::TargetDetail { target, history })
+}
+
 /// The deployment `id`, or not found.
 pub async fn find(st: &AppState, id: &str) -> AppResult<DeploymentRecord> {
     st.store.get_deployment(id).await?.ok_or_else(|| AppError::not_found(format!("deployment {id} not found")))

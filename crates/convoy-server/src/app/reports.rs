@@ -24,6 +24,8 @@ pub struct Queued {
     report: Report,
     /// `None`: the server's own created→sent move (nobody waits for it).
     reply: Option<oneshot::Sender<AppResult<ReportResponse>>>,
+    /// When it arrived (`convoy_report_write_seconds`).
+    at: std::time::Instant,
 }
 
 pub type Queue = mpsc::Sender<Queued>;
@@ -32,7 +34,7 @@ pub type Queue = mpsc::Sender<Queued>;
 pub async fn submit(st: &AppState, target: String, report: Report) -> AppResult<ReportResponse> {
     let (reply, answer) = oneshot::channel();
     st.reports
-        .send(Queued { target, report, reply: Some(reply) })
+        .send(Queued { target, report, reply: Some(reply), at: std::time::Instant::now() })
         .await
         .map_err(|_| AppError::internal("the report writer has stopped"))?;
     answer.await.map_err(|_| AppError::internal("the report writer dropped a report"))?
@@ -53,7 +55,8 @@ pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
         output: String::new(),
         inventory: None,
     };
-    let _ = st.reports.try_send(Queued { target: target.to_owned(), report, reply: None });
+    let _ =
+        st.reports.try_send(Queued { target: target.to_owned(), report, reply: None, at: std::time::Instant::now() });
 }
 
 /// The writer: takes what is queued, up to [`BATCH`] at a time.
@@ -348,6 +351,11 @@ async fn write(
                             st.progress.lock().expect("progress lock").remove(&moves[k].id);
                         }
                         tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                        if p.to == InstructionState::Succeeded {
+                            let m = &q.report.metrics;
+                            st.counters.golive_lag.observe_reported_ms(m.get("golive_lag_ms"));
+                            st.counters.health_latency.observe_reported_ms(m.get("health_ms"));
+                        }
                         touched.push(q.target.clone());
                     }
                     Ok(ReportResponse { accepted: moved, note: p.note })
@@ -355,6 +363,7 @@ async fn write(
             },
         };
         if let Some(reply) = q.reply {
+            st.counters.report_latency.observe(q.at.elapsed());
             let _ = reply.send(answer);
         }
     }

@@ -19,6 +19,16 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<J
         .map(Json)
 }
 
+/// A target and its last deployments.
+pub async fn get(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<convoy_wire::TargetDetail>> {
+    auth::require(&st, &headers, Role::Viewer).await?;
+    Ok(Json(crate::app::target_detail(&st, &id).await?))
+}
+
 /// Forgets a decommissioned target and revokes its credential.
 pub async fn remove(
     State(st): State<AppState>,

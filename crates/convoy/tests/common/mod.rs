@@ -26,6 +26,70 @@ pub fn shared_key_secret() -> PathBuf {
     path
 }
 
+/// The address of a service that the tests marked `#[ignore = "needs ..."]`
+/// talk to. Those tests run with `cargo test --workspace -- --include-ignored`
+/// (the README's test command, and `.ci/run`'s): `var` names the service,
+/// else this machine's own at `default` is used. A service that does not
+/// answer fails the test with what to set; it never counts as passed.
+pub fn service_url(var: &str, default: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let answers = host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok()));
+    if answers.is_none() {
+        panic!(
+            "nothing answers at {host_port} ({var}={url}): start that service, or set {var} to one that runs; \
+             plain `cargo test` (without --include-ignored) leaves this test out and says so"
+        );
+    }
+    url
+}
+
+/// Python packages the tests use as independent checkers, by the module
+/// each is imported as: python-tuf (a TUF client), prometheus_client (the
+/// reference parser of the metrics format).
+pub const TEST_PYTHON_PACKAGES: &[(&str, &str)] =
+    &[("tuf.ngclient", "tuf>=7,<8"), ("prometheus_client", "prometheus_client>=0.20,<1")];
+
+/// A Python that can `import module`: `CONVOY_TEST_PYTHON` (`.ci/run` sets
+/// it), else a virtual environment in `target/test-venv`, made from PyPI
+/// with every package of [`TEST_PYTHON_PACKAGES`] when one is missing.
+pub fn test_python(module: &str) -> String {
+    if let Ok(p) = std::env::var("CONVOY_TEST_PYTHON") {
+        return p;
+    }
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv");
+    let py = venv.join("bin/python");
+    let imports = |py: &Path, m: &str| {
+        Command::new(py).args(["-c", &format!("import {m}")]).output().is_ok_and(|o| o.status.success())
+    };
+    if !TEST_PYTHON_PACKAGES.iter().all(|(m, _)| imports(&py, m)) {
+        let run = |cmd: &str, args: &[&str]| {
+            let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+            assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run("python3", &["-m", "venv", venv.to_str().unwrap()]);
+        let mut args = vec!["install", "-q"];
+        args.extend(TEST_PYTHON_PACKAGES.iter().map(|(_, pip)| *pip));
+        run(venv.join("bin/pip").to_str().unwrap(), &args);
+    }
+    assert!(imports(&py, module), "{module} did not install into {}", venv.display());
+    py.to_str().unwrap().to_owned()
+}
+
+/// PostgreSQL of the tests that need one: `CONVOY_TEST_DATABASE_URL`, else
+/// this machine's (`postgres://postgres@127.0.0.1:5432/test`).
+pub fn postgres_url() -> String {
+    service_url("CONVOY_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
