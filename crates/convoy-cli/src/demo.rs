@@ -144,6 +144,7 @@ async fn deploy(c: &Client, version: &str, at: Option<i64>) -> anyhow::Result<De
         env: None,
         reason: String::new(),
         targets: Vec::new(),
+        plan: None,
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     line(format!("deployment {} created; staging to {}", d.id, convoy_domain::targets(d.counts.total)));
@@ -154,7 +155,7 @@ async fn deploy(c: &Client, version: &str, at: Option<i64>) -> anyhow::Result<De
 }
 
 async fn publish_step(c: &Client, src: &Path, version: &str) -> anyhow::Result<()> {
-    let s = publish::publish(c, src, APP, version).await?;
+    let s = publish::publish(c, src, APP, version, Default::default()).await?;
     line(format!(
         "published {APP}@{version}: digest {}…, uploaded {} of {} chunks ({})",
         &s.digest[..16],
@@ -178,6 +179,7 @@ fn prod_request(version: &str, reason: &str) -> DeployRequest {
         env: Some("prod".into()),
         reason: reason.into(),
         targets: Vec::new(),
+        plan: None,
     }
 }
 
@@ -247,7 +249,7 @@ async fn signing_step(admin: &Client, ana: &Client, ben: &Client, base: &Path) -
     line(format!("{APP}'s releases are now signed by the CI key only (delegated TUF role app-{APP})"));
     let src = base.join("src");
     write_app(&src.join("3.2"), "3.2", 4, false)?;
-    let s = publish::publish(admin, &src.join("3.2"), APP, "3.2").await?;
+    let s = publish::publish(admin, &src.join("3.2"), APP, "3.2", Default::default()).await?;
     ensure!(!s.signed, "the server signed a release of a delegated app");
     line(format!("published {APP}@3.2 without the CI key: stored, but NOT signed"));
     let refused = deploy(admin, "3.2", None).await?;

@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod output;
+pub mod plan;
 pub mod publish;
 pub mod signing;
 pub mod trust;
@@ -50,9 +51,11 @@ pub async fn publish(
     app: &str,
     version: &str,
     sign_keys: &[std::path::PathBuf],
+    provenance: convoy_wire::Provenance,
     fmt: Format,
 ) -> anyhow::Result<()> {
-    let mut s = publish::publish(c, dir, app, version).await?;
+    let provenance = publish::provenance(provenance, |k| std::env::var(k).ok());
+    let mut s = publish::publish(c, dir, app, version, provenance).await?;
     if !sign_keys.is_empty() {
         signing::sign_release(c, sign_keys, &s.app, &s.version, &s.digest, &s.manifest).await?;
         s.signed = true;
@@ -134,6 +137,7 @@ pub async fn deploy(c: &Client, a: DeployArgs<'_>, fmt: Format) -> anyhow::Resul
         env: a.env.map(str::to_owned),
         reason: a.reason.into(),
         targets: a.targets.to_vec(),
+        plan: None,
     };
     let d: DeploymentInfo = c.send_json(reqwest::Method::POST, "/deployments", &req).await?;
     if !a.wait {
@@ -389,6 +393,17 @@ pub async fn releases(c: &Client, fmt: Format) -> anyhow::Result<()> {
             let rows = r
                 .iter()
                 .map(|r| {
+                    let built = r.provenance.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |p| {
+                            let commit = &p.commit[..p.commit.len().min(12)];
+                            match (commit.is_empty(), p.branch.is_empty()) {
+                                (false, false) => format!("{commit} ({})", p.branch),
+                                (false, true) => commit.to_owned(),
+                                (true, _) => p.branch.clone(),
+                            }
+                        },
+                    );
                     vec![
                         format!("{}@{}", r.app, r.version),
                         r.digest[..16].to_owned(),
@@ -396,10 +411,11 @@ pub async fn releases(c: &Client, fmt: Format) -> anyhow::Result<()> {
                         output::bytes(r.total_size),
                         r.chunks.to_string(),
                         output::time(r.created_at),
+                        built,
                     ]
                 })
                 .collect::<Vec<_>>();
-            output::table(&["RELEASE", "DIGEST", "FILES", "SIZE", "CHUNKS", "PUBLISHED"], &rows);
+            output::table(&["RELEASE", "DIGEST", "FILES", "SIZE", "CHUNKS", "PUBLISHED", "BUILT FROM"], &rows);
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use convoy_client::Client;
 use convoy_domain::{AppName, Version};
 use convoy_pack::{chunk_file, pack_tree, ChunkId, Entry, Manifest};
-use convoy_wire::{ChunkIds, PublishRequest, PublishResponse};
+use convoy_wire::{ChunkIds, Provenance, PublishRequest, PublishResponse};
 use serde::Serialize;
 
 /// Uploads (and compressions) in flight at once.
@@ -63,7 +63,48 @@ pub struct PublishSummary {
     pub manifest: Vec<u8>,
 }
 
-pub async fn publish(client: &Client, dir: &Path, app: &str, version: &str) -> anyhow::Result<PublishSummary> {
+/// The build's provenance: `given` (from flags) where set, else what the CI
+/// says in its own environment variables (GitHub Actions, GitLab CI).
+pub fn provenance(given: Provenance, env: impl Fn(&str) -> Option<String>) -> Provenance {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let from_ci = if var("GITHUB_ACTIONS").is_some() {
+        let server = var("GITHUB_SERVER_URL").unwrap_or_else(|| "https://github.com".into());
+        let repo = var("GITHUB_REPOSITORY");
+        Provenance {
+            commit: var("GITHUB_SHA").unwrap_or_default(),
+            branch: var("GITHUB_HEAD_REF").or_else(|| var("GITHUB_REF_NAME")).unwrap_or_default(),
+            ci_url: match (&repo, var("GITHUB_RUN_ID")) {
+                (Some(r), Some(id)) => format!("{server}/{r}/actions/runs/{id}"),
+                _ => String::new(),
+            },
+            repository: repo.map(|r| format!("{server}/{r}")).unwrap_or_default(),
+        }
+    } else if var("GITLAB_CI").is_some() {
+        Provenance {
+            commit: var("CI_COMMIT_SHA").unwrap_or_default(),
+            branch: var("CI_COMMIT_REF_NAME").unwrap_or_default(),
+            ci_url: var("CI_JOB_URL").or_else(|| var("CI_PIPELINE_URL")).unwrap_or_default(),
+            repository: var("CI_PROJECT_URL").unwrap_or_default(),
+        }
+    } else {
+        Provenance::default()
+    };
+    let pick = |flag: String, ci: String| if flag.is_empty() { ci } else { flag };
+    Provenance {
+        commit: pick(given.commit, from_ci.commit),
+        branch: pick(given.branch, from_ci.branch),
+        ci_url: pick(given.ci_url, from_ci.ci_url),
+        repository: pick(given.repository, from_ci.repository),
+    }
+}
+
+pub async fn publish(
+    client: &Client,
+    dir: &Path,
+    app: &str,
+    version: &str,
+    provenance: Provenance,
+) -> anyhow::Result<PublishSummary> {
     check_names(app, version)?;
     let manifest = pack(dir).await?;
     let ids: Vec<String> = manifest.chunk_ids().iter().map(|i| i.to_hex()).collect();
@@ -78,7 +119,12 @@ pub async fn publish(client: &Client, dir: &Path, app: &str, version: &str) -> a
     }
     let uploaded = missing.len();
     let bytes = upload(client, dir, &manifest, missing).await?;
-    let req = PublishRequest { app: app.into(), version: version.into(), manifest: serde_json::to_value(&manifest)? };
+    let req = PublishRequest {
+        app: app.into(),
+        version: version.into(),
+        manifest: serde_json::to_value(&manifest)?,
+        provenance: (!provenance.is_empty()).then_some(provenance),
+    };
     let r: PublishResponse = client.send_json(reqwest::Method::POST, "/releases", &req).await?;
     if r.release.digest != manifest.digest() {
         bail!("server computed digest {} but the local tree has {}", r.release.digest, manifest.digest());
@@ -157,4 +203,42 @@ async fn upload(client: &Client, dir: &Path, m: &Manifest, mut missing: HashSet<
     }
     reader.await??;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod provenance_tests {
+    use convoy_wire::Provenance;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn provenance_comes_from_flags_then_the_ci() {
+        let gh = [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_SHA", "0123abcd"),
+            ("GITHUB_REF_NAME", "main"),
+            ("GITHUB_SERVER_URL", "https://github.com"),
+            ("GITHUB_REPOSITORY", "acme/shop"),
+            ("GITHUB_RUN_ID", "42"),
+        ];
+        let p = super::provenance(Provenance::default(), env(&gh));
+        assert_eq!(p.commit, "0123abcd");
+        assert_eq!(p.branch, "main");
+        assert_eq!(p.ci_url, "https://github.com/acme/shop/actions/runs/42");
+        assert_eq!(p.repository, "https://github.com/acme/shop");
+        let flags = Provenance { commit: "feedbeef".into(), ..Default::default() };
+        assert_eq!(super::provenance(flags, env(&gh)).commit, "feedbeef", "a flag wins");
+        let gl = [
+            ("GITLAB_CI", "true"),
+            ("CI_COMMIT_SHA", "99aa"),
+            ("CI_COMMIT_REF_NAME", "release/2"),
+            ("CI_JOB_URL", "https://gitlab.example/acme/shop/-/jobs/7"),
+        ];
+        let p = super::provenance(Provenance::default(), env(&gl));
+        assert_eq!((p.commit.as_str(), p.branch.as_str()), ("99aa", "release/2"));
+        assert_eq!(p.ci_url, "https://gitlab.example/acme/shop/-/jobs/7");
+        assert!(super::provenance(Provenance::default(), env(&[])).is_empty(), "outside CI: nothing");
+    }
 }

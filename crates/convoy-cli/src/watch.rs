@@ -468,6 +468,7 @@ mod tests {
                 revision: 0,
                 expires_at: None,
                 paused_by: None,
+                plan: None,
             },
             instructions: vec![live, bad, slow],
             events: vec![

@@ -479,6 +479,9 @@ impl Store for CachedStore {
     async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>> {
         self.db().list_deployments(limit).await
     }
+    async fn plan_deployments(&self, plan: &str) -> Result<Vec<DeploymentRecord>> {
+        self.db().plan_deployments(plan).await
+    }
     async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
         self.db().active_deployments().await
     }

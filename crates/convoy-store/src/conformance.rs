@@ -307,6 +307,7 @@ async fn releases(s: &dyn Store) {
         total_size: 3_000_000_000,
         chunks: 4,
         created_at: 5,
+        provenance_json: r#"{"commit":"0a1b"}"#.into(),
     };
     check("insert new", s.insert_release(&r).await.unwrap(), true);
     check("same content again", s.insert_release(&r).await.unwrap(), false);
@@ -347,6 +348,9 @@ fn staging(id: &str, at: i64) -> DeploymentRecord {
         revision: 0,
         expires_at: None,
         targets: String::new(),
+        plan_name: String::new(),
+        plan_entry: String::new(),
+        plan_digest: String::new(),
     }
 }
 
@@ -393,6 +397,9 @@ async fn deployments(s: &dyn Store) {
         revision: 0,
         expires_at: None,
         targets: String::new(),
+        plan_name: String::new(),
+        plan_entry: String::new(),
+        plan_digest: String::new(),
     };
     let instrs = [instruction("i-1", "t-1", S::Created), instruction("i-2", "t-2", S::Created)];
     s.create_deployment(&d, &instrs, "admin").await.unwrap();
@@ -611,9 +618,14 @@ async fn workflow(s: &dyn Store) {
         revision: 0,
         expires_at: None,
         targets: String::new(),
+        plan_name: "shop".into(),
+        plan_entry: "eu".into(),
+        plan_digest: "0a1b2c".into(),
     };
     s.create_deployment(&d, &[], "user:alice").await.unwrap();
     check("request read back", s.get_deployment("d-2").await.unwrap(), Some(d.clone()));
+    check("its plan's deployments", s.plan_deployments("shop").await.unwrap(), vec![d.clone()]);
+    check("another plan's", s.plan_deployments("sho").await.unwrap().len(), 0);
     let a = ApprovalRecord {
         deployment_id: "d-2".into(),
         revision: 0,

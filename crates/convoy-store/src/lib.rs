@@ -140,6 +140,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>>;
     /// Newest first.
     async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>>;
+    /// Every deployment made from the release plan `plan`, oldest first.
+    async fn plan_deployments(&self, plan: &str) -> Result<Vec<DeploymentRecord>>;
     /// Deployments not yet settled (the scheduler's work list).
     async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>>;
     async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>>;

@@ -151,6 +151,9 @@ pub struct ReleaseRecord {
     pub total_size: i64,
     pub chunks: i64,
     pub created_at: i64,
+    /// What the publisher said of the build (`convoy_wire::Provenance`
+    /// JSON); empty when nothing. Informational: nothing trusts it.
+    pub provenance_json: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +190,12 @@ pub struct DeploymentRecord {
     /// Targets picked by id (comma-separated), besides the selector; empty:
     /// every target the selector matches.
     pub targets: String,
+    /// The release plan (`convoy plan apply`) and its entry this request
+    /// came from; both empty when it was made by hand.
+    pub plan_name: String,
+    pub plan_entry: String,
+    /// The entry's fingerprint when it was applied.
+    pub plan_digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ macro_rules! impl_sql_store {
             }
 
             const INSTR_COLS: &str = "id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at";
-            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets";
+            const DEP_COLS: &str = "id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets, plan_name, plan_entry, plan_digest";
             const CHECK_COLS: &str = "id, deployment_id, target_id, state, result, output, updated_at";
             const TARGET_COLS: &str = "id, hostname, labels, inventory, enrolled_at, last_seen, warning";
             const ENROL_COLS: &str = "id, labels, expires_at, max_uses, uses, created_by, created_at, revoked_at";
@@ -106,6 +106,9 @@ macro_rules! impl_sql_store {
                     revision: r.try_get::<i64, _>("revision").map_err(db)? as u32,
                     expires_at: r.try_get("expires_at").map_err(db)?,
                     targets: r.try_get("targets").map_err(db)?,
+                    plan_name: r.try_get("plan_name").map_err(db)?,
+                    plan_entry: r.try_get("plan_entry").map_err(db)?,
+                    plan_digest: r.try_get("plan_digest").map_err(db)?,
                 })
             }
 
@@ -174,6 +177,7 @@ macro_rules! impl_sql_store {
                     total_size: r.try_get("total_size").map_err(db)?,
                     chunks: r.try_get("chunks").map_err(db)?,
                     created_at: r.try_get("created_at").map_err(db)?,
+                    provenance_json: r.try_get("provenance").map_err(db)?,
                 })
             }
 
@@ -534,8 +538,8 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn insert_release(&self, r: &ReleaseRecord) -> Result<bool> {
-                    let done = ::sqlx::query("INSERT INTO releases (app, version, digest, manifest, files, total_size, chunks, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app, version) DO NOTHING")
-                        .bind(&r.app).bind(&r.version).bind(&r.digest).bind(&r.manifest).bind(r.files).bind(r.total_size).bind(r.chunks).bind(r.created_at)
+                    let done = ::sqlx::query("INSERT INTO releases (app, version, digest, manifest, files, total_size, chunks, created_at, provenance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (app, version) DO NOTHING")
+                        .bind(&r.app).bind(&r.version).bind(&r.digest).bind(&r.manifest).bind(r.files).bind(r.total_size).bind(r.chunks).bind(r.created_at).bind(&r.provenance_json)
                         .execute(&self.pool).await.map_err(db)?;
                     if done.rows_affected() == 1 {
                         return Ok(true);
@@ -553,22 +557,23 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn get_release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
-                    ::sqlx::query("SELECT app, version, digest, manifest, files, total_size, chunks, created_at FROM releases WHERE app = $1 AND version = $2")
+                    ::sqlx::query("SELECT app, version, digest, manifest, files, total_size, chunks, created_at, provenance FROM releases WHERE app = $1 AND version = $2")
                         .bind(app).bind(version).fetch_optional(&self.read).await.map_err(db)?
                         .as_ref().map(|r| release(r, true)).transpose()
                 }
 
                 async fn list_releases(&self) -> Result<Vec<ReleaseRecord>> {
-                    ::sqlx::query("SELECT app, version, digest, files, total_size, chunks, created_at FROM releases ORDER BY created_at DESC, app, version")
+                    ::sqlx::query("SELECT app, version, digest, files, total_size, chunks, created_at, provenance FROM releases ORDER BY created_at DESC, app, version")
                         .fetch_all(&self.read).await.map_err(db)?.iter().map(|r| release(r, false)).collect()
                 }
 
                 async fn create_deployment(&self, d: &DeploymentRecord, instructions: &[InstructionRecord], actor: &str) -> Result<()> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
-                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)")
+                    ::sqlx::query("INSERT INTO deployments (id, app, version, digest, selector, state, go_live_at, max_failures, stage_deadline, activate_timeout_ms, created_by, created_at, updated_at, note, env, reason, policy, plan, wave, revision, expires_at, targets, plan_name, plan_entry, plan_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)")
                         .bind(&d.id).bind(&d.app).bind(&d.version).bind(&d.digest).bind(&d.selector).bind(d.state.as_str())
                         .bind(d.go_live_at).bind(d.max_failures as i64).bind(d.stage_deadline).bind(d.activate_timeout_ms).bind(&d.created_by).bind(d.created_at).bind(d.updated_at).bind(&d.note)
                         .bind(&d.env).bind(&d.reason).bind(&d.policy_json).bind(&d.plan_json).bind(d.wave as i64).bind(d.revision as i64).bind(d.expires_at).bind(&d.targets)
+                        .bind(&d.plan_name).bind(&d.plan_entry).bind(&d.plan_digest)
                         .execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query(INSERT_EVENT).bind(&d.id).bind(None::<String>).bind("").bind(d.state.as_str()).bind(actor).bind(&d.note).bind(d.created_at)
                         .execute(&mut *tx).await.map_err(db)?;
@@ -584,6 +589,11 @@ macro_rules! impl_sql_store {
                 async fn list_deployments(&self, limit: u32) -> Result<Vec<DeploymentRecord>> {
                     let q = format!("SELECT {DEP_COLS} FROM deployments ORDER BY created_at DESC, id LIMIT $1");
                     ::sqlx::query(&q).bind(limit as i64).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
+                }
+
+                async fn plan_deployments(&self, plan: &str) -> Result<Vec<DeploymentRecord>> {
+                    let q = format!("SELECT {DEP_COLS} FROM deployments WHERE plan_name = $1 ORDER BY created_at, id");
+                    ::sqlx::query(&q).bind(plan).fetch_all(&self.read).await.map_err(db)?.iter().map(dep).collect()
                 }
 
                 async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {

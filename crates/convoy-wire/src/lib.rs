@@ -308,6 +308,32 @@ pub struct PublishRequest {
     pub app: String,
     pub version: String,
     pub manifest: serde_json::Value,
+    /// What the build says of itself; informational (nothing trusts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Where a release was built: from `convoy publish` flags or the CI's own
+/// environment variables. Shown with the release; never trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub branch: String,
+    /// The CI run (job or pipeline) that built it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ci_url: String,
+    /// The repository (URL or owner/name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repository: String,
+}
+
+impl Provenance {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +345,8 @@ pub struct ReleaseInfo {
     pub total_size: u64,
     pub chunks: u64,
     pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -404,6 +432,40 @@ pub struct DeployRequest {
     /// named must exist and match it); none: every target it matches.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// The release plan entry this request is made from (`convoy plan apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanRef>,
+}
+
+/// A release plan and one of its entries (`convoy plan apply`): names of
+/// letters, digits, `.`, `_` and `-`, at most 64 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRef {
+    pub name: String,
+    pub entry: String,
+    /// The entry's fingerprint (hex): applying a changed entry makes a new
+    /// request.
+    #[serde(default)]
+    pub digest: String,
+}
+
+impl PlanRef {
+    /// Checks both names, saying what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [("plan name", &self.name), ("plan entry", &self.entry)] {
+            if v.is_empty()
+                || v.len() > 64
+                || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(format!("{what} {v:?}: use 1 to 64 letters, digits, '.', '_' or '-'"));
+            }
+        }
+        if self.digest.len() > 64 || !self.digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("plan digest: at most 64 hex digits".into());
+        }
+        Ok(())
+    }
 }
 
 /// `PATCH /deployments/{id}`: changes a request; approvals given so far are void.
@@ -567,6 +629,9 @@ pub struct DeploymentInfo {
     /// Who paused it (no new wave starts until it is resumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_by: Option<String>,
+    /// The release plan entry it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -662,6 +727,14 @@ pub struct WaveCounts {
     pub wave: u32,
     pub total: u32,
     pub states: BTreeMap<String, u32>,
+}
+
+/// The query of `GET /deployments`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only deployments made from this release plan (every one of them).
+    pub plan: Option<String>,
 }
 
 /// The query of `GET /deployments/{id}`: which targets come in

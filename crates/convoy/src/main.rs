@@ -184,6 +184,18 @@ enum Cmd {
         /// or the targets key when the app has none. Repeat for a threshold above 1.
         #[arg(long, value_name = "KEY_FILE")]
         sign_key: Vec<PathBuf>,
+        /// The commit it was built from [default: from the CI: GITHUB_SHA, CI_COMMIT_SHA].
+        #[arg(long)]
+        commit: Option<String>,
+        /// The branch it was built from [default: GITHUB_REF_NAME, CI_COMMIT_REF_NAME].
+        #[arg(long)]
+        branch: Option<String>,
+        /// The CI run that built it [default: the GitHub Actions run, CI_JOB_URL].
+        #[arg(long)]
+        ci_url: Option<String>,
+        /// The source repository [default: from the CI].
+        #[arg(long)]
+        repository: Option<String>,
     },
     /// Deploy APP@VERSION to the targets a label selector (or --target) picks.
     Deploy {
@@ -402,6 +414,11 @@ enum Cmd {
     },
     /// List recent deployments.
     Deployments,
+    /// Release plans kept as code: `convoy plan apply deploy/plan.toml`.
+    Plan {
+        #[command(subcommand)]
+        action: PlanCmd,
+    },
     /// Print a completion script: `convoy completions bash > /etc/bash_completion.d/convoy`,
     /// zsh: into a directory of $fpath as `_convoy`, fish: `~/.config/fish/completions/convoy.fish`.
     Completions {
@@ -413,6 +430,21 @@ enum Cmd {
         /// Keep the temporary work directory.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// Make the server's requests match a plan file: create what is new,
+    /// replace what changed and has not started, cancel what was removed
+    /// and has not started. Applying it twice changes nothing.
+    Apply {
+        /// The plan (TOML): `plan = "NAME"` and [[deployment]] entries with
+        /// name, release (APP@VERSION), env, selector, at (RFC 3339), reason.
+        file: PathBuf,
+        /// Print what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -825,8 +857,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await?;
         }
         Cmd::Pack { dir, app, version } => convoy_cli::pack(dir, app, version, fmt).await?,
-        Cmd::Publish { dir, app, version, sign_key } => {
-            convoy_cli::publish(&api()?, dir, app, version, sign_key, fmt).await?
+        Cmd::Publish { dir, app, version, sign_key, commit, branch, ci_url, repository } => {
+            let given = convoy_wire::Provenance {
+                commit: commit.clone().unwrap_or_default(),
+                branch: branch.clone().unwrap_or_default(),
+                ci_url: ci_url.clone().unwrap_or_default(),
+                repository: repository.clone().unwrap_or_default(),
+            };
+            convoy_cli::publish(&api()?, dir, app, version, sign_key, given, fmt).await?
         }
         Cmd::Deploy {
             release,
@@ -984,6 +1022,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Releases => convoy_cli::releases(&api()?, fmt).await?,
         Cmd::Changes { release, from } => convoy_cli::changes(&api()?, release, from, fmt).await?,
         Cmd::Deployments => convoy_cli::deployments(&api()?, fmt).await?,
+        Cmd::Plan { action: PlanCmd::Apply { file, dry_run } } => {
+            return convoy_cli::plan::apply(&api()?, file, *dry_run, fmt).await
+        }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "convoy", &mut std::io::stdout());

@@ -65,6 +65,7 @@ fn metrics_parse_and_carry_deployment_progress_latencies_and_the_process() {
     // while it waits for its go-live, both targets hold the verified
     // release and wait to switch
     let s = scrape(&f);
+    let mut names: std::collections::BTreeSet<String> = s.iter().map(|(n, _, _)| n.clone()).collect();
     let mine: Vec<_> = s.iter().filter(|(n, l, _)| n == "convoy_deployment_targets" && l["deployment"] == id).collect();
     let waiting =
         value(&s, "convoy_deployment_targets", &[("deployment", &id), ("state", "activating"), ("wave", "1")]);
@@ -83,6 +84,7 @@ fn metrics_parse_and_carry_deployment_progress_latencies_and_the_process() {
     let d = f.wait_state(&id, &["succeeded", "failed"], Duration::from_secs(90));
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
     let s = scrape(&f);
+    names.extend(s.iter().map(|(n, _, _)| n.clone()));
     assert_eq!(value(&s, "convoy_deployment_targets", &[("deployment", &id)]), None, "a settled deployment leaves");
     for h in ["convoy_golive_lag_seconds", "convoy_health_check_seconds"] {
         assert_eq!(value(&s, &format!("{h}_count"), &[]), Some(2.0), "{h}: one per target");
@@ -109,6 +111,22 @@ fn metrics_parse_and_carry_deployment_progress_latencies_and_the_process() {
     assert!(value(&s, "process_open_fds", &[]).unwrap() > 0.0);
     assert!(value(&s, "process_start_time_seconds", &[]).unwrap() > 1.7e9);
 
+    // the Grafana dashboard asks only for series the server has
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/grafana-convoy.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut asked = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                asked += 1;
+                assert!(names.contains(&name), "panel {:?} asks for {name}, which /metrics lacks", p["title"]);
+            }
+        }
+    }
+    assert!(asked >= 15);
+
     // an agent that stops is stale once its 90 s have passed; not waited
     // for here, but the split always adds up to the fleet
     f.kill_agent("b");
@@ -116,4 +134,26 @@ fn metrics_parse_and_carry_deployment_progress_latencies_and_the_process() {
     let online = value(&s, "convoy_targets_seen", &[("seen", "online")]).unwrap();
     let stale = value(&s, "convoy_targets_seen", &[("seen", "stale")]).unwrap();
     assert_eq!(online + stale, 2.0);
+}
+
+/// The metric names in a PromQL expression: words starting `convoy_` or
+/// `process_` that are not followed by `(` (functions) or inside quotes.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut word = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if !quoted && (c.is_ascii_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        if (word.starts_with("convoy_") || word.starts_with("process_")) && c != '(' {
+            out.push(std::mem::take(&mut word));
+        }
+        word.clear();
+    }
+    out
 }

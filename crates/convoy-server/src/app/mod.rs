@@ -167,6 +167,11 @@ pub fn info_counted(d: &DeploymentRecord, states: &[(InstructionState, u32)]) ->
         revision: d.revision,
         expires_at: d.expires_at,
         paused_by: None,
+        plan: (!d.plan_name.is_empty()).then(|| convoy_wire::PlanRef {
+            name: d.plan_name.clone(),
+            entry: d.plan_entry.clone(),
+            digest: d.plan_digest.clone(),
+        }),
     }
 }
 

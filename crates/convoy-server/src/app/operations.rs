@@ -21,8 +21,15 @@ use crate::state::{now_ms, AppState};
 
 /// The newest deployments (at most 100) with their counts (one grouped
 /// query for all of them).
-pub async fn list(st: &AppState) -> AppResult<Vec<DeploymentInfo>> {
-    let deps = st.store.list_deployments(100).await?;
+pub async fn list(st: &AppState, plan: Option<&str>) -> AppResult<Vec<DeploymentInfo>> {
+    let deps = match plan {
+        None => st.store.list_deployments(100).await?,
+        Some(name) => {
+            let probe = convoy_wire::PlanRef { name: name.to_owned(), entry: "-".into(), digest: String::new() };
+            probe.check().map_err(AppError::bad_request)?;
+            st.store.plan_deployments(name).await?
+        }
+    };
     let ids: Vec<String> = deps.iter().map(|d| d.id.clone()).collect();
     let mut per: BTreeMap<String, Vec<(S, u32)>> = BTreeMap::new();
     for (dep, _, state, n) in st.store.instruction_counts(&ids).await? {

@@ -100,6 +100,9 @@ pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> AppResult
         .get_release(app.as_str(), version.as_str())
         .await?
         .ok_or_else(|| AppError::not_found(format!("release {app}@{version} not found; publish it first")))?;
+    if let Some(plan) = &req.plan {
+        plan.check().map_err(AppError::bad_request)?;
+    }
     let picked = pick(st, &req.targets, &selector).await?;
     let mut dep = DeploymentRecord {
         id: new_id("d"),
@@ -124,6 +127,9 @@ pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> AppResult
         revision: 0,
         expires_at: None,
         targets: picked.join(","),
+        plan_name: req.plan.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+        plan_entry: req.plan.as_ref().map(|p| p.entry.clone()).unwrap_or_default(),
+        plan_digest: req.plan.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
     };
     let chosen = in_scope(st, &dep).await?;
     if chosen.is_empty() {

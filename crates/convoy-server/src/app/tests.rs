@@ -48,6 +48,7 @@ async fn harness(hosts: &[(&str, &str)]) -> H {
             total_size: 10,
             chunks: 1,
             created_at: 1,
+            provenance_json: String::new(),
         };
         h.st.store.insert_release(&r).await.unwrap();
     }
@@ -91,6 +92,7 @@ fn request(selector: &str) -> DeployRequest {
         env: Some("prod".into()),
         reason: "CHG-1".into(),
         targets: Vec::new(),
+        plan: None,
     }
 }
 

@@ -33,9 +33,16 @@ pub async fn create(
     Ok(Json(requests::submit(&st, &user, req).await?))
 }
 
-pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<DeploymentInfo>>> {
+/// `GET /deployments[?plan=NAME]`: the last 100, or every one made from a
+/// release plan.
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<convoy_wire::ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<DeploymentInfo>>> {
     auth::require(&st, &headers, Role::Viewer).await?;
-    Ok(Json(operations::list(&st).await?))
+    let Query(q) = q?;
+    Ok(Json(operations::list(&st, q.plan.as_deref()).await?))
 }
 
 /// `GET /deployments/{id}?state=&wave=&label=&limit=&after=&late=`: the

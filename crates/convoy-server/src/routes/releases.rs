@@ -11,7 +11,7 @@ use convoy_domain::Role;
 use convoy_domain::{AppName, Version};
 use convoy_pack::{Entry, Manifest};
 use convoy_store::ReleaseRecord;
-use convoy_wire::{PublishRequest, PublishResponse, ReleaseInfo};
+use convoy_wire::{Provenance, PublishRequest, PublishResponse, ReleaseInfo};
 
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
@@ -26,6 +26,7 @@ pub fn info(r: &ReleaseRecord) -> ReleaseInfo {
         total_size: r.total_size as u64,
         chunks: r.chunks as u64,
         created_at: r.created_at,
+        provenance: serde_json::from_str(&r.provenance_json).ok().filter(|p: &Provenance| !p.is_empty()),
     }
 }
 
@@ -41,6 +42,17 @@ pub async fn publish(
     let manifest: Manifest = serde_json::from_value(req.manifest)
         .map_err(|e| ApiError::bad_request(format!("manifest is not valid: {e}")))?;
     manifest.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(p) = &req.provenance {
+        for (what, v) in
+            [("commit", &p.commit), ("branch", &p.branch), ("ci_url", &p.ci_url), ("repository", &p.repository)]
+        {
+            if v.len() > 512 || v.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "provenance {what}: at most 512 bytes, without control characters"
+                )));
+            }
+        }
+    }
     // every chunk the manifest names is stored, with the length it says
     let mut lens: std::collections::BTreeMap<convoy_pack::ChunkId, u32> = Default::default();
     for e in &manifest.entries {
@@ -92,6 +104,10 @@ pub async fn publish(
         total_size: manifest.total_size() as i64,
         chunks: manifest.chunk_ids().len() as i64,
         created_at: now_ms(),
+        provenance_json: match &req.provenance {
+            Some(p) if !p.is_empty() => serde_json::to_string(p).map_err(ApiError::internal)?,
+            _ => String::new(),
+        },
     };
     let created = st.store.insert_release(&rec).await?;
     let signed = crate::app::tuf::published(&st, &rec).await?;
