@@ -9,6 +9,7 @@
 mod app;
 mod auth;
 mod bus;
+mod console;
 mod error;
 mod limit;
 mod metrics;
@@ -161,6 +162,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest(convoy_wire::API, api)
         .route("/metrics", get(metrics::render))
+        .merge(console::router())
         .fallback(|| async { error::ApiError::not_found("not found; the API lives under /api/v1") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -471,6 +473,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let _ = state.tuf.set(repo);
     state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
     state.mirrors = Arc::new(config.mirrors.clone());
+    state.tls = config.tls.is_some();
     state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;
     if let Some(url) = &config.cache {

@@ -72,6 +72,10 @@ pub struct AppState {
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, convoy_wire::Progress)>>>,
     /// The TUF repository (set once at start; unset in tests that need none).
     pub tuf: Arc<std::sync::OnceLock<crate::app::tuf::Repo>>,
+    /// Web console sign-ins (memory only).
+    pub sessions: Arc<crate::console::Sessions>,
+    /// Served over HTTPS (console cookies are then `Secure`).
+    pub tls: bool,
 }
 
 impl AppState {
@@ -106,6 +110,8 @@ impl AppState {
             nats: None,
             preflight_specs: Default::default(),
             tuf: Default::default(),
+            sessions: Default::default(),
+            tls: false,
             upgrades: Default::default(),
             sites: Default::default(),
             work_deployments: Default::default(),
