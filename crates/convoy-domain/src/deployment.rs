@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{wave_start, WavePlan};
 use crate::policy::{show_time, Window};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     /// A request waiting for its approvals.

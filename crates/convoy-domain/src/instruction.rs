@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// How many times a target stages a release before the gate gives up on it.
 pub const MAX_STAGE_ATTEMPTS: u32 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstructionState {
     Created,
@@ -30,7 +30,7 @@ pub enum InstructionState {
 }
 
 /// The work an agent does for an instruction in a given state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Stage,
@@ -100,7 +100,7 @@ impl InstructionState {
 }
 
 /// What an agent says about its work.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReportKind {
     /// The agent has taken the work up.

@@ -28,7 +28,9 @@ fn valid(s: &str, extra: &[char], upper: bool) -> bool {
 }
 
 /// An application name such as `shop-web`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct AppName(String);
 
@@ -46,7 +48,9 @@ impl AppName {
 }
 
 /// A release version such as `2.4.1` or `2026.11.22+build7`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Version(String);
 
@@ -93,7 +97,7 @@ pub fn parse_reference(s: &str) -> Result<(AppName, Version), NameError> {
 }
 
 /// Target labels: `site=sh,role=web`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Labels(pub BTreeMap<String, String>);
 
 fn valid_label_part(s: &str) -> bool {
@@ -134,7 +138,7 @@ impl fmt::Display for Labels {
 
 /// A label selector: every `k=v` must be present on the target. Empty
 /// selects all targets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Selector(pub Labels);
 
 impl Selector {

@@ -16,7 +16,7 @@ pub struct PlanTarget {
 }
 
 /// One wave of a deployment's plan, stored with the deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WavePlan {
     /// 1-based.
     pub wave: u32,

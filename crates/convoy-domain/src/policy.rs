@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// What a user may do; each role may do everything the ones below it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads everything: targets, releases, deployments, requests, audit.
@@ -105,6 +105,19 @@ impl fmt::Display for Amount {
     }
 }
 
+/// On the wire an amount is a string: `3` or `25%`.
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]+%?$"))
+            .description(Some("a count (3) or a percentage (25%)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Amount {}
+
 impl TryFrom<String> for Amount {
     type Error = PolicyError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -131,7 +144,7 @@ pub fn parse_waves(s: &str) -> Result<Vec<Amount>, PolicyError> {
 }
 
 /// What happens to a go-live time outside every window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutsideWindow {
     /// The request is refused with the next allowed time.
@@ -142,7 +155,7 @@ pub enum OutsideWindow {
 }
 
 /// What happens to targets that fail preflight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PreflightFailure {
     /// The request fails; nothing is deployed.
@@ -153,7 +166,7 @@ pub enum PreflightFailure {
 }
 
 /// What a wave that breaks its failure budget does to the deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBreach {
     /// Every wave that went live is rolled back; later waves never start.
@@ -170,7 +183,7 @@ pub enum OnBreach {
 
 /// An environment's policy, stored as JSON with the environment and
 /// copied into each request made in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Approvals needed before preflight (0: none).

@@ -119,24 +119,50 @@ fn path_params(names: &[&str]) -> Value {
     )
 }
 
-/// An object schema; `required` is left out when empty (OpenAPI 3.0 wants
-/// at least one name in it).
-fn obj(required: &[&str], props: Value) -> Value {
-    if required.is_empty() {
-        json!({"type": "object", "properties": props})
-    } else {
-        json!({"type": "object", "required": required, "properties": props})
-    }
+/// The wire types' schemas, derived from the Rust types (and their serde
+/// attributes) by utoipa, so they cannot drift from what the server sends
+/// and accepts.
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(
+    convoy_wire::ErrorBody,
+    convoy_wire::ChunkIds,
+    convoy_wire::Decision,
+    convoy_wire::DeployRequest,
+    convoy_wire::DeploymentDetail,
+    convoy_wire::DeploymentInfo,
+    convoy_wire::EnrollRequest,
+    convoy_wire::EnrollResponse,
+    convoy_wire::EnvInfo,
+    convoy_wire::EventInfo,
+    convoy_wire::Inventory,
+    convoy_wire::NewUser,
+    convoy_wire::ProgressReport,
+    convoy_wire::PublishRequest,
+    convoy_wire::PublishResponse,
+    convoy_wire::ReleaseInfo,
+    convoy_wire::Report,
+    convoy_wire::ReportResponse,
+    convoy_wire::RequestInfo,
+    convoy_wire::ReviseRequest,
+    convoy_wire::TargetDetail,
+    convoy_wire::TargetInfo,
+    convoy_wire::UserInfo,
+    convoy_wire::WorkResponse,
+    convoy_domain::Policy,
+)))]
+struct Schemas;
+
+fn schemas() -> Value {
+    use utoipa::OpenApi;
+    let doc = serde_json::to_value(Schemas::openapi()).expect("schemas serialize");
+    doc["components"]["schemas"].clone()
 }
 
 pub fn document() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let int = json!({"type": "integer", "format": "int64"});
-    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
     let op_ = "operator token";
     let agent = "agent token";
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "convoy", "version": env!("CARGO_PKG_VERSION"), "description": "Release orchestration for fleets. Every time is unix milliseconds (UTC). Authenticate with `Authorization: Bearer <token>`."},
         "servers": [{"url": convoy_wire::API}],
         "security": [{"bearer": []}],
@@ -227,41 +253,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}},
-            "schemas": {
-                "ErrorBody": obj(&["error"], json!({"error": obj(&["code", "message"], json!({"code": s("string"), "message": s("string")}))})),
-                "Labels": map,
-                "ChunkIds": obj(&["ids"], json!({"ids": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}})),
-                "PublishRequest": obj(&["app", "version", "manifest"], json!({"app": s("string"), "version": s("string"), "manifest": {"type": "object", "description": "Manifest format 1: {format, chunking, entries[]}"}, "provenance": {"$ref": "#/components/schemas/Provenance"}})),
-                "Provenance": obj(&[], json!({"commit": s("string"), "branch": s("string"), "ci_url": s("string"), "repository": s("string")})),
-                "PlanRef": obj(&["name", "entry"], json!({"name": s("string"), "entry": s("string"), "digest": s("string")})),
-                "ReleaseInfo": obj(&["app", "version", "digest"], json!({"app": s("string"), "version": s("string"), "digest": s("string"), "files": int, "total_size": int, "chunks": int, "created_at": int, "provenance": {"$ref": "#/components/schemas/Provenance"}})),
-                "TargetDetail": obj(&["target", "history"], json!({"target": {"$ref": "#/components/schemas/TargetInfo"}, "history": {"type": "array", "items": obj(&["deployment_id", "instruction_id", "state"], json!({"deployment_id": s("string"), "app": s("string"), "version": s("string"), "deployment_state": s("string"), "instruction_id": s("string"), "state": s("string"), "attempt": int, "wave": int, "previous_version": {"type": "string", "nullable": true}, "reported_digest": {"type": "string", "nullable": true}, "metrics": {"type": "object", "additionalProperties": s("string")}, "note": s("string"), "updated_at": int}))}})),
-                "PublishResponse": obj(&["release", "created"], json!({"release": {"$ref": "#/components/schemas/ReleaseInfo"}, "created": s("boolean")})),
-                "Inventory": obj(&["hostname", "os", "arch", "free_disk_bytes", "labels", "installed", "current", "agent_version"], json!({"hostname": s("string"), "os": s("string"), "arch": s("string"), "free_disk_bytes": int, "labels": {"$ref": "#/components/schemas/Labels"}, "installed": {"type": "object", "additionalProperties": {"type": "array", "items": s("string")}}, "current": map, "agent_version": s("string"), "relay": {"type": "string", "description": "URL this agent serves its site on, when it is a relay"}})),
-                "TargetInfo": obj(&["id", "hostname"], json!({"id": s("string"), "hostname": s("string"), "labels": {"$ref": "#/components/schemas/Labels"}, "inventory": {"$ref": "#/components/schemas/Inventory"}, "enrolled_at": int, "last_seen": int})),
-                "DeployRequest": obj(&["app", "version"], json!({"app": s("string"), "version": s("string"), "selector": {"type": "string", "description": "k=v,... ; empty selects every target"}, "at": {"type": "integer", "format": "int64", "nullable": true}, "max_failures": {"type": "integer", "minimum": 0}, "stage_timeout_secs": {"type": "integer", "minimum": 1, "nullable": true}, "activate_timeout_secs": {"type": "integer", "minimum": 1, "nullable": true}, "env": {"type": "string", "nullable": true, "description": "environment whose policy governs the request"}, "reason": s("string"), "targets": {"type": "array", "items": s("string"), "description": "targets by id or hostname, besides the selector"}, "plan": {"$ref": "#/components/schemas/PlanRef"}})),
-                "Decision": obj(&[], json!({"note": s("string")})),
-                "ReviseRequest": obj(&[], json!({"selector": s("string"), "at": {"type": "integer", "nullable": true}, "clear_at": s("boolean"), "reason": s("string")})),
-                "NewUser": obj(&["name", "role"], json!({"name": s("string"), "role": {"type": "string", "enum": ["viewer", "deployer", "approver", "admin"]}})),
-                "UserInfo": obj(&["name", "role"], json!({"name": s("string"), "role": s("string"), "created_by": s("string"), "created_at": int, "token": {"type": "string", "description": "only when created"}})),
-                "Policy": obj(&[], json!({"approvals": int, "approver_role": s("string"), "confirm": s("boolean"), "confirm_ttl_secs": int, "windows": {"type": "array", "items": {"type": "string", "example": "Sat 01:00-05:00 Asia/Shanghai"}}, "outside_window": {"type": "string", "enum": ["refuse", "next"]}, "waves": {"type": "array", "items": {"type": "string", "example": "10%"}}, "wave_gap_secs": int, "max_failures": {"type": "string", "example": "5%"}, "preflight_failure": {"type": "string", "enum": ["block", "skip"]}, "checks": {"type": "array", "items": s("string")}, "preflight_timeout_secs": int, "webhook": {"type": "string", "nullable": true}})),
-                "EnvInfo": obj(&["name", "policy"], json!({"name": s("string"), "policy": {"$ref": "#/components/schemas/Policy"}, "updated_by": s("string"), "updated_at": int})),
-                "RequestInfo": obj(&["deployment", "waiting_for"], json!({"deployment": {"$ref": "#/components/schemas/DeploymentInfo"}, "waiting_for": {"type": "string", "enum": ["approve", "confirm", ""]}, "approvals": int, "approvals_needed": int})),
-                "Counts": obj(&[], json!({"total": int, "staged": int, "live": int, "failed": int, "rolled_back": int})),
-                "DeploymentInfo": obj(&["id", "state"], json!({"id": s("string"), "app": s("string"), "version": s("string"), "digest": s("string"), "selector": s("string"), "state": {"type": "string", "enum": ["awaiting_approval", "preflight", "awaiting_confirmation", "staging", "scheduled", "activating", "succeeded", "failed", "rolling_back", "rolled_back", "canceled", "rejected", "expired"]}, "go_live_at": {"type": "integer", "nullable": true}, "max_failures": int, "stage_deadline": {"type": "integer", "nullable": true}, "activate_timeout_secs": int, "created_by": s("string"), "created_at": int, "updated_at": int, "note": s("string"), "counts": {"$ref": "#/components/schemas/Counts"}, "env": {"type": "string", "nullable": true}, "reason": s("string"), "wave": int, "revision": int, "expires_at": {"type": "integer", "nullable": true}, "paused_by": s("string"), "plan": {"$ref": "#/components/schemas/PlanRef"}})),
-                "InstructionInfo": obj(&["id", "state"], json!({"id": s("string"), "target_id": s("string"), "hostname": s("string"), "labels": {"$ref": "#/components/schemas/Labels"}, "state": {"type": "string", "enum": ["created", "sent", "received", "staged", "activating", "succeeded", "failed", "rolling_back", "rolled_back", "canceled"]}, "attempt": int, "previous_version": {"type": "string", "nullable": true}, "reported_digest": {"type": "string", "nullable": true}, "metrics": map, "output": s("string"), "note": s("string"), "updated_at": int, "last_seen": int, "progress": {"$ref": "#/components/schemas/Progress"}})),
-                "EventInfo": obj(&["at", "to", "actor"], json!({"at": int, "deployment_id": s("string"), "instruction_id": {"type": "string", "nullable": true}, "from": s("string"), "to": s("string"), "actor": s("string"), "note": s("string")})),
-                "DeploymentDetail": obj(&["deployment", "instructions", "events"], json!({"deployment": {"$ref": "#/components/schemas/DeploymentInfo"}, "instructions": {"type": "array", "items": {"$ref": "#/components/schemas/InstructionInfo"}}, "events": {"type": "array", "items": {"$ref": "#/components/schemas/EventInfo"}}, "states": {"type": "object", "additionalProperties": int}, "waves": {"type": "array", "items": {"type": "object", "properties": {"wave": int, "total": int, "states": {"type": "object", "additionalProperties": int}}}}, "matching": int, "next": s("string")})),
-                "EnrollRequest": obj(&["inventory"], json!({"inventory": {"$ref": "#/components/schemas/Inventory"}})),
-                "EnrollResponse": obj(&["target_id", "token", "server_key"], json!({"target_id": s("string"), "token": s("string"), "server_key": s("string")})),
-                "Work": obj(&["instruction_id", "phase", "attempt"], json!({"instruction_id": s("string"), "deployment_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "app": s("string"), "version": s("string"), "digest": s("string"), "go_live_at": {"type": "integer", "nullable": true}, "previous_version": {"type": "string", "nullable": true}, "sources": {"type": "array", "items": s("string"), "description": "relays to fetch content from, in order, before the server"}})),
-                "SignedWork": obj(&["payload", "sig"], json!({"payload": {"type": "string", "description": "JSON of {target, expires_at, work: Work}, exactly the bytes signed"}, "sig": {"type": "string", "description": "hex ed25519 signature by the server's key (EnrollResponse.server_key) over 'convoy work item v1\\n' + payload"}})),
-                "WorkResponse": obj(&["work"], json!({"work": {"type": "array", "items": {"$ref": "#/components/schemas/SignedWork"}}})),
-                "Report": obj(&["instruction_id", "phase", "attempt", "report"], json!({"instruction_id": s("string"), "phase": {"type": "string", "enum": ["stage", "activate", "rollback"]}, "attempt": int, "report": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string", "enum": ["received", "staged", "succeeded", "rolled_back", "failed"]}, "digest": s("string"), "message": s("string")}}, "metrics": map, "output": s("string"), "inventory": {"$ref": "#/components/schemas/Inventory"}})),
-                "Progress": obj(&["done_bytes", "total_bytes"], json!({"done_bytes": int, "total_bytes": int})),
-                "ProgressReport": obj(&["instruction_id", "progress"], json!({"instruction_id": s("string"), "progress": {"$ref": "#/components/schemas/Progress"}})),
-                "ReportResponse": obj(&["accepted", "note"], json!({"accepted": s("boolean"), "note": s("string")}))
-            }
+            "schemas": schemas(),
         }
     })
 }

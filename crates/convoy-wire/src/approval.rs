@@ -27,7 +27,7 @@ pub const USER_FIELD: &str = "convoy_user";
 /// one, after the request was made or last changed).
 pub const APPROVAL_LIFE_SECS: i64 = 14 * 86_400;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
     #[serde(rename = "_type")]

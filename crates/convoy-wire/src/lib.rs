@@ -15,12 +15,12 @@ pub mod tuf;
 pub const API: &str = "/api/v1";
 
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `conflict`.
     pub code: String,
@@ -28,7 +28,7 @@ pub struct ErrorDetail {
 }
 
 /// What an agent tells about its machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     pub hostname: String,
@@ -46,13 +46,13 @@ pub struct Inventory {
     pub relay: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub inventory: Inventory,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub target_id: String,
     /// The agent's own credential; shown once, stored hashed by the server.
@@ -63,7 +63,7 @@ pub struct EnrollResponse {
 
 /// `GET /agent/me`: who the agent is to the server, and what it shows
 /// relays and mirrors instead of its credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentMe {
     pub target_id: String,
     /// The labels the server holds for it (set by operators).
@@ -82,7 +82,7 @@ pub struct AgentMe {
 
 /// An agent telling its server it refused work (bad signature, another
 /// target's, expired) and where the work came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refusal {
     /// The URL the work came from.
@@ -93,7 +93,7 @@ pub struct Refusal {
 }
 
 /// `POST /deployments/{id}/rollback`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// Why; kept in the audit log.
@@ -106,7 +106,7 @@ pub struct RollbackRequest {
 }
 
 /// `POST /deployments/{id}/retry`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     /// Why; kept in the audit log.
@@ -119,7 +119,7 @@ pub struct RetryRequest {
 }
 
 /// `POST /enrol-tokens` (admin).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEnrolToken {
     /// The labels every target enrolled with it gets; `None`: the agent's own.
@@ -128,7 +128,7 @@ pub struct NewEnrolToken {
     pub uses: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrolTokenInfo {
     pub id: String,
     pub labels: Option<Labels>,
@@ -144,14 +144,14 @@ pub struct EnrolTokenInfo {
 }
 
 /// `PUT /relays/{target}` (admin).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RelayGrant {
     pub site: String,
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RelayInfo {
     pub target_id: String,
     pub hostname: String,
@@ -163,7 +163,7 @@ pub struct RelayInfo {
 }
 
 /// `PATCH /targets/{id}/labels` (admin).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelChange {
     #[serde(default)]
@@ -173,7 +173,7 @@ pub struct LabelChange {
 }
 
 /// A new secret for an existing holder; the old one is revoked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RotatedToken {
     pub subject: String,
     pub token: String,
@@ -181,7 +181,7 @@ pub struct RotatedToken {
 }
 
 /// One piece of work for an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Work {
     pub instruction_id: String,
     pub deployment_id: String,
@@ -215,7 +215,7 @@ pub struct Work {
 
 /// A target's preflight for a request (P-preflight): the package's
 /// preparation and requirements, and the environment's checks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreflightSpec {
     /// Bytes the release takes on disk.
     pub release_size: u64,
@@ -230,7 +230,7 @@ pub struct PreflightSpec {
     pub timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkResponse {
     /// Each item signed by the server for this target ([`sign::SignedWork`]).
     pub work: Vec<sign::SignedWork>,
@@ -238,7 +238,7 @@ pub struct WorkResponse {
 
 /// A relay's long poll on behalf of its site's agents: returns once any of
 /// them has a change newer than the generation the relay holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SitePoll {
     /// The server process the generations came from; another means all stale.
@@ -248,7 +248,7 @@ pub struct SitePoll {
     pub targets: Vec<SiteTarget>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteTarget {
     pub id: String,
@@ -256,7 +256,7 @@ pub struct SiteTarget {
     pub gen: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SitePollResponse {
     pub epoch: String,
     /// Targets whose work changed: their whole pending work now.
@@ -267,14 +267,14 @@ pub struct SitePollResponse {
     pub refused: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteWork {
     pub id: String,
     pub gen: u64,
     pub work: Vec<sign::SignedWork>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     pub instruction_id: String,
@@ -289,20 +289,20 @@ pub struct Report {
     pub inventory: Option<Inventory>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReportResponse {
     /// False when the report was for work no longer current (nothing changed).
     pub accepted: bool,
     pub note: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkIds {
     pub ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub app: String,
@@ -315,7 +315,7 @@ pub struct PublishRequest {
 
 /// Where a release was built: from `convoy publish` flags or the CI's own
 /// environment variables. Shown with the release; never trusted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -336,7 +336,7 @@ impl Provenance {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseInfo {
     pub app: String,
     pub version: String,
@@ -349,7 +349,7 @@ pub struct ReleaseInfo {
     pub provenance: Option<Provenance>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublishResponse {
     pub release: ReleaseInfo,
     /// False when the same content was already published under this version.
@@ -360,7 +360,7 @@ pub struct PublishResponse {
     pub signed: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetInfo {
     pub id: String,
     pub hostname: String,
@@ -377,7 +377,7 @@ pub struct TargetInfo {
 }
 
 /// `GET /targets/{id}`: a target and what convoy last did on it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetDetail {
     pub target: TargetInfo,
     /// Its last instructions (at most 50), most recently changed first.
@@ -385,7 +385,7 @@ pub struct TargetDetail {
 }
 
 /// One deployment as one target lived it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetHistoryEntry {
     pub deployment_id: String,
     pub app: String,
@@ -403,7 +403,7 @@ pub struct TargetHistoryEntry {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub app: String,
@@ -439,7 +439,7 @@ pub struct DeployRequest {
 
 /// A release plan and one of its entries (`convoy plan apply`): names of
 /// letters, digits, `.`, `_` and `-`, at most 64 bytes each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanRef {
     pub name: String,
@@ -469,7 +469,7 @@ impl PlanRef {
 }
 
 /// `PATCH /deployments/{id}`: changes a request; approvals given so far are void.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviseRequest {
     pub selector: Option<String>,
@@ -481,7 +481,7 @@ pub struct ReviseRequest {
 }
 
 /// Body of approve / reject / confirm / cancel.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     #[serde(default)]
@@ -495,7 +495,7 @@ pub struct Decision {
 }
 
 /// A user's registered public key (for signed approvals).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserKeyInfo {
     pub user: String,
     pub keyid: String,
@@ -508,21 +508,21 @@ pub struct UserKeyInfo {
 /// An environment's approvers as a TUF delegation would name them: the
 /// registered keys of users who may approve there (each key object with
 /// its `convoy_user`), and how many must sign.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApproverKeys {
     pub env: String,
     pub threshold: u32,
     pub keys: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
     pub role: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub name: String,
     pub role: String,
@@ -533,7 +533,7 @@ pub struct UserInfo {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvInfo {
     pub name: String,
     pub policy: convoy_domain::Policy,
@@ -541,7 +541,7 @@ pub struct EnvInfo {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalInfo {
     pub approver: String,
     /// `approve` or `reject`.
@@ -556,7 +556,7 @@ pub struct ApprovalInfo {
     pub signed_with: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckInfo {
     pub target_id: String,
     pub hostname: String,
@@ -569,7 +569,7 @@ pub struct CheckInfo {
 }
 
 /// Which targets go live when (before confirmation: as it would be now).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanInfo {
     pub waves: Vec<convoy_domain::WavePlan>,
     /// `(target id, hostname, wave)`.
@@ -579,7 +579,7 @@ pub struct PlanInfo {
 }
 
 /// An item of `convoy requests`: a request waiting for the caller.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestInfo {
     pub deployment: DeploymentInfo,
     /// `approve` or `confirm`: what the caller may do.
@@ -588,7 +588,7 @@ pub struct RequestInfo {
     pub approvals_needed: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: u32,
     pub staged: u32,
@@ -597,7 +597,7 @@ pub struct Counts {
     pub rolled_back: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentInfo {
     pub id: String,
     pub app: String,
@@ -634,7 +634,7 @@ pub struct DeploymentInfo {
     pub plan: Option<PlanRef>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstructionInfo {
     pub id: String,
     pub target_id: String,
@@ -661,7 +661,7 @@ pub struct InstructionInfo {
 
 /// How far a target's download has come (uncompressed bytes of the chunks
 /// it had to fetch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub done_bytes: u64,
     pub total_bytes: u64,
@@ -669,14 +669,14 @@ pub struct Progress {
 
 /// `POST /agent/progress`: sent every few seconds while fetching; kept in
 /// the server's memory only.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressReport {
     pub instruction_id: String,
     pub progress: Progress,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventInfo {
     pub at: i64,
     pub deployment_id: String,
@@ -687,7 +687,7 @@ pub struct EventInfo {
     pub note: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentDetail {
     pub deployment: DeploymentInfo,
     pub instructions: Vec<InstructionInfo>,
@@ -722,7 +722,7 @@ pub struct DeploymentDetail {
     pub next: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WaveCounts {
     pub wave: u32,
     pub total: u32,
@@ -730,7 +730,7 @@ pub struct WaveCounts {
 }
 
 /// The query of `GET /deployments`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only deployments made from this release plan (every one of them).
@@ -739,7 +739,7 @@ pub struct ListQuery {
 
 /// The query of `GET /deployments/{id}`: which targets come in
 /// `instructions`, a page at a time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetailQuery {
     /// Instruction states, comma-separated (`failed,rolled_back`).
@@ -775,13 +775,13 @@ pub const DETAIL_MAX_LIMIT: u32 = 2_000;
 /// wanted release the machine holds (one the request does not name, or
 /// one answered before): 1 byte count, per file 2 bytes big-endian length
 /// and its path; their bytes end to end are the patch's context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     pub files: Vec<SyncFile>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncFile {
     /// The file of the release wanted.
@@ -790,7 +790,7 @@ pub struct SyncFile {
 }
 
 /// What the machine holds at a path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SyncHave {
     /// Exactly the file `path` of the app's release `version` (its chunks
@@ -808,7 +808,7 @@ pub enum SyncHave {
 pub const SYNC_MAX_FILES: usize = 10_000;
 
 /// The generated description of an upgrade (P-strategy).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Changes {
     pub app: String,
     pub from_version: String,

@@ -130,14 +130,14 @@ fn verify(public_hex: &str, context: &[u8], msg: &[u8], sig_hex: &str) -> Result
 /// A work item as the server signed it: `payload` is the JSON of a
 /// [`WorkStatement`], `sig` the signature over exactly those bytes.
 // no deny_unknown_fields: later versions may add fields (a key id, say)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedWork {
     pub payload: String,
     pub sig: String,
 }
 
 /// What the server signs: which target the work is for, until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkStatement {
     pub target: String,
     pub expires_at: i64,
@@ -168,7 +168,7 @@ impl SignedWork {
 
 /// A short-lived permission to read content (and, at a relay of its site,
 /// its own work) that the server hands an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     pub target: String,
