@@ -159,6 +159,26 @@ fn schemas() -> Value {
 }
 
 pub fn document() -> Value {
+    let mut doc = paths_and_components();
+    // every operation may answer with the common errors
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for (method, op) in item.iter_mut() {
+                if method == "parameters" {
+                    continue;
+                }
+                if let Some(responses) = op["responses"].as_object_mut() {
+                    for code in ["400", "401", "403", "404", "409", "413", "429"] {
+                        responses.entry(code).or_insert_with(|| json!({"$ref": "#/components/responses/Error"}));
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn paths_and_components() -> Value {
     let op_ = "operator token";
     let agent = "agent token";
     json!({

@@ -52,11 +52,13 @@ pub fn service_url(var: &str, default: &str) -> String {
 
 /// Python packages the tests use as independent checkers, by the module
 /// each is imported as: python-tuf (a TUF client), prometheus_client (the
-/// reference parser of the metrics format), openapi-spec-validator.
+/// reference parser of the metrics format), openapi-spec-validator and
+/// schemathesis (the OpenAPI document against the live server).
 pub const TEST_PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("tuf.ngclient", "tuf>=7,<8"),
     ("prometheus_client", "prometheus_client>=0.20,<1"),
     ("openapi_spec_validator", "openapi-spec-validator>=0.7,<1"),
+    ("schemathesis", "schemathesis>=4,<5"),
 ];
 
 /// A Python that can `import module`: `CONVOY_TEST_PYTHON` (`.ci/run` sets
