@@ -396,10 +396,10 @@ pub async fn releases(c: &Client, fmt: Format) -> anyhow::Result<()> {
                     let built = r.provenance.as_ref().map_or_else(
                         || "-".to_owned(),
                         |p| {
-                            let commit = &p.commit[..p.commit.len().min(12)];
+                            let commit: String = p.commit.chars().take(12).collect();
                             match (commit.is_empty(), p.branch.is_empty()) {
                                 (false, false) => format!("{commit} ({})", p.branch),
-                                (false, true) => commit.to_owned(),
+                                (false, true) => commit,
                                 (true, _) => p.branch.clone(),
                             }
                         },

@@ -327,7 +327,7 @@ pub fn summary(d: &DeploymentDetail, now: i64) -> String {
         .map(|i| {
             let digest = match &i.reported_digest {
                 Some(r) if *r == dep.digest => "match".to_owned(),
-                Some(r) => format!("MISMATCH {}", &r[..r.len().min(16)]),
+                Some(r) => format!("MISMATCH {}", r.chars().take(16).collect::<String>()),
                 None => "-".into(),
             };
             let mut row = vec![

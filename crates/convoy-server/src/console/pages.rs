@@ -59,6 +59,12 @@ fn deployment_link(id: &str) -> String {
     format!("<a href=\"/ui/deployments/{}\">{}</a>", enc(id), esc(id))
 }
 
+/// The first `n` characters (never cuts one in two: values may come from
+/// hostile agents or publishers).
+fn short(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 fn flash(done: Option<&str>) -> String {
     done.map(|d| format!("<p class=\"flash\" role=\"status\">{}</p>", esc(d))).unwrap_or_default()
 }
@@ -446,7 +452,7 @@ fn target_row(d: &DeploymentInfo, i: &InstructionInfo) -> String {
         Some(r) if *r == d.digest => {
             "<span class=\"ok\" title=\"the target holds exactly the published bytes\">✓ matches</span>".into()
         }
-        Some(r) => format!("<span class=\"bad\">✗ {}</span>", esc(&r[..r.len().min(16)])),
+        Some(r) => format!("<span class=\"bad\">✗ {}</span>", esc(&short(r, 16))),
     };
     let progress = match &i.progress {
         Some(p) if p.total_bytes > 0 => format!(
@@ -842,7 +848,7 @@ fn provenance_html(p: &Option<convoy_wire::Provenance>) -> String {
     let Some(p) = p else { return "-".into() };
     let mut parts = Vec::new();
     if !p.commit.is_empty() {
-        parts.push(format!("<code>{}</code>", esc(&p.commit[..p.commit.len().min(12)])));
+        parts.push(format!("<code>{}</code>", esc(&short(&p.commit, 12))));
     }
     if !p.branch.is_empty() {
         parts.push(format!("on {}", esc(&p.branch)));
@@ -875,7 +881,7 @@ pub async fn releases(State(st): State<AppState>, headers: HeaderMap) -> Respons
                 format!(
                     "<tr><th scope=\"row\">{}</th><td><code>{}</code></td><td>{}</td><td>{:.1} MiB</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     release_link(&r.app, &r.version),
-                    esc(&r.digest[..r.digest.len().min(16)]),
+                    esc(&short(&r.digest, 16)),
                     r.files,
                     r.total_size as f64 / (1u64 << 20) as f64,
                     esc(&time(r.created_at)),

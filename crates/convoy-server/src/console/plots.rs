@@ -58,7 +58,7 @@ pub fn deployment(
         .zip(&metrics)
         .filter_map(|(i, m)| {
             let name = names.get(i.target_id.as_str()).map_or_else(|| i.target_id.clone(), |n| n.to_string());
-            Some((name, m.get("bytes_fetched")?.parse::<f64>().ok()?))
+            Some((name, m.get("bytes_fetched")?.parse::<f64>().ok().filter(|x| x.is_finite())?))
         })
         .collect();
     bytes.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -72,7 +72,8 @@ pub fn deployment(
         ));
     }
     for (key, title) in [("golive_lag_ms", "Go-live lag"), ("health_ms", "Health-check time")] {
-        let v: Vec<f64> = metrics.iter().filter_map(|m| m.get(key)?.parse::<f64>().ok()).collect();
+        let v: Vec<f64> =
+            metrics.iter().filter_map(|m| m.get(key)?.parse::<f64>().ok().filter(|x| x.is_finite())).collect();
         if !v.is_empty() {
             out.push_str(&histogram(&format!("plot-{key}"), title, &v, "ms"));
         }
@@ -240,7 +241,10 @@ pub fn target_metrics(history: &[TargetHistoryEntry]) -> String {
         let items: Vec<(String, f64)> = history
             .iter()
             .rev()
-            .filter_map(|h| Some((format!("{}@{}", h.app, h.version), h.metrics.get(key)?.parse::<f64>().ok()?)))
+            .filter_map(|h| {
+                let v = h.metrics.get(key)?.parse::<f64>().ok().filter(|x| x.is_finite())?;
+                Some((format!("{}@{}", h.app, h.version), v))
+            })
             .collect();
         if !items.is_empty() {
             out.push_str(&bars(&format!("plot-t-{key}"), title, "oldest first", &items, "ms"));
@@ -298,5 +302,19 @@ fn human(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostile_values_draw_without_panicking_and_stay_escaped() {
+        let svg = super::histogram("h", "t<", &[0.0, 1e300, f64::MAX, -5.0], "ms");
+        assert!(svg.contains("<svg") && !svg.contains("t<"));
+        let one = super::histogram("h", "one", &[7.0], "");
+        assert!(one.contains("1 values from 7 to 7"));
+        let items = vec![("<script>alert(1)</script>é".to_owned(), 1e18), ("b".to_owned(), 0.0)];
+        let bars = super::bars("b", "Bytes", "what", &items, "bytes");
+        assert!(!bars.contains("<script>") && bars.contains("&lt;script&gt;"));
     }
 }
