@@ -702,23 +702,43 @@ pub async fn targets(
         Ok(s) => s,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &format!("labels filter: {e}")),
     };
-    let all = match st.store.list_targets().await {
+    // narrow rows (id, host, labels) first; whole rows (inventory, last
+    // seen) for the page only, or for every candidate when the release or
+    // seen filter needs them
+    let narrow = match st.store.list_target_labels().await {
         Ok(t) => t,
         Err(e) => return failed(e.into()),
     };
-    let now = crate::state::now_ms();
+    let total = narrow.len();
     let needle = q.q.trim().to_lowercase();
+    let mut candidates: Vec<(String, String)> = narrow
+        .into_iter()
+        .filter(|t| {
+            needle.is_empty() || t.hostname.to_lowercase().contains(&needle) || t.id.to_lowercase().contains(&needle)
+        })
+        .filter(|t| serde_json::from_str::<convoy_wire::Labels>(&t.labels_json).is_ok_and(|l| selector.matches(&l)))
+        .map(|t| (t.hostname, t.id))
+        .collect();
+    candidates.sort();
+    let full_scan = !q.release.trim().is_empty() || !q.seen.is_empty();
+    let wanted: Vec<String> = if full_scan {
+        candidates.iter().map(|(_, id)| id.clone()).collect()
+    } else {
+        candidates.iter().take(FLEET_PAGE).map(|(_, id)| id.clone()).collect()
+    };
+    let mut rows = match st.store.get_targets(&wanted).await {
+        Ok(t) => t,
+        Err(e) => return failed(e.into()),
+    };
+    rows.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+    let now = crate::state::now_ms();
     let mut shown = Vec::new();
-    let mut matching = 0;
-    for t in &all {
+    let mut matching = if full_scan { 0 } else { candidates.len() };
+    for t in &rows {
         let Ok(info) = app::target_info(t, st.relay_site(&t.id)) else { continue };
         let online = now - info.last_seen <= crate::metrics::ONLINE_MS;
         let runs: Vec<String> = info.inventory.current.iter().map(|(a, v)| format!("{a}@{v}")).collect();
-        let keep = (needle.is_empty()
-            || info.hostname.to_lowercase().contains(&needle)
-            || info.id.to_lowercase().contains(&needle))
-            && selector.matches(&info.labels)
-            && (q.release.is_empty() || runs.iter().any(|r| *r == q.release.trim()))
+        let keep = (q.release.trim().is_empty() || runs.iter().any(|r| *r == q.release.trim()))
             && match q.seen.as_str() {
                 "online" => online,
                 "stale" => !online,
@@ -727,12 +747,13 @@ pub async fn targets(
         if !keep {
             continue;
         }
-        matching += 1;
+        if full_scan {
+            matching += 1;
+        }
         if shown.len() < FLEET_PAGE {
             shown.push((info, online, runs));
         }
     }
-    shown.sort_by(|a, b| a.0.hostname.cmp(&b.0.hostname));
     let rows: String = shown
         .iter()
         .map(|(t, online, runs)| {
@@ -765,7 +786,7 @@ pub async fn targets(
         esc(&q.release),
         sel("online"),
         sel("stale"),
-        all.len(),
+        total,
         if matching > FLEET_PAGE { format!("; the first {FLEET_PAGE} by host are shown") } else { String::new() },
     );
     page(Some(&v), "targets", "Fleet", &body)
