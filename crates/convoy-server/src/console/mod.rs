@@ -35,6 +35,9 @@ use crate::state::AppState;
 pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions kept at once; the oldest go first.
 const MAX_SESSIONS: usize = 10_000;
+/// Most sessions of one user; that user's oldest goes first (so no user
+/// can push the others' sessions out).
+const MAX_USER_SESSIONS: usize = 20;
 const COOKIE: &str = "convoy_session";
 
 const CSS: &str = include_str!("console.css");
@@ -67,6 +70,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 
 /// A signed-in browser.
 struct Session {
+    user: String,
     token: String,
     csrf: String,
     expires: Instant,
@@ -76,18 +80,27 @@ struct Session {
 pub struct Sessions(Mutex<HashMap<String, Session>>);
 
 impl Sessions {
-    fn open(&self, token: String) -> (String, String) {
+    fn open(&self, user: &str, token: String) -> (String, String) {
         let id = convoy_store::new_secret();
         let csrf = convoy_store::new_secret();
         let mut m = self.0.lock().expect("sessions lock");
         let now = Instant::now();
         m.retain(|_, s| s.expires > now);
-        if m.len() >= MAX_SESSIONS {
-            if let Some(oldest) = m.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone()) {
-                m.remove(&oldest);
+        let oldest_of = |m: &HashMap<String, Session>, mine: bool| {
+            m.iter().filter(|(_, s)| !mine || s.user == user).min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+        };
+        if m.values().filter(|s| s.user == user).count() >= MAX_USER_SESSIONS {
+            if let Some(k) = oldest_of(&m, true) {
+                m.remove(&k);
             }
         }
-        m.insert(id.clone(), Session { token, csrf: csrf.clone(), expires: now + SESSION_LIFE });
+        if m.len() >= MAX_SESSIONS {
+            if let Some(k) = oldest_of(&m, false) {
+                m.remove(&k);
+            }
+        }
+        let session = Session { user: user.to_owned(), token, csrf: csrf.clone(), expires: now + SESSION_LIFE };
+        m.insert(id.clone(), session);
         (id, csrf)
     }
 
@@ -105,6 +118,8 @@ impl Sessions {
 pub struct Viewer {
     pub user: User,
     pub csrf: String,
+    /// The session's id (a live stream looks it up again every tick).
+    pub session: String,
 }
 
 impl Viewer {
@@ -126,14 +141,51 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
 pub async fn viewer(st: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
     let to_login = || Redirect::to("/ui/login").into_response();
     let Some(id) = session_id(headers) else { return Err(to_login()) };
-    let Some((token, csrf)) = st.sessions.get(&id) else { return Err(to_login()) };
+    match session_user(st, &id).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(to_login()),
+        Err(e) => Err(error_page(e.status, &e.message)),
+    }
+}
+
+/// The operator a session stands for now: `None` once it was closed, ran
+/// out, or its token was revoked or its user removed (the session is then
+/// closed). A database that cannot answer is an error, not a sign-out.
+pub async fn session_user(st: &AppState, id: &str) -> Result<Option<Viewer>, crate::error::ApiError> {
+    let Some((token, csrf)) = st.sessions.get(id) else { return Ok(None) };
     match auth::authenticate_token(st, &token).await {
-        Ok(Caller::Operator(user)) => Ok(Viewer { user, csrf }),
-        _ => {
-            st.sessions.close(&id);
-            Err(to_login())
+        Ok(Caller::Operator(user)) => Ok(Some(Viewer { user, csrf, session: id.to_owned() })),
+        Ok(_) => {
+            st.sessions.close(id);
+            Ok(None)
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            st.sessions.close(id);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A POST must come from the console's own pages: a browser's
+/// `Sec-Fetch-Site` (when sent) must not say cross-site, and an `Origin`
+/// (when sent) must name this host. Sign-in included, so no other site can
+/// sign a browser in as someone else.
+pub fn foreign_post(headers: &HeaderMap) -> Option<Response> {
+    let refuse = || Some(error_page(StatusCode::FORBIDDEN, "This form was sent from another site; it is refused."));
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return refuse();
         }
     }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
+        if origin_host != host {
+            return refuse();
+        }
+    }
+    None
 }
 
 /// A state-changing form's CSRF token must be the session's: `Some`
@@ -229,7 +281,9 @@ pub fn page(v: Option<&Viewer>, active: &str, title: &str, body: &str) -> Respon
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: with that, browsers send `Origin: null`
+    // on the console's own form posts, which `foreign_post` refuses
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -280,13 +334,17 @@ struct LoginForm {
 
 async fn login(
     State(st): State<AppState>,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if let Some(r) = foreign_post(&headers) {
+        return r;
+    }
     let Ok(Form(f)) = form else { return login_form(Some("Give your API token.")) };
     let token = f.token.trim().to_owned();
     match auth::authenticate_token(&st, &token).await {
         Ok(Caller::Operator(user)) => {
-            let (id, _) = st.sessions.open(token);
+            let (id, _) = st.sessions.open(&user.name, token);
             tracing::info!(user = %user.name, "console sign-in");
             let cookie = format!(
                 "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -309,6 +367,9 @@ struct CsrfForm {
 }
 
 async fn logout(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    if let Some(r) = foreign_post(&headers) {
+        return r;
+    }
     let v = match viewer(&st, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -341,5 +402,42 @@ pub fn ago(ms: i64) -> String {
         91..=5_399 => format!("{} min ago", s / 60),
         5_400..=172_799 => format!("{} h ago", s / 3600),
         _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn posts_from_another_site_are_refused() {
+        let ok = |h: &[(&'static str, &'static str)]| super::foreign_post(&headers(h)).is_none();
+        assert!(ok(&[("host", "convoy:7420")]), "no browser headers (a CLI, a test client)");
+        assert!(ok(&[("host", "convoy:7420"), ("origin", "http://convoy:7420"), ("sec-fetch-site", "same-origin")]));
+        assert!(!ok(&[("host", "convoy:7420"), ("origin", "https://evil.example")]));
+        assert!(!ok(&[("host", "convoy:7420"), ("origin", "null")]));
+        assert!(!ok(&[("host", "convoy:7420"), ("sec-fetch-site", "cross-site")]));
+        assert!(!ok(&[("host", "convoy:7420"), ("sec-fetch-site", "same-site")]));
+    }
+
+    #[test]
+    fn one_user_cannot_push_out_the_others_sessions() {
+        let s = super::Sessions::default();
+        let (alice, _) = s.open("alice", "token-a".into());
+        let mallory: Vec<String> = (0..100).map(|_| s.open("mallory", "token-m".into()).0).collect();
+        assert!(s.get(&alice).is_some(), "alice keeps her session");
+        let kept = mallory.iter().filter(|id| s.get(id).is_some()).count();
+        assert_eq!(kept, super::MAX_USER_SESSIONS, "mallory keeps only her newest sessions");
+        assert!(s.get(mallory.last().unwrap()).is_some());
+        s.close(&alice);
+        assert!(s.get(&alice).is_none());
     }
 }

@@ -15,7 +15,7 @@ use convoy_domain::{DeploymentState as D, Role};
 use convoy_wire::{DeploymentDetail, DeploymentInfo, DetailQuery, InstructionInfo};
 use serde::Deserialize;
 
-use super::{ago, csrf_refusal, enc, error_page, esc, page, plots, time, viewer, Viewer};
+use super::{ago, csrf_refusal, enc, error_page, esc, foreign_post, page, plots, time, viewer, Viewer};
 use crate::app::{self, operations, requests, AppError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -180,7 +180,7 @@ pub async fn deployment(
     let body = format!(
         "<h1>{} <span id=\"head-state\">{}</span></h1>{}<p class=\"note\">{}</p><dl class=\"facts\">{facts}</dl>{}{}{}\
          <section aria-labelledby=\"live-h\"><h2 id=\"live-h\">Progress</h2>\
-         <div id=\"live\" aria-live=\"polite\" data-stream=\"/ui/deployments/{}/stream\">{live}</div></section>\
+         <div id=\"live\" data-stream=\"/ui/deployments/{}/stream\">{live}</div></section>\
          <section aria-labelledby=\"events-h\"><h2 id=\"events-h\">Events</h2><div class=\"scroll\"><table>\
          <thead><tr><th scope=\"col\">When</th><th scope=\"col\">Who</th><th scope=\"col\">Change</th><th scope=\"col\">Note</th></tr></thead>\
          <tbody>{events}</tbody></table></div></section>",
@@ -200,6 +200,7 @@ pub async fn deployment(
 /// is staged.
 fn request_section(detail: &DeploymentDetail) -> String {
     let mut out = String::new();
+    let k = enc(&detail.deployment.id);
     if !detail.approvals.is_empty() {
         let rows: String = detail
             .approvals
@@ -216,7 +217,7 @@ fn request_section(detail: &DeploymentDetail) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "<section aria-labelledby=\"appr-h\"><h2 id=\"appr-h\">Approvals</h2><ul>{rows}</ul></section>"
+            "<section aria-labelledby=\"appr-h-{k}\"><h2 id=\"appr-h-{k}\">Approvals</h2><ul>{rows}</ul></section>"
         ));
     }
     if let Some(plan) = &detail.plan {
@@ -233,7 +234,7 @@ fn request_section(detail: &DeploymentDetail) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "<section aria-labelledby=\"plan-h\"><h2 id=\"plan-h\">Plan</h2>{}<ol class=\"plain\">{waves}</ol></section>",
+            "<section aria-labelledby=\"plan-h-{k}\"><h2 id=\"plan-h-{k}\">Plan</h2>{}<ol class=\"plain\">{waves}</ol></section>",
             plan.note.as_ref().map(|n| format!("<p>{}</p>", esc(n))).unwrap_or_default()
         ));
     }
@@ -243,7 +244,7 @@ fn request_section(detail: &DeploymentDetail) -> String {
         let items: String =
             revisions.iter().map(|e| format!("<li>{}: {}</li>", esc(&time(e.at)), esc(&e.note))).collect();
         out.push_str(&format!(
-            "<section aria-labelledby=\"rev-h\"><h2 id=\"rev-h\">Changes to the request</h2><p>Revision {}; approvals given before a change no longer count.</p><ul>{items}</ul></section>",
+            "<section aria-labelledby=\"rev-h-{k}\"><h2 id=\"rev-h-{k}\">Changes to the request</h2><p>Revision {}; approvals given before a change no longer count.</p><ul>{items}</ul></section>",
             detail.deployment.revision
         ));
     }
@@ -310,18 +311,19 @@ fn action_forms(v: &Viewer, detail: &DeploymentDetail) -> (String, String) {
     if d.paused_by.is_some() || state == D::Halted {
         forms.push(("resume", "Resume", "Waves continue from where they stopped."));
     }
-    if d.counts.failed + d.counts.rolled_back > 0 && !state.is_request() {
+    if d.counts.failed + d.counts.rolled_back > 0 && matches!(state, D::Succeeded | D::Failed | D::Halted) {
         forms.push(("retry", "Retry failed targets", "Failed and canceled targets try again."));
     }
     if matches!(state, D::Staging | D::Scheduled | D::Activating | D::Succeeded | D::Halted | D::Failed) {
         forms.push(("rollback", "Roll back", "Every target still on this release goes back to the one it had."));
     }
-    if state.is_request() || state == D::Staging {
+    if state.is_request() || matches!(state, D::Staging | D::Scheduled) {
         forms.push(("cancel", "Cancel", "Nothing goes live; transfers stop within seconds."));
     }
     let mut html = String::new();
     let mut sig: Vec<&str> = forms.iter().map(|f| f.0).collect();
-    if v.may(Role::Approver) && state == D::AwaitingApproval {
+    let decided = detail.approvals.iter().any(|a| a.current && a.approver == v.user.name);
+    if v.may(Role::Approver) && state == D::AwaitingApproval && d.created_by != v.user.name && !decided {
         sig.push("approve");
         html.push_str(&decision_forms(v, &d.id));
     }
@@ -420,7 +422,7 @@ async fn live_fragment(st: &AppState, detail: &DeploymentDetail, v: &Viewer) -> 
         plots::deployment(d, &instrs, &events, &names)
     };
     Ok(format!(
-        "<p class=\"counts\" data-state=\"{}\">State: {} · {} targets: {} staged, {} live, {} failed, {} rolled back</p>\
+        "<p class=\"counts\" role=\"status\" aria-live=\"polite\" data-state=\"{}\">State: {} · {} targets: {} staged, {} live, {} failed, {} rolled back</p>\
          <ul class=\"states\" aria-label=\"Targets by state\">{states}</ul>\
          {}\
          <div class=\"scroll\"><table class=\"targets\"><caption>Targets</caption><thead><tr><th scope=\"col\">Target</th><th scope=\"col\">Wave</th>\
@@ -459,7 +461,7 @@ fn target_row(d: &DeploymentInfo, i: &InstructionInfo) -> String {
             "<meter min=\"0\" max=\"{}\" value=\"{}\" aria-label=\"downloaded\"></meter> {}%",
             p.total_bytes,
             p.done_bytes,
-            p.done_bytes * 100 / p.total_bytes
+            (u128::from(p.done_bytes) * 100 / u128::from(p.total_bytes)).min(100)
         ),
         _ => "-".into(),
     };
@@ -485,7 +487,7 @@ fn target_row(d: &DeploymentInfo, i: &InstructionInfo) -> String {
 pub async fn deployment_live(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let v = signed_in!(st, headers);
     match live_for(&st, &id, &v).await {
-        Ok((html, _)) => Html(html).into_response(),
+        Ok((html, _)) => ([(axum::http::header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
         Err(e) => failed(e),
     }
 }
@@ -499,10 +501,13 @@ async fn live_for(st: &AppState, id: &str, v: &Viewer) -> Result<(String, bool),
 /// How long one stream of a deployment's page runs; the browser then
 /// reconnects (a bound on every wait).
 const STREAM_LIFE: Duration = Duration::from_secs(3600);
+/// How often a stream looks again (and checks its session is still good).
+const STREAM_TICK: Duration = Duration::from_secs(2);
 
 /// `text/event-stream` of the live part of a deployment's page: a `live`
-/// event with the new HTML whenever it changed (looked at every second),
-/// and `done` once the deployment has settled.
+/// event with the new HTML whenever it changed (looked at every 2 s),
+/// and `done` once the deployment has settled or the session ended (sign-out,
+/// a revoked token or a removed user stop the stream within a tick).
 pub async fn deployment_stream(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let v = signed_in!(st, headers);
     let until = tokio::time::Instant::now() + STREAM_LIFE;
@@ -526,7 +531,15 @@ pub async fn deployment_stream(State(st): State<AppState>, headers: HeaderMap, P
         }
         loop {
             if !s.first {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(STREAM_TICK).await;
+                // the session may have ended, or its token been revoked
+                match super::session_user(&s.st, &s.v.session).await {
+                    Ok(Some(v)) => s.v = v,
+                    _ => {
+                        s.over = true;
+                        return Some((Ok(Event::default().event("done").data("signed out")), s));
+                    }
+                }
             }
             s.first = false;
             if tokio::time::Instant::now() >= until {
@@ -580,6 +593,9 @@ pub async fn act(
     Path(id): Path<String>,
     form: Result<Form<ActForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if let Some(r) = foreign_post(&headers) {
+        return r;
+    }
     let v = signed_in!(st, headers);
     let Ok(Form(f)) = form else {
         return error_page(StatusCode::BAD_REQUEST, "The form was incomplete; reload the page and try again.");

@@ -163,7 +163,7 @@ fn bars(id: &str, title: &str, what: &str, items: &[(String, f64)], unit: &str) 
     let mut svg = String::new();
     for (n, (label, v)) in items.iter().enumerate() {
         let y = TOP + n as f64 * row;
-        let w = (v / max) * (W - label_w - 120.0);
+        let w = ((v / max) * (W - label_w - 120.0)).max(0.0);
         let short: String = label.chars().take(22).collect();
         let _ = write!(
             svg,
