@@ -239,6 +239,16 @@ pub async fn target_detail(st: &AppState, id: &str) -> AppResult<convoy_wire::Ta
     Ok(convoy_wire::TargetDetail { target, history })
 }
 
+/// An audit filter's actor as events name it: `alice` means `user:alice`;
+/// `agent:ID`, `user:NAME`, `scheduler` and `server` stay as given.
+pub fn audit_actor(a: &str) -> String {
+    if a.contains(':') || a == "scheduler" || a == "server" {
+        a.to_owned()
+    } else {
+        format!("user:{a}")
+    }
+}
+
 /// The deployment `id`, or not found.
 pub async fn find(st: &AppState, id: &str) -> AppResult<DeploymentRecord> {
     st.store.get_deployment(id).await?.ok_or_else(|| AppError::not_found(format!("deployment {id} not found")))

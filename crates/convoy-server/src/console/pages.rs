@@ -1046,13 +1046,7 @@ pub async fn audit(
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.body_text()),
     };
     let actor = q.actor.trim();
-    let actor = (!actor.is_empty()).then(|| {
-        if actor.contains(':') || actor == "scheduler" || actor == "server" {
-            actor.to_owned()
-        } else {
-            format!("user:{actor}")
-        }
-    });
+    let actor = (!actor.is_empty()).then(|| app::audit_actor(actor));
     let limit = q.limit.unwrap_or(200).clamp(1, 2000);
     let f = convoy_store::AuditFilter {
         deployment: Some(q.deployment.trim().to_owned()).filter(|d| !d.is_empty()),

@@ -161,13 +161,7 @@ pub async fn audit(
 ) -> ApiResult<Json<Vec<EventInfo>>> {
     auth::require(&st, &headers, Role::Viewer).await?;
     let Query(q) = q?;
-    let actor = q.actor.filter(|a| !a.is_empty()).map(|a| {
-        if a.contains(':') || a == "scheduler" || a == "server" {
-            a
-        } else {
-            format!("user:{a}")
-        }
-    });
+    let actor = q.actor.filter(|a| !a.is_empty()).map(|a| crate::app::audit_actor(&a));
     let f = AuditFilter {
         deployment: q.deployment.filter(|d| !d.is_empty()),
         actor,
