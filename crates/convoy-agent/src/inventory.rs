@@ -55,5 +55,6 @@ pub fn collect(cfg: &AgentConfig) -> Inventory {
         current,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         relay: cfg.relay.as_ref().map(|r| r.url.clone()),
+        ..Default::default()
     }
 }

@@ -277,9 +277,12 @@ pub async fn target_show(c: &Client, id: &str, fmt: Format) -> anyhow::Result<()
                 ("target", t.id.clone()),
                 ("host", t.hostname.clone()),
                 ("labels", t.labels.to_string()),
-                ("platform", format!("{}/{}", t.inventory.os, t.inventory.arch)),
-                ("agent", t.inventory.agent_version.clone()),
-                ("free disk", output::bytes(t.inventory.free_disk_bytes)),
+                ("platform", platform(&t.inventory)),
+                ("agent", if t.inventory.kind.is_agent() { t.inventory.agent_version.clone() } else { "-".into() }),
+                (
+                    "free disk",
+                    if t.inventory.kind.is_agent() { output::bytes(t.inventory.free_disk_bytes) } else { "-".into() },
+                ),
                 ("live", if current.is_empty() { "-".into() } else { current.join(", ") }),
                 ("role", t.relay_site.as_ref().map_or("-".into(), |s| format!("relay for site {s}"))),
                 ("enrolled", output::time(t.enrolled_at)),
@@ -287,6 +290,9 @@ pub async fn target_show(c: &Client, id: &str, fmt: Format) -> anyhow::Result<()
             ];
             for (k, v) in rows {
                 line(format!("{k:<10} {v}"));
+            }
+            for (k, v) in &t.inventory.attributes {
+                line(format!("{:<10} {k}={v}", "attribute"));
             }
             if !t.warning.is_empty() {
                 line(format!("{:<10} {}", "warning", t.warning));
@@ -337,8 +343,12 @@ pub async fn targets(c: &Client, selector: &str, fmt: Format) -> anyhow::Result<
                         t.id.clone(),
                         t.hostname.clone(),
                         t.labels.to_string(),
-                        format!("{}/{}", t.inventory.os, t.inventory.arch),
-                        output::bytes(t.inventory.free_disk_bytes),
+                        platform(&t.inventory),
+                        if t.inventory.kind.is_agent() {
+                            output::bytes(t.inventory.free_disk_bytes)
+                        } else {
+                            "-".into()
+                        },
                         if current.is_empty() { "-".into() } else { current.join(",") },
                         t.relay_site.as_ref().map_or("-".into(), |s| format!("relay for {s}")),
                         seen(t.last_seen),
@@ -349,6 +359,44 @@ pub async fn targets(c: &Client, selector: &str, fmt: Format) -> anyhow::Result<
             for t in t.iter().filter(|t| !t.warning.is_empty()) {
                 eprintln!("warning: {} ({}): {}", t.id, t.hostname, t.warning);
             }
+        }
+    }
+    Ok(())
+}
+
+/// What a target runs on: OS/arch for an agent, `ddi device` for a device
+/// speaking hawkBit DDI.
+fn platform(inv: &convoy_wire::Inventory) -> String {
+    match inv.kind {
+        convoy_wire::TargetKind::Agent => format!("{}/{}", inv.os, inv.arch),
+        convoy_wire::TargetKind::Ddi => "ddi device".into(),
+    }
+}
+
+/// A device speaking hawkBit DDI, known before it first polls: prints its
+/// `TargetToken` once, and how to point SWUpdate at the server.
+pub async fn add_ddi(c: &Client, controller: &str, labels: Option<&str>, fmt: Format) -> anyhow::Result<()> {
+    let req = convoy_wire::ddi::NewDdiTarget {
+        controller_id: controller.to_owned(),
+        labels: labels.map(convoy_wire::Labels::parse).transpose()?.unwrap_or_default(),
+    };
+    let t: convoy_wire::ddi::DdiTargetCreated = c.send_json(reqwest::Method::POST, "/ddi/targets", &req).await?;
+    match fmt {
+        Format::Json => output::json(&t),
+        Format::Table => {
+            line(&t.token);
+            let tenant = t.path.trim_start_matches('/').split('/').next().unwrap_or("DEFAULT");
+            eprintln!(
+                "DDI device {} added as {} with {}. The TargetToken above is shown only now.\n\
+                 Point the device at {}{} (SWUpdate: swupdate -u \"-t {tenant} -u {} -i {} -k TOKEN\").",
+                t.controller_id,
+                t.target_id,
+                req.labels,
+                c.server(),
+                t.path,
+                c.server(),
+                t.controller_id
+            );
         }
     }
     Ok(())

@@ -29,9 +29,11 @@ pub async fn enrol_token_create(
     labels: Option<&str>,
     expires: Option<&str>,
     uses: Option<i64>,
+    gateway: bool,
     fmt: Format,
 ) -> anyhow::Result<()> {
     let req = NewEnrolToken {
+        gateway,
         labels: labels.map(Labels::parse).transpose()?,
         expires_in_secs: expires.map(crate::parse_duration).transpose()?,
         uses,
@@ -42,8 +44,10 @@ pub async fn enrol_token_create(
         Format::Table => {
             line(t.token.clone().unwrap_or_default());
             eprintln!(
-                "enrolment token {} made: targets enrolled with it get {}; {}, {}. The secret above is shown only now.",
+                "{} {} made: {} with it get {}; {}, {}. The secret above is shown only now.",
+                if t.gateway { "DDI gateway token" } else { "enrolment token" },
                 t.id,
+                if t.gateway { "devices registered" } else { "targets enrolled" },
                 labels_or(&t.labels, "the labels they ask for"),
                 t.expires_at.map_or("no expiry".into(), |e| format!("expires {}", output::time(e))),
                 t.max_uses.map_or("any number of uses".into(), |u| format!("{u} uses")),

@@ -15,6 +15,10 @@ pub enum Caller {
     /// An enrolment token, by its id.
     Enrol(String),
     Agent(String),
+    /// A DDI device's `TargetToken`, by its target id.
+    Ddi(String),
+    /// A DDI `GatewayToken`, by its enrolment token's id.
+    Gateway(String),
     /// A read grant shown to a mirror (a server on the same database):
     /// content only, never an agent's or operator's call.
     Grant,
@@ -72,6 +76,8 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller,
         }
         TokenKind::Enrol => Caller::Enrol(rec.subject),
         TokenKind::Agent => Caller::Agent(rec.subject),
+        TokenKind::Ddi => Caller::Ddi(rec.subject),
+        TokenKind::Gateway => Caller::Gateway(rec.subject),
     })
 }
 
@@ -116,6 +122,9 @@ pub async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     }
     match authenticate(state, headers).await? {
         Caller::Enrol(_) => Err(ApiError::forbidden("the enrolment token can only enrol agents")),
+        Caller::Ddi(_) | Caller::Gateway(_) => {
+            Err(ApiError::forbidden("DDI tokens are for the DDI endpoint (/{tenant}/controller/v1/...) only"))
+        }
         c => Ok(c),
     }
 }

@@ -10,6 +10,7 @@ mod app;
 mod auth;
 mod bus;
 mod console;
+pub mod ddi;
 mod error;
 mod limit;
 mod metrics;
@@ -78,6 +79,10 @@ pub struct ServerConfig {
     pub cache: Option<String>,
     /// Chunks in an S3-compatible object store instead of DATA_DIR/chunks.
     pub objects: Option<objects::S3Config>,
+    /// The tenant of the DDI endpoint (`/{tenant}/controller/v1/...`).
+    pub ddi_tenant: String,
+    /// Seconds DDI devices are told to wait between polls.
+    pub ddi_poll_secs: u64,
 }
 
 /// Default of [`ServerConfig::nats_subject`].
@@ -144,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/envs", get(admin::list_envs))
         .route("/envs/{name}", put(admin::put_env).get(admin::get_env))
         .route("/audit", get(admin::audit))
+        .route("/ddi/targets", post(crate::ddi::create_target))
         .route("/agent/enroll", post(agent::enroll))
         .route("/agent/work", get(agent::work))
         .route("/agent/report", post(agent::report))
@@ -163,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .nest(convoy_wire::API, api)
         .route("/metrics", get(metrics::render))
         .merge(console::router())
+        .merge(ddi::router())
         .fallback(|| async { error::ApiError::not_found("not found; the API lives under /api/v1") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -474,6 +481,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
     state.mirrors = Arc::new(config.mirrors.clone());
     state.tls = config.tls.is_some();
+    state.ddi = Arc::new(ddi::Ddi::new(config.ddi_tenant.clone(), config.ddi_poll_secs));
     state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;
     if let Some(url) = &config.cache {

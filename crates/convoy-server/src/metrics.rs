@@ -27,6 +27,9 @@ pub struct Counters {
     pub polls: AtomicU64,
     /// Relays' aggregated polls for their sites.
     pub site_polls: AtomicU64,
+    /// Polls of DDI devices, and their artifact downloads.
+    pub ddi_polls: AtomicU64,
+    pub ddi_downloads: AtomicU64,
     pub reports_accepted: AtomicU64,
     pub reports_stale: AtomicU64,
     pub chunks_uploaded: AtomicU64,
@@ -200,6 +203,18 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
         "counter",
         "Relays' polls on behalf of their sites' agents.",
         &[(String::new(), get(&c.site_polls))],
+    );
+    metric(
+        "convoy_ddi_polls_total",
+        "counter",
+        "Polls of devices speaking hawkBit DDI.",
+        &[(String::new(), get(&c.ddi_polls))],
+    );
+    metric(
+        "convoy_ddi_downloads_total",
+        "counter",
+        "Artifact downloads by DDI devices (ranges included).",
+        &[(String::new(), get(&c.ddi_downloads))],
     );
     metric(
         "convoy_agent_reports_total",

@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/relays/{id}"),
     ("post", "/enrol-tokens"),
     ("get", "/enrol-tokens"),
+    ("post", "/ddi/targets"),
     ("delete", "/enrol-tokens/{id}"),
     ("post", "/users/{name}/token"),
     ("get", "/tuf/metadata/{file}"),
@@ -148,6 +149,8 @@ fn path_params(names: &[&str]) -> Value {
     convoy_wire::TargetInfo,
     convoy_wire::UserInfo,
     convoy_wire::WorkResponse,
+    convoy_wire::ddi::NewDdiTarget,
+    convoy_wire::ddi::DdiTargetCreated,
     convoy_domain::Policy,
 )))]
 struct Schemas;
@@ -255,8 +258,10 @@ fn paths_and_components() -> Value {
                 "put": op("Make a target a site's relay ({site, url}); audited", "admin", None, json!({"description": "OK"})),
                 "delete": op("The target stops being a relay; audited", "admin", None, json!({"description": "OK"}))},
             "/enrol-tokens": {
-                "post": op("Make an enrolment token ({labels, expires_in_secs, uses}); its secret is in the answer, once", "admin", None, json!({"description": "OK"})),
+                "post": op("Make an enrolment token ({labels, expires_in_secs, uses, gateway}; gateway: a hawkBit DDI GatewayToken); its secret is in the answer, once", "admin", None, json!({"description": "OK"})),
                 "get": op("Enrolment tokens: label scope, expiry, uses, revocation", "admin", None, json!({"description": "OK"}))},
+            "/ddi/targets": {
+                "post": op("Add a device that speaks hawkBit DDI ({controller_id, labels}) before it polls; its TargetToken is in the answer, once; audited. Devices poll /{tenant}/controller/v1/{controllerId} (hawkBit's DDI API v1, outside /api/v1)", "admin", Some("NewDdiTarget"), json_ok("DdiTargetCreated"))},
             "/enrol-tokens/{id}": {"parameters": path_params(&["id"]), "delete": op("Revoke an enrolment token; audited", "admin", None, json!({"description": "OK"}))},
             "/deployments/{id}/pause": {"parameters": path_params(&["id"]), "post": op("Pause a deployment under way ({note}: the reason): no new wave starts; staging goes on; audited", "deployer", Some("Decision"), json_ok("DeploymentInfo"))},
             "/deployments/{id}/retry": {"parameters": path_params(&["id"]), "post": op("Retry a finished deployment's failed or canceled targets ({note, targets: [ID or hostname]}); healthy targets are untouched; audited", "deployer", None, json_ok("DeploymentInfo"))},

@@ -76,6 +76,8 @@ pub struct AppState {
     pub sessions: Arc<crate::console::Sessions>,
     /// Served over HTTPS (console cookies are then `Secure`).
     pub tls: bool,
+    /// The DDI endpoint's settings and memory.
+    pub ddi: Arc<crate::ddi::Ddi>,
 }
 
 impl AppState {
@@ -112,6 +114,7 @@ impl AppState {
             tuf: Default::default(),
             sessions: Default::default(),
             tls: false,
+            ddi: Default::default(),
             upgrades: Default::default(),
             sites: Default::default(),
             work_deployments: Default::default(),

@@ -325,6 +325,7 @@ impl Store for CachedStore {
     async fn revoke_enrol_token(&self, id: &str, event: &EventRecord) -> Result<bool> {
         let _after = OnDrop(|| {
             self.drop_tokens(TokenKind::Enrol, id);
+            self.drop_tokens(TokenKind::Gateway, id);
             self.tokens_changed();
         });
         self.db().revoke_enrol_token(id, event).await
@@ -376,6 +377,7 @@ impl Store for CachedStore {
     async fn remove_target(&self, id: &str) -> Result<bool> {
         let _after = OnDrop(|| {
             self.drop_tokens(TokenKind::Agent, id);
+            self.drop_tokens(TokenKind::Ddi, id);
             self.changed(None);
         });
         self.db().remove_target(id).await

@@ -151,7 +151,9 @@ pub trait Store: Send + Sync + 'static {
     /// A target's last `limit` instructions of any state, most recently
     /// changed first (its history of deployments).
     async fn target_instructions(&self, target_id: &str, limit: u32) -> Result<Vec<InstructionRecord>>;
-    /// Instructions with agent work pending for a target, oldest first.
+    /// Instructions with work pending for a target, oldest first: agent
+    /// work, and `staged` ones (waiting for go-live; DDI devices are shown
+    /// them as actions whose maintenance window has not opened).
     async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>>;
     /// Targets with an unsettled instruction for `app` in an unsettled deployment.
     async fn busy_targets(&self, app: &str) -> Result<Vec<String>>;

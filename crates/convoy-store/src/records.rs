@@ -10,6 +10,10 @@ pub enum TokenKind {
     Enrol,
     /// One target's own credential.
     Agent,
+    /// A DDI device's `TargetToken` (subject: its target id).
+    Ddi,
+    /// A DDI `GatewayToken` (subject: its enrolment token's id).
+    Gateway,
 }
 
 impl TokenKind {
@@ -19,10 +23,14 @@ impl TokenKind {
             Self::User => "user",
             Self::Enrol => "enrol",
             Self::Agent => "agent",
+            Self::Ddi => "ddi",
+            Self::Gateway => "gateway",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Admin, Self::User, Self::Enrol, Self::Agent].into_iter().find(|k| k.as_str() == s)
+        [Self::Admin, Self::User, Self::Enrol, Self::Agent, Self::Ddi, Self::Gateway]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 

@@ -344,7 +344,7 @@ macro_rules! impl_sql_store {
                         tx.rollback().await.map_err(db)?;
                         return Ok(false);
                     }
-                    ::sqlx::query("UPDATE tokens SET revoked_at = $1, revoked_note = $2 WHERE kind = 'enrol' AND subject = $3 AND revoked_at IS NULL")
+                    ::sqlx::query("UPDATE tokens SET revoked_at = $1, revoked_note = $2 WHERE kind IN ('enrol', 'gateway') AND subject = $3 AND revoked_at IS NULL")
                         .bind(event.at).bind(&event.note).bind(id).execute(&mut *tx).await.map_err(db)?;
                     write_event(&mut *tx, event).await?;
                     tx.commit().await.map_err(db)?;
@@ -531,7 +531,7 @@ macro_rules! impl_sql_store {
                         tx.rollback().await.map_err(db)?;
                         return Err(StoreError::Conflict(format!("target {id} has work in an unfinished deployment; wait for it or roll it back first")));
                     }
-                    ::sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND subject = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+                    ::sqlx::query("DELETE FROM tokens WHERE kind IN ('agent', 'ddi') AND subject = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
                     ::sqlx::query("DELETE FROM relays WHERE target_id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
                     tx.commit().await.map_err(db)?;
                     Ok(true)
@@ -617,7 +617,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
-                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND state IN ('created', 'sent', 'received', 'activating', 'rolling_back') ORDER BY updated_at, id");
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back') ORDER BY updated_at, id");
                     ::sqlx::query(&q).bind(target_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
                 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use convoy_domain::{Labels, Phase, ReportKind};
 
 pub mod approval;
+pub mod ddi;
 pub mod sign;
 pub mod tuf;
 
@@ -44,6 +45,37 @@ pub struct Inventory {
     /// The URL this agent serves its site on, when it is a relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// What runs on the target: a convoy agent, or a device speaking
+    /// hawkBit's DDI. Set by the server, never by what a target sends.
+    #[serde(default, skip_serializing_if = "TargetKind::is_agent")]
+    pub kind: TargetKind,
+    /// Attributes a DDI device reports about itself (`configData`):
+    /// shown, never used as labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What runs on a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// `convoy agent`.
+    #[default]
+    Agent,
+    /// A device polling the DDI endpoint (`/{tenant}/controller/v1/...`).
+    Ddi,
+}
+
+impl TargetKind {
+    pub fn is_agent(&self) -> bool {
+        *self == TargetKind::Agent
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Agent => "agent",
+            TargetKind::Ddi => "ddi",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -126,6 +158,11 @@ pub struct NewEnrolToken {
     pub labels: Option<Labels>,
     pub expires_in_secs: Option<u64>,
     pub uses: Option<i64>,
+    /// A DDI `GatewayToken` instead: devices show it on every request; it
+    /// registers new devices (one use each, with its labels) and speaks for
+    /// the DDI devices its label scope covers.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -138,6 +175,9 @@ pub struct EnrolTokenInfo {
     pub created_by: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// A DDI `GatewayToken` rather than an agents' enrolment token.
+    #[serde(default)]
+    pub gateway: bool,
     /// The secret: only in the answer that made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

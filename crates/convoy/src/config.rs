@@ -51,6 +51,10 @@ pub struct ServerFile {
     /// Credentials (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
+    /// Tenant of the hawkBit DDI endpoint (default DEFAULT).
+    pub ddi_tenant: Option<String>,
+    /// Seconds DDI devices wait between polls (default 60).
+    pub ddi_poll_secs: Option<u64>,
 }
 
 /// `convoy agent --config FILE`.

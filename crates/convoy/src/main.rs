@@ -107,6 +107,13 @@ enum Cmd {
         /// The object store's region [default: AWS_REGION, else us-east-1].
         #[arg(long, env = "CONVOY_S3_REGION")]
         s3_region: Option<String>,
+        /// Tenant devices speaking hawkBit DDI name in their URLs
+        /// (/TENANT/controller/v1/ID; SWUpdate's `-t`) [default: DEFAULT].
+        #[arg(long, env = "CONVOY_DDI_TENANT")]
+        ddi_tenant: Option<String>,
+        /// Seconds DDI devices are told to wait between polls (1-86399) [default: 60].
+        #[arg(long, env = "CONVOY_DDI_POLL_SECS")]
+        ddi_poll_secs: Option<u64>,
     },
     /// Run the agent on a target machine.
     Agent {
@@ -612,6 +619,18 @@ enum TargetsCmd {
         #[arg(value_name = "TARGET")]
         id: String,
     },
+    /// Add a device that speaks hawkBit DDI (SWUpdate's suricatta,
+    /// rauc-hawkbit-updater) before it first polls; prints its TargetToken
+    /// once (admin; audited).
+    #[command(name = "add-ddi")]
+    AddDdi {
+        /// The device's controllerId (SWUpdate's `-i`).
+        #[arg(value_name = "CONTROLLER_ID")]
+        controller_id: String,
+        /// Its labels, e.g. site=sh,role=gateway.
+        #[arg(long)]
+        labels: Option<String>,
+    },
     /// Forget a decommissioned target and revoke its credential.
     Remove {
         #[arg(value_name = "TARGET")]
@@ -665,6 +684,11 @@ enum EnrolTokensCmd {
         /// Enrolments it allows.
         #[arg(long)]
         uses: Option<i64>,
+        /// A hawkBit DDI GatewayToken instead: devices show it on every
+        /// request (SWUpdate's `-g`); it registers new devices with its
+        /// labels (one use each) and speaks for those its labels cover.
+        #[arg(long)]
+        gateway: bool,
     },
     List,
     /// No agent enrols with it any more (enrolled agents are not affected).
@@ -752,6 +776,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             store,
             s3_endpoint,
             s3_region,
+            ddi_tenant,
+            ddi_poll_secs,
         } => {
             init_tracing("info")?;
             exit_on_panic();
@@ -792,6 +818,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     access_key_id: file.s3_access_key_id,
                     secret_access_key: file.s3_secret_access_key,
                 }),
+                ddi_tenant: {
+                    let t = ddi_tenant
+                        .clone()
+                        .or(file.ddi_tenant)
+                        .unwrap_or_else(|| convoy_server::ddi::DEFAULT_TENANT.into());
+                    if t.is_empty()
+                        || t.len() > 64
+                        || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        anyhow::bail!("the DDI tenant {t:?} must be 1-64 letters, digits, '-', '_' or '.'");
+                    }
+                    t
+                },
+                ddi_poll_secs: match ddi_poll_secs
+                    .or(file.ddi_poll_secs)
+                    .unwrap_or(convoy_server::ddi::DEFAULT_POLL_SECS)
+                {
+                    s @ 1..=86_399 => s,
+                    s => anyhow::bail!("the DDI poll interval must be 1 to 86399 seconds, not {s}"),
+                },
             })
             .await?;
         }
@@ -1000,6 +1046,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             return convoy_cli::rollback(&api()?, id, *wait, reason, *uninstall, fmt).await
         }
         Cmd::Targets { action: Some(TargetsCmd::Show { id }), .. } => convoy_cli::target_show(&api()?, id, fmt).await?,
+        Cmd::Targets { action: Some(TargetsCmd::AddDdi { controller_id, labels }), .. } => {
+            convoy_cli::add_ddi(&api()?, controller_id, labels.as_deref(), fmt).await?
+        }
         Cmd::Targets { action: Some(TargetsCmd::Remove { id }), .. } => {
             convoy_cli::remove_target(&api()?, id, fmt).await?
         }
@@ -1011,8 +1060,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Relays { action: RelaysCmd::List } => convoy_cli::trust::relay_list(&api()?, fmt).await?,
         Cmd::Relays { action: RelaysCmd::Revoke { id } } => convoy_cli::trust::relay_revoke(&api()?, id, fmt).await?,
-        Cmd::EnrolTokens { action: EnrolTokensCmd::Create { labels, expires, uses } } => {
-            convoy_cli::trust::enrol_token_create(&api()?, labels.as_deref(), expires.as_deref(), *uses, fmt).await?
+        Cmd::EnrolTokens { action: EnrolTokensCmd::Create { labels, expires, uses, gateway } } => {
+            convoy_cli::trust::enrol_token_create(&api()?, labels.as_deref(), expires.as_deref(), *uses, *gateway, fmt)
+                .await?
         }
         Cmd::EnrolTokens { action: EnrolTokensCmd::List } => convoy_cli::trust::enrol_token_list(&api()?, fmt).await?,
         Cmd::EnrolTokens { action: EnrolTokensCmd::Revoke { id } } => {

@@ -28,6 +28,10 @@ fn check_inventory(inv: &Inventory) -> ApiResult<()> {
     if inv.hostname.is_empty() || inv.hostname.len() > 253 {
         return Err(ApiError::bad_request("hostname must be 1-253 characters"));
     }
+    // the kind and DDI attributes are the server's to record
+    if !inv.kind.is_agent() || !inv.attributes.is_empty() {
+        return Err(ApiError::bad_request("an agent's inventory names no kind and no DDI attributes"));
+    }
     if let Some(url) = &inv.relay {
         check_url(url)?;
     }
@@ -110,6 +114,9 @@ pub async fn enroll(
         Caller::Operator(u) if u.role == convoy_domain::Role::Admin => (None, u.actor(), None),
         Caller::Operator(u) => {
             return Err(ApiError::forbidden(format!("enrolling agents needs the admin role; {} is {}", u.name, u.role)))
+        }
+        Caller::Ddi(_) | Caller::Gateway(_) => {
+            return Err(ApiError::forbidden("DDI tokens are for the DDI endpoint (/{tenant}/controller/v1/...) only"))
         }
         Caller::Agent(_) | Caller::Grant => {
             return Err(ApiError::forbidden("an enrolled agent cannot enrol again; use the enrolment token"))

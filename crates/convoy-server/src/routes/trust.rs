@@ -18,6 +18,9 @@ use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
 
+/// Ids of enrolment tokens that are DDI gateway tokens begin so.
+pub(crate) const GATEWAY_PREFIX: &str = "g-";
+
 /// Longest an enrolment token may live.
 const MAX_EXPIRY_SECS: u64 = 366 * 24 * 3600;
 
@@ -27,6 +30,7 @@ fn enrol_info(e: EnrolTokenRecord, token: Option<String>) -> ApiResult<EnrolToke
         None => None,
     };
     Ok(EnrolTokenInfo {
+        gateway: e.id.starts_with(GATEWAY_PREFIX),
         id: e.id,
         labels,
         expires_at: e.expires_at,
@@ -59,7 +63,7 @@ pub async fn create_enrol_token(
     let now = now_ms();
     let secret = new_secret();
     let rec = EnrolTokenRecord {
-        id: new_id("e"),
+        id: new_id(if n.gateway { &GATEWAY_PREFIX[..1] } else { "e" }),
         labels_json: n.labels.as_ref().map(serde_json::to_string).transpose().map_err(ApiError::internal)?,
         expires_at: n.expires_in_secs.map(|s| now + s as i64 * 1000),
         max_uses: n.uses,
@@ -70,13 +74,15 @@ pub async fn create_enrol_token(
     };
     let scope = n.labels.as_ref().map_or("the labels each agent asks for".to_owned(), labels_text);
     let note = format!(
-        "{}: {scope}, {}, {}",
+        "{}{}: {scope}, {}, {}",
+        if n.gateway { "DDI gateway token " } else { "" },
         rec.id,
         n.expires_in_secs.map_or("no expiry".into(), |s| format!("expires in {s} s")),
         n.uses.map_or("any number of uses".into(), |u| format!("{u} uses"))
     );
     let ev = EventRecord::audit(&admin.actor(), "enrol_token_created", note, now);
-    st.store.create_enrol_token(&rec, &TokenRecord::new(&secret, TokenKind::Enrol, &rec.id, now), &ev).await?;
+    let kind = if n.gateway { TokenKind::Gateway } else { TokenKind::Enrol };
+    st.store.create_enrol_token(&rec, &TokenRecord::new(&secret, kind, &rec.id, now), &ev).await?;
     tracing::info!(id = %rec.id, by = %admin.name, "enrolment token created");
     Ok(Json(enrol_info(rec, Some(secret))?))
 }
