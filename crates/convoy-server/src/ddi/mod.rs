@@ -506,6 +506,7 @@ async fn poll(
     let dev = device(&st, &headers, &tenant, &controller).await?;
     st.saw(&dev.target);
     crate::metrics::add(&st.counters.ddi_polls, 1);
+    answer_checks(&st, &dev.target).await?;
     let base = base_url(&st, &headers, &tenant, &controller);
     let mut links = BTreeMap::new();
     let actions = open_actions(&st, &dev.target).await?;
@@ -536,6 +537,41 @@ async fn poll(
         links,
     };
     json_answer(&headers, &body)
+}
+
+/// A request's preflight on a DDI device: the device runs no steps of
+/// convoy's, so the check passes when there are none to run (no prepare
+/// hook, required commands or ports, no checks), and fails saying which
+/// it cannot run otherwise. The pending checks come from the poll cache.
+async fn answer_checks(st: &AppState, target: &str) -> DdiResult<()> {
+    for c in st.store.pending_checks(target).await? {
+        let Some(d) = st.store.get_deployment(&c.deployment_id).await? else { continue };
+        let spec = crate::app::rollout::preflight_spec(st, &d).await.map_err(ApiError::from)?;
+        let mut cannot: Vec<String> = Vec::new();
+        if let Some(p) = &spec.prepare {
+            cannot.push(format!("the prepare hook ({})", clean(p)));
+        }
+        cannot.extend(spec.commands.iter().map(|c| format!("command {} on the PATH", clean(c))));
+        cannot.extend(spec.ports.iter().map(|p| format!("port {p} free")));
+        cannot.extend(spec.checks.iter().map(|c| format!("check {}", clean(c))));
+        let (report, output) = if cannot.is_empty() {
+            (ReportKind::Succeeded, "a DDI device: no preflight steps to run (it checks its image itself)".to_owned())
+        } else {
+            let why = format!("a DDI device runs none of convoy's preflight steps; asked for {}", cannot.join(", "));
+            (ReportKind::Failed { message: why.clone() }, why)
+        };
+        let r = convoy_wire::Report {
+            instruction_id: c.id.clone(),
+            phase: Phase::Preflight,
+            attempt: 0,
+            report,
+            metrics: BTreeMap::new(),
+            output,
+            inventory: None,
+        };
+        crate::app::rollout::preflight_answer(st, target, &r).await.map_err(ApiError::from)?;
+    }
+    Ok(())
 }
 
 /// The action last shown to a device, if its instruction was canceled

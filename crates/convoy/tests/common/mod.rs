@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ddi;
+
 pub const EXE: &str = env!("CARGO_BIN_EXE_convoy");
 pub const ADMIN: &str = "test-admin-token-0123456789";
 pub const ENROL: &str = "test-enrol-token-0123456789";
