@@ -583,14 +583,22 @@ async fn canceled_shown(st: &AppState, target: &str) -> DdiResult<Option<u64>> {
     }
     let state = st.store.get_instruction(&s.instruction).await?.map(|i| i.state);
     let mut shown = st.ddi.shown.lock().expect("ddi lock");
-    if state == Some(InstructionState::Canceled) {
-        if let Some(e) = shown.get_mut(target).filter(|e| e.action == s.action) {
-            e.canceled = true;
+    match state {
+        Some(InstructionState::Canceled) => {
+            if let Some(e) = shown.get_mut(target).filter(|e| e.action == s.action) {
+                e.canceled = true;
+            }
+            Ok(Some(s.action))
         }
-        Ok(Some(s.action))
-    } else {
-        shown.remove(target);
-        Ok(None)
+        // still open: it may yet be canceled
+        Some(st) if st.phase().is_some() || st == InstructionState::Staged => Ok(None),
+        // finished otherwise, or gone: nothing to cancel
+        _ => {
+            if shown.get(target).is_some_and(|e| e.action == s.action) {
+                shown.remove(target);
+            }
+            Ok(None)
+        }
     }
 }
 

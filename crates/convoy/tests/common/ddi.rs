@@ -103,7 +103,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// cpio "new ASCII with CRC" (`070702`), as SWUpdate reads `.swu` files.
 pub fn cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
     fn pad(v: &mut Vec<u8>) {
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
     }
