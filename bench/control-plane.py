@@ -71,7 +71,9 @@ class Conn:
         if body is not None:
             head += "Content-Type: application/json\r\n"
         if token:
-            head += f"Authorization: Bearer {token}\r\n"
+            # "SCHEME SECRET" as given (DDI's TargetToken), else a bearer token
+            auth = token if " " in token else f"Bearer {token}"
+            head += f"Authorization: {auth}\r\n"
         self.w.write(head.encode() + b"\r\n" + data)
         await self.w.drain()
 
@@ -136,6 +138,22 @@ request = function()
   n = n + 1
   local t = tokens[(n * 7919 + math.random(#tokens)) % #tokens + 1]
   return wrk.format("GET", "/api/v1/agent/work", {["Authorization"] = "Bearer " .. t})
+end
+"""
+
+
+# DDI devices' polls: TOKENS holds "CONTROLLER_ID<TAB>TOKEN" lines
+DDI_LUA = """
+local devs = {}
+for line in io.lines(os.getenv("TOKENS")) do
+  local id, tok = line:match("([^\t]+)\t(.*)")
+  devs[#devs + 1] = {id, tok}
+end
+local n = 0
+request = function()
+  n = n + 1
+  local d = devs[(n * 7919 + math.random(#devs)) % #devs + 1]
+  return wrk.format("GET", "/DEFAULT/controller/v1/" .. d[1], {["Authorization"] = "TargetToken " .. d[2]})
 end
 """
 
@@ -290,6 +308,37 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     line("polls with no work", f"{polls:,.0f}/s ({polls / health:.2f}x /health)", ">= 20,000/s")
     line("baseline: /health, same server, same run", f"{health:,.0f}/s", "")
     line("database calls per such poll", f"{max(0, calls2 - calls1 - per_metrics) / max(polled, 1):.4f}", "0")
+
+    # devices speaking hawkBit DDI, beside the agents: polls with nothing new
+    ddi_n = min(n, int(os.environ.get("CP_DDI", "10000")))
+    devices = []
+
+    async def add_ddi(c, k):
+        code, body = await c.call("POST", "/api/v1/ddi/targets", ADMIN, {"controller_id": f"ddi-sim-{k:06d}"})
+        if code != 200:
+            raise SystemExit(f"add DDI device: {code} {body[:200]}")
+        devices.append((f"ddi-sim-{k:06d}", json.loads(body)["token"]))
+
+    secs = await pool(port, range(ddi_n), add_ddi, 3600)
+    line("DDI devices added", f"{ddi_n / secs:,.0f}/s ({ddi_n} in {secs:.0f} s)", "-")
+
+    async def ddi_poll(c, d):
+        code, body = await c.call("GET", f"/DEFAULT/controller/v1/{d[0]}", f"TargetToken {d[1]}")
+        if code != 200:
+            raise SystemExit(f"DDI poll: {code} {body[:200]}")
+
+    await pool(port, devices, ddi_poll, 3600)
+    with open(f"{tmp}/ddi.tokens", "w") as f:
+        f.write("".join(f"{i}\t{t}\n" for i, t in devices))
+    with open(f"{tmp}/ddi.lua", "w") as f:
+        f.write(DDI_LUA)
+    calls3 = metric(port, "convoy_store_calls_total")
+    ddi0 = metric(port, "convoy_ddi_polls_total")
+    ddi = wrk(f"http://127.0.0.1:{port}", 10, f"{tmp}/ddi.lua", dict(os.environ, TOKENS=f"{tmp}/ddi.tokens"))
+    calls4 = metric(port, "convoy_store_calls_total")
+    ddi_polled = metric(port, "convoy_ddi_polls_total") - ddi0
+    line("DDI polls with nothing new", f"{ddi:,.0f}/s ({ddi / health:.2f}x /health)", ">= 20,000/s")
+    line("database calls per such DDI poll", f"{max(0, calls4 - calls3 - per_metrics) / max(ddi_polled, 1):.4f}", "0")
 
     # held polls: their memory, then how fast a deployment wakes them
     rest = rss_kib(pid)

@@ -378,7 +378,7 @@ fn gateway_tokens_register_devices_within_their_scope() {
     // the agents' enrolment token is not a gateway token
     assert_eq!(get("gw-3", &format!("GatewayToken {ENROL}")).status, 401);
     let audit = f.ok(&["audit"]);
-    assert!(audit.contains("registered through gateway token"), "{audit}");
+    assert!(audit.contains("registered from 127.0.0.1 through gateway token"), "{audit}");
     // revoked: at once
     f.ok(&["enrol-tokens", "revoke", g["id"].as_str().unwrap()]);
     assert_eq!(get("gw-1", &auth).status, 401);

@@ -763,3 +763,68 @@ async fn the_report_writer_judges_again_from_the_database_when_its_memory_is_beh
     };
     assert!(reports::submit(&h.st, "t-someone-else".into(), r).await.is_err());
 }
+
+/// P-pull for devices speaking hawkBit DDI: a poll with nothing new, and
+/// one whose action is unchanged, reach no database; a replaced
+/// TargetToken is refused at the next poll.
+#[tokio::test]
+async fn a_ddi_poll_with_nothing_new_touches_no_database() {
+    use tower::ServiceExt;
+    let h = harness(&[]).await;
+    let inv = Inventory { kind: convoy_wire::TargetKind::Ddi, ..Default::default() };
+    let t = TargetRecord {
+        id: crate::ddi::target_id("z1"),
+        hostname: "z1".into(),
+        labels_json: r#"{"role":"web"}"#.into(),
+        inventory_json: serde_json::to_string(&inv).unwrap(),
+        enrolled_at: 1,
+        last_seen: 1,
+        warning: String::new(),
+    };
+    h.st.store.insert_target(&t).await.unwrap();
+    let tok = convoy_store::TokenRecord::new("ddi-secret", convoy_store::TokenKind::Ddi, &t.id, 1);
+    h.st.store.put_token(&tok).await.unwrap();
+    let app = crate::router(h.st.clone());
+    let poll = || {
+        let req = axum::http::Request::builder()
+            .uri("/DEFAULT/controller/v1/z1")
+            .header("authorization", "TargetToken ddi-secret")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+        }
+    };
+    let (status, b) = poll().await;
+    assert_eq!(status, 200, "{b}");
+    assert!(b["_links"].get("deploymentBase").is_none(), "{b}");
+    let before = h.st.cache.backend_calls();
+    for _ in 0..5 {
+        assert_eq!(poll().await.0, 200);
+    }
+    assert_eq!(h.st.cache.backend_calls(), before, "DDI polls with nothing new reached the database");
+
+    // an action for it shows at the next poll; polls after that read nothing
+    let admin = user("root", Role::Admin);
+    let req = DeployRequest { env: None, ..request("role=web") };
+    requests::submit(&h.st, &admin, req).await.unwrap();
+    settle(&h).await;
+    let (_, b) = poll().await;
+    assert!(b["_links"]["deploymentBase"]["href"].as_str().unwrap().contains("/deploymentBase/"), "{b}");
+    let before = h.st.cache.backend_calls();
+    for _ in 0..5 {
+        let (_, again) = poll().await;
+        assert_eq!(again["_links"]["deploymentBase"], b["_links"]["deploymentBase"]);
+    }
+    assert_eq!(h.st.cache.backend_calls(), before, "DDI polls of an unchanged action reached the database");
+
+    // a rotated TargetToken: the old one is refused at once
+    let ev = convoy_store::EventRecord::audit("user:root", "rotate", String::new(), 2);
+    let fresh = convoy_store::TokenRecord::new("ddi-secret-2", convoy_store::TokenKind::Ddi, &t.id, 2);
+    h.st.store.rotate_token(&fresh, "rotated", &ev).await.unwrap();
+    assert_eq!(poll().await.0, 401);
+}

@@ -816,17 +816,24 @@ pub async fn target(State(st): State<AppState>, headers: HeaderMap, Path(id): Pa
     };
     let t = &d.target;
     let runs: Vec<String> = t.inventory.current.iter().map(|(a, v)| release_link(a, v)).collect();
-    let facts = [
-        ("Id", format!("<code>{}</code>", esc(&t.id))),
-        ("Labels", esc(&t.labels.to_string())),
-        ("Platform", esc(&format!("{}/{}", t.inventory.os, t.inventory.arch))),
-        ("Agent", esc(&t.inventory.agent_version)),
-        ("Free disk", esc(&format!("{:.1} GiB", t.inventory.free_disk_bytes as f64 / (1u64 << 30) as f64))),
+    let ddi = t.inventory.kind == convoy_wire::TargetKind::Ddi;
+    let attributes: Vec<String> =
+        t.inventory.attributes.iter().map(|(k, v)| format!("{}={}", esc(k), esc(v))).collect();
+    let mut facts = vec![("Id", format!("<code>{}</code>", esc(&t.id))), ("Labels", esc(&t.labels.to_string()))];
+    if ddi {
+        facts.push(("Kind", "device speaking hawkBit DDI".into()));
+        facts.push(("Attributes", if attributes.is_empty() { "-".into() } else { attributes.join(", ") }));
+    } else {
+        facts.push(("Platform", esc(&format!("{}/{}", t.inventory.os, t.inventory.arch))));
+        facts.push(("Agent", esc(&t.inventory.agent_version)));
+        facts.push(("Free disk", esc(&format!("{:.1} GiB", t.inventory.free_disk_bytes as f64 / (1u64 << 30) as f64))));
+    }
+    facts.extend([
         ("Live", if runs.is_empty() { "-".into() } else { runs.join(", ") }),
         ("Relay", esc(t.relay_site.as_deref().map_or("-", |s| s))),
         ("Enrolled", esc(&time(t.enrolled_at))),
         ("Seen", esc(&format!("{} ({})", ago(t.last_seen), time(t.last_seen)))),
-    ];
+    ]);
     let facts: String = facts.iter().map(|(k, v)| format!("<dt>{k}</dt><dd>{v}</dd>")).collect();
     let rows: String = d
         .history

@@ -234,6 +234,17 @@ fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) 
 
 // -------------------------------------------------------------- devices
 
+/// The address a request came from (for rate limits and the audit log).
+struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let info = parts.extensions.get::<axum::extract::ConnectInfo<crate::PeerAddr>>();
+        Ok(Peer(info.map(|i| i.0 .0.ip())))
+    }
+}
+
 /// The device a request speaks for, once its credential is checked.
 struct Device {
     target: String,
@@ -243,7 +254,7 @@ struct Device {
 /// Checks tenant, controller id and credential: the device's own
 /// `TargetToken`, or a `GatewayToken` whose label scope covers it (which
 /// registers a device it has not seen, taking one use of the token).
-async fn device(st: &AppState, headers: &HeaderMap, tenant: &str, controller: &str) -> DdiResult<Device> {
+async fn device(st: &AppState, peer: &Peer, headers: &HeaderMap, tenant: &str, controller: &str) -> DdiResult<Device> {
     if !tenant.eq_ignore_ascii_case(&st.ddi.tenant) {
         return Err(DdiError::unauthorized(format!(
             "this server serves the DDI tenant {}, not {tenant:?}",
@@ -265,12 +276,12 @@ async fn device(st: &AppState, headers: &HeaderMap, tenant: &str, controller: &s
     match (scheme, caller) {
         ("TargetToken", Caller::Ddi(t)) if t == target => Ok(Device { target, controller: controller.to_owned() }),
         ("TargetToken", Caller::Ddi(_)) => Err(DdiError::unauthorized("this TargetToken belongs to another device")),
-        ("GatewayToken", Caller::Gateway(id)) => gateway(st, headers, &id, target, controller).await,
+        ("GatewayToken", Caller::Gateway(id)) => gateway(st, peer, &id, target, controller).await,
         _ => Err(DdiError::unauthorized(format!("this is not a DDI {scheme}"))),
     }
 }
 
-async fn gateway(st: &AppState, headers: &HeaderMap, id: &str, target: String, controller: &str) -> DdiResult<Device> {
+async fn gateway(st: &AppState, peer: &Peer, id: &str, target: String, controller: &str) -> DdiResult<Device> {
     let now = now_ms();
     let e =
         st.store.get_enrol_token(id).await?.ok_or_else(|| DdiError::unauthorized("this gateway token was removed"))?;
@@ -303,19 +314,18 @@ async fn gateway(st: &AppState, headers: &HeaderMap, id: &str, target: String, c
     if let Some(why) = e.unusable(now) {
         return Err(DdiError::unauthorized(format!("{why}: it registers no new device")));
     }
-    if let Err((_, why)) = st.enrol_limits.take_token(id) {
-        return Err(ApiError::rate_limited(
-            format!("too many registrations: at most {why}; retry later"),
-            Default::default(),
-        )
-        .into());
+    let limited = |(wait, why): (std::time::Duration, String)| {
+        DdiError::from(ApiError::rate_limited(format!("too many registrations: at most {why}; retry later"), wait))
+    };
+    if let Some(ip) = peer.0 {
+        st.enrol_limits.take_address(ip).map_err(limited)?;
     }
+    st.enrol_limits.take_token(id).map_err(limited)?;
     let labels = scope.unwrap_or_default();
     let actor = format!("enrol-token:{id}");
-    let from = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(clean);
+    let from = peer.0.map_or("an unknown address".to_owned(), |ip| ip.to_string());
     let note = format!(
-        "DDI device {target} ({controller}) registered through gateway token {id}{} with {}",
-        from.map(|f| format!(" (forwarded for {f})")).unwrap_or_default(),
+        "DDI device {target} ({controller}) registered from {from} through gateway token {id} with {}",
         labels_text(&labels)
     );
     // the device's own TargetToken is made too (stored hashed, never
@@ -432,11 +442,13 @@ impl Action {
     }
 }
 
-fn step_of(i: &InstructionRecord) -> Option<Step> {
+fn step_of(i: &InstructionRecord, now: i64) -> Option<Step> {
     use InstructionState as S;
     match i.state {
         S::Created | S::Sent | S::Received => Some(Step::Download),
         S::Staged => Some(Step::Wait),
+        // its wave is live but its planned time has not come
+        S::Activating if i.go_live_at.is_some_and(|t| t > now) => Some(Step::Wait),
         S::Activating => Some(Step::Install),
         S::RollingBack if i.previous_version.is_some() => Some(Step::Rollback),
         S::RollingBack => Some(Step::CancelInstall),
@@ -452,8 +464,9 @@ fn id_of(i: &InstructionRecord, step: Step) -> u64 {
 /// then downloads, then those waiting), from the poll cache.
 async fn open_actions(st: &AppState, target: &str) -> DdiResult<Vec<Action>> {
     let mut out = Vec::new();
+    let now = now_ms();
     for i in st.store.pending_instructions(target).await? {
-        let Some(step) = step_of(&i) else { continue };
+        let Some(step) = step_of(&i, now) else { continue };
         let Some(d) = st.work_deployment(&i.deployment_id).await? else { continue };
         out.push(Action { id: id_of(&i, step), step, instruction: i, deployment: d });
     }
@@ -500,10 +513,11 @@ fn base_url(st: &AppState, headers: &HeaderMap, tenant: &str, controller: &str) 
 /// `GET /{tenant}/controller/v1/{controllerId}`.
 async fn poll(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller)): Path<(String, String)>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     st.saw(&dev.target);
     crate::metrics::add(&st.counters.ddi_polls, 1);
     answer_checks(&st, &dev.target).await?;
@@ -532,8 +546,15 @@ async fn poll(
     if !st.ddi.attributes.lock().expect("ddi lock").contains(&dev.target) {
         links.insert("configData".into(), wire::Link { href: format!("{base}/configData") });
     }
+    // a device waiting for its planned go-live looks again just after it
+    let until_live = actions
+        .first()
+        .filter(|a| a.step == Step::Wait)
+        .and_then(|a| a.instruction.go_live_at)
+        .map(|t| ((t - now_ms()).max(0) / 1000) as u64 + 1);
+    let sleep = until_live.map_or(st.ddi.poll_secs, |s| s.min(st.ddi.poll_secs));
     let body = wire::ControllerBase {
-        config: wire::Config { polling: wire::Polling { sleep: wire::sleep_text(st.ddi.poll_secs) } },
+        config: wire::Config { polling: wire::Polling { sleep: wire::sleep_text(sleep) } },
         links,
     };
     json_answer(&headers, &body)
@@ -689,11 +710,12 @@ fn escape_segment(name: &str) -> String {
 /// `GET .../deploymentBase/{actionId}`.
 async fn deployment_base(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, action)): Path<(String, String, String)>,
     q: Result<Query<BaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     let Query(q) = q.map_err(|e| DdiError::bad_request(e.body_text()))?;
     negotiate(&headers)?;
     let id = parse_action(&action)?;
@@ -823,11 +845,12 @@ async fn read_feedback(headers: &HeaderMap, body: &Bytes, action: u64) -> DdiRes
 /// `POST .../deploymentBase/{actionId}/feedback`.
 async fn deployment_feedback(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     let id = parse_action(&action)?;
     let f = read_feedback(&headers, &body, id).await?;
     let open = open_actions(&st, &dev.target).await?;
@@ -902,10 +925,11 @@ async fn note_live(st: &AppState, target: &str, app: &str, version: &str) -> Ddi
 /// `GET .../cancelAction/{actionId}`.
 async fn cancel_action(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, action)): Path<(String, String, String)>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     negotiate(&headers)?;
     let id = parse_action(&action)?;
     let rollback_cancel =
@@ -924,11 +948,12 @@ async fn cancel_action(
 /// cancellation; `rejected` or a failure says the device could not.
 async fn cancel_feedback(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     let id = parse_action(&action)?;
     let f = read_feedback(&headers, &body, id).await?;
     let accepted = match (f.status.execution, f.status.result.finished) {
@@ -988,11 +1013,12 @@ const MAX_ATTRIBUTE_LEN: usize = 128;
 /// inventory (never as labels).
 async fn config_data(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller)): Path<(String, String)>,
     body: Bytes,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     if body.len() > 64 * 1024 {
         return Err(DdiError::bad_request("configData is at most 64 KiB"));
     }
@@ -1039,11 +1065,12 @@ async fn config_data(
 /// `GET .../installedBase/{actionId}`: a finished action's deployment.
 async fn installed_base(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, action)): Path<(String, String, String)>,
     q: Result<Query<BaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     let Query(q) = q.map_err(|e| DdiError::bad_request(e.body_text()))?;
     negotiate(&headers)?;
     let id = parse_action(&action)?;
@@ -1116,10 +1143,11 @@ async fn module_files(st: &AppState, target: &str, module: &str) -> DdiResult<Ar
 /// `GET .../softwaremodules/{moduleId}/artifacts`.
 async fn artifact_list(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, module)): Path<(String, String, String)>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     negotiate(&headers)?;
     let files = module_files(&st, &dev.target, &module).await?;
     let base = base_url(&st, &headers, &tenant, &controller);
@@ -1132,10 +1160,11 @@ async fn artifact_list(
 /// honoured) and `{fileName}.MD5SUM`.
 async fn artifact(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path((tenant, controller, module, file)): Path<(String, String, String, String)>,
 ) -> DdiResult<Response> {
-    let dev = device(&st, &headers, &tenant, &controller).await?;
+    let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     let files = module_files(&st, &dev.target, &module).await?;
     if let Some(f) = files.iter().find(|f| f.filename == file) {
         crate::metrics::add(&st.counters.ddi_downloads, 1);
