@@ -53,6 +53,10 @@ pub struct Inventory {
     /// shown, never used as labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// The gateway token a DDI device registered through (the only
+    /// gateway token that may speak for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// What runs on a target.

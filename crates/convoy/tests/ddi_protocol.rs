@@ -373,6 +373,11 @@ fn gateway_tokens_register_devices_within_their_scope() {
     assert_eq!(get("gw-2", &auth).status, 401, "used up: it registers no more");
     assert!(f.json(&["targets"]).as_array().unwrap().iter().all(|t| t["id"] != "ddi-gw-2"));
     assert_eq!(get("dev-x", &auth).status, 403, "outside the token's scope");
+    // a device with its own TargetToken, even within the scope, is not the gateway's
+    f.ok(&["targets", "add-ddi", "dev-own", "--labels", "site=plant"]);
+    let a = get("dev-own", &auth);
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("not registered through gateway token"), "{}", a.text());
     assert_eq!(get("bad/../id", &auth).status, 404, "not a controller path");
     assert_eq!(get("bad%20id", &auth).status, 400, "a controller id out of charset");
     // the agents' enrolment token is not a gateway token

@@ -25,9 +25,17 @@ pub struct ArtifactFile {
 /// Releases whose artifacts are kept at once (by root digest).
 const KEPT: usize = 64;
 
+/// When a release's files were last used (a counter), and the files.
+type Kept = (u64, Arc<Vec<ArtifactFile>>);
+
 #[derive(Default)]
 pub struct Artifacts {
-    by_digest: Mutex<HashMap<String, Arc<Vec<ArtifactFile>>>>,
+    /// By root digest: when last used (a counter), and the files.
+    by_digest: Mutex<HashMap<String, Kept>>,
+    uses: std::sync::atomic::AtomicU64,
+    /// One release is hashed at a time: devices asking for the same new
+    /// release together wait for one pass over its chunks.
+    hashing: tokio::sync::Mutex<()>,
 }
 
 impl Artifacts {
@@ -39,8 +47,12 @@ impl Artifacts {
         digest: &str,
         manifest: &[u8],
     ) -> Result<Arc<Vec<ArtifactFile>>, String> {
-        if let Some(a) = self.by_digest.lock().expect("artifacts lock").get(digest) {
-            return Ok(a.clone());
+        if let Some(a) = self.kept(digest) {
+            return Ok(a);
+        }
+        let _one = self.hashing.lock().await;
+        if let Some(a) = self.kept(digest) {
+            return Ok(a);
         }
         let m = Manifest::from_slice(manifest).map_err(|e| e.to_string())?;
         let store = chunks.clone();
@@ -48,10 +60,21 @@ impl Artifacts {
         let files = Arc::new(files);
         let mut kept = self.by_digest.lock().expect("artifacts lock");
         if kept.len() >= KEPT {
-            kept.clear();
+            // the least lately used goes
+            if let Some(old) = kept.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone()) {
+                kept.remove(&old);
+            }
         }
-        kept.insert(digest.to_owned(), files.clone());
+        let used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        kept.insert(digest.to_owned(), (used, files.clone()));
         Ok(files)
+    }
+
+    fn kept(&self, digest: &str) -> Option<Arc<Vec<ArtifactFile>>> {
+        let mut kept = self.by_digest.lock().expect("artifacts lock");
+        let (used, files) = kept.get_mut(digest)?;
+        *used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(files.clone())
     }
 }
 
@@ -214,8 +237,11 @@ pub fn md5sum(file: &ArtifactFile) -> Response {
 /// A file name fit for a header: quoted when it has RFC 2045 specials,
 /// with anything not printable ASCII replaced.
 fn quoted_name(name: &str) -> String {
-    let clean: String =
-        name.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' }).filter(|c| *c != '"').collect();
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect();
     if clean.chars().any(|c| "()<>@,;:\\/[]?= ".contains(c)) {
         format!("\"{clean}\"")
     } else {

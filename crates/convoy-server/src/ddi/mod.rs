@@ -16,7 +16,7 @@
 
 mod artifacts;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{BASE}/installedBase/{{action}}"), get(installed_base))
         .route(&format!("{BASE}/softwaremodules/{{module}}/artifacts"), get(artifact_list))
         .route(&format!("{BASE}/softwaremodules/{{module}}/artifacts/{{file}}"), get(artifact))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FEEDBACK))
 }
 
 /// The DDI side of the server's memory.
@@ -62,12 +63,23 @@ pub struct Ddi {
     /// The action each device was last shown, to offer `cancelAction`
     /// when its instruction is canceled (memory only).
     shown: Mutex<HashMap<String, Shown>>,
-    /// Devices whose attributes this process has heard (others are asked
+    /// Whether each device's attributes are wanted (`configData`): read
+    /// from its row the first time this process sees it, then kept
     /// for `configData`).
-    attributes: Mutex<HashSet<String>>,
+    attributes: Mutex<HashMap<String, bool>>,
     /// The last action each device installed (for `installedBase`).
     installed: Mutex<HashMap<String, u64>>,
+    /// (gateway token, device) pairs lately checked: when, and the
+    /// token's expiry.
+    gateways: Mutex<HashMap<(String, String), GatewayRight>>,
 }
+
+/// When a gateway token was found to speak for a device, and its expiry.
+type GatewayRight = (std::time::Instant, Option<i64>);
+
+/// How long a gateway token's right to speak for a device is taken from
+/// memory: a relabelled device leaves the token's scope within it.
+const GATEWAY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct Shown {
@@ -95,6 +107,7 @@ impl Ddi {
             shown: Default::default(),
             attributes: Default::default(),
             installed: Default::default(),
+            gateways: Default::default(),
         }
     }
 }
@@ -283,6 +296,15 @@ async fn device(st: &AppState, peer: &Peer, headers: &HeaderMap, tenant: &str, c
 
 async fn gateway(st: &AppState, peer: &Peer, id: &str, target: String, controller: &str) -> DdiResult<Device> {
     let now = now_ms();
+    let dev = Device { target: target.clone(), controller: controller.to_owned() };
+    // a device this token was lately found to speak for: from memory (a
+    // revoked token never gets here: the token cache drops it at once)
+    let key = (id.to_owned(), target.clone());
+    if let Some((at, expires)) = st.ddi.gateways.lock().expect("ddi lock").get(&key) {
+        if at.elapsed() < GATEWAY_TTL && expires.is_none_or(|x| x > now) {
+            return Ok(dev);
+        }
+    }
     let e =
         st.store.get_enrol_token(id).await?.ok_or_else(|| DdiError::unauthorized("this gateway token was removed"))?;
     if let Some(at) = e.revoked_at {
@@ -295,8 +317,15 @@ async fn gateway(st: &AppState, peer: &Peer, id: &str, target: String, controlle
         Some(j) => Some(serde_json::from_str(j).map_err(|e| DdiError::from(ApiError::internal(e)))?),
         None => None,
     };
-    let dev = Device { target: target.clone(), controller: controller.to_owned() };
     if let Some(t) = st.store.get_target(&target).await? {
+        let inv: convoy_wire::Inventory =
+            serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+        if inv.gateway.as_deref() != Some(id) {
+            return Err(DdiError::forbidden(format!(
+                "{controller} was not registered through gateway token {id}: it speaks with its own TargetToken{}",
+                inv.gateway.map(|g| format!(" or gateway token {g}")).unwrap_or_default()
+            )));
+        }
         let labels: convoy_wire::Labels =
             serde_json::from_str(&t.labels_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
         if let Some(scope) = &scope {
@@ -308,6 +337,7 @@ async fn gateway(st: &AppState, peer: &Peer, id: &str, target: String, controlle
                 )));
             }
         }
+        remember(&mut st.ddi.gateways.lock().expect("ddi lock"), key, (std::time::Instant::now(), e.expires_at));
         return Ok(dev);
     }
     // a device the gateway has not registered yet
@@ -351,6 +381,7 @@ async fn register(
         hostname: controller.to_owned(),
         labels: labels.clone(),
         kind: convoy_wire::TargetKind::Ddi,
+        gateway: enrol_token.map(str::to_owned),
         ..Default::default()
     };
     let rec = TargetRecord {
@@ -411,8 +442,8 @@ enum Step {
     Install,
     /// Rolled back: install the previous release.
     Rollback,
-    /// Rolled back before a first install: cancel the action.
-    CancelInstall,
+    /// Rolled back from a first install: a DDI device cannot uninstall.
+    Uninstall,
 }
 
 #[derive(Clone)]
@@ -451,7 +482,7 @@ fn step_of(i: &InstructionRecord, now: i64) -> Option<Step> {
         S::Activating if i.go_live_at.is_some_and(|t| t > now) => Some(Step::Wait),
         S::Activating => Some(Step::Install),
         S::RollingBack if i.previous_version.is_some() => Some(Step::Rollback),
-        S::RollingBack => Some(Step::CancelInstall),
+        S::RollingBack => Some(Step::Uninstall),
         _ => None,
     }
 }
@@ -471,7 +502,7 @@ async fn open_actions(st: &AppState, target: &str) -> DdiResult<Vec<Action>> {
         out.push(Action { id: id_of(&i, step), step, instruction: i, deployment: d });
     }
     out.sort_by_key(|a| match a.step {
-        Step::Install | Step::Rollback | Step::CancelInstall => 0,
+        Step::Install | Step::Rollback | Step::Uninstall => 0,
         Step::Download => 1,
         Step::Wait => 2,
     });
@@ -481,7 +512,7 @@ async fn open_actions(st: &AppState, target: &str) -> DdiResult<Vec<Action>> {
 /// An action of this device that is no longer open, with its state: read
 /// from the database (feedback and downloads for closed actions only).
 async fn closed_action(st: &AppState, target: &str, action: u64) -> DdiResult<Option<(InstructionRecord, bool)>> {
-    for i in st.store.target_instructions(target, 100).await? {
+    for i in own_history(st, target).await? {
         for rollback in [false, true] {
             if action_id(&i.id, i.attempt, rollback) == action {
                 return Ok(Some((i, rollback)));
@@ -489,6 +520,16 @@ async fn closed_action(st: &AppState, target: &str, action: u64) -> DdiResult<Op
         }
     }
     Ok(None)
+}
+
+/// The device's last instructions, from its enrolment on: a device
+/// registered again under a removed device's controller id does not see
+/// that device's history.
+async fn own_history(st: &AppState, target: &str) -> DdiResult<Vec<InstructionRecord>> {
+    let Some(t) = st.store.get_target(target).await? else { return Ok(Vec::new()) };
+    let mut list = st.store.target_instructions(target, 100).await?;
+    list.retain(|i| i.updated_at >= t.enrolled_at);
+    Ok(list)
 }
 
 fn parse_action(s: &str) -> DdiResult<u64> {
@@ -504,7 +545,10 @@ fn base_url(st: &AppState, headers: &HeaderMap, tenant: &str, controller: &str) 
             !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .unwrap_or("localhost");
-    let scheme = if st.tls { "https" } else { "http" };
+    // behind a proxy that ends TLS, links keep the scheme the device used
+    let forwarded_https =
+        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let scheme = if st.tls || forwarded_https { "https" } else { "http" };
     format!("{scheme}://{host}/{tenant}/controller/v1/{controller}")
 }
 
@@ -523,16 +567,17 @@ async fn poll(
     answer_checks(&st, &dev.target).await?;
     let base = base_url(&st, &headers, &tenant, &controller);
     let mut links = BTreeMap::new();
-    let actions = open_actions(&st, &dev.target).await?;
+    let mut actions = open_actions(&st, &dev.target).await?;
+    if actions.iter().any(|a| a.step == Step::Uninstall) {
+        refuse_uninstall(&st, &dev.target, &actions).await?;
+        actions = open_actions(&st, &dev.target).await?;
+        actions.retain(|a| a.step != Step::Uninstall);
+    }
     if let Some(a) = actions.first() {
-        if a.step == Step::CancelInstall {
-            links.insert("cancelAction".into(), wire::Link { href: format!("{base}/cancelAction/{}", a.id) });
-        } else {
-            links.insert(
-                "deploymentBase".into(),
-                wire::Link { href: format!("{base}/deploymentBase/{}?c={}", a.id, a.c()) },
-            );
-        }
+        links.insert(
+            "deploymentBase".into(),
+            wire::Link { href: format!("{base}/deploymentBase/{}?c={}", a.id, a.c()) },
+        );
         remember(
             &mut st.ddi.shown.lock().expect("ddi lock"),
             dev.target.clone(),
@@ -543,7 +588,7 @@ async fn poll(
     } else if let Some(done) = st.ddi.installed.lock().expect("ddi lock").get(&dev.target) {
         links.insert("installedBase".into(), wire::Link { href: format!("{base}/installedBase/{done}") });
     }
-    if !st.ddi.attributes.lock().expect("ddi lock").contains(&dev.target) {
+    if wants_attributes(&st, &dev.target).await? {
         links.insert("configData".into(), wire::Link { href: format!("{base}/configData") });
     }
     // a device waiting for its planned go-live looks again just after it
@@ -558,6 +603,30 @@ async fn poll(
         links,
     };
     json_answer(&headers, &body)
+}
+
+/// A rollback of a first install: a DDI device has no release before to
+/// go back to and cannot remove one, so the rollback fails for it, saying
+/// so (through the report writer, as a report would).
+async fn refuse_uninstall(st: &AppState, target: &str, actions: &[Action]) -> DdiResult<()> {
+    for a in actions.iter().filter(|a| a.step == Step::Uninstall) {
+        let r = convoy_wire::Report {
+            instruction_id: a.instruction.id.clone(),
+            phase: Phase::Rollback,
+            attempt: a.instruction.attempt,
+            report: ReportKind::Failed {
+                message: format!(
+                    "a DDI device cannot uninstall {}@{}, its first install: it keeps it; deploy another release to replace it",
+                    a.deployment.app, a.deployment.version
+                ),
+            },
+            metrics: BTreeMap::new(),
+            output: String::new(),
+            inventory: None,
+        };
+        crate::app::reports::submit(st, target.to_owned(), r).await.map_err(ApiError::from)?;
+    }
+    Ok(())
 }
 
 /// A request's preflight on a DDI device: the device runs no steps of
@@ -593,6 +662,20 @@ async fn answer_checks(st: &AppState, target: &str) -> DdiResult<()> {
         crate::app::rollout::preflight_answer(st, target, &r).await.map_err(ApiError::from)?;
     }
     Ok(())
+}
+
+/// Whether to ask a device for its attributes: when it has none on record
+/// (one read per device per process), or after an update.
+async fn wants_attributes(st: &AppState, target: &str) -> DdiResult<bool> {
+    if let Some(w) = st.ddi.attributes.lock().expect("ddi lock").get(target) {
+        return Ok(*w);
+    }
+    let Some(t) = st.store.get_target(target).await? else { return Ok(false) };
+    let inv: convoy_wire::Inventory =
+        serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let wanted = inv.attributes.is_empty();
+    remember(&mut st.ddi.attributes.lock().expect("ddi lock"), target.to_owned(), wanted);
+    Ok(wanted)
 }
 
 /// The action last shown to a device, if its instruction was canceled
@@ -652,7 +735,7 @@ async fn deployment_json(
         .map_err(|e| DdiError::from(ApiError::internal(e)))?;
     let module = module_id(app, version);
     let artifacts = files.iter().map(|f| artifact_json(base, module, f)).collect();
-    let open = a.window_open() || closed;
+    let open = a.window_open() || (closed && a.step != Step::Wait);
     let history = history.filter(|n| *n != 0).map(|_| wire::ActionHistory {
         status: if closed { "FINISHED" } else { "RUNNING" }.into(),
         messages: std::iter::once(clean(&a.instruction.note)).filter(|n| !n.is_empty()).collect(),
@@ -721,7 +804,7 @@ async fn deployment_base(
     let id = parse_action(&action)?;
     let base = base_url(&st, &headers, &tenant, &controller);
     let open = open_actions(&st, &dev.target).await?;
-    if let Some(a) = open.iter().find(|a| a.id == id && a.step != Step::CancelInstall) {
+    if let Some(a) = open.iter().find(|a| a.id == id && a.step != Step::Uninstall) {
         let body = deployment_json(&st, &base, a, q.action_history, false).await?;
         if a.instruction.state == InstructionState::Created {
             // handed out: created → sent, by the report writer
@@ -740,9 +823,15 @@ async fn deployment_base(
             let Some(d) = st.work_deployment(&i.deployment_id).await? else {
                 return Err(DdiError::not_found(format!("no action {id} for {}", dev.controller)));
             };
-            let step = if rollback { Step::Rollback } else { Step::Install };
+            // installed: as it was installed; ended otherwise: not to install
+            let installed = matches!(i.state, InstructionState::Succeeded | InstructionState::RolledBack);
+            let step = match (installed, rollback) {
+                (true, true) => Step::Rollback,
+                (true, false) => Step::Install,
+                (false, _) => Step::Wait,
+            };
             let a = Action { id, step, instruction: i, deployment: d };
-            let body = deployment_json(&st, &base, &a, q.action_history, true).await?;
+            let body = deployment_json(&st, &base, &a, q.action_history, installed).await?;
             json_answer(&headers, &body)
         }
         Some(_) => Err(DdiError::not_found(format!("action {id} was canceled; see cancelAction"))),
@@ -759,7 +848,7 @@ fn report_for(step: Step, f: &ActionFeedback, digest: &str) -> Option<ReportKind
     let (ex, fin) = (f.status.execution, f.status.result.finished);
     match step {
         Step::Download => match (ex, fin) {
-            (Execution::Closed, Finished::Failure) => Some(failed()),
+            (Execution::Closed | Execution::Downloaded, Finished::Failure) => Some(failed()),
             // the device holds the verified artifacts (hashes checked by
             // it), or closed the action it was told not to install
             // (SWUpdate: "Skipped Update."): it installs at go-live
@@ -778,7 +867,7 @@ fn report_for(step: Step, f: &ActionFeedback, digest: &str) -> Option<ReportKind
             (Execution::Closed, _) => Some(ReportKind::RolledBack),
             _ => None,
         },
-        Step::CancelInstall => None,
+        Step::Uninstall => None,
     }
 }
 
@@ -854,8 +943,29 @@ async fn deployment_feedback(
     let id = parse_action(&action)?;
     let f = read_feedback(&headers, &body, id).await?;
     let open = open_actions(&st, &dev.target).await?;
-    let Some(a) = open.into_iter().find(|a| a.id == id && a.step != Step::CancelInstall) else {
+    let Some(a) = open.into_iter().find(|a| a.id == id && a.step != Step::Uninstall) else {
         return match closed_action(&st, &dev.target, id).await? {
+            // canceled, but the device installed it anyway: what it runs
+            // is recorded, and the target warned about
+            Some((i, false))
+                if i.state == InstructionState::Canceled
+                    && f.status.execution == Execution::Closed
+                    && f.status.result.finished != Finished::Failure =>
+            {
+                if let Some(d) = st.work_deployment(&i.deployment_id).await? {
+                    note_live(&st, &dev.target, &d.app, &d.version).await?;
+                    let what = format!(
+                        "DDI device {} installed {}@{} (action {id}) after it was canceled",
+                        dev.controller, d.app, d.version
+                    );
+                    st.store.set_target_warning(&dev.target, &what).await?;
+                    let actor = format!("agent:{}", dev.target);
+                    st.store
+                        .append_event(&EventRecord::audit(&actor, "ddi_installed_canceled", what, now_ms()))
+                        .await?;
+                }
+                Err(DdiError::gone(format!("action {id} was canceled")))
+            }
             Some(_) => Err(DdiError::gone(format!("action {id} is closed"))),
             None => Err(DdiError::not_found(format!("no action {id} for {}", dev.controller))),
         };
@@ -898,7 +1008,7 @@ async fn deployment_feedback(
     if succeeded && answer.accepted {
         remember(&mut st.ddi.installed.lock().expect("ddi lock"), dev.target.clone(), id);
         // hawkBit asks for attributes again after an update
-        st.ddi.attributes.lock().expect("ddi lock").remove(&dev.target);
+        remember(&mut st.ddi.attributes.lock().expect("ddi lock"), dev.target.clone(), true);
     }
     Ok(StatusCode::OK.into_response())
 }
@@ -932,9 +1042,7 @@ async fn cancel_action(
     let dev = device(&st, &peer, &headers, &tenant, &controller).await?;
     negotiate(&headers)?;
     let id = parse_action(&action)?;
-    let rollback_cancel =
-        open_actions(&st, &dev.target).await?.iter().any(|a| a.id == id && a.step == Step::CancelInstall);
-    if rollback_cancel || canceled_shown(&st, &dev.target).await? == Some(id) {
+    if canceled_shown(&st, &dev.target).await? == Some(id) {
         let body = wire::CancelActionBase {
             id: id.to_string(),
             cancel_action: wire::CancelAction { stop_id: id.to_string() },
@@ -961,23 +1069,6 @@ async fn cancel_feedback(
         (Execution::Closed, _) => Some(true),
         _ => None,
     };
-    // a rollback before any install: the cancel is the rollback
-    if let Some(a) =
-        open_actions(&st, &dev.target).await?.into_iter().find(|a| a.id == id && a.step == Step::CancelInstall)
-    {
-        let Some(ok) = accepted else { return Ok(StatusCode::OK.into_response()) };
-        let report = convoy_wire::Report {
-            instruction_id: a.instruction.id.clone(),
-            phase: Phase::Rollback,
-            attempt: a.instruction.attempt,
-            report: if ok { ReportKind::RolledBack } else { ReportKind::Failed { message: failure_text(&f) } },
-            metrics: BTreeMap::new(),
-            output: output_of(&f),
-            inventory: None,
-        };
-        crate::app::reports::submit(&st, dev.target.clone(), report).await.map_err(ApiError::from)?;
-        return Ok(StatusCode::OK.into_response());
-    }
     if canceled_shown(&st, &dev.target).await? != Some(id) {
         return match closed_action(&st, &dev.target, id).await? {
             Some(_) => Err(DdiError::new(
@@ -1052,11 +1143,7 @@ async fn config_data(
     inv.kind = convoy_wire::TargetKind::Ddi;
     let json = serde_json::to_string(&inv).map_err(|e| DdiError::from(ApiError::internal(e)))?;
     st.store.update_target(&dev.target, &t.hostname, &json, now_ms()).await?;
-    let mut known = st.ddi.attributes.lock().expect("ddi lock");
-    if known.len() >= MAX_REMEMBERED {
-        known.clear();
-    }
-    known.insert(dev.target);
+    remember(&mut st.ddi.attributes.lock().expect("ddi lock"), dev.target, false);
     Ok(StatusCode::OK.into_response())
 }
 
@@ -1111,7 +1198,7 @@ async fn module_files(st: &AppState, target: &str, module: &str) -> DdiResult<Ar
         Some(r) => Some(r),
         None => {
             let mut hit = None;
-            for i in st.store.target_instructions(target, 100).await? {
+            for i in own_history(st, target).await? {
                 let Some(d) = st.work_deployment(&i.deployment_id).await? else { continue };
                 for v in std::iter::once(&d.version).chain(i.previous_version.as_ref()) {
                     if module_id(&d.app, v) == want {

@@ -29,7 +29,7 @@ fn check_inventory(inv: &Inventory) -> ApiResult<()> {
         return Err(ApiError::bad_request("hostname must be 1-253 characters"));
     }
     // the kind and DDI attributes are the server's to record
-    if !inv.kind.is_agent() || !inv.attributes.is_empty() {
+    if !inv.kind.is_agent() || !inv.attributes.is_empty() || inv.gateway.is_some() {
         return Err(ApiError::bad_request("an agent's inventory names no kind and no DDI attributes"));
     }
     if let Some(url) = &inv.relay {
