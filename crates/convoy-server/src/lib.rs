@@ -40,7 +40,7 @@ pub use limit::{DEFAULT_PER_ADDRESS as DEFAULT_ENROL_RATE_ADDRESS, DEFAULT_PER_T
 pub use state::AppState;
 
 /// The server's configuration: flags, `CONVOY_*` environment variables, defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -83,6 +83,83 @@ pub struct ServerConfig {
     pub ddi_tenant: String,
     /// Seconds DDI devices are told to wait between polls.
     pub ddi_poll_secs: u64,
+}
+
+/// Shows no secret: tokens are `Secret`s, the S3 secret key is masked,
+/// and the cache URL's password is left out.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cache = self.cache.as_deref().map(without_password);
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database.as_deref().map(without_password))
+            .field("admin_token", &self.admin_token)
+            .field("enrol_token", &self.enrol_token)
+            .field("tls", &self.tls)
+            .field("mirrors", &self.mirrors)
+            .field("nats", &self.nats.as_deref().map(without_password))
+            .field("nats_subject", &self.nats_subject)
+            .field("enrol_rate_token", &self.enrol_rate_token)
+            .field("enrol_rate_address", &self.enrol_rate_address)
+            .field("key_secret_file", &self.key_secret_file)
+            .field("delta_from_last", &self.delta_from_last)
+            .field("delta_cache_mib", &self.delta_cache_mib)
+            .field("cache", &cache)
+            .field("objects", &self.objects)
+            .field("ddi_tenant", &self.ddi_tenant)
+            .field("ddi_poll_secs", &self.ddi_poll_secs)
+            .finish()
+    }
+}
+
+/// A URL with any `user:password@` reduced to `user:***@`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth, host) = match rest.split_once('@') {
+        Some((a, h)) if !a.contains('/') => (a, h),
+        _ => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn config_debug_shows_no_secret() {
+        let c = super::ServerConfig {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            data_dir: "d".into(),
+            database: Some("postgres://convoy:dbpass@db/convoy".into()),
+            admin_token: Some(super::Secret("admin-secret-token".into())),
+            enrol_token: None,
+            tls: None,
+            mirrors: Vec::new(),
+            nats: None,
+            nats_subject: String::new(),
+            enrol_rate_token: 0,
+            enrol_rate_address: 0,
+            key_secret_file: None,
+            delta_from_last: 0,
+            delta_cache_mib: 0,
+            cache: Some("redis://:redispass@127.0.0.1:6379".into()),
+            objects: Some(crate::objects::S3Config {
+                url: "s3://b".into(),
+                secret_access_key: Some("s3secret".into()),
+                ..Default::default()
+            }),
+            ddi_tenant: "DEFAULT".into(),
+            ddi_poll_secs: 60,
+        };
+        let text = format!("{c:?}");
+        for secret in ["dbpass", "admin-secret-token", "redispass", "s3secret"] {
+            assert!(!text.contains(secret), "{secret} shows in {text}");
+        }
+        assert!(text.contains("postgres://convoy:***@db/convoy"), "{text}");
+    }
 }
 
 /// Default of [`ServerConfig::nats_subject`].

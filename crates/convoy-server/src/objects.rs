@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 /// Where and how to reach the object store.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct S3Config {
     /// `s3://BUCKET` or `s3://BUCKET/PREFIX`.
     pub url: String,
@@ -24,6 +24,19 @@ pub struct S3Config {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+}
+
+/// Never shows the secret key (logs, panics).
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Longest any one object call may take, retries included.
