@@ -661,7 +661,12 @@ macro_rules! impl_sql_store {
                     ::sqlx::query(INSERT_EVENT).bind(id).bind(None::<String>).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(note).bind(now)
                         .execute(&mut *tx).await.map_err(db)?;
                     if !m.bulk.is_empty() {
-                        let rows = ::sqlx::query("SELECT id, state, wave FROM instructions WHERE deployment_id = $1 ORDER BY id").bind(id)
+                        // PostgreSQL: the rows stay as read until commit (a
+                        // report's compare-and-set waits, then finds the new
+                        // state and is judged again); SQLite has one writer
+                        let lock = if $backend == "postgres" { " FOR UPDATE" } else { "" };
+                        let q = format!("SELECT id, state, wave FROM instructions WHERE deployment_id = $1 ORDER BY id{lock}");
+                        let rows = ::sqlx::query(&q).bind(id)
                             .fetch_all(&mut *tx).await.map_err(db)?;
                         // per rule, its instructions as one UPDATE (in parts
                         // of 1000) and their events as multi-row INSERTs
