@@ -201,6 +201,16 @@ impl IntoResponse for DdiError {
 
 type DdiResult<T> = Result<T, DdiError>;
 
+/// An error of the server's own (logged; the device sees a 500).
+fn internal(e: impl std::fmt::Display) -> DdiError {
+    ApiError::internal(e).into()
+}
+
+/// A DDI device's inventory, as the server keeps it.
+fn inventory_of(t: &TargetRecord) -> DdiResult<convoy_wire::Inventory> {
+    serde_json::from_str(&t.inventory_json).map_err(internal)
+}
+
 // ------------------------------------------------------- content types
 
 /// The media type of a JSON answer: hal+json unless the client asks for
@@ -226,7 +236,7 @@ fn negotiate(headers: &HeaderMap) -> DdiResult<&'static str> {
 
 fn json_answer<T: serde::Serialize>(headers: &HeaderMap, body: &T) -> DdiResult<Response> {
     let ctype = negotiate(headers)?;
-    let bytes = serde_json::to_vec(body).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let bytes = serde_json::to_vec(body).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, ctype)], bytes).into_response())
 }
 
@@ -314,20 +324,18 @@ async fn gateway(st: &AppState, peer: &Peer, id: &str, target: String, controlle
         return Err(DdiError::unauthorized(format!("gateway token {id} has expired")));
     }
     let scope: Option<convoy_wire::Labels> = match &e.labels_json {
-        Some(j) => Some(serde_json::from_str(j).map_err(|e| DdiError::from(ApiError::internal(e)))?),
+        Some(j) => Some(serde_json::from_str(j).map_err(internal)?),
         None => None,
     };
     if let Some(t) = st.store.get_target(&target).await? {
-        let inv: convoy_wire::Inventory =
-            serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+        let inv = inventory_of(&t)?;
         if inv.gateway.as_deref() != Some(id) {
             return Err(DdiError::forbidden(format!(
                 "{controller} was not registered through gateway token {id}: it speaks with its own TargetToken{}",
                 inv.gateway.map(|g| format!(" or gateway token {g}")).unwrap_or_default()
             )));
         }
-        let labels: convoy_wire::Labels =
-            serde_json::from_str(&t.labels_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+        let labels: convoy_wire::Labels = serde_json::from_str(&t.labels_json).map_err(internal)?;
         if let Some(scope) = &scope {
             if scope.0.iter().any(|(k, v)| labels.0.get(k) != Some(v)) {
                 return Err(DdiError::forbidden(format!(
@@ -578,11 +586,7 @@ async fn poll(
             "deploymentBase".into(),
             wire::Link { href: format!("{base}/deploymentBase/{}?c={}", a.id, a.c()) },
         );
-        remember(
-            &mut st.ddi.shown.lock().expect("ddi lock"),
-            dev.target.clone(),
-            Shown { instruction: a.instruction.id.clone(), action: a.id, canceled: false },
-        );
+        note_shown(&st, &dev.target, a);
     } else if let Some(cancel) = canceled_shown(&st, &dev.target).await? {
         links.insert("cancelAction".into(), wire::Link { href: format!("{base}/cancelAction/{cancel}") });
     } else if let Some(done) = st.ddi.installed.lock().expect("ddi lock").get(&dev.target) {
@@ -671,11 +675,23 @@ async fn wants_attributes(st: &AppState, target: &str) -> DdiResult<bool> {
         return Ok(*w);
     }
     let Some(t) = st.store.get_target(target).await? else { return Ok(false) };
-    let inv: convoy_wire::Inventory =
-        serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let inv = inventory_of(&t)?;
     let wanted = inv.attributes.is_empty();
     remember(&mut st.ddi.attributes.lock().expect("ddi lock"), target.to_owned(), wanted);
     Ok(wanted)
+}
+
+/// Remembers the action shown to a device (for `cancelAction`); a poll
+/// showing the same action again changes nothing.
+fn note_shown(st: &AppState, target: &str, a: &Action) {
+    let mut shown = st.ddi.shown.lock().expect("ddi lock");
+    if shown.get(target).is_none_or(|s| s.action != a.id) {
+        remember(
+            &mut shown,
+            target.to_owned(),
+            Shown { instruction: a.instruction.id.clone(), action: a.id, canceled: false },
+        );
+    }
 }
 
 /// The action last shown to a device, if its instruction was canceled
@@ -727,12 +743,7 @@ async fn deployment_json(
         .get_release(app, version)
         .await?
         .ok_or_else(|| DdiError::not_found(format!("release {app}@{version} is not on this server")))?;
-    let files = st
-        .ddi
-        .artifacts
-        .of(&st.chunks, &release.digest, &release.manifest)
-        .await
-        .map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let files = st.ddi.artifacts.of(&st.chunks, &release.digest, &release.manifest).await.map_err(internal)?;
     let module = module_id(app, version);
     let artifacts = files.iter().map(|f| artifact_json(base, module, f)).collect();
     let open = a.window_open() || (closed && a.step != Step::Wait);
@@ -790,6 +801,30 @@ fn escape_segment(name: &str) -> String {
     out
 }
 
+/// A closed action's deployment: as it was installed, or, when it ended
+/// otherwise, as not to install.
+async fn closed_json(
+    st: &AppState,
+    dev: &Device,
+    base: &str,
+    id: u64,
+    i: InstructionRecord,
+    rollback: bool,
+    history: Option<i64>,
+) -> DdiResult<wire::DeploymentBase> {
+    let Some(d) = st.work_deployment(&i.deployment_id).await? else {
+        return Err(DdiError::not_found(format!("no action {id} for {}", dev.controller)));
+    };
+    let installed = matches!(i.state, InstructionState::Succeeded | InstructionState::RolledBack);
+    let step = match (installed, rollback) {
+        (true, true) => Step::Rollback,
+        (true, false) => Step::Install,
+        (false, _) => Step::Wait,
+    };
+    let a = Action { id, step, instruction: i, deployment: d };
+    deployment_json(st, base, &a, history, installed).await
+}
+
 /// `GET .../deploymentBase/{actionId}`.
 async fn deployment_base(
     State(st): State<AppState>,
@@ -810,29 +845,13 @@ async fn deployment_base(
             // handed out: created → sent, by the report writer
             crate::app::reports::delivered(&st, &dev.target, &a.instruction.id, a.instruction.attempt);
         }
-        remember(
-            &mut st.ddi.shown.lock().expect("ddi lock"),
-            dev.target.clone(),
-            Shown { instruction: a.instruction.id.clone(), action: id, canceled: false },
-        );
+        note_shown(&st, &dev.target, a);
         return json_answer(&headers, &body);
     }
     // hawkBit answers a closed action's deployment too (not a canceled one)
     match closed_action(&st, &dev.target, id).await? {
         Some((i, rollback)) if i.state != InstructionState::Canceled => {
-            let Some(d) = st.work_deployment(&i.deployment_id).await? else {
-                return Err(DdiError::not_found(format!("no action {id} for {}", dev.controller)));
-            };
-            // installed: as it was installed; ended otherwise: not to install
-            let installed = matches!(i.state, InstructionState::Succeeded | InstructionState::RolledBack);
-            let step = match (installed, rollback) {
-                (true, true) => Step::Rollback,
-                (true, false) => Step::Install,
-                (false, _) => Step::Wait,
-            };
-            let a = Action { id, step, instruction: i, deployment: d };
-            let body = deployment_json(&st, &base, &a, q.action_history, installed).await?;
-            json_answer(&headers, &body)
+            json_answer(&headers, &closed_json(&st, &dev, &base, id, i, rollback, q.action_history).await?)
         }
         Some(_) => Err(DdiError::not_found(format!("action {id} was canceled; see cancelAction"))),
         None => Err(DdiError::not_found(format!("no action {id} for {}", dev.controller))),
@@ -1017,15 +1036,14 @@ async fn deployment_feedback(
 /// agent reports its own; a DDI device's comes from its feedback).
 async fn note_live(st: &AppState, target: &str, app: &str, version: &str) -> DdiResult<()> {
     let Some(t) = st.store.get_target(target).await? else { return Ok(()) };
-    let mut inv: convoy_wire::Inventory =
-        serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let mut inv = inventory_of(&t)?;
     inv.current.insert(app.to_owned(), version.to_owned());
     let held = inv.installed.entry(app.to_owned()).or_default();
     if !held.iter().any(|v| v == version) {
         held.push(version.to_owned());
         held.sort();
     }
-    let json = serde_json::to_string(&inv).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let json = serde_json::to_string(&inv).map_err(internal)?;
     st.store.update_target(target, &t.hostname, &json, now_ms()).await?;
     Ok(())
 }
@@ -1125,8 +1143,7 @@ async fn config_data(
         )));
     }
     let t = st.store.get_target(&dev.target).await?.ok_or_else(|| DdiError::not_found("this device was removed"))?;
-    let mut inv: convoy_wire::Inventory =
-        serde_json::from_str(&t.inventory_json).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let mut inv = inventory_of(&t)?;
     match c.mode.as_deref().unwrap_or("merge") {
         "merge" => inv.attributes.extend(c.data),
         "replace" => inv.attributes = c.data,
@@ -1141,7 +1158,7 @@ async fn config_data(
         ));
     }
     inv.kind = convoy_wire::TargetKind::Ddi;
-    let json = serde_json::to_string(&inv).map_err(|e| DdiError::from(ApiError::internal(e)))?;
+    let json = serde_json::to_string(&inv).map_err(internal)?;
     st.store.update_target(&dev.target, &t.hostname, &json, now_ms()).await?;
     remember(&mut st.ddi.attributes.lock().expect("ddi lock"), dev.target, false);
     Ok(StatusCode::OK.into_response())
@@ -1169,13 +1186,8 @@ async fn installed_base(
             if matches!(i.state, InstructionState::Succeeded | InstructionState::RolledBack)
                 && (rollback == (i.state == InstructionState::RolledBack)) =>
         {
-            let Some(d) = st.work_deployment(&i.deployment_id).await? else {
-                return Err(DdiError::not_found(format!("no action {id} for {}", dev.controller)));
-            };
-            let step = if rollback { Step::Rollback } else { Step::Install };
-            let a = Action { id, step, instruction: i, deployment: d };
             let base = base_url(&st, &headers, &tenant, &controller);
-            json_answer(&headers, &deployment_json(&st, &base, &a, q.action_history, true).await?)
+            json_answer(&headers, &closed_json(&st, &dev, &base, id, i, rollback, q.action_history).await?)
         }
         _ => Err(DdiError::not_found(format!("{} installed nothing with action {id}", dev.controller))),
     }
@@ -1220,11 +1232,7 @@ async fn module_files(st: &AppState, target: &str, module: &str) -> DdiResult<Ar
         .get_release(&app, &version)
         .await?
         .ok_or_else(|| DdiError::not_found(format!("release {app}@{version} is not on this server")))?;
-    st.ddi
-        .artifacts
-        .of(&st.chunks, &release.digest, &release.manifest)
-        .await
-        .map_err(|e| DdiError::from(ApiError::internal(e)))
+    st.ddi.artifacts.of(&st.chunks, &release.digest, &release.manifest).await.map_err(internal)
 }
 
 /// `GET .../softwaremodules/{moduleId}/artifacts`.
