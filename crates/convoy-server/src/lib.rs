@@ -270,6 +270,20 @@ async fn release_free_memory() {
     .await;
 }
 
+/// Caps glibc's malloc arenas at two (by default up to eight per core),
+/// for a server process, before its threads start: the threads share fewer
+/// heaps, so what one burst frees is reused by the next instead of sitting
+/// in another thread's arena, and [`release_free_memory`] has less to do.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt takes two integers; it is called before the runtime's
+    // threads exist
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Serves on an already-bound listener until `shutdown` resolves, over
 /// TLS when given an acceptor.
 pub async fn serve(

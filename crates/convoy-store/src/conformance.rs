@@ -295,6 +295,48 @@ async fn targets(s: &dyn Store) {
     check("enrolled_at kept", got.enrolled_at, 10);
     check("list", s.list_targets().await.unwrap().len(), 1);
     check("missing target", s.get_target("t-x").await.unwrap(), None);
+    labels_having(s).await;
+}
+
+/// The narrowed read keeps every target a selector's terms match (`_` and
+/// `%` are not wildcards), and the caller's exact match does the rest.
+async fn labels_having(s: &dyn Store) {
+    for (id, labels) in [
+        ("t-h1", r#"{"group":"held","site":"a_b"}"#),
+        ("t-h2", r#"{"group":"held","site":"axb"}"#),
+        ("t-h3", r#"{"group":"idle","site":"a_b"}"#),
+        ("t-h4", r#"{"group":"heldx","x":"group"}"#),
+    ] {
+        let t = TargetRecord {
+            id: id.into(),
+            hostname: id.into(),
+            labels_json: labels.into(),
+            inventory_json: "{}".into(),
+            enrolled_at: 1,
+            last_seen: 1,
+            warning: String::new(),
+        };
+        s.insert_target(&t).await.unwrap();
+    }
+    let ids = |rows: Vec<crate::TargetLabels>| -> Vec<String> {
+        rows.into_iter().filter(|t| t.id.starts_with("t-h")).map(|t| t.id).collect()
+    };
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    check(
+        "group=held",
+        ids(s.list_target_labels_having(&[pair("group", "held")]).await.unwrap()),
+        vec!["t-h1".to_owned(), "t-h2".to_owned()],
+    );
+    check(
+        "group=held,site=a_b",
+        ids(s.list_target_labels_having(&[pair("group", "held"), pair("site", "a_b")]).await.unwrap()),
+        vec!["t-h1".to_owned()],
+    );
+    check("no terms: all", ids(s.list_target_labels_having(&[]).await.unwrap()).len(), 4);
+    check("no match", ids(s.list_target_labels_having(&[pair("site", "a%")]).await.unwrap()).len(), 0);
+    for id in ["t-h1", "t-h2", "t-h3", "t-h4"] {
+        s.remove_target(id).await.unwrap();
+    }
 }
 
 async fn releases(s: &dyn Store) {

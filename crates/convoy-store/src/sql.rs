@@ -518,6 +518,31 @@ macro_rules! impl_sql_store {
                         .collect()
                 }
 
+                async fn list_target_labels_having(&self, having: &[(String, String)]) -> Result<Vec<$crate::TargetLabels>> {
+                    // labels are stored as serde_json writes a map: each term
+                    // is the text `"key":"value"` inside them (SQLite's LIKE
+                    // ignores ASCII case: more rows, which the caller drops)
+                    let mut q = String::from("SELECT id, hostname, labels FROM targets");
+                    for k in 0..having.len() {
+                        q.push_str(if k == 0 { " WHERE " } else { " AND " });
+                        q.push_str(&format!("labels LIKE {} ESCAPE '\\'", mark(k + 1)));
+                    }
+                    q.push_str(" ORDER BY hostname, id");
+                    let mut query = ::sqlx::query(&q);
+                    for (key, value) in having {
+                        let term = format!("{}:{}", ::serde_json::Value::from(key.as_str()), ::serde_json::Value::from(value.as_str()));
+                        let escaped: String = term.chars().flat_map(|c| match c {
+                            '%' | '_' | '\\' => vec!['\\', c],
+                            c => vec![c],
+                        }).collect();
+                        query = query.bind(format!("%{escaped}%"));
+                    }
+                    let rows = query.fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter()
+                        .map(|r| Ok($crate::TargetLabels { id: r.try_get("id").map_err(db)?, hostname: r.try_get("hostname").map_err(db)?, labels_json: r.try_get("labels").map_err(db)? }))
+                        .collect()
+                }
+
                 async fn remove_target(&self, id: &str) -> Result<bool> {
                     let mut tx = self.pool.begin().await.map_err(db)?;
                     let gone = ::sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;

@@ -1105,6 +1105,9 @@ fn main() {
     let cli = Cli::parse();
     let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let operator = !matches!(cli.cmd, Cmd::Server { .. } | Cmd::Agent { .. } | Cmd::Demo { .. });
+    if matches!(cli.cmd, Cmd::Server { .. }) {
+        convoy_server::limit_malloc_arenas();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,

@@ -60,7 +60,8 @@ pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<V
     // labels first (a narrow read of every target): only the targets
     // chosen have their whole rows read
     let mut chosen = Vec::new();
-    for t in st.store.list_target_labels().await? {
+    let having: Vec<(String, String)> = selector.0 .0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for t in st.store.list_target_labels_having(&having).await? {
         if !(picked.is_empty() || picked.contains(t.id.as_str())) {
             continue;
         }
@@ -91,6 +92,10 @@ pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<V
 pub(super) async fn pick(st: &AppState, names: &[String], selector: &Selector) -> AppResult<Vec<String>> {
     if names.len() > 10_000 {
         return Err(AppError::bad_request("at most 10000 targets by name; use a selector"));
+    }
+    if names.is_empty() {
+        // nothing picked: no read of every target
+        return Ok(Vec::new());
     }
     let all = st.store.list_target_labels().await?;
     let mut out = BTreeSet::new();
