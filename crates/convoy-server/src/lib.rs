@@ -249,7 +249,7 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router())
         .merge(ddi::router())
         .fallback(|| async { error::ApiError::not_found("not found; the API lives under /api/v1") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(metrics::Track(state.counters.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

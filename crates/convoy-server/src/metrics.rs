@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiResult;
@@ -141,24 +140,78 @@ impl HttpStats {
     }
 }
 
-/// Middleware: counts every request by route, method and status class, and
-/// times it (a long poll's time includes its wait).
-pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str());
-    // only the methods axum routes; anything else counts as OTHER
-    let method = match *req.method() {
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD => {
-            req.method().clone()
+/// Layer: counts every request by route, method and status class, and
+/// times it (a long poll's time includes its wait). A plain wrapper around
+/// each route: a request carries no boxed future and no copy of the state
+/// for it, which matters for thousands of held polls.
+#[derive(Clone)]
+pub struct Track(pub Arc<Counters>);
+
+impl<S> tower::Layer<S> for Track {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner, counters: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S> tower::Service<Request> for Tracked<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str());
+        // only the methods axum routes; anything else counts as OTHER
+        let method = match *req.method() {
+            Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD => {
+                req.method().clone()
+            }
+            _ => Method::OPTIONS,
+        };
+        let stats = self.counters.http.of(route, &method);
+        TrackedFuture { inner: self.inner.call(req), stats, start: Instant::now() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        stats: Arc<RouteStats>,
+        start: Instant,
+    }
+}
+
+impl<F, E> std::future::Future for TrackedFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.stats.duration.observe(this.start.elapsed());
+        if let Ok(resp) = &out {
+            let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+            this.stats.status[class].fetch_add(1, Ordering::Relaxed);
         }
-        _ => Method::OPTIONS,
-    };
-    let stats = st.counters.http.of(route, &method);
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    stats.duration.observe(start.elapsed());
-    let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-    stats.status[class].fetch_add(1, Ordering::Relaxed);
-    resp
+        std::task::Poll::Ready(out)
+    }
 }
 
 pub fn add(c: &AtomicU64, n: u64) {

@@ -28,6 +28,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Readers: WAL lets them run beside the writer.
     read: SqlitePool,
+    /// Copies the WAL into the database file beside the writer.
+    _checkpoints: Option<Checkpointer>,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -52,15 +54,21 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // the checkpointer below copies the WAL into the database file
+            // on its own connection, so a commit never waits for that copy
+            // (and its fsyncs); the WAL file shrinks back to this size
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
         // One writing connection: SQLite has one writer anyway, and a single
         // one rules out lock upgrades between writers. Reads go to a small
         // read-only pool, opened after the writer has migrated the file.
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(db)?;
-        let mut store = Self { read: pool.clone(), pool };
+        let mut store = Self { read: pool.clone(), pool, _checkpoints: None };
         store.migrate().await?;
         store.read =
-            SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(db)?;
+            SqlitePoolOptions::new().max_connections(4).connect_with(opts.clone().read_only(true)).await.map_err(db)?;
+        store._checkpoints = Some(Checkpointer::start(opts));
         Ok(store)
     }
 
@@ -86,6 +94,49 @@ impl SqliteStore {
             tx.commit().await.map_err(db)?;
         }
         Ok(())
+    }
+}
+
+/// How often the checkpointer copies committed WAL pages into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL pages (4 KiB each) past which a checkpoint makes writers wait until
+/// the WAL is copied whole (RESTART) instead of copying beside them: the
+/// WAL stays bounded under writes that never pause.
+const WAL_PAGES_MAX: i64 = 65_536;
+/// Bytes the WAL file is cut back to once it was copied whole.
+const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// A task checkpointing the WAL on its own connection (SQLite's automatic
+/// checkpoint would run inside a committing writer), ended with the store.
+struct Checkpointer(tokio::task::JoinHandle<()>);
+
+impl Checkpointer {
+    fn start(opts: SqliteConnectOptions) -> Self {
+        Self(tokio::spawn(async move {
+            let mut conn: Option<sqlx::SqliteConnection> = None;
+            loop {
+                tokio::time::sleep(CHECKPOINT_EVERY).await;
+                if conn.is_none() {
+                    conn = sqlx::ConnectOptions::connect(&opts).await.ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                // (busy, WAL pages, pages copied)
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *c).await {
+                    Ok(row) if row.try_get::<i64, _>(1).unwrap_or(0) > WAL_PAGES_MAX => {
+                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *c).await;
+                    }
+                    Ok(_) => {}
+                    // connects again next time
+                    Err(_) => conn = None,
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

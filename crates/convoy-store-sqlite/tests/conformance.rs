@@ -45,3 +45,31 @@ async fn schema_1_databases_upgrade() {
     let d = store.get_deployment("d-old").await.unwrap().unwrap();
     assert_eq!((d.stage_deadline, d.activate_timeout_ms), (None, 900_000));
 }
+
+/// Commits leave the WAL to the store's own checkpointer: within a few
+/// seconds of the last commit the database file holds every page.
+#[tokio::test]
+async fn the_checkpointer_copies_the_wal_beside_the_writer() {
+    use convoy_store::Store;
+    use sqlx::{ConnectOptions, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convoy.db");
+    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
+    convoy_store::conformance::run(&store).await;
+    assert!(std::fs::metadata(dir.path().join("convoy.db-wal")).unwrap().len() > 0, "the suite wrote to the WAL");
+    // a reader only: it never checkpoints while the store's connections live
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).connect().await.unwrap();
+    let pages = |r: sqlx::sqlite::SqliteRow| r.get::<i64, _>(0) as u64;
+    let size = pages(sqlx::query("PRAGMA page_count").fetch_one(&mut c).await.unwrap())
+        * pages(sqlx::query("PRAGMA page_size").fetch_one(&mut c).await.unwrap());
+    let mut on_disk = 0;
+    for _ in 0..50 {
+        on_disk = std::fs::metadata(&path).unwrap().len();
+        if on_disk >= size {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_disk, size, "the database file holds every committed page");
+    assert_eq!(store.list_releases().await.unwrap().len(), 1);
+}
