@@ -371,8 +371,8 @@ impl Store for CachedStore {
     async fn list_target_labels(&self) -> Result<Vec<TargetLabels>> {
         self.db().list_target_labels().await
     }
-    async fn list_target_labels_having(&self, having: &[(String, String)]) -> Result<Vec<TargetLabels>> {
-        self.db().list_target_labels_having(having).await
+    async fn list_targets_having(&self, having: &[(String, String)]) -> Result<Vec<TargetRecord>> {
+        self.db().list_targets_having(having).await
     }
     async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>> {
         self.db().get_targets(ids).await

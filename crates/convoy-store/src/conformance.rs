@@ -318,22 +318,22 @@ async fn labels_having(s: &dyn Store) {
         };
         s.insert_target(&t).await.unwrap();
     }
-    let ids = |rows: Vec<crate::TargetLabels>| -> Vec<String> {
+    let ids = |rows: Vec<TargetRecord>| -> Vec<String> {
         rows.into_iter().filter(|t| t.id.starts_with("t-h")).map(|t| t.id).collect()
     };
     let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     check(
         "group=held",
-        ids(s.list_target_labels_having(&[pair("group", "held")]).await.unwrap()),
+        ids(s.list_targets_having(&[pair("group", "held")]).await.unwrap()),
         vec!["t-h1".to_owned(), "t-h2".to_owned()],
     );
     check(
         "group=held,site=a_b",
-        ids(s.list_target_labels_having(&[pair("group", "held"), pair("site", "a_b")]).await.unwrap()),
+        ids(s.list_targets_having(&[pair("group", "held"), pair("site", "a_b")]).await.unwrap()),
         vec!["t-h1".to_owned()],
     );
-    check("no terms: all", ids(s.list_target_labels_having(&[]).await.unwrap()).len(), 4);
-    check("no match", ids(s.list_target_labels_having(&[pair("site", "a%")]).await.unwrap()).len(), 0);
+    check("no terms: all", ids(s.list_targets_having(&[]).await.unwrap()).len(), 4);
+    check("no match", ids(s.list_targets_having(&[pair("site", "a%")]).await.unwrap()).len(), 0);
     for id in ["t-h1", "t-h2", "t-h3", "t-h4"] {
         s.remove_target(id).await.unwrap();
     }

@@ -91,10 +91,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every target's id, hostname and labels only (no inventory), in the
     /// order of [`Store::list_targets`]: what selectors and sites need.
     async fn list_target_labels(&self) -> Result<Vec<TargetLabels>>;
-    /// [`Store::list_target_labels`] narrowed by the database to the targets
-    /// whose labels may hold every `key=value` of `having` (a selector's
-    /// terms). It may return more (the caller matches exactly), never fewer.
-    async fn list_target_labels_having(&self, having: &[(String, String)]) -> Result<Vec<TargetLabels>>;
+    /// [`Store::list_targets`] narrowed by the database to the targets whose
+    /// labels may hold every `key=value` of `having` (a selector's terms),
+    /// in one read. It may return more (the caller matches exactly), never
+    /// fewer.
+    async fn list_targets_having(&self, having: &[(String, String)]) -> Result<Vec<TargetRecord>>;
     /// The enrolled targets among `ids` (any order; unknown ids are left out).
     async fn get_targets(&self, ids: &[String]) -> Result<Vec<TargetRecord>>;
     /// Removes a target and revokes its credential, unless it has work in an

@@ -518,11 +518,11 @@ macro_rules! impl_sql_store {
                         .collect()
                 }
 
-                async fn list_target_labels_having(&self, having: &[(String, String)]) -> Result<Vec<$crate::TargetLabels>> {
+                async fn list_targets_having(&self, having: &[(String, String)]) -> Result<Vec<TargetRecord>> {
                     // labels are stored as serde_json writes a map: each term
                     // is the text `"key":"value"` inside them (SQLite's LIKE
                     // ignores ASCII case: more rows, which the caller drops)
-                    let mut q = String::from("SELECT id, hostname, labels FROM targets");
+                    let mut q = format!("SELECT {TARGET_COLS} FROM targets");
                     for k in 0..having.len() {
                         q.push_str(if k == 0 { " WHERE " } else { " AND " });
                         q.push_str(&format!("labels LIKE {} ESCAPE '\\'", mark(k + 1)));
@@ -537,10 +537,7 @@ macro_rules! impl_sql_store {
                         }).collect();
                         query = query.bind(format!("%{escaped}%"));
                     }
-                    let rows = query.fetch_all(&self.read).await.map_err(db)?;
-                    rows.iter()
-                        .map(|r| Ok($crate::TargetLabels { id: r.try_get("id").map_err(db)?, hostname: r.try_get("hostname").map_err(db)?, labels_json: r.try_get("labels").map_err(db)? }))
-                        .collect()
+                    query.fetch_all(&self.read).await.map_err(db)?.iter().map(target).collect()
                 }
 
                 async fn remove_target(&self, id: &str) -> Result<bool> {

@@ -131,7 +131,9 @@ pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> AppResult
         plan_entry: req.plan.as_ref().map(|p| p.entry.clone()).unwrap_or_default(),
         plan_digest: req.plan.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
     };
+    let started = std::time::Instant::now();
     let chosen = in_scope(st, &dep).await?;
+    let scope_ms = started.elapsed().as_millis() as u64;
     if chosen.is_empty() {
         return Err(AppError::bad_request(format!("selector {:?} matches no enrolled target", req.selector)));
     }
@@ -143,8 +145,10 @@ pub async fn submit(st: &AppState, user: &User, req: DeployRequest) -> AppResult
     }
     let Some((env, policy)) = env else {
         let instrs: Vec<InstructionRecord> = chosen.iter().map(|t| instruction(&dep, t, 1, None, now)).collect();
+        let written = std::time::Instant::now();
         st.store.create_deployment(&dep, &instrs, &user.actor()).await?;
-        tracing::info!(deployment = %dep.id, app = %app, version = %version, targets = instrs.len(), "deployment created");
+        let write_ms = written.elapsed().as_millis() as u64;
+        tracing::info!(deployment = %dep.id, app = %app, version = %version, targets = instrs.len(), scope_ms, write_ms, total_ms = started.elapsed().as_millis() as u64, "deployment created");
         st.changed(instrs.iter().map(|i| i.target_id.as_str()));
         prepare_deltas(st, &dep, &instrs);
         return Ok(info(&dep, &instrs));

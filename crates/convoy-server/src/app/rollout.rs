@@ -57,26 +57,19 @@ pub fn request_rules(p: &Policy) -> RequestRules {
 pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<Vec<TargetInfo>> {
     let selector = Selector::parse(&d.selector).map_err(|e| AppError::corrupt("selector", &d.id, e))?;
     let picked: BTreeSet<&str> = d.targets.split(',').filter(|s| !s.is_empty()).collect();
-    // labels first (a narrow read of every target): only the targets
-    // chosen have their whole rows read
-    let mut chosen = Vec::new();
-    let having: Vec<(String, String)> = selector.0 .0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    for t in st.store.list_target_labels_having(&having).await? {
-        if !(picked.is_empty() || picked.contains(t.id.as_str())) {
-            continue;
-        }
-        let labels: convoy_wire::Labels =
-            serde_json::from_str(&t.labels_json).map_err(|e| AppError::corrupt("labels", &t.id, e))?;
-        if selector.matches(&labels) {
-            chosen.push(t.id);
-        }
-    }
-    let order: std::collections::HashMap<&str, usize> =
-        chosen.iter().enumerate().map(|(k, id)| (id.as_str(), k)).collect();
-    let mut rows = st.store.get_targets(&chosen).await?;
-    // a target removed since the first read drops out
-    rows.sort_by_key(|t| order.get(t.id.as_str()).copied().unwrap_or(usize::MAX));
-    // judged again on the rows read: a target relabelled in between drops out
+    let started = std::time::Instant::now();
+    let rows = if picked.is_empty() {
+        // one read of the targets the selector's terms may match (the
+        // database narrows by the stored labels' text; matched exactly here)
+        let having: Vec<(String, String)> = selector.0 .0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        st.store.list_targets_having(&having).await?
+    } else {
+        let ids: Vec<String> = picked.iter().map(|s| (*s).to_owned()).collect();
+        let mut rows = st.store.get_targets(&ids).await?;
+        rows.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+        rows
+    };
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut out = Vec::with_capacity(rows.len());
     for t in &rows {
         let info = target_info(t, None)?;
@@ -84,6 +77,7 @@ pub(super) async fn in_scope(st: &AppState, d: &DeploymentRecord) -> AppResult<V
             out.push(info);
         }
     }
+    tracing::debug!(deployment = %d.id, read_ms, total_ms = started.elapsed().as_secs_f64() * 1e3, targets = out.len(), "targets in scope");
     Ok(out)
 }
 
