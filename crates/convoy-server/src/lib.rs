@@ -275,12 +275,15 @@ async fn release_free_memory() {
 /// heaps, so what one burst frees is reused by the next instead of sitting
 /// in another thread's arena, and [`release_free_memory`] has less to do.
 pub fn limit_malloc_arenas() {
+    // an operator's MALLOC_ARENA_MAX stands
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: mallopt takes two integers; it is called before the runtime's
-    // threads exist
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt takes two integers; it is called before the
+        // runtime's threads exist
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 

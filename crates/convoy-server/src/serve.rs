@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -23,9 +24,14 @@ use tower::Service;
 
 use crate::PeerAddr;
 
+/// Longest a connection may take to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest shutdown waits for connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Serves `app` on `listener` until `shutdown` resolves; then accepts no
-/// more connections, lets each finish the request it is on, and returns
-/// once all are closed.
+/// more connections, lets each finish the request it is on (up to
+/// [`SHUTDOWN_GRACE`]), and returns.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
@@ -40,6 +46,10 @@ where
     let (open, mut all_closed) = mpsc::channel::<Infallible>(1);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.half_close(true);
+    // a request's head must arrive within HEADER_TIMEOUT of the connection
+    // waiting for it: slow or silent clients (and idle keep-alive
+    // connections) are closed
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         let (io, peer) = tokio::select! {
@@ -76,6 +86,11 @@ where
     drop(listener);
     closing.send_replace(true);
     drop(open);
-    let _ = all_closed.recv().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_closed.recv()).await.is_err() {
+        tracing::warn!(
+            "connections still busy {} s after shutdown began (a download or a slow client): closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
     Ok(())
 }

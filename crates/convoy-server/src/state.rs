@@ -322,7 +322,8 @@ impl AppState {
                 rx
             }
         };
-        TargetWatch { rx: Some(rx), target: target.to_owned(), changes: self.changes.clone() }
+        let holders = c.live.get(target).map_or(1, |(tx, _)| tx.receiver_count());
+        TargetWatch { rx: Some(rx), target: target.to_owned(), changes: self.changes.clone(), holders }
     }
 
     fn next_tick(&self) -> u64 {
@@ -435,6 +436,8 @@ pub struct TargetWatch {
     rx: Option<watch::Receiver<u64>>,
     target: String,
     changes: Arc<std::sync::Mutex<Changes>>,
+    /// Watches of this target when this one began, itself included.
+    pub holders: usize,
 }
 
 impl std::ops::Deref for TargetWatch {

@@ -57,8 +57,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             // the checkpointer below copies the WAL into the database file
             // on its own connection, so a commit never waits for that copy
-            // (and its fsyncs); the WAL file shrinks back to this size
-            .pragma("wal_autocheckpoint", "0")
+            // (and its fsyncs); a writer checkpoints only if the WAL grows
+            // far past where the checkpointer acts (it is not running); the
+            // WAL file shrinks back to JOURNAL_SIZE_LIMIT
+            .pragma("wal_autocheckpoint", WAL_PAGES_FALLBACK.to_string())
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
         // One writing connection: SQLite has one writer anyway, and a single
         // one rules out lock upgrades between writers. Reads go to a small
@@ -68,7 +70,9 @@ impl SqliteStore {
         store.migrate().await?;
         store.read =
             SqlitePoolOptions::new().max_connections(4).connect_with(opts.clone().read_only(true)).await.map_err(db)?;
-        store._checkpoints = Some(Checkpointer::start(opts));
+        // a checkpoint that waits gives up soon, rather than holding the
+        // write lock for the writers' 10 s
+        store._checkpoints = Some(Checkpointer::start(opts.busy_timeout(CHECKPOINT_WAIT)));
         Ok(store)
     }
 
@@ -103,6 +107,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// the WAL is copied whole (RESTART) instead of copying beside them: the
 /// WAL stays bounded under writes that never pause.
 const WAL_PAGES_MAX: i64 = 65_536;
+/// WAL pages past which a committing writer checkpoints itself (SQLite's
+/// own automatic checkpoint), should the checkpointer not keep up.
+const WAL_PAGES_FALLBACK: i64 = 4 * WAL_PAGES_MAX;
+/// Longest the checkpointer waits for readers or the writer.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(250);
 /// Bytes the WAL file is cut back to once it was copied whole.
 const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
 
@@ -117,7 +126,13 @@ impl Checkpointer {
             loop {
                 tokio::time::sleep(CHECKPOINT_EVERY).await;
                 if conn.is_none() {
-                    conn = sqlx::ConnectOptions::connect(&opts).await.ok();
+                    conn = match sqlx::ConnectOptions::connect(&opts).await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the WAL checkpointer cannot open the database; trying again");
+                            None
+                        }
+                    };
                 }
                 let Some(c) = conn.as_mut() else { continue };
                 // (busy, WAL pages, pages copied)
@@ -126,8 +141,10 @@ impl Checkpointer {
                         let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *c).await;
                     }
                     Ok(_) => {}
-                    // connects again next time
-                    Err(_) => conn = None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checkpointing the WAL failed; connecting again");
+                        conn = None;
+                    }
                 }
             }
         }))

@@ -521,18 +521,20 @@ macro_rules! impl_sql_store {
                 async fn list_targets_having(&self, having: &[(String, String)]) -> Result<Vec<TargetRecord>> {
                     // labels are stored as serde_json writes a map: each term
                     // is the text `"key":"value"` inside them (SQLite's LIKE
-                    // ignores ASCII case: more rows, which the caller drops)
+                    // ignores ASCII case: more rows, which the caller drops);
+                    // `!` escapes (a backslash would depend on PostgreSQL's
+                    // standard_conforming_strings)
                     let mut q = format!("SELECT {TARGET_COLS} FROM targets");
                     for k in 0..having.len() {
                         q.push_str(if k == 0 { " WHERE " } else { " AND " });
-                        q.push_str(&format!("labels LIKE {} ESCAPE '\\'", mark(k + 1)));
+                        q.push_str(&format!("labels LIKE {} ESCAPE '!'", mark(k + 1)));
                     }
                     q.push_str(" ORDER BY hostname, id");
                     let mut query = ::sqlx::query(&q);
                     for (key, value) in having {
                         let term = format!("{}:{}", ::serde_json::Value::from(key.as_str()), ::serde_json::Value::from(value.as_str()));
                         let escaped: String = term.chars().flat_map(|c| match c {
-                            '%' | '_' | '\\' => vec!['\\', c],
+                            '%' | '_' | '!' => vec!['!', c],
                             c => vec![c],
                         }).collect();
                         query = query.bind(format!("%{escaped}%"));

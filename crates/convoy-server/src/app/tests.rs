@@ -613,6 +613,45 @@ async fn a_poll_with_no_work_touches_no_database_and_a_revoked_token_is_refused_
     assert_eq!(poll("agent-secret-2").await.0, 200);
 }
 
+/// One target holds a few polls at most: past them a poll is answered at
+/// once, so a client that opens held polls and hangs up cannot pile them
+/// up on the server.
+#[tokio::test]
+async fn a_target_holds_a_few_polls_and_more_are_answered_at_once() {
+    use tower::ServiceExt;
+    let h = harness(&FLEET[..1]).await;
+    h.st.store
+        .put_token(&convoy_store::TokenRecord {
+            hash: convoy_store::hash_token("agent-secret"),
+            kind: convoy_store::TokenKind::Agent,
+            subject: "t-a1".into(),
+            created_at: 1,
+            revoked_at: None,
+            revoked_note: String::new(),
+        })
+        .await
+        .unwrap();
+    let app = crate::router(h.st.clone());
+    let poll = || {
+        let req = axum::http::Request::builder()
+            .uri(format!("{}/agent/work?wait=30", convoy_wire::API))
+            .header("authorization", "Bearer agent-secret")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let app = app.clone();
+        tokio::spawn(async move { app.oneshot(req).await.unwrap().status().as_u16() })
+    };
+    let held: Vec<_> = (0..4).map(|_| poll()).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(held.iter().all(|p| !p.is_finished()), "four polls of one target are held");
+    let extra = tokio::time::timeout(std::time::Duration::from_secs(5), poll()).await;
+    assert_eq!(extra.expect("a fifth poll is answered at once").unwrap(), 200);
+    assert!(held.iter().all(|p| !p.is_finished()), "the held ones still wait");
+    for p in held {
+        p.abort();
+    }
+}
+
 #[tokio::test]
 async fn pages_of_a_deployment_return_every_target_exactly_once_and_filter_by_state_wave_and_label() {
     let h = harness(&[]).await;

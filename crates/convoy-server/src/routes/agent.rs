@@ -228,6 +228,9 @@ pub struct WorkQuery {
 /// work the scheduler (in another process) may have made.
 const FOLLOWER_RECHECK: Duration = Duration::from_secs(2);
 
+/// Most polls one target may hold at once (an agent holds one).
+const MAX_HELD_PER_TARGET: usize = 4;
+
 /// Most held keys a poll may name.
 const MAX_HOLDING: usize = 1_000;
 
@@ -247,8 +250,12 @@ pub async fn work(
     if holding.len() > MAX_HOLDING {
         return Err(ApiError::bad_request(format!("at most {MAX_HOLDING} held work items per poll")));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
     let mut changes = st.watch_target(&target, false);
+    // an agent holds one poll; past a few, polls of one target are answered
+    // at once (a client that opens polls and hangs up cannot pile them up:
+    // a held poll's connection is not watched for closing, see serve.rs)
+    let wait = if changes.holders > MAX_HELD_PER_TARGET { 0 } else { q.wait.min(MAX_WAIT_SECS) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut stopping = st.stopping.subscribe();
     st.saw(&target);
     crate::metrics::add(&st.counters.polls, 1);
