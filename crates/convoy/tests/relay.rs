@@ -162,11 +162,19 @@ fn agents_finish_when_their_relay_dies_mid_transfer() {
     f.kill_agent("relay");
     let d = f.wait_state(&id, &["succeeded", "failed"], LONG);
     assert_eq!(d["deployment"]["state"], "succeeded", "{d:#}");
+    // an agent whose fetch the relay's death cut says so; one that had
+    // fetched everything through the relay before it died has nothing to
+    // report (the two agents' timing is the machine's), but one at least
+    // was cut
+    let mut cut = 0;
     for i in instructions(&d) {
         assert_eq!(i["reported_digest"], d["deployment"]["digest"]);
-        let failures = i["metrics"]["source_failures"].as_str().unwrap_or_else(|| panic!("no source failure: {i:#}"));
-        assert!(failures.contains(&relay), "{i:#}");
+        if let Some(failures) = i["metrics"]["source_failures"].as_str() {
+            assert!(failures.contains(&relay), "{i:#}");
+            cut += 1;
+        }
     }
+    assert!(cut >= 1, "no agent reported the relay failing: {d:#}");
     for h in ["w1", "w2"] {
         assert_eq!(
             std::fs::read(f.agent_root(h).join("current/web/data.bin")).unwrap(),
