@@ -15,7 +15,8 @@ Environment (all optional):
   CP_WRAP="CMD"    run the server under CMD (e.g. "heaptrack -o /tmp/ht")
   CP_KILL=1        end the server with SIGKILL at the end (a heap profiler
                    then reports its memory at rest as not freed)
-  CP_UNTIL=polls   stop after the polls with no work
+  CP_UNTIL=polls   stop after the polls with no work (reports: after the
+                   reports)
   CP_LOG=FILE      keep the server's log (CONVOY_LOG sets its filter)
 """
 
@@ -43,6 +44,13 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -169,9 +177,21 @@ setup = function(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
--- each of the 2 threads posts every other report once, then /health
-local k = 0
+-- each of the 2 threads posts every other report once, then stops once
+-- all of its answers are in, leaving a file REPORTS.done<thread> (a thread
+-- with nothing left to post sends a /health meanwhile)
+local k, answered, refused = 0, 0, 0
+-- wrk calls the first thread's request() once to check it and sends
+-- nothing: that call must not use up a report
+local checked = true
+init = function(args)
+  checked = tid ~= 0
+end
 request = function()
+  if not checked then
+    checked = true
+    return wrk.format("GET", "/api/v1/health")
+  end
   k = k + 1
   local i = (k - 1) * 2 + tid + 1
   if i > #items then
@@ -181,31 +201,49 @@ request = function()
   return wrk.format("POST", "/api/v1/agent/report",
     {["Authorization"] = "Bearer " .. it[1], ["Content-Type"] = "application/json"}, it[2])
 end
+response = function(status, headers, body)
+  -- a report's answer (/health is 200 and never says "accepted")
+  if status ~= 200 then
+    answered, refused = answered + 1, refused + 1
+  elseif body:find('"accepted"', 1, true) then
+    answered = answered + 1
+  end
+  if answered == math.floor((#items - tid + 1) / 2) then
+    -- tells the script this thread is done (wrk itself runs its -d)
+    local f = io.open(os.getenv("REPORTS") .. ".done" .. tid, "w")
+    f:write(refused)
+    f:close()
+    wrk.thread:stop()
+  end
+end
 """
 
 
 async def absorb(port, lua, env, conns, expected):
-    """Moves per second while wrk posts `expected` reports once each: from
-    wrk's start until the server has accepted them all (or 60 s)."""
-    name = 'convoy_agent_reports_total{result="accepted"}'
-    moved0 = metric(port, name)
+    """Reports per second while wrk posts `expected` reports once each:
+    from wrk's start until both its threads have every answer (an answer
+    comes only after the move is committed). The server is not asked
+    anything meanwhile."""
+    done = [f"{env['REPORTS']}.done{t}" for t in (0, 1)]
+    for d in done:
+        if os.path.exists(d):
+            os.remove(d)
     t0 = time.monotonic()
     w = subprocess.Popen(["wrk", "-t2", f"-c{conns}", "-d60s", "--timeout", "10s", "-s", lua, f"http://127.0.0.1:{port}"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    moved, last = 0, t0
+                         env=env, stdout=open(f"{lua}.out", "w"), stderr=subprocess.STDOUT)
     try:
-        # until all moved, or none more for a second
-        while time.monotonic() - t0 < 60 and time.monotonic() - last < (1 if moved else 30):
-            await asyncio.sleep(0.02)
-            now = metric(port, name) - moved0
-            if now > moved:
-                moved, last = now, time.monotonic()
-            if moved >= expected:
-                break
+        while not all(os.path.exists(d) for d in done) and time.monotonic() - t0 < 60:
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - t0
     finally:
         w.terminate()
         w.wait(timeout=30)
-    return moved / max(last - t0, 1e-3)
+    if not all(os.path.exists(d) for d in done):
+        raise SystemExit(f"wrk did not see all {expected} reports answered within 60 s:\n" + open(f"{lua}.out").read())
+    refused = sum(int(open(d).read() or 0) for d in done)
+    if refused:
+        print(f"  ({refused} of {expected} reports answered with an error)")
+    return expected / took
 
 
 def wrk(url, seconds, lua=None, env=None, conns=64):
@@ -407,6 +445,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
         perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
         await asyncio.sleep(1)
     acc0 = metric(port, 'convoy_agent_reports_total{result="accepted"}')
+    cpu0, kids0 = cpu_s(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     for kind in ("received", "staged"):
         with open(f"{tmp}/reports", "w") as f:
             for w, k in reports:
@@ -416,10 +455,16 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
                 f.write(owner[w["instruction_id"]] + "\t" + json.dumps(body) + "\n")
         rates.append(await absorb(port, f"{tmp}/report.lua", dict(os.environ, REPORTS=f"{tmp}/reports"), reporters, len(reports) // 2))
     accepted = metric(port, 'convoy_agent_reports_total{result="accepted"}') - acc0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_us = (cpu_s(pid) - cpu0) * 1e6 / max(accepted, 1)
+    wrk_us = (kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime) * 1e6 / max(accepted, 1)
     if perf and perf.poll() is None:
         perf.send_signal(2)
         perf.wait(timeout=60)
     line(f"reports absorbed (received, staged; {reporters} conns)", f"{statistics.mean(rates):,.0f}/s ({accepted:.0f} of {len(reports)} moved)", ">= 20,000/s")
+    line("CPU per report: server, load generator", f"{server_us:.0f} us, {wrk_us:.0f} us", "-")
+    if os.environ.get("CP_UNTIL") == "reports":
+        return
 
     # status of the deployment, as an operator sees it
     lat = []
