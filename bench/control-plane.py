@@ -11,7 +11,8 @@ not judged). Every phase is bounded in count and time.
 Environment (all optional):
   CP_REPORTERS=N   connections posting reports (default 64)
   CP_PERF=FILE     perf profile of the server, during CP_PERF_PHASE
-                   (create: creation and wake, the default; reports)
+                   (create: creation and wake, the default; reports),
+                   recorded with CP_PERF_ARGS (default "-g -F 499")
   CP_WRAP="CMD"    run the server under CMD (e.g. "heaptrack -o /tmp/ht")
   CP_KILL=1        end the server with SIGKILL at the end (a heap profiler
                    then reports its memory at rest as not freed)
@@ -410,7 +411,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     perf = None
     if os.environ.get("CP_PERF") and os.environ.get("CP_PERF_PHASE", "create") == "create":
         # a profile of the server while it creates the deployment and wakes the polls
-        perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
+        perf = subprocess.Popen(["perf", "record"] + os.environ.get("CP_PERF_ARGS", "-g -F 499").split() + ["-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
         await asyncio.sleep(1)
     t0 = time.monotonic()
     code, body = await admin.call("POST", "/api/v1/deployments", ADMIN, {"app": "bench", "version": "1.0", "selector": "group=held", "max_failures": held_n})
@@ -442,9 +443,10 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     rates = []
     reporters = int(os.environ.get("CP_REPORTERS", "64"))
     if os.environ.get("CP_PERF") and os.environ.get("CP_PERF_PHASE") == "reports":
-        perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
+        perf = subprocess.Popen(["perf", "record"] + os.environ.get("CP_PERF_ARGS", "-g -F 499").split() + ["-p", str(pid), "-o", os.environ["CP_PERF"]], stderr=subprocess.DEVNULL)
         await asyncio.sleep(1)
     acc0 = metric(port, 'convoy_agent_reports_total{result="accepted"}')
+    calls0 = metric(port, "convoy_store_calls_total")
     cpu0, kids0 = cpu_s(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     for kind in ("received", "staged"):
         with open(f"{tmp}/reports", "w") as f:
@@ -456,6 +458,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
         rates.append(await absorb(port, f"{tmp}/report.lua", dict(os.environ, REPORTS=f"{tmp}/reports"), reporters, len(reports) // 2))
     accepted = metric(port, 'convoy_agent_reports_total{result="accepted"}') - acc0
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    calls = metric(port, "convoy_store_calls_total") - calls0 - per_metrics
     server_us = (cpu_s(pid) - cpu0) * 1e6 / max(accepted, 1)
     wrk_us = (kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime) * 1e6 / max(accepted, 1)
     if perf and perf.poll() is None:
@@ -463,6 +466,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
         perf.wait(timeout=60)
     line(f"reports absorbed (received, staged; {reporters} conns)", f"{statistics.mean(rates):,.0f}/s ({accepted:.0f} of {len(reports)} moved)", ">= 20,000/s")
     line("CPU per report: server, load generator", f"{server_us:.0f} us, {wrk_us:.0f} us", "-")
+    line("store calls per report (writes included)", f"{calls / max(accepted, 1):.3f}", "-")
     if os.environ.get("CP_UNTIL") == "reports":
         return
 

@@ -11,6 +11,9 @@ use crate::state::{now_ms, AppState};
 
 /// How often the scheduler looks even without a wake-up.
 const TICK: Duration = Duration::from_millis(250);
+/// Shortest time between two passes, however often it is woken (every
+/// batch of reports wakes it).
+const MIN_GAP: Duration = Duration::from_millis(200);
 
 /// The scheduler lease: held this long, renewed when a third is left.
 pub const LEASE_MS: i64 = 10_000;
@@ -30,6 +33,7 @@ const PRESENCE: Duration = Duration::from_secs(2);
 pub async fn run(st: AppState) {
     let mut held_until = 0i64;
     let mut presence_at = tokio::time::Instant::now();
+    let mut last_pass = tokio::time::Instant::now().checked_sub(MIN_GAP).unwrap_or_else(tokio::time::Instant::now);
     loop {
         let now = now_ms();
         if now >= held_until - LEASE_MS / 3 {
@@ -58,6 +62,9 @@ pub async fn run(st: AppState) {
             presence(&st, leader).await;
         }
         if leader {
+            // woken many times meanwhile: one pass stands for them all
+            tokio::time::sleep_until(last_pass + MIN_GAP).await;
+            last_pass = tokio::time::Instant::now();
             if let Err(e) = tick(&st).await {
                 tracing::warn!(error = %e, "scheduler pass failed; retrying");
             }

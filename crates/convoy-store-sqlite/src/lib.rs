@@ -61,7 +61,11 @@ impl SqliteStore {
             // far past where the checkpointer acts (it is not running); the
             // WAL file shrinks back to JOURNAL_SIZE_LIMIT
             .pragma("wal_autocheckpoint", WAL_PAGES_FALLBACK.to_string())
-            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+            // a multi-row UPDATE keeps a statement journal; in memory it
+            // costs no file writes (it holds only the pages one statement
+            // changes)
+            .pragma("temp_store", "memory");
         // One writing connection: SQLite has one writer anyway, and a single
         // one rules out lock upgrades between writers. Reads go to a small
         // read-only pool, opened after the writer has migrated the file.

@@ -78,6 +78,16 @@ pub fn tallies(plan: &[WavePlan], instrs: &[InstructionRecord]) -> Vec<Tally> {
     out
 }
 
+/// [`tallies`] from counts per (deployment, wave, state).
+pub fn tallies_counted(plan: &[WavePlan], counts: &[(String, u32, S, u32)]) -> Vec<Tally> {
+    let waves = plan.len().max(1);
+    let mut out = vec![Tally::default(); waves];
+    for (_, wave, state, n) in counts {
+        out[((*wave).max(1) as usize - 1).min(waves - 1)].add_n(*state, *n);
+    }
+    out
+}
+
 /// What the domain's `advance` reads of a deployment.
 pub fn view<'a>(d: &DeploymentRecord, r: &'a Rules) -> DeploymentView<'a> {
     DeploymentView {
@@ -156,12 +166,26 @@ async fn expire(st: &AppState, d: &DeploymentRecord, to: D, why: &str, now: i64)
 /// Advances one deployment past staging: deadlines, the gate, the waves.
 /// A corrupt stored plan or policy stops here (an error), never becomes a
 /// default (one wave of every target).
+///
+/// The step counts the instructions by wave and state in the database; it
+/// reads them whole only when some may be overdue, late targets may join,
+/// or a move must name the targets it touched (a deployment to many
+/// targets is stepped after every batch of reports).
 async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<String>) -> AppResult<usize> {
     let rules = Rules::of(d)?;
     let mut moved = 0;
     let deadlines = Deadlines { stage_by: d.stage_deadline, activate_within_ms: d.activate_timeout_ms };
-    let mut instructions = st.store.list_instructions(&d.id).await?;
-    for i in instructions.iter_mut() {
+    let counts = st.store.instruction_counts(std::slice::from_ref(&d.id)).await?;
+    let any = |states: &[S]| counts.iter().any(|(_, _, s, n)| *n > 0 && states.contains(s));
+    let may_be_overdue = match d.state {
+        D::Staging => deadlines.stage_by.is_some_and(|t| now >= t) && any(&[S::Created, S::Sent, S::Received]),
+        D::Scheduled | D::Activating => any(&[S::Activating]),
+        _ => false,
+    };
+    let may_join = rules.policy.include_late && matches!(d.state, D::Scheduled | D::Activating);
+    let mut instructions =
+        if may_be_overdue || may_join { Some(st.store.list_instructions(&d.id).await?) } else { None };
+    for i in instructions.iter_mut().flatten() {
         if let Some((to, note)) = overdue(d.state, i.state, i.go_live_at, deadlines, now) {
             let up = InstructionUpdate { to: Some(to), note: note.clone(), ..Default::default() };
             if st.store.transition_instruction(&i.id, i.state, i.attempt, &up, "scheduler", now).await? {
@@ -173,10 +197,15 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
         }
     }
     // late joiners are counted from the next pass on
-    if rules.policy.include_late && include_late(st, d, &rules, &instructions, now, touched).await? {
-        return Ok(moved + 1);
+    if let Some(list) = instructions.as_deref().filter(|_| may_join) {
+        if include_late(st, d, &rules, list, now, touched).await? {
+            return Ok(moved + 1);
+        }
     }
-    let waves = tallies(&rules.plan, &instructions);
+    let waves = match &instructions {
+        Some(list) => tallies(&rules.plan, list),
+        None => tallies_counted(&rules.plan, &counts),
+    };
     let Some(next) = advance(&view(d, &rules), &waves, now) else {
         return Ok(moved);
     };
@@ -203,7 +232,11 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
         tracing::info!(deployment = %d.id, from = d.state.as_str(), to = next.to.as_str(), "{}", next.note);
         moved += 1;
         if !bulk.is_empty() {
-            touched.extend(instructions.iter().map(|i| i.target_id.clone()));
+            let list = match instructions {
+                Some(list) => list,
+                None => st.store.list_instructions(&d.id).await?,
+            };
+            touched.extend(list.into_iter().map(|i| i.target_id));
         }
     }
     Ok(moved)
