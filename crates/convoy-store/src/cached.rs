@@ -495,6 +495,21 @@ impl Store for CachedStore {
         Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
         Ok(rows)
     }
+    async fn previous_versions(&self, deployment_id: &str) -> Result<Vec<String>> {
+        self.db().previous_versions(deployment_id).await
+    }
+    async fn instructions_page(
+        &self,
+        deployment_id: &str,
+        states: &[InstructionState],
+        wave: Option<u32>,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<InstructionRecord>> {
+        let rows = self.db().instructions_page(deployment_id, states, wave, after, limit).await?;
+        Self::learn_owners(&mut self.cache.lock().expect("cache lock"), &rows);
+        Ok(rows)
+    }
     async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>> {
         self.db().get_instruction(id).await
     }

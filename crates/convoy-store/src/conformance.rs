@@ -64,6 +64,34 @@ async fn big_deployments(s: &dyn Store) {
     let subjects: Vec<Option<&str>> = page.iter().map(|e| e.instruction_id.as_deref()).collect();
     assert_eq!(subjects, [None, Some("big-00001"), Some("big-00002"), None, Some("big-00001")]);
     assert!(page.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+    // pages of instructions: every one exactly once, in id order, filtered
+    let pages = |states: Vec<S>, wave: Option<u32>, limit: u32| {
+        let id = d.id.clone();
+        async move {
+            let (mut all, mut after) = (Vec::new(), String::new());
+            loop {
+                let page = s.instructions_page(&id, &states, wave, &after, limit).await.unwrap();
+                assert!(page.len() <= limit as usize);
+                let Some(last) = page.last() else { break };
+                after = last.id.clone();
+                all.extend(page.into_iter().map(|i| i.id));
+            }
+            all
+        }
+    };
+    let every: Vec<String> = got.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(pages(Vec::new(), None, 100).await, every, "every instruction once, in order");
+    assert_eq!(pages(Vec::new(), None, 5_000).await, every, "in one page");
+    let canceled: Vec<String> = got.iter().filter(|i| i.wave == 2).map(|i| i.id.clone()).collect();
+    assert_eq!(pages(vec![S::Canceled], None, 77).await, canceled, "by state");
+    assert_eq!(pages(vec![S::Failed, S::Canceled], Some(2), 77).await, canceled, "by states and wave");
+    assert!(pages(vec![S::Canceled], Some(1), 77).await.is_empty(), "no match");
+    assert!(s.instructions_page("d-none", &[], None, "", 10).await.unwrap().is_empty());
+    let after = s.instructions_page(&d.id, &[], None, "big-01232", 10).await.unwrap();
+    assert_eq!(after.len(), 1, "after the next to last");
+    assert_eq!(after[0], s.get_instruction("big-01233").await.unwrap().unwrap(), "whole rows");
+    assert_eq!(s.previous_versions(&d.id).await.unwrap(), ["0.9"], "each version once");
+    assert!(s.previous_versions("d-none").await.unwrap().is_empty());
 }
 
 /// A batch of report moves (several for one instruction, stale ones, in

@@ -150,6 +150,19 @@ pub trait Store: Send + Sync + 'static {
     /// Deployments not yet settled (the scheduler's work list).
     async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>>;
     async fn list_instructions(&self, deployment_id: &str) -> Result<Vec<InstructionRecord>>;
+    /// The versions a deployment's targets ran before it (each once).
+    async fn previous_versions(&self, deployment_id: &str) -> Result<Vec<String>>;
+    /// A page of a deployment's instructions in id order: those with an id
+    /// after `after`, in one of `states` (any when empty) and of `wave`
+    /// (any when `None`), at most `limit`.
+    async fn instructions_page(
+        &self,
+        deployment_id: &str,
+        states: &[InstructionState],
+        wave: Option<u32>,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<InstructionRecord>>;
     async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>>;
     /// The instructions of these ids that exist, in any order.
     async fn get_instructions(&self, ids: &[String]) -> Result<Vec<InstructionRecord>>;

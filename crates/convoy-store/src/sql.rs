@@ -630,6 +630,34 @@ macro_rules! impl_sql_store {
                     ::sqlx::query(&q).bind(deployment_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
                 }
 
+                async fn previous_versions(&self, deployment_id: &str) -> Result<Vec<String>> {
+                    let rows = ::sqlx::query("SELECT DISTINCT previous_version AS v FROM instructions WHERE deployment_id = $1 AND previous_version IS NOT NULL ORDER BY previous_version")
+                        .bind(deployment_id).fetch_all(&self.read).await.map_err(db)?;
+                    rows.iter().map(|r| r.try_get("v").map_err(db)).collect()
+                }
+
+                async fn instructions_page(&self, deployment_id: &str, states: &[InstructionState], wave: Option<u32>, after: &str, limit: u32) -> Result<Vec<InstructionRecord>> {
+                    let mut q = format!("SELECT {INSTR_COLS} FROM instructions WHERE deployment_id = {} AND id > {}", mark(1), mark(2));
+                    let mut n = 3;
+                    if !states.is_empty() {
+                        q.push_str(&format!(" AND state IN ({})", marks(n, states.len())));
+                        n += states.len();
+                    }
+                    if wave.is_some() {
+                        q.push_str(&format!(" AND wave = {}", mark(n)));
+                        n += 1;
+                    }
+                    q.push_str(&format!(" ORDER BY id LIMIT {}", mark(n)));
+                    let mut query = ::sqlx::query(&q).bind(deployment_id).bind(after);
+                    for s in states {
+                        query = query.bind(s.as_str());
+                    }
+                    if let Some(w) = wave {
+                        query = query.bind(w as i64);
+                    }
+                    query.bind(limit as i64).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
+                }
+
                 async fn get_instruction(&self, id: &str) -> Result<Option<InstructionRecord>> {
                     let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE id = $1");
                     ::sqlx::query(&q).bind(id).fetch_optional(&self.read).await.map_err(db)?.as_ref().map(instr).transpose()

@@ -70,41 +70,59 @@ pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<Deplo
         return Err(AppError::bad_request(format!("limit is 1 to {DETAIL_MAX_LIMIT}")));
     }
     let d = find(st, id).await?;
-    let instrs = st.store.list_instructions(id).await?;
     // the summary: per state and per wave, over the whole deployment
+    // (counted in the database)
+    let counts = st.store.instruction_counts(std::slice::from_ref(&d.id)).await?;
     let mut by_state: BTreeMap<String, u32> = BTreeMap::new();
     let mut by_wave: BTreeMap<u32, WaveCounts> = BTreeMap::new();
-    for i in &instrs {
-        *by_state.entry(i.state.as_str().to_owned()).or_default() += 1;
-        let w = by_wave.entry(i.wave).or_insert_with(|| WaveCounts { wave: i.wave, ..Default::default() });
-        w.total += 1;
-        *w.states.entry(i.state.as_str().to_owned()).or_default() += 1;
+    let wanted =
+        |state: S, wave: u32| states.as_ref().is_none_or(|s| s.contains(&state)) && q.wave.is_none_or(|w| w == wave);
+    let mut matching = 0;
+    for (_, wave, state, n) in &counts {
+        *by_state.entry(state.as_str().to_owned()).or_default() += n;
+        let w = by_wave.entry(*wave).or_insert_with(|| WaveCounts { wave: *wave, ..Default::default() });
+        w.total += n;
+        *w.states.entry(state.as_str().to_owned()).or_default() += n;
+        if wanted(*state, *wave) {
+            matching += n;
+        }
     }
-    // the page: instructions come in id order (list_instructions sorts them)
-    let mut picked: Vec<&InstructionRecord> = instrs
-        .iter()
-        .filter(|i| states.as_ref().is_none_or(|s| s.contains(&i.state)) && q.wave.is_none_or(|w| w == i.wave))
-        .collect();
-    let mut targets: BTreeMap<String, TargetRecord> = BTreeMap::new();
-    if let Some(sel) = &label {
-        // labels live with the targets: read those of the picked ones
-        let ids: Vec<String> = picked.iter().map(|i| i.target_id.clone()).collect();
-        targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
-        picked.retain(|i| {
-            targets
-                .get(&i.target_id)
-                .is_some_and(|t| sel.matches(&serde_json::from_str::<Labels>(&t.labels_json).unwrap_or_default()))
-        });
-    }
-    let matching = picked.len() as u32;
     let after = q.after.as_deref().unwrap_or("");
-    let rest: Vec<&InstructionRecord> = picked.into_iter().filter(|i| i.id.as_str() > after).collect();
-    let page: Vec<&InstructionRecord> = rest.iter().take(limit as usize).copied().collect();
-    let next = (rest.len() > page.len()).then(|| page.last().map(|i| i.id.clone())).flatten();
-    if label.is_none() {
-        let ids: Vec<String> = page.iter().map(|i| i.target_id.clone()).collect();
-        targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
-    }
+    let targets: BTreeMap<String, TargetRecord>;
+    let (page, next, matching) = match &label {
+        // by state and wave: one page read in id order (one more row tells
+        // whether a next page exists)
+        None => {
+            let filter: Vec<S> = states.clone().unwrap_or_default();
+            let mut page = st.store.instructions_page(&d.id, &filter, q.wave, after, limit + 1).await?;
+            let more = page.len() > limit as usize;
+            page.truncate(limit as usize);
+            let next = more.then(|| page.last().map(|i| i.id.clone())).flatten();
+            let ids: Vec<String> = page.iter().map(|i| i.target_id.clone()).collect();
+            targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+            (page, next, matching)
+        }
+        // labels live with the targets: the deployment's instructions and
+        // their targets are read, then matched
+        Some(sel) => {
+            let mut picked: Vec<InstructionRecord> =
+                st.store.list_instructions(id).await?.into_iter().filter(|i| wanted(i.state, i.wave)).collect();
+            let ids: Vec<String> = picked.iter().map(|i| i.target_id.clone()).collect();
+            targets = st.store.get_targets(&ids).await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+            picked.retain(|i| {
+                targets
+                    .get(&i.target_id)
+                    .is_some_and(|t| sel.matches(&serde_json::from_str::<Labels>(&t.labels_json).unwrap_or_default()))
+            });
+            let matching = picked.len() as u32;
+            // instructions come in id order (list_instructions sorts them)
+            let mut rest: Vec<InstructionRecord> = picked.into_iter().filter(|i| i.id.as_str() > after).collect();
+            let more = rest.len() > limit as usize;
+            rest.truncate(limit as usize);
+            let next = more.then(|| rest.last().map(|i| i.id.clone())).flatten();
+            (rest, next, matching)
+        }
+    };
     let mut out = Vec::with_capacity(page.len());
     for i in &page {
         let (hostname, labels, last_seen) = match targets.get(&i.target_id) {
@@ -140,11 +158,10 @@ pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<Deplo
     }
     let page_ids: Vec<String> = page.iter().map(|i| i.id.clone()).collect();
     let events = st.store.events_of(id, &page_ids).await?.into_iter().map(event_info).collect();
-    let froms: std::collections::BTreeSet<&String> =
-        instrs.iter().filter_map(|i| i.previous_version.as_ref()).filter(|v| **v != d.version).collect();
+    let froms: Vec<String> = st.store.previous_versions(id).await?.into_iter().filter(|v| *v != d.version).collect();
     let mut changes = Vec::new();
     for from in froms {
-        match super::content::changes(st, &d.app, from, &d.version).await {
+        match super::content::changes(st, &d.app, &from, &d.version).await {
             Ok(c) => changes.push(c),
             Err(e) => tracing::debug!(error = %e, %from, "no change description"),
         }
@@ -185,15 +202,28 @@ pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<Deplo
         })
         .collect();
     // the page's targets only (a label filter read more)
-    let hosts = page
+    let hosts: BTreeMap<String, String> = page
         .iter()
         .filter_map(|i| targets.get(&i.target_id).map(|t| (i.target_id.clone(), t.hostname.clone())))
         .collect();
-    let plan = super::rollout::plan_view(st, &d, &instrs, &hosts).await?;
+    let total: u32 = counts.iter().map(|c| c.3).sum();
+    let plan = match d.env {
+        // planned: the waves, and the page's targets in them
+        Some(_) if total > 0 => Some(convoy_wire::PlanInfo {
+            waves: Rules::of(&d)?.plan,
+            targets: page
+                .iter()
+                .filter_map(|i| hosts.get(&i.target_id).map(|h| (i.target_id.clone(), h.clone(), i.wave)))
+                .collect(),
+            note: None,
+        }),
+        _ => super::rollout::plan_view(st, &d, &[], &hosts).await?,
+    };
     // late targets: the selector matches them, the deployment has none of their work
     let mut not_included = Vec::new();
-    if q.late == Some(true) && !instrs.is_empty() {
+    if q.late == Some(true) && total > 0 {
         // in scope: the selector matches them (and, with picked targets, they were picked)
+        let instrs = st.store.list_instructions(id).await?;
         let planned: std::collections::BTreeSet<&str> = instrs.iter().map(|i| i.target_id.as_str()).collect();
         for t in super::rollout::in_scope(st, &d).await? {
             if !planned.contains(t.id.as_str()) {
@@ -202,7 +232,8 @@ pub async fn detail(st: &AppState, id: &str, q: &DetailQuery) -> AppResult<Deplo
         }
         not_included.sort();
     }
-    let mut deployment = info(&d, &instrs);
+    let by: Vec<(S, u32)> = counts.iter().map(|c| (c.2, c.3)).collect();
+    let mut deployment = super::info_counted(&d, &by);
     deployment.paused_by = st.store.paused_by(id).await?;
     Ok(DeploymentDetail {
         deployment,
