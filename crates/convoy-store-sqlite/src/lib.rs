@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_signed_approvals.sql")),
     (9, include_str!("../migrations/0009_events_instruction.sql")),
     (10, include_str!("../migrations/0010_plans_provenance.sql")),
+    (11, include_str!("../migrations/0011_instructions_page.sql")),
 ];
 
 pub struct SqliteStore {

@@ -182,7 +182,9 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
         D::Scheduled | D::Activating => any(&[S::Activating]),
         _ => false,
     };
-    let may_join = rules.policy.include_late && matches!(d.state, D::Scheduled | D::Activating);
+    let may_join = rules.policy.include_late
+        && matches!(d.state, D::Scheduled | D::Activating)
+        && d.wave < rules.plan.len().max(1) as u32;
     let mut instructions =
         if may_be_overdue || may_join { Some(st.store.list_instructions(&d.id).await?) } else { None };
     for i in instructions.iter_mut().flatten() {
@@ -233,10 +235,17 @@ async fn step(st: &AppState, d: &DeploymentRecord, now: i64, touched: &mut Vec<S
         moved += 1;
         if !bulk.is_empty() {
             let list = match instructions {
-                Some(list) => list,
-                None => st.store.list_instructions(&d.id).await?,
+                Some(list) => Ok(list),
+                None => st.store.list_instructions(&d.id).await,
             };
-            touched.extend(list.into_iter().map(|i| i.target_id));
+            match list {
+                Ok(list) => touched.extend(list.into_iter().map(|i| i.target_id)),
+                // the move stands: every held poll looks again instead
+                Err(e) => {
+                    tracing::warn!(deployment = %d.id, error = %e, "reading the moved targets failed; waking every poll");
+                    st.wake_all();
+                }
+            }
         }
     }
     Ok(moved)
