@@ -70,20 +70,20 @@ pub fn bulk_for(action: InstrAction, note: &str) -> Vec<BulkMove> {
 
 /// The tally of each planned wave (one wave without a plan).
 pub fn tallies(plan: &[WavePlan], instrs: &[InstructionRecord]) -> Vec<Tally> {
-    let waves = plan.len().max(1);
-    let mut out = vec![Tally::default(); waves];
-    for i in instrs {
-        out[(i.wave.max(1) as usize - 1).min(waves - 1)].add(i.state);
-    }
-    out
+    tally(plan, instrs.iter().map(|i| (i.wave, i.state, 1)))
 }
 
 /// [`tallies`] from counts per (deployment, wave, state).
 pub fn tallies_counted(plan: &[WavePlan], counts: &[(String, u32, S, u32)]) -> Vec<Tally> {
+    tally(plan, counts.iter().map(|(_, wave, state, n)| (*wave, *state, *n)))
+}
+
+/// Adds up (wave, state, count); waves past the plan count in its last.
+fn tally(plan: &[WavePlan], counts: impl Iterator<Item = (u32, S, u32)>) -> Vec<Tally> {
     let waves = plan.len().max(1);
     let mut out = vec![Tally::default(); waves];
-    for (_, wave, state, n) in counts {
-        out[((*wave).max(1) as usize - 1).min(waves - 1)].add_n(*state, *n);
+    for (wave, state, n) in counts {
+        out[(wave.max(1) as usize - 1).min(waves - 1)].add_n(state, n);
     }
     out
 }
