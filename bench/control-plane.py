@@ -68,6 +68,7 @@ class Conn:
     def __init__(self, port):
         self.port = port
         self.r = self.w = None
+        self.stamp = None
 
     async def open(self):
         self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
@@ -90,6 +91,8 @@ class Conn:
         status = await self.r.readline()
         if not status:
             raise ConnectionError("closed")
+        # when the answer began to arrive (before this client parses it)
+        self.stamp = time.monotonic()
         code = int(status.split()[1])
         length = 0
         while True:
@@ -180,32 +183,38 @@ setup = function(thread)
 end
 -- each of the 2 threads posts every other report once, then stops once
 -- all of its answers are in, leaving a file REPORTS.done<thread> (a thread
--- with nothing left to post sends a /health meanwhile)
-local k, answered, refused = 0, 0, 0
+-- with nothing left to post sends a /health meanwhile); its requests are
+-- formatted before the run, so the load generator spends little CPU on each
+local reqs, k, answered, refused = {}, 0, 0, 0
+local health = nil
 -- wrk calls the first thread's request() once to check it and sends
 -- nothing: that call must not use up a report
 local checked = true
 init = function(args)
   checked = tid ~= 0
+  health = wrk.format("GET", "/api/v1/health")
+  for i = tid + 1, #items, 2 do
+    local it = items[i]
+    reqs[#reqs + 1] = wrk.format("POST", "/api/v1/agent/report",
+      {["Authorization"] = "Bearer " .. it[1], ["Content-Type"] = "application/json"}, it[2])
+  end
+  items = nil
 end
 request = function()
   if not checked then
     checked = true
-    return wrk.format("GET", "/api/v1/health")
+    return health
   end
   k = k + 1
-  local i = (k - 1) * 2 + tid + 1
-  if i > #items then
-    return wrk.format("GET", "/api/v1/health")
+  if k > #reqs then
+    return health
   end
-  local it = items[i]
-  return wrk.format("POST", "/api/v1/agent/report",
-    {["Authorization"] = "Bearer " .. it[1], ["Content-Type"] = "application/json"}, it[2])
+  return reqs[k]
 end
 -- out of reports: a connection waits 5 ms between its /health requests
 -- (so they take little of the CPU the remaining reports need)
 delay = function()
-  if k * 2 + tid + 1 > #items then
+  if k >= #reqs then
     return 5
   end
   return 0
@@ -217,7 +226,7 @@ response = function(status, headers, body)
   elseif body:find('"accepted"', 1, true) then
     answered = answered + 1
   end
-  if answered == math.floor((#items - tid + 1) / 2) then
+  if answered == #reqs then
     -- tells the script this thread is done (wrk itself runs its -d)
     local done = os.getenv("REPORTS") .. ".done" .. tid
     local f = io.open(done .. ".part", "w")
@@ -412,9 +421,11 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     t0 = time.monotonic()
 
     async def wait_one(c, tok):
+        # stamped when the answer's first line is read; its JSON is parsed
+        # after every poll has woken, so this one client's parsing does not
+        # delay the answers it has still to read
         code, body = await c.answer()
-        items = json.loads(body).get("work", []) if code == 200 else []
-        woke.append((time.monotonic() - t0, [json.loads(i["payload"])["work"] for i in items], tok))
+        woke.append((c.stamp - t0, (code, body), tok))
 
     waits = [asyncio.ensure_future(wait_one(c, t)) for c, t in zip(held, tokens[:held_n])]
     admin = Conn(port)
@@ -433,6 +444,7 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
     if perf:
         perf.send_signal(2)
         perf.wait(timeout=60)
+    woke = [(t, [json.loads(i["payload"])["work"] for i in json.loads(body).get("work", [])] if code == 200 else [], tok) for t, (code, body), tok in woke]
     times = sorted(t for t, _, _ in woke)
     with_work = sum(1 for _, w, _ in woke if w)
     line(f"create a deployment to {held_n} targets", f"{created * 1000:.0f} ms", "<= 1 s (10k)")

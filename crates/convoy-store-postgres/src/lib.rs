@@ -22,6 +22,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../migrations/0011_instructions_page.sql")),
 ];
 
+mod sets;
+
 /// Advisory lock key taken while migrating, so two servers never race.
 const MIGRATION_LOCK: i64 = 0x636f_6e76_6f79; // "convoy"
 

@@ -824,6 +824,11 @@ async fn workflow(s: &dyn Store) {
     let d2_events =
         s.audit(&AuditFilter { deployment: Some("d-2".into()), limit: 100, ..Default::default() }).await.unwrap();
     assert!(d2_events.iter().all(|e| e.deployment_id == "d-2") && d2_events.len() >= 8, "{d2_events:?}");
+    let both = AuditFilter { deployment: Some("d-2".into()), actor: Some("user:alice".into()), limit: 100 };
+    let both = s.audit(&both).await.unwrap();
+    let want: Vec<i64> = d2_events.iter().filter(|e| e.actor == "user:alice").map(|e| e.seq).collect();
+    check("both filters", both.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+    check("some by alice on d-2", both.is_empty(), false);
     s.append_event(&EventRecord {
         seq: 0,
         deployment_id: String::new(),

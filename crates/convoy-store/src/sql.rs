@@ -230,16 +230,10 @@ macro_rules! impl_sql_store {
             }
 
             /// Events as multi-row INSERTs (7 parameters a row).
+            /// Appends events in one set-wise statement per thousand (the
+            /// backend's `sets::insert_events`).
             async fn insert_events(tx: &mut ::sqlx::Transaction<'_, <$row as ::sqlx::Row>::Database>, events: &[EventRecord]) -> Result<()> {
-                for part in events.chunks(1_000) {
-                    let q = format!("INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES {}", values(part.len(), 7));
-                    let mut query = ::sqlx::query(&q);
-                    for e in part {
-                        query = query.bind(&e.deployment_id).bind(&e.instruction_id).bind(&e.from_state).bind(&e.to_state).bind(&e.actor).bind(&e.note).bind(e.at);
-                    }
-                    query.execute(&mut **tx).await.map_err(db)?;
-                }
-                Ok(())
+                super::sets::insert_events(tx, events).await
             }
 
             /// New instructions, each with its creation event, as multi-row
@@ -772,9 +766,24 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn audit(&self, f: &AuditFilter) -> Result<Vec<EventRecord>> {
-                    ::sqlx::query("SELECT seq, deployment_id, instruction_id, from_state, to_state, actor, note, at FROM events WHERE ($1 = '' OR deployment_id = $1) AND ($2 = '' OR actor = $2) ORDER BY seq DESC LIMIT $3")
-                        .bind(f.deployment.as_deref().unwrap_or("")).bind(f.actor.as_deref().unwrap_or("")).bind(i64::from(f.limit.clamp(1, 10_000)))
-                        .fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect()
+                    // only the terms asked for, so that the planner takes the
+                    // index of that column ((deployment_id, seq) or (actor,
+                    // seq)) rather than reading every event newest first
+                    let mut q = String::from("SELECT seq, deployment_id, instruction_id, from_state, to_state, actor, note, at FROM events");
+                    let mut args: Vec<&str> = Vec::new();
+                    for (column, value) in [("deployment_id", &f.deployment), ("actor", &f.actor)] {
+                        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                            args.push(v);
+                            q.push_str(if args.len() == 1 { " WHERE " } else { " AND " });
+                            q.push_str(&format!("{column} = {}", mark(args.len())));
+                        }
+                    }
+                    q.push_str(&format!(" ORDER BY seq DESC LIMIT {}", mark(args.len() + 1)));
+                    let mut query = ::sqlx::query(&q);
+                    for v in args {
+                        query = query.bind(v);
+                    }
+                    query.bind(i64::from(f.limit.clamp(1, 10_000))).fetch_all(&self.read).await.map_err(db)?.iter().map(event).collect()
                 }
 
                 async fn append_event(&self, e: &EventRecord) -> Result<()> {
@@ -803,24 +812,9 @@ macro_rules! impl_sql_store {
                     }
                     let mut tx = self.pool.begin().await.map_err(db)?;
                     for round in rounds {
-                        // 10 parameters a row: far below either engine's limit
                         for part in round.chunks(1_000) {
-                            let mut q = String::from("WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES ");
-                            q.push_str(&values(part.len(), 10));
-                            q.push_str(&format!(") UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = {} FROM m WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt RETURNING id, deployment_id", mark(part.len() * 10 + 1)));
-                            let mut query = ::sqlx::query(&q);
-                            for k in part {
-                                let (m, up) = (&moves[*k], &moves[*k].up);
-                                let to = up.to.unwrap_or(m.from);
-                                query = query
-                                    .bind(&m.id).bind(to.as_str()).bind(up.attempt.unwrap_or(m.from_attempt) as i64).bind(up.go_live_at).bind(&up.reported_digest)
-                                    .bind(&up.metrics_json).bind(&up.output).bind(&up.note).bind(m.from.as_str()).bind(m.from_attempt as i64);
-                            }
-                            let rows = query.bind(now).fetch_all(&mut *tx).await.map_err(db)?;
-                            let mut moved: ::std::collections::HashMap<String, String> = ::std::collections::HashMap::new();
-                            for r in &rows {
-                                moved.insert(r.try_get("id").map_err(db)?, r.try_get("deployment_id").map_err(db)?);
-                            }
+                            let set: Vec<&InstructionMove> = part.iter().map(|k| &moves[*k]).collect();
+                            let moved: ::std::collections::HashMap<String, String> = super::sets::apply_moves(&mut tx, &set, now).await?.into_iter().collect();
                             let events: Vec<(usize, &String)> = part.iter().filter_map(|k| moved.get(&moves[*k].id).map(|d| (*k, d))).collect();
                             if events.is_empty() {
                                 continue;

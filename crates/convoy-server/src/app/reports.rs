@@ -350,7 +350,13 @@ async fn write(
                         if p.to != InstructionState::Received {
                             st.progress.lock().expect("progress lock").remove(&moves[k].id);
                         }
-                        tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                        // every move is an event in the store; the log names
+                        // failures (a line per move would be thousands a second)
+                        if p.to == InstructionState::Failed {
+                            tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                        } else {
+                            tracing::debug!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                        }
                         if p.to == InstructionState::Succeeded {
                             let m = &q.report.metrics;
                             st.counters.golive_lag.observe_reported_ms(m.get("golive_lag_ms"));

@@ -1,0 +1,81 @@
+//! Set-wise writes of the report writer on PostgreSQL: one statement a
+//! set, whatever its size, with each column bound as one array and
+//! `UNNEST`ed. The statement's text never changes with the batch, so it is
+//! parsed and planned once per connection (a multi-row `VALUES` list is a
+//! new statement for every batch size, with ten parameters a row).
+
+use convoy_store::{EventRecord, InstructionMove, StoreError};
+use sqlx::{Postgres, Row, Transaction};
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Applies moves of distinct instructions, each only if the instruction
+/// is still in its `from` state and attempt; returns (id, deployment) of
+/// those that moved.
+pub(crate) async fn apply_moves(
+    tx: &mut Transaction<'_, Postgres>,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    const Q: &str = "UPDATE instructions SET state = m.mto, attempt = m.matt, \
+        go_live_at = COALESCE(m.mlive, instructions.go_live_at), \
+        reported_digest = COALESCE(m.mdigest, instructions.reported_digest), \
+        metrics = COALESCE(m.mmetrics, instructions.metrics), \
+        output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = $11 \
+        FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
+        AS m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) \
+        WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
+        RETURNING instructions.id, instructions.deployment_id";
+    let col = |f: fn(&InstructionMove) -> Option<&str>| moves.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
+    let ids: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
+    let to: Vec<&str> = moves.iter().map(|m| m.up.to.unwrap_or(m.from).as_str()).collect();
+    let attempt: Vec<i64> = moves.iter().map(|m| i64::from(m.up.attempt.unwrap_or(m.from_attempt))).collect();
+    let live: Vec<Option<i64>> = moves.iter().map(|m| m.up.go_live_at).collect();
+    let from: Vec<&str> = moves.iter().map(|m| m.from.as_str()).collect();
+    let from_attempt: Vec<i64> = moves.iter().map(|m| i64::from(m.from_attempt)).collect();
+    let notes: Vec<&str> = moves.iter().map(|m| m.up.note.as_str()).collect();
+    let rows = sqlx::query(Q)
+        .bind(ids)
+        .bind(to)
+        .bind(attempt)
+        .bind(live)
+        .bind(col(|m| m.up.reported_digest.as_deref()))
+        .bind(col(|m| m.up.metrics_json.as_deref()))
+        .bind(col(|m| m.up.output.as_deref()))
+        .bind(notes)
+        .bind(from)
+        .bind(from_attempt)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+    rows.iter().map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?))).collect()
+}
+
+/// Appends events in the order given (their `seq` follows it).
+pub(crate) async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[EventRecord],
+) -> Result<(), StoreError> {
+    const Q: &str = "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) \
+        SELECT d, i, f, t, a, n, w FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[]) \
+        WITH ORDINALITY AS e(d, i, f, t, a, n, w, k) ORDER BY k";
+    if events.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&EventRecord) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+    sqlx::query(Q)
+        .bind(text(|e| &e.deployment_id))
+        .bind(events.iter().map(|e| e.instruction_id.as_deref()).collect::<Vec<Option<&str>>>())
+        .bind(text(|e| &e.from_state))
+        .bind(text(|e| &e.to_state))
+        .bind(text(|e| &e.actor))
+        .bind(text(|e| &e.note))
+        .bind(events.iter().map(|e| e.at).collect::<Vec<i64>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}

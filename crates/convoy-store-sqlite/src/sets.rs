@@ -1,0 +1,82 @@
+//! Set-wise writes of the report writer on SQLite: multi-row `VALUES`
+//! lists, one UPDATE and one INSERT per thousand rows, inside the caller's
+//! transaction.
+
+use convoy_store::{EventRecord, InstructionMove, StoreError};
+use sqlx::{Row, Sqlite, Transaction};
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// `(?, ?, ...), (...)`: `rows` tuples of `cols` parameters.
+fn values(rows: usize, cols: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    vec![one; rows].join(", ")
+}
+
+/// Applies moves of distinct instructions, each only if the instruction
+/// is still in its `from` state and attempt; returns (id, deployment) of
+/// those that moved.
+pub(crate) async fn apply_moves(
+    tx: &mut Transaction<'_, Sqlite>,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::with_capacity(moves.len());
+    // 10 parameters a row: far below SQLite's limit
+    for part in moves.chunks(1_000) {
+        let q = format!(
+            "WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES {}) \
+             UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), \
+             reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), \
+             output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ? FROM m \
+             WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
+             RETURNING id, deployment_id",
+            values(part.len(), 10)
+        );
+        let mut query = sqlx::query(&q);
+        for m in part {
+            let up = &m.up;
+            query = query
+                .bind(&m.id)
+                .bind(up.to.unwrap_or(m.from).as_str())
+                .bind(i64::from(up.attempt.unwrap_or(m.from_attempt)))
+                .bind(up.go_live_at)
+                .bind(&up.reported_digest)
+                .bind(&up.metrics_json)
+                .bind(&up.output)
+                .bind(&up.note)
+                .bind(m.from.as_str())
+                .bind(i64::from(m.from_attempt));
+        }
+        for r in query.bind(now).fetch_all(&mut **tx).await.map_err(db)? {
+            out.push((r.try_get("id").map_err(db)?, r.try_get("deployment_id").map_err(db)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Appends events in the order given (their `seq` follows it).
+pub(crate) async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<(), StoreError> {
+    // 7 parameters a row
+    for part in events.chunks(1_000) {
+        let q = format!(
+            "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES {}",
+            values(part.len(), 7)
+        );
+        let mut query = sqlx::query(&q);
+        for e in part {
+            query = query
+                .bind(&e.deployment_id)
+                .bind(&e.instruction_id)
+                .bind(&e.from_state)
+                .bind(&e.to_state)
+                .bind(&e.actor)
+                .bind(&e.note)
+                .bind(e.at);
+        }
+        query.execute(&mut **tx).await.map_err(db)?;
+    }
+    Ok(())
+}
