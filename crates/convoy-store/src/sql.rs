@@ -7,7 +7,9 @@
 /// Implements [`crate::Store`] for a struct with two sqlx pools: `pool`
 /// for writes and `read` for plain reads (SQLite: one writer, several
 /// readers on WAL; PostgreSQL: the same pool twice). Used by the backend
-/// crates only.
+/// crates only; each has a module `sets` with the set-wise writes of
+/// report batches (`apply_moves`, `insert_events`), whose SQL differs
+/// (SQLite: multi-row `VALUES`; PostgreSQL: `UNNEST` of arrays).
 #[macro_export]
 macro_rules! impl_sql_store {
     ($ty:ty, $backend:literal, $row:ty) => {
@@ -229,9 +231,8 @@ macro_rules! impl_sql_store {
                 q
             }
 
-            /// Events as multi-row INSERTs (7 parameters a row).
-            /// Appends events in one set-wise statement per thousand (the
-            /// backend's `sets::insert_events`).
+            /// Appends events set-wise, in the order given (the backend's
+            /// `sets::insert_events`).
             async fn insert_events(tx: &mut ::sqlx::Transaction<'_, <$row as ::sqlx::Row>::Database>, events: &[EventRecord]) -> Result<()> {
                 super::sets::insert_events(tx, events).await
             }

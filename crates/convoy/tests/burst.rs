@@ -111,6 +111,17 @@ fn a_burst_of_reports_is_batched_and_polls_go_on() {
     assert_eq!(accepted.load(Ordering::Relaxed), TARGETS as u64, "one move per instruction, the rest stale");
     assert!(batches >= 1 && batches < TARGETS as u64, "{batches} transactions for {TARGETS} moves: not batched");
     assert!(polls > 0 && worst_poll.load(Ordering::Relaxed) < 5_000, "polls were held up");
+    // a NUL in a report's text is refused before it is queued (PostgreSQL
+    // text holds none: it would fail the whole batch, other agents' too)
+    for bad in [
+        serde_json::json!({"instruction_id": work[1], "phase": "stage", "attempt": 0, "report": {"kind": "staged", "digest": "sha256:\u{0}"}}),
+        serde_json::json!({"instruction_id": work[1], "phase": "stage", "attempt": 0, "report": {"kind": "received"}, "output": "a\u{0}b"}),
+        serde_json::json!({"instruction_id": work[1], "phase": "stage", "attempt": 0, "report": {"kind": "received"}, "metrics": {"k": "\u{0}"}}),
+    ] {
+        let (code, r) = post(f.port, "/api/v1/agent/report", &tokens[1], &bad);
+        assert_eq!(code, 400, "{r}");
+        assert!(r.to_string().contains("NUL"), "{r}");
+    }
     // acknowledged means persisted: every instruction reads back as received
     let d = f.deployment(&id);
     assert!(d["instructions"].as_array().unwrap().iter().all(|i| i["state"] == "received"), "{d:#}");

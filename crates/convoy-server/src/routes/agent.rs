@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use convoy_domain::InstructionState;
+use convoy_domain::{InstructionState, ReportKind};
 use convoy_store::{new_id, new_secret, TargetRecord, TokenKind, TokenRecord};
 use convoy_wire::{
     sign::SignedWork, EnrollRequest, EnrollResponse, Inventory, ProgressReport, Report, ReportResponse, Work,
@@ -388,6 +388,20 @@ pub async fn report(
         return Err(ApiError::bad_request(
             "report too large: at most 100 metrics (keys ≤ 64, values ≤ 256 bytes) and 64 KiB of output",
         ));
+    }
+    // stored as sent: a NUL would fail the whole batch it is written in on
+    // PostgreSQL (text holds none), and with it other agents' reports
+    let kind_text = match &r.report {
+        ReportKind::Staged { digest } => digest.as_str(),
+        ReportKind::Failed { message } => message.as_str(),
+        _ => "",
+    };
+    if [r.instruction_id.as_str(), r.output.as_str(), kind_text]
+        .into_iter()
+        .chain(r.metrics.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        .any(|t| t.contains('\0'))
+    {
+        return Err(ApiError::bad_request("a report's text may not hold NUL characters"));
     }
     if let Some(inv) = &r.inventory {
         check_inventory(inv)?;
