@@ -23,6 +23,8 @@ pub const ONLINE_MS: i64 = 90_000;
 
 #[derive(Default)]
 pub struct Counters {
+    /// The last reading of the database's part of `/metrics`.
+    pub scan: Scan,
     pub polls: AtomicU64,
     /// Relays' aggregated polls for their sites.
     pub site_polls: AtomicU64,
@@ -218,8 +220,32 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+/// The part of `/metrics` read from the database (whole-table counts), and
+/// when its reading began.
+#[derive(Default)]
+pub struct Scan(tokio::sync::Mutex<Option<(std::time::Instant, convoy_store::StateCounts, String)>>);
+
+/// The database's part of `/metrics`: one reading at a time, and a request
+/// takes a reading that began after it arrived if there is one (never an
+/// older one). Scrapes that come together cost one or two readings, not
+/// one each, and `/metrics`, which needs no token, cannot make the
+/// server count its tables many times at once.
+async fn scanned(st: &AppState) -> ApiResult<(convoy_store::StateCounts, String)> {
+    let asked = std::time::Instant::now();
+    let mut slot = st.counters.scan.0.lock().await;
+    if let Some((_, counts, text)) = slot.as_ref().filter(|(at, _, _)| *at >= asked) {
+        return Ok((counts.clone(), text.clone()));
+    }
+    let at = std::time::Instant::now();
     let counts = st.store.state_counts(now_ms() - ONLINE_MS).await?;
+    let mut text = String::new();
+    deployment_progress(st, &mut text).await?;
+    *slot = Some((at, counts.clone(), text.clone()));
+    Ok((counts, text))
+}
+
+pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let (counts, progress) = scanned(&st).await?;
     let c = &st.counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
@@ -344,7 +370,7 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
         "Work items agents refused because they did not verify against the server's key.",
         &[(String::new(), get(&c.refused_work))],
     );
-    deployment_progress(&st, &mut out).await?;
+    out.push_str(&progress);
     let histograms = [
         (
             "convoy_report_write_seconds",

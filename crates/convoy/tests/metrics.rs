@@ -134,6 +134,37 @@ fn metrics_parse_and_carry_deployment_progress_latencies_and_the_process() {
     let online = value(&s, "convoy_targets_seen", &[("seen", "online")]).unwrap();
     let stale = value(&s, "convoy_targets_seen", &[("seen", "stale")]).unwrap();
     assert_eq!(online + stale, 2.0);
+
+    // `/metrics` needs no token: scrapes that come together share the
+    // database's counting (fewer readings than requests), and each still
+    // gets a reading that began after it arrived (checked above: every
+    // scrape saw the change made just before it)
+    let calls = |f: &Fleet| {
+        let (_, text) = http(f.port, "GET", "/metrics", None, b"").unwrap();
+        let line = text.lines().find(|l| l.starts_with("convoy_store_calls_total ")).unwrap().to_owned();
+        line.split_whitespace().last().unwrap().parse::<f64>().unwrap()
+    };
+    let (one_before, one_after) = (calls(&f), calls(&f));
+    let per_reading = one_after - one_before;
+    assert!(per_reading >= 1.0, "a scrape counts the tables: {per_reading}");
+    const SCRAPES: usize = 32;
+    let go = std::sync::Arc::new(std::sync::Barrier::new(SCRAPES));
+    let before = calls(&f);
+    let scrapers: Vec<_> = (0..SCRAPES)
+        .map(|_| {
+            let (go, port) = (go.clone(), f.port);
+            std::thread::spawn(move || {
+                go.wait();
+                assert_eq!(http(port, "GET", "/metrics", None, b"").unwrap().0, 200);
+            })
+        })
+        .collect();
+    for s in scrapers {
+        s.join().unwrap();
+    }
+    let readings = (calls(&f) - before) / per_reading;
+    eprintln!("{SCRAPES} scrapes at once, then one: {readings} readings of the database");
+    assert!(readings < SCRAPES as f64, "{readings} readings for {SCRAPES} scrapes at once (and one after)");
 }
 
 /// The metric names in a PromQL expression: words starting `convoy_` or
