@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_events_instruction.sql")),
     (10, include_str!("../migrations/0010_plans_provenance.sql")),
     (11, include_str!("../migrations/0011_instructions_page.sql")),
+    (12, include_str!("../migrations/0012_events_actor_operators.sql")),
 ];
 
 pub struct SqliteStore {

@@ -829,6 +829,17 @@ async fn workflow(s: &dyn Store) {
     let want: Vec<i64> = d2_events.iter().filter(|e| e.actor == "user:alice").map(|e| e.seq).collect();
     check("both filters", both.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
     check("some by alice on d-2", both.is_empty(), false);
+    // an agent's events are outside the actor index, and found all the same
+    let by_agent = EventRecord {
+        instruction_id: Some("i-9".into()),
+        deployment_id: "d-2".into(),
+        ..EventRecord::audit("agent:t-9", "received", String::new(), 265)
+    };
+    s.append_event(&by_agent).await.unwrap();
+    let agent =
+        s.audit(&AuditFilter { actor: Some("agent:t-9".into()), limit: 100, ..Default::default() }).await.unwrap();
+    check("only the agent's events", agent.iter().all(|e| e.actor == "agent:t-9"), true);
+    check("the agent's newest", agent.first().map(|e| (e.to_state.as_str(), e.at)), Some(("received", 265)));
     s.append_event(&EventRecord {
         seq: 0,
         deployment_id: String::new(),

@@ -779,6 +779,12 @@ macro_rules! impl_sql_store {
                             q.push_str(&format!("{column} = {}", mark(args.len())));
                         }
                     }
+                    // agents' events are left out of the actor index: any other
+                    // actor names its condition, so that the index serves it
+                    // (SQLite's LIKE ignores ASCII case; PostgreSQL's does not)
+                    if f.actor.as_deref().is_some_and(|a| !a.is_empty() && !a.to_ascii_lowercase().starts_with("agent:")) {
+                        q.push_str(" AND actor NOT LIKE 'agent:%'");
+                    }
                     q.push_str(&format!(" ORDER BY seq DESC LIMIT {}", mark(args.len() + 1)));
                     let mut query = ::sqlx::query(&q);
                     for v in args {
