@@ -32,13 +32,16 @@ pub const SHARED_TTL: Duration = Duration::from_secs(2);
 /// Oldest a work entry is trusted even when exact (bounds what a lost
 /// invalidation can cost).
 const WORK_AGE: Duration = Duration::from_secs(300);
-/// Oldest a token entry is trusted (a revocation lost on the way to this
-/// server holds no longer). Only while exact: alone on the database, or
-/// subscribed to the cache bus, which drops everything when it
-/// (re)subscribes. An agent polls far more often than this, so a fleet's
-/// tokens cost one read each per this period (a minute was 1,700 reads a
-/// second at 100,000 agents).
+/// Oldest a token entry is trusted while exact and alone on the database:
+/// every write is this process's own, so none can be missed; the bound
+/// only limits what a bug could cost. An agent polls far more often than
+/// this, so a fleet's tokens cost one read each per this period (a minute
+/// was 1,700 reads a second at 100,000 agents).
 const TOKEN_AGE: Duration = Duration::from_secs(300);
+/// Oldest a token entry is trusted while exact through the cache bus (a
+/// revocation whose message was lost, or one written by a server before it
+/// joined the bus, holds no longer).
+const TOKEN_AGE_SHARED: Duration = Duration::from_secs(60);
 /// Entries kept before a map is emptied (bounds memory against floods of
 /// unknown tokens).
 const MAX_ENTRIES: usize = 1 << 20;
@@ -286,7 +289,8 @@ impl Store for CachedStore {
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let (epoch, generation) = {
             let c = self.cache.lock().expect("cache lock");
-            let hit = c.tokens.get(hash).filter(|s| s.at.elapsed() < TOKEN_AGE);
+            let age = if self.notify.get().is_some() { TOKEN_AGE_SHARED } else { TOKEN_AGE };
+            let hit = c.tokens.get(hash).filter(|s| s.at.elapsed() < age);
             if let Some(v) = self.fresh(c.epoch, hit) {
                 return Ok(Some(v));
             }

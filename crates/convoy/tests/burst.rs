@@ -122,6 +122,16 @@ fn a_burst_of_reports_is_batched_and_polls_go_on() {
         assert_eq!(code, 400, "{r}");
         assert!(r.to_string().contains("NUL"), "{r}");
     }
+    // nor a control character in a hostname or a relay URL an agent sends
+    for (hostname, relay, why) in
+        [("sim\u{0}x", None, "control characters"), ("sim-x", Some("http://relay\u{0}:8080"), "is not http(s)")]
+    {
+        let inv = serde_json::json!({"inventory": {"hostname": hostname, "os": "linux", "arch": "x86_64", "free_disk_bytes": 1u64 << 40,
+            "labels": {"role": "sim"}, "installed": {}, "current": {}, "agent_version": "test", "relay": relay}});
+        let (code, r) = post(f.port, "/api/v1/agent/enroll", ENROL, &inv);
+        assert_eq!(code, 400, "{r}");
+        assert!(r.to_string().contains(why), "{r}");
+    }
     // acknowledged means persisted: every instruction reads back as received
     let d = f.deployment(&id);
     assert!(d["instructions"].as_array().unwrap().iter().all(|i| i["state"] == "received"), "{d:#}");

@@ -25,8 +25,8 @@ const MAX_WAIT_SECS: u64 = 60;
 
 fn check_inventory(inv: &Inventory) -> ApiResult<()> {
     inv.labels.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if inv.hostname.is_empty() || inv.hostname.len() > 253 {
-        return Err(ApiError::bad_request("hostname must be 1-253 characters"));
+    if inv.hostname.is_empty() || inv.hostname.len() > 253 || inv.hostname.contains(char::is_control) {
+        return Err(ApiError::bad_request("hostname must be 1-253 characters, none of them control characters"));
     }
     // the kind and DDI attributes are the server's to record
     if !inv.kind.is_agent() || !inv.attributes.is_empty() || inv.gateway.is_some() {
@@ -495,7 +495,8 @@ pub async fn site_poll(
 /// A relay URL must be plain `http(s)://host:port[/path]`, at most 256 bytes.
 fn reqwest_like_url(url: &str) -> Option<()> {
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
-    (url.len() <= 256 && !rest.is_empty() && !rest.contains(char::is_whitespace)).then_some(())
+    (url.len() <= 256 && !rest.is_empty() && !rest.contains(|c: char| c.is_whitespace() || c.is_control()))
+        .then_some(())
 }
 
 /// `GET /agent/me`: who the agent is to the server, the server's key, and
