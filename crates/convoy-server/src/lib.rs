@@ -369,8 +369,12 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
 /// ones. A configured token the server has not seen replaces (revokes) the
 /// previous one of its kind: changing the config rotates it. A configured
 /// token that was revoked stays revoked.
-async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::Result<()> {
+/// Makes or replaces the configured admin and enrolment tokens; returns
+/// whether it wrote any (other servers' caches must then drop theirs: it
+/// runs before this server joins the cache bus).
+async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::Result<bool> {
     let now = state::now_ms();
+    let mut wrote = false;
     // the first administrator
     match &config.admin_token {
         Some(Secret(t)) if t.len() < 16 => anyhow::bail!("the admin token must be at least 16 characters"),
@@ -393,6 +397,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
                         &ev,
                     )
                     .await?;
+                wrote = true;
                 if n > 0 {
                     println!("convoy: the configured admin token replaces the previous one, which no longer works");
                 }
@@ -402,6 +407,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
         None => {
             let t = new_secret();
             store.put_token(&TokenRecord::new(&t, TokenKind::Admin, "admin", now)).await?;
+            wrote = true;
             println!("convoy: admin token (shown once, stored hashed): {t}");
         }
     }
@@ -438,6 +444,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
             now,
         );
         store.create_enrol_token(&rec, &TokenRecord::new(&t, TokenKind::Enrol, &rec.id, now), &ev).await?;
+        wrote = true;
         // servers starting together: whichever record holds the secret stands
         let current = store.find_token(&hash_token(&t)).await?.map(|r| r.subject).unwrap_or(rec.id.clone());
         // the configuration's earlier tokens are replaced
@@ -462,7 +469,7 @@ async fn bootstrap_tokens(store: &dyn Store, config: &ServerConfig) -> anyhow::R
             println!("convoy: agent enrolment token (shown once, stored hashed): {t}");
         }
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// The server's work-signing key: made on first start and kept in the
@@ -532,7 +539,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let tls = config.tls.as_ref().map(|(cert, key)| tls::acceptor(cert, key)).transpose()?;
     let store = open_store(&config).await?;
-    bootstrap_tokens(store.as_ref(), &config).await?;
+    let wrote_tokens = bootstrap_tokens(store.as_ref(), &config).await?;
     let chunks = match &config.objects {
         None => ChunkStore::open(config.data_dir.join("chunks")).context("opening the chunk store")?,
         Some(c) => {
@@ -583,6 +590,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let bus = bus::start(&state, url)?;
         let (b, origin) = (bus.clone(), state.epoch.clone());
         state.cache.set_notify(Box::new(move |t| b.publish(&origin, 'i', t)));
+        if wrote_tokens {
+            // written before this server was on the bus: the others drop
+            // everything they cached (a replaced token stops working now)
+            bus.publish(&state.epoch, 'i', None);
+        }
         let _ = state.bus.set(bus);
     }
     serve(listener, state, tls, shutdown_signal()).await

@@ -283,6 +283,25 @@ fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() 
     wait_until("the follower to subscribe again", Duration::from_secs(30), || {
         (log().matches("through Redis").count() >= 2).then_some(())
     });
+
+    // a server that starts with a new admin token replaces the old one
+    // before it is on the bus; the other server, which has the old one
+    // cached (afresh: it dropped everything when it subscribed again), is
+    // told through Redis and refuses it at once, not a minute later
+    let subscribed = |f: &Fleet| f.server.as_ref().unwrap().log_text().matches("through Redis").count() >= 2;
+    wait_until("both servers on the bus again", Duration::from_secs(30), || {
+        (subscribed(&one) && subscribed(&two)).then_some(())
+    });
+    let releases = |port: u16, token: &str| http(port, "GET", "/api/v1/releases", Some(token), b"").unwrap().0;
+    assert_eq!(releases(one.port, ADMIN), 200);
+    const NEW_ADMIN: &str = "a-new-admin-token-0123456789";
+    two.kill_server();
+    two.server_env.push(("CONVOY_ADMIN_TOKEN".into(), NEW_ADMIN.into()));
+    two.start_server();
+    wait_until("the replaced admin token refused by the other server", Duration::from_secs(15), || {
+        (releases(one.port, ADMIN) == 401).then_some(())
+    });
+    assert_eq!(releases(one.port, NEW_ADMIN), 200);
     drop(redis);
 }
 
