@@ -5,11 +5,9 @@
 //! new statement for every batch size, with ten parameters a row).
 
 use convoy_store::{EventRecord, InstructionMove, StoreError};
-use sqlx::{Postgres, Row, Transaction};
 
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+use super::db;
+use sqlx::{Postgres, Row, Transaction};
 
 /// Applies moves of distinct instructions, each only if the instruction
 /// is still in its `from` state and attempt; returns (id, deployment) of

@@ -3,11 +3,9 @@
 //! transaction.
 
 use convoy_store::{EventRecord, InstructionMove, StoreError};
-use sqlx::{Row, Sqlite, Transaction};
 
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+use super::db;
+use sqlx::{Row, Sqlite, Transaction};
 
 /// `(?, ?, ...), (...)`: `rows` tuples of `cols` parameters.
 fn values(rows: usize, cols: usize) -> String {

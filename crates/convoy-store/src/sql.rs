@@ -818,33 +818,32 @@ macro_rules! impl_sql_store {
                         *n += 1;
                     }
                     let mut tx = self.pool.begin().await.map_err(db)?;
+                    // each backend splits a set as its statements need
                     for round in rounds {
-                        for part in round.chunks(1_000) {
-                            let set: Vec<&InstructionMove> = part.iter().map(|k| &moves[*k]).collect();
-                            let moved: ::std::collections::HashMap<String, String> = super::sets::apply_moves(&mut tx, &set, now).await?.into_iter().collect();
-                            let events: Vec<(usize, &String)> = part.iter().filter_map(|k| moved.get(&moves[*k].id).map(|d| (*k, d))).collect();
-                            if events.is_empty() {
-                                continue;
-                            }
-                            let rows: Vec<EventRecord> = events
-                                .iter()
-                                .map(|(k, dep)| {
-                                    let m = &moves[*k];
-                                    out[*k] = true;
-                                    EventRecord {
-                                        seq: 0,
-                                        deployment_id: (*dep).clone(),
-                                        instruction_id: Some(m.id.clone()),
-                                        from_state: m.from.as_str().to_owned(),
-                                        to_state: m.up.to.unwrap_or(m.from).as_str().to_owned(),
-                                        actor: m.actor.clone(),
-                                        note: m.up.note.clone(),
-                                        at: now,
-                                    }
-                                })
-                                .collect();
-                            insert_events(&mut tx, &rows).await?;
+                        let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
+                        let moved: ::std::collections::HashMap<String, String> = super::sets::apply_moves(&mut tx, &set, now).await?.into_iter().collect();
+                        let events: Vec<(usize, &String)> = round.iter().filter_map(|k| moved.get(&moves[*k].id).map(|d| (*k, d))).collect();
+                        if events.is_empty() {
+                            continue;
                         }
+                        let rows: Vec<EventRecord> = events
+                            .iter()
+                            .map(|(k, dep)| {
+                                let m = &moves[*k];
+                                out[*k] = true;
+                                EventRecord {
+                                    seq: 0,
+                                    deployment_id: (*dep).clone(),
+                                    instruction_id: Some(m.id.clone()),
+                                    from_state: m.from.as_str().to_owned(),
+                                    to_state: m.up.to.unwrap_or(m.from).as_str().to_owned(),
+                                    actor: m.actor.clone(),
+                                    note: m.up.note.clone(),
+                                    at: now,
+                                }
+                            })
+                            .collect();
+                        insert_events(&mut tx, &rows).await?;
                     }
                     tx.commit().await.map_err(db)?;
                     Ok(out)
