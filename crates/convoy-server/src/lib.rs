@@ -580,11 +580,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let repo = app::tuf::Repo::open(store.as_ref(), &kek).await.context("opening the TUF repository")?;
     let mut state = AppState::new(store, chunks, deltas, key);
     let _ = state.tuf.set(repo);
-    state.enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
-    state.mirrors = Arc::new(config.mirrors.clone());
-    state.tls = config.tls.is_some();
-    state.ddi = Arc::new(ddi::Ddi::new(config.ddi_tenant.clone(), config.ddi_poll_secs));
-    state.nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
+    state.setup().enrol_limits = Arc::new(limit::Limits::new(config.enrol_rate_token, config.enrol_rate_address));
+    state.setup().mirrors = Arc::new(config.mirrors.clone());
+    state.setup().tls = config.tls.is_some();
+    state.setup().ddi = Arc::new(ddi::Ddi::new(config.ddi_tenant.clone(), config.ddi_poll_secs));
+    state.setup().nats = config.nats.clone().map(|u| (u, config.nats_subject.clone()));
     state.load_relays().await.context("loading the relay directory")?;
     if let Some(url) = &config.cache {
         let bus = bus::start(&state, url)?;

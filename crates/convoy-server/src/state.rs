@@ -8,9 +8,20 @@ use tokio::sync::{watch, Notify};
 /// A relay grant as kept in memory: the site, and the URL it names.
 type Granted = (String, Option<String>);
 
-/// Shared by every handler and the scheduler.
+/// Shared by every handler and the scheduler: one pointer, so that the
+/// clone each request makes of it is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct AppInner {
     /// The database behind [`convoy_store::CachedStore`] (polls are
     /// answered from memory).
     pub store: Arc<dyn Store>,
@@ -89,7 +100,7 @@ impl AppState {
     ) -> Self {
         let (reports, rx) = tokio::sync::mpsc::channel(crate::app::reports::QUEUE);
         let cache = Arc::new(convoy_store::CachedStore::new(store));
-        Self {
+        Self(Arc::new(AppInner {
             reports,
             report_rx: Arc::new(std::sync::Mutex::new(Some(rx))),
             store: cache.clone(),
@@ -121,7 +132,13 @@ impl AppState {
             tick: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             epoch: convoy_store::new_secret()[..16].to_owned(),
             seen: Default::default(),
-        }
+        }))
+    }
+
+    /// The settings made at start-up, before the state is shared (it
+    /// panics once a handler or task holds a copy).
+    pub fn setup(&mut self) -> &mut AppInner {
+        Arc::get_mut(&mut self.0).expect("the server's state is set up before it is shared")
     }
 
     /// Notes a target's `site` label (the server's, set by operators).
