@@ -5,6 +5,7 @@
 //! report is answered only once its move is persisted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use convoy_domain::{on_report, InstructionState, InstructionView, Outcome, ReportKind};
 use convoy_store::{DeploymentRecord, InstructionMove, InstructionUpdate};
@@ -59,31 +60,47 @@ pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
         st.reports.try_send(Queued { target: target.to_owned(), report, reply: None, at: std::time::Instant::now() });
 }
 
-/// The writer: takes what is queued, up to [`BATCH`] at a time.
+/// The writer: takes what is queued, up to [`BATCH`] at a time (all that
+/// came while the last batch was written, so batches grow with the load).
 pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut known = HashMap::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let items = std::mem::take(&mut batch);
-        let again = write(&st, items, &mut known, true).await;
+        let (judged, moves) = judge(&st, std::mem::take(&mut batch), &known, true).await;
+        let written = write(&st, moves).await;
+        let again = finish(&st, judged, written, &mut known);
         if !again.is_empty() {
-            write(&st, again, &mut known, false).await;
+            // judged from memory that was behind: again, from reads
+            let (judged, moves) = judge(&st, again, &known, false).await;
+            let written = write(&st, moves).await;
+            finish(&st, judged, written, &mut known);
         }
     }
+}
+
+/// A batch's moves and which of them landed.
+type Written = (Vec<InstructionMove>, convoy_store::Result<Vec<bool>>);
+
+/// Writes a batch's moves in one transaction.
+async fn write(st: &AppState, moves: Vec<InstructionMove>) -> Written {
+    let written =
+        if moves.is_empty() { Ok(Vec::new()) } else { st.store.transition_instructions(&moves, now_ms()).await };
+    (moves, written)
 }
 
 /// What the writer last wrote of an instruction, so that the next report
 /// on it needs no read. It is exact unless another writer (the scheduler,
 /// an operator, another server) moved the instruction since; then the
 /// guarded update finds another state and the report is judged again from
-/// a fresh read. Nothing is answered from it alone.
+/// a fresh read. Nothing is answered from it alone. Shared text, so that a
+/// copy costs no allocation.
 #[derive(Clone)]
 struct Known {
-    target: String,
-    deployment: String,
+    target: Arc<str>,
+    deployment: Arc<str>,
     state: InstructionState,
     attempt: u32,
-    metrics_json: String,
+    metrics_json: Arc<str>,
 }
 
 /// Most instructions the writer remembers (a few hundred bytes each).
@@ -92,11 +109,11 @@ const KNOWN: usize = 20_000;
 impl From<convoy_store::InstructionRecord> for Known {
     fn from(i: convoy_store::InstructionRecord) -> Self {
         Known {
-            target: i.target_id,
-            deployment: i.deployment_id,
+            target: i.target_id.into(),
+            deployment: i.deployment_id.into(),
             state: i.state,
             attempt: i.attempt,
-            metrics_json: i.metrics_json,
+            metrics_json: i.metrics_json.into(),
         }
     }
 }
@@ -109,24 +126,38 @@ struct Pending {
     outcome: Result<usize, Option<AppResult<ReportResponse>>>,
     note: String,
     to: InstructionState,
-    deployment: String,
+    deployment: Option<Arc<DeploymentRecord>>,
 }
 
-/// Writes one batch; returns the reports to judge again from a read
-/// (only when `trust_known`).
-async fn write(
+/// A judged batch, waiting for its moves to be written.
+struct Judged {
+    started: std::time::Instant,
+    size: usize,
+    judge_ms: f64,
+    /// Whether each move was judged from memory (not a read).
+    remembered: Vec<bool>,
+    pending: Vec<Pending>,
+    /// What the batch makes of each instruction it moves (and whether
+    /// judged from memory).
+    seen: HashMap<String, (Known, bool)>,
+    trust_known: bool,
+}
+
+/// Judges a batch: from what this batch already did to an instruction,
+/// then memory (only when `trust_known`), then one read of all the
+/// others. Returns the judged batch and the moves to write.
+async fn judge(
     st: &AppState,
     items: Vec<Queued>,
-    known: &mut HashMap<String, Known>,
+    known: &HashMap<String, Known>,
     trust_known: bool,
-) -> Vec<Queued> {
+) -> (Judged, Vec<InstructionMove>) {
     let started = std::time::Instant::now();
     let size = items.len();
     let mut moves: Vec<InstructionMove> = Vec::new();
-    // whether each move was judged from memory (not a read)
     let mut remembered: Vec<bool> = Vec::new();
     let mut pending: Vec<Pending> = Vec::with_capacity(items.len());
-    let mut deployments: HashMap<String, std::sync::Arc<DeploymentRecord>> = HashMap::new();
+    let mut deployments: HashMap<Arc<str>, Arc<DeploymentRecord>> = HashMap::new();
     // what this batch already did to an instruction, so two reports for one
     // instruction in a batch see each other (and whether from memory)
     let mut seen: HashMap<String, (Known, bool)> = HashMap::new();
@@ -156,7 +187,7 @@ async fn write(
             outcome: Err(Some(Ok(ReportResponse { accepted: false, note: String::new() }))),
             note: String::new(),
             to: InstructionState::Created,
-            deployment: String::new(),
+            deployment: None,
         };
         if again.contains(&r.instruction_id) {
             p.outcome = Err(None);
@@ -166,21 +197,22 @@ async fn write(
         }
         let base = match seen.get(&r.instruction_id) {
             Some((k, from_memory)) => Some((k.clone(), *from_memory)),
-            None => match known.get(&r.instruction_id).filter(|_| trust_known) {
-                Some(k) => Some((k.clone(), true)),
-                None => match &read {
-                    Ok(rows) => rows.get(&r.instruction_id).map(|k| (k.clone(), false)),
-                    Err(e) => {
-                        p.outcome = Err(Some(Err(AppError::internal(e))));
-                        p.queued = Some(q);
-                        pending.push(p);
-                        continue;
-                    }
-                },
+            None => known.get(&r.instruction_id).filter(|_| trust_known).map(|k| (k.clone(), true)),
+        };
+        let base = match base {
+            Some(b) => Some(b),
+            None => match &read {
+                Ok(rows) => rows.get(&r.instruction_id).map(|k| (k.clone(), false)),
+                Err(e) => {
+                    p.outcome = Err(Some(Err(AppError::internal(e))));
+                    p.queued = Some(q);
+                    pending.push(p);
+                    continue;
+                }
             },
         };
         // an instruction's target never changes: memory is exact here
-        let Some((base, from_memory)) = base.filter(|(k, _)| k.target == q.target) else {
+        let Some((base, from_memory)) = base.filter(|(k, _)| *k.target == *q.target) else {
             p.outcome = Err(Some(Err(AppError::not_found(format!(
                 "instruction {} not found for this target",
                 r.instruction_id
@@ -192,7 +224,7 @@ async fn write(
         if !deployments.contains_key(&base.deployment) {
             match st.work_deployment(&base.deployment).await {
                 Ok(Some(d)) => {
-                    deployments.insert(d.id.clone(), d);
+                    deployments.insert(base.deployment.clone(), d);
                 }
                 Ok(None) => {
                     p.outcome = Err(Some(Err(AppError::internal("instruction without deployment"))));
@@ -255,9 +287,12 @@ async fn write(
             tracing::warn!(target_id = %q.target, instruction = %r.instruction_id, "content source reported failing: {bad}");
             crate::metrics::add(&st.counters.source_failures, 1);
         }
-        let mut metrics: BTreeMap<String, String> = serde_json::from_str(&base.metrics_json).unwrap_or_default();
-        metrics.extend(r.metrics.clone());
-        let metrics_json = serde_json::to_string(&metrics).unwrap_or_else(|_| "{}".into());
+        // a report without metrics leaves the stored ones as they are
+        let metrics_json: Option<Arc<str>> = (!r.metrics.is_empty()).then(|| {
+            let mut metrics: BTreeMap<&str, &str> = serde_json::from_str(&base.metrics_json).unwrap_or_default();
+            metrics.extend(r.metrics.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            serde_json::to_string(&metrics).unwrap_or_else(|_| "{}".into()).into()
+        });
         let up = InstructionUpdate {
             to: Some(to),
             attempt: Some(new_attempt),
@@ -265,7 +300,7 @@ async fn write(
                 ReportKind::Staged { digest } => Some(digest.clone()),
                 _ => None,
             },
-            metrics_json: Some(metrics_json.clone()),
+            metrics_json: metrics_json.as_deref().map(str::to_owned),
             output: (!r.output.is_empty()).then(|| r.output.clone()),
             note: note.clone(),
             ..Default::default()
@@ -278,29 +313,36 @@ async fn write(
             actor: format!("agent:{}", q.target),
         });
         remembered.push(from_memory);
-        let next = Known { state: to, attempt: new_attempt, metrics_json, ..base };
+        let next = Known {
+            state: to,
+            attempt: new_attempt,
+            metrics_json: metrics_json.unwrap_or_else(|| base.metrics_json.clone()),
+            ..base
+        };
         seen.insert(r.instruction_id.clone(), (next, from_memory));
         p.outcome = Ok(moves.len() - 1);
         p.note = note;
         p.to = to;
-        p.deployment = d.id.clone();
+        p.deployment = Some(d);
         p.queued = Some(q);
         pending.push(p);
     }
     // the cache learns whose instructions these are (no read to find out)
-    st.cache.note_owners(moves.iter().filter_map(|m| seen.get(&m.id).map(|(k, _)| (m.id.as_str(), k.target.as_str()))));
-    let read_ms = started.elapsed().as_secs_f64() * 1e3;
-    let written = if moves.is_empty() {
-        Ok(Vec::new())
-    } else {
-        // counted when it carries agents' reports (not only the server's
-        // own records of delivery)
-        if pending.iter().any(|p| p.outcome.is_ok()) {
-            crate::metrics::add(&st.counters.report_batches, 1);
-        }
-        st.store.transition_instructions(&moves, now_ms()).await
-    };
-    let write_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
+    st.cache.note_owners(moves.iter().filter_map(|m| seen.get(&m.id).map(|(k, _)| (m.id.as_str(), &*k.target))));
+    // counted when it carries agents' reports (not only the server's own
+    // records of delivery)
+    if !moves.is_empty() && pending.iter().any(|p| p.outcome.is_ok()) {
+        crate::metrics::add(&st.counters.report_batches, 1);
+    }
+    let judge_ms = started.elapsed().as_secs_f64() * 1e3;
+    (Judged { started, size, judge_ms, remembered, pending, seen, trust_known }, moves)
+}
+
+/// After a batch's write: updates memory, answers each report, wakes the
+/// targets moved. Returns the reports to judge again from a read (only
+/// when judged with memory).
+fn finish(st: &AppState, j: Judged, (moves, written): Written, known: &mut HashMap<String, Known>) -> Vec<Queued> {
+    let Judged { started, size, judge_ms, remembered, pending, seen, trust_known } = j;
     // what the writer remembers: the last move of each instruction that
     // landed; one that did not land is forgotten
     if let Ok(done) = &written {
@@ -319,8 +361,8 @@ async fn write(
             known.clear();
         }
     } else {
-        for m in &moves {
-            known.remove(&m.id);
+        for id in seen.keys() {
+            known.remove(id);
         }
     }
     let mut retry = Vec::new();
@@ -352,10 +394,11 @@ async fn write(
                         }
                         // every move is an event in the store; the log names
                         // failures (a line per move would be thousands a second)
+                        let deployment = p.deployment.as_ref().map_or("", |d| d.id.as_str());
                         if p.to == InstructionState::Failed {
-                            tracing::info!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                            tracing::info!(deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
                         } else {
-                            tracing::debug!(deployment = %p.deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
+                            tracing::debug!(deployment, instruction = %moves[k].id, target_id = %q.target, from = moves[k].from.as_str(), to = p.to.as_str(), "{}", p.note);
                         }
                         if p.to == InstructionState::Succeeded {
                             let m = &q.report.metrics;
@@ -380,8 +423,7 @@ async fn write(
         size,
         moves = moves.len(),
         retry = retry.len(),
-        read_ms,
-        write_ms,
+        judge_ms,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "report batch"
     );
