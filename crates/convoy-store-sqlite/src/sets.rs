@@ -1,11 +1,26 @@
 //! Set-wise writes of the report writer on SQLite: multi-row `VALUES`
 //! lists, one UPDATE and one INSERT per thousand rows, inside the caller's
-//! transaction.
+//! transaction. A list is padded with rows of NULLs (which match and insert
+//! nothing) to one of a few lengths, so that the connection's cache of
+//! prepared statements holds them all instead of preparing a statement for
+//! each batch size.
 
 use convoy_store::{EventRecord, InstructionMove, StoreError};
 
 use super::db;
 use sqlx::{Row, Sqlite, Transaction};
+
+/// The padded length of a list of `n` rows: a multiple of 8 up to 64, of
+/// 64 up to 512, then of 256 (at most 1,024 for 1,000 rows): about twenty
+/// lengths, two statements each.
+fn padded(n: usize) -> usize {
+    let step = match n {
+        0..=64 => 8,
+        65..=512 => 64,
+        _ => 256,
+    };
+    n.div_ceil(step).max(1) * step
+}
 
 /// `(?, ?, ...), (...)`: `rows` tuples of `cols` parameters.
 fn values(rows: usize, cols: usize) -> String {
@@ -31,7 +46,7 @@ pub(crate) async fn apply_moves(
              output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ? FROM m \
              WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
              RETURNING id, deployment_id",
-            values(part.len(), 10)
+            values(padded(part.len()), 10)
         );
         let mut query = sqlx::query(&q);
         for m in part {
@@ -48,6 +63,11 @@ pub(crate) async fn apply_moves(
                 .bind(m.from.as_str())
                 .bind(i64::from(m.from_attempt));
         }
+        for _ in part.len()..padded(part.len()) {
+            for _ in 0..10 {
+                query = query.bind(None::<String>);
+            }
+        }
         for r in query.bind(now).fetch_all(&mut **tx).await.map_err(db)? {
             out.push((r.try_get("id").map_err(db)?, r.try_get("deployment_id").map_err(db)?));
         }
@@ -59,9 +79,12 @@ pub(crate) async fn apply_moves(
 pub(crate) async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<(), StoreError> {
     // 7 parameters a row
     for part in events.chunks(1_000) {
+        // in the order given: the list is read in order
         let q = format!(
-            "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES {}",
-            values(part.len(), 7)
+            "WITH e(d, i, f, t, a, n, at) AS (VALUES {}) \
+             INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) \
+             SELECT d, i, f, t, a, n, at FROM e WHERE d IS NOT NULL",
+            values(padded(part.len()), 7)
         );
         let mut query = sqlx::query(&q);
         for e in part {
@@ -73,6 +96,11 @@ pub(crate) async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[Ev
                 .bind(&e.actor)
                 .bind(&e.note)
                 .bind(e.at);
+        }
+        for _ in part.len()..padded(part.len()) {
+            for _ in 0..7 {
+                query = query.bind(None::<String>);
+            }
         }
         query.execute(&mut **tx).await.map_err(db)?;
     }
