@@ -10,7 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use convoy_cli::output::Format;
 
+mod alloc;
 mod config;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
 
@@ -1106,6 +1110,7 @@ fn main() {
     let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let operator = !matches!(cli.cmd, Cmd::Server { .. } | Cmd::Agent { .. } | Cmd::Demo { .. });
     if matches!(cli.cmd, Cmd::Server { .. }) {
+        alloc::use_mimalloc();
         convoy_server::limit_malloc_arenas();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
