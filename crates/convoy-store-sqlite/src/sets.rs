@@ -1,9 +1,10 @@
 //! Set-wise writes of the report writer on SQLite: multi-row `VALUES`
 //! lists, one UPDATE and one INSERT per thousand rows, inside the caller's
-//! transaction. A list is padded with rows of NULLs (which match and insert
-//! nothing) to one of a few lengths, so that the connection's cache of
-//! prepared statements holds them all instead of preparing a statement for
-//! each batch size.
+//! transaction. The UPDATE's list is padded with rows of NULLs (which
+//! match nothing) to one of a few lengths, so that the connection's cache
+//! of prepared statements holds them all instead of preparing a statement
+//! for each batch size; the events' INSERT is not (its rows must go in as
+//! listed).
 
 use convoy_store::{EventRecord, InstructionMove, StoreError};
 
@@ -12,7 +13,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 /// The padded length of a list of `n` rows: a multiple of 8 up to 64, of
 /// 64 up to 512, then of 256 (at most 1,024 for 1,000 rows): about twenty
-/// lengths, two statements each.
+/// lengths.
 fn padded(n: usize) -> usize {
     let step = match n {
         0..=64 => 8,
@@ -79,12 +80,10 @@ pub(crate) async fn apply_moves(
 pub(crate) async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<(), StoreError> {
     // 7 parameters a row
     for part in events.chunks(1_000) {
-        // in the order given: the list is read in order
+        // a plain VALUES list (not padded): rows are inserted as listed
         let q = format!(
-            "WITH e(d, i, f, t, a, n, at) AS (VALUES {}) \
-             INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) \
-             SELECT d, i, f, t, a, n, at FROM e WHERE d IS NOT NULL",
-            values(padded(part.len()), 7)
+            "INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) VALUES {}",
+            values(part.len(), 7)
         );
         let mut query = sqlx::query(&q);
         for e in part {
@@ -96,11 +95,6 @@ pub(crate) async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[Ev
                 .bind(&e.actor)
                 .bind(&e.note)
                 .bind(e.at);
-        }
-        for _ in part.len()..padded(part.len()) {
-            for _ in 0..7 {
-                query = query.bind(None::<String>);
-            }
         }
         query.execute(&mut **tx).await.map_err(db)?;
     }

@@ -27,8 +27,9 @@ static MIMALLOC: AtomicBool = AtomicBool::new(false);
 /// committed as it is used, not a whole arena at once, and what is freed
 /// goes back to the system at once (by default after 10 ms, 100 ms in
 /// arenas, and not on a thread's exit). With the `no_thp` build feature
-/// (no transparent huge pages) the server's resident memory follows what
-/// it holds: at rest after the benchmark's 20,000 targets 129 MiB, against
+/// (mimalloc does not ask for transparent huge pages; a host whose THP
+/// setting is `always` still gives them) the server's resident memory
+/// follows what it holds: at rest after the benchmark's 20,000 targets 129 MiB, against
 /// 167 MiB with mimalloc's defaults and 137 MiB with glibc's allocator.
 const OPTIONS: [(mi::mi_option_t, std::ffi::c_long, &str); 4] = [
     (4, 0, "MIMALLOC_ARENA_EAGER_COMMIT"),
@@ -39,21 +40,42 @@ const OPTIONS: [(mi::mi_option_t, std::ffi::c_long, &str); 4] = [
 
 /// New blocks come from mimalloc from now on (call it once, early in
 /// `main`, before other threads start); an operator's `MIMALLOC_*`
-/// variables stand.
+/// variables of these names stand (not mimalloc's older aliases).
 #[allow(unsafe_code)]
 pub fn use_mimalloc() {
     for (option, value, var) in OPTIONS {
         if std::env::var_os(var).is_none() {
-            // SAFETY: sets one of mimalloc's option values (an integer),
-            // before anything has been allocated from it
+            // SAFETY: sets one of mimalloc's option values (an integer);
+            // each is read when used, and nothing has been allocated from
+            // mimalloc yet
             unsafe { mi::mi_option_set(option, value) };
         }
     }
     MIMALLOC.store(true, Ordering::SeqCst);
 }
 
-/// Alignment every mimalloc block has without asking (`MI_MAX_ALIGN_SIZE`).
+/// Alignment of every mimalloc block of at least this size
+/// (`MI_MAX_ALIGN_SIZE`); smaller blocks are aligned to their size class.
 const MI_ALIGN: usize = 16;
+
+/// Largest block and alignment asked of mimalloc; bigger ones (rare: body
+/// buffers, big reads) come from the C library. Below them every mimalloc
+/// block lies in one of its 32 MiB segments, inside an arena or in its
+/// segment map, so `mi_is_in_heap_region` knows it exactly.
+const MI_MAX_SIZE: usize = 1 << 20;
+const MI_MAX_ALIGN: usize = 4096;
+
+/// Whether a new block of this layout comes from mimalloc.
+fn to_mimalloc(size: usize, align: usize) -> bool {
+    size <= MI_MAX_SIZE && align <= MI_MAX_ALIGN && MIMALLOC.load(Ordering::Relaxed)
+}
+
+/// Whether mimalloc's plain calls give this alignment (as the standard
+/// library's own allocator decides: a block smaller than 16 bytes is
+/// aligned only to its size class).
+fn plain(size: usize, align: usize) -> bool {
+    align <= MI_ALIGN && align <= size
+}
 
 pub struct Allocator;
 
@@ -66,33 +88,36 @@ fn from_mimalloc(p: *mut u8) -> bool {
 }
 
 // SAFETY: each block is allocated by exactly one of the two allocators and
-// is freed or resized by that same one (`from_mimalloc`); mimalloc returns
-// blocks aligned to at least MI_ALIGN, and the `_aligned` calls honour any
-// larger alignment; both return null on failure, as GlobalAlloc expects.
+// is freed or resized by that same one (`from_mimalloc`); mimalloc is
+// asked for blocks of at most MI_MAX_SIZE and MI_MAX_ALIGN, with its
+// `_aligned` calls whenever its plain ones would not give the alignment;
+// both return null on failure, as GlobalAlloc expects.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !MIMALLOC.load(Ordering::Relaxed) {
+        let (size, align) = (layout.size(), layout.align());
+        if !to_mimalloc(size, align) {
             return unsafe { System.alloc(layout) };
         }
         unsafe {
-            if layout.align() <= MI_ALIGN {
-                mi::mi_malloc(layout.size()).cast()
+            if plain(size, align) {
+                mi::mi_malloc(size).cast()
             } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+                mi::mi_malloc_aligned(size, align).cast()
             }
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !MIMALLOC.load(Ordering::Relaxed) {
+        let (size, align) = (layout.size(), layout.align());
+        if !to_mimalloc(size, align) {
             return unsafe { System.alloc_zeroed(layout) };
         }
         unsafe {
-            if layout.align() <= MI_ALIGN {
-                mi::mi_zalloc(layout.size()).cast()
+            if plain(size, align) {
+                mi::mi_zalloc(size).cast()
             } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+                mi::mi_zalloc_aligned(size, align).cast()
             }
         }
     }
@@ -109,11 +134,25 @@ unsafe impl GlobalAlloc for Allocator {
         if !from_mimalloc(p) {
             return unsafe { System.realloc(p, layout, new_size) };
         }
+        let align = layout.align();
+        if new_size > MI_MAX_SIZE {
+            // grown past what mimalloc is asked for: moved to the C library
+            // SAFETY (caller's): new_size is non-zero and fits a Layout
+            let new = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+            let q = unsafe { System.alloc(new) };
+            if !q.is_null() {
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                    mi::mi_free(p.cast());
+                }
+            }
+            return q;
+        }
         unsafe {
-            if layout.align() <= MI_ALIGN {
+            if plain(new_size, align) {
                 mi::mi_realloc(p.cast(), new_size).cast()
             } else {
-                mi::mi_realloc_aligned(p.cast(), new_size, layout.align()).cast()
+                mi::mi_realloc_aligned(p.cast(), new_size, align).cast()
             }
         }
     }
@@ -147,6 +186,23 @@ mod tests {
             assert!(!p.is_null() && (p as usize).is_multiple_of(4096) && owned(p));
             std::alloc::dealloc(p, aligned);
         }
-        drop((before, after));
+        // big blocks and big alignments come from the C library, and a
+        // mimalloc block grown past the limit moves there
+        let big = vec![1u8; MI_MAX_SIZE + 1];
+        assert!(!owned(big.as_ptr()));
+        let mut moved: Vec<u8> = vec![3; 1000];
+        assert!(owned(moved.as_ptr()));
+        moved.resize(MI_MAX_SIZE * 2, 4);
+        assert!(!owned(moved.as_ptr()));
+        assert_eq!((moved[999], moved[1000], moved.len()), (3, 4, MI_MAX_SIZE * 2));
+        // a small block with an alignment above its size class
+        let small = std::alloc::Layout::from_size_align(8, 16).unwrap();
+        // SAFETY: a non-zero size; freed with the same layout
+        unsafe {
+            let p = std::alloc::alloc(small);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(16) && owned(p));
+            std::alloc::dealloc(p, small);
+        }
+        drop((before, after, big));
     }
 }

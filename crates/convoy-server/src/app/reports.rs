@@ -289,8 +289,9 @@ async fn judge(
         }
         // a report without metrics leaves the stored ones as they are
         let metrics_json: Option<Arc<str>> = (!r.metrics.is_empty()).then(|| {
-            let mut metrics: BTreeMap<&str, &str> = serde_json::from_str(&base.metrics_json).unwrap_or_default();
-            metrics.extend(r.metrics.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            // owned: stored text with escapes cannot be borrowed
+            let mut metrics: BTreeMap<String, String> = serde_json::from_str(&base.metrics_json).unwrap_or_default();
+            metrics.extend(r.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
             serde_json::to_string(&metrics).unwrap_or_else(|_| "{}".into()).into()
         });
         let up = InstructionUpdate {

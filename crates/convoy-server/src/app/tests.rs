@@ -867,3 +867,40 @@ async fn a_ddi_poll_with_nothing_new_touches_no_database() {
     h.st.store.rotate_token(&fresh, "rotated", &ev).await.unwrap();
     assert_eq!(poll().await.0, 401);
 }
+
+/// Reported metrics add up across reports: a later report's keys join the
+/// stored ones (text with quotes and backslashes included), and a report
+/// without metrics leaves them as they are.
+#[tokio::test]
+async fn reported_metrics_are_merged_and_kept() {
+    let h = harness(&[("m1", "role=web")]).await;
+    env(&h, &Policy::default()).await;
+    let dana = user("dana", Role::Deployer);
+    let id = requests::submit(&h.st, &dana, request("role=web")).await.unwrap().id;
+    pass_preflight(&h, &id).await;
+    let i = instrs(&h, &id).await.remove(0);
+    let with = |i: &InstructionRecord, kind: ReportKind, metrics: &[(&str, &str)]| Report {
+        instruction_id: i.id.clone(),
+        phase: Phase::Stage,
+        attempt: i.attempt,
+        report: kind,
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        output: String::new(),
+        inventory: None,
+    };
+    let odd = r#"a "quoted" \ path"#;
+    let r = with(&i, ReportKind::Received, &[("source_note", odd)]);
+    assert!(reports::submit(&h.st, i.target_id.clone(), r).await.unwrap().accepted);
+    let i = h.st.store.get_instruction(&i.id).await.unwrap().unwrap();
+    let r = with(&i, ReportKind::Staged { digest: DIGEST.into() }, &[("bytes_fetched", "42")]);
+    assert!(reports::submit(&h.st, i.target_id.clone(), r).await.unwrap().accepted);
+    let stored = |i: InstructionRecord| serde_json::from_str::<BTreeMap<String, String>>(&i.metrics_json).unwrap();
+    let i = h.st.store.get_instruction(&i.id).await.unwrap().unwrap();
+    let want =
+        BTreeMap::from([("bytes_fetched".to_owned(), "42".to_owned()), ("source_note".to_owned(), odd.to_owned())]);
+    assert_eq!(stored(i.clone()), want);
+    // a repeated report without metrics changes nothing stored
+    let r = with(&i, ReportKind::Staged { digest: DIGEST.into() }, &[]);
+    reports::submit(&h.st, i.target_id.clone(), r).await.unwrap();
+    assert_eq!(stored(h.st.store.get_instruction(&i.id).await.unwrap().unwrap()), want);
+}
