@@ -23,7 +23,8 @@ use libmimalloc_sys as mi;
 static MIMALLOC: AtomicBool = AtomicBool::new(false);
 
 /// mimalloc's options as the server sets them: (`mi_option_t` as numbered
-/// in mimalloc.h, v2; value; the variable that overrides it). Memory is
+/// in mimalloc.h, v2, the option named by the variable; value; the
+/// variable that overrides it). Memory is
 /// committed as it is used, not a whole arena at once, and what is freed
 /// goes back to the system at once (by default after 10 ms, 100 ms in
 /// arenas, and not on a thread's exit). With the `no_thp` build feature
@@ -38,18 +39,28 @@ const OPTIONS: [(mi::mi_option_t, std::ffi::c_long, &str); 4] = [
     (24, 1, "MIMALLOC_ARENA_PURGE_MULT"),
 ];
 
+/// Options set whatever the environment says, because `from_mimalloc`
+/// depends on them (numbered as in mimalloc.h, v2: 17 disallow_os_alloc,
+/// 27 disallow_arena_alloc): every mimalloc segment lies in one of its arenas
+/// (`disallow_os_alloc` = 1, `disallow_arena_alloc` = 0), which
+/// `mi_is_in_heap_region` recognises by address range. Without them a
+/// segment mapped straight from the system above mimalloc's segment map
+/// (48 TiB) would not be recognised. When no arena can be had, mimalloc
+/// returns null and the block comes from the C library instead.
+const REQUIRED: [(mi::mi_option_t, std::ffi::c_long); 2] = [(17, 1), (27, 0)];
+
 /// New blocks come from mimalloc from now on (call it once, early in
 /// `main`, before other threads start); an operator's `MIMALLOC_*`
-/// variables of these names stand (not mimalloc's older aliases).
+/// variables of the [`OPTIONS`] names stand (not mimalloc's older
+/// aliases).
 #[allow(unsafe_code)]
 pub fn use_mimalloc() {
-    for (option, value, var) in OPTIONS {
-        if std::env::var_os(var).is_none() {
-            // SAFETY: sets one of mimalloc's option values (an integer);
-            // each is read when used, and nothing has been allocated from
-            // mimalloc yet
-            unsafe { mi::mi_option_set(option, value) };
-        }
+    let tuning = OPTIONS.into_iter().filter(|(_, _, var)| std::env::var_os(var).is_none()).map(|(o, v, _)| (o, v));
+    for (option, value) in tuning.chain(REQUIRED) {
+        // SAFETY: sets one of mimalloc's option values (an integer); each
+        // is read when used, and nothing has been allocated from mimalloc
+        // yet
+        unsafe { mi::mi_option_set(option, value) };
     }
     MIMALLOC.store(true, Ordering::SeqCst);
 }
@@ -60,8 +71,7 @@ const MI_ALIGN: usize = 16;
 
 /// Largest block and alignment asked of mimalloc; bigger ones (rare: body
 /// buffers, big reads) come from the C library. Below them every mimalloc
-/// block lies in one of its 32 MiB segments, inside an arena or in its
-/// segment map, so `mi_is_in_heap_region` knows it exactly.
+/// block lies in one of its ordinary 32 MiB segments (never a huge one).
 const MI_MAX_SIZE: usize = 1 << 20;
 const MI_MAX_ALIGN: usize = 4096;
 
@@ -88,10 +98,12 @@ fn from_mimalloc(p: *mut u8) -> bool {
 }
 
 // SAFETY: each block is allocated by exactly one of the two allocators and
-// is freed or resized by that same one (`from_mimalloc`); mimalloc is
-// asked for blocks of at most MI_MAX_SIZE and MI_MAX_ALIGN, with its
-// `_aligned` calls whenever its plain ones would not give the alignment;
-// both return null on failure, as GlobalAlloc expects.
+// is freed or resized by that same one (`from_mimalloc`, exact because
+// every mimalloc block lies in an arena: REQUIRED); mimalloc is asked for
+// blocks of at most MI_MAX_SIZE and MI_MAX_ALIGN, with its `_aligned`
+// calls whenever its plain ones would not give the alignment; when it
+// returns null the C library is asked, and null is returned only if that
+// fails too, as GlobalAlloc expects.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -99,13 +111,18 @@ unsafe impl GlobalAlloc for Allocator {
         if !to_mimalloc(size, align) {
             return unsafe { System.alloc(layout) };
         }
-        unsafe {
+        let p: *mut u8 = unsafe {
             if plain(size, align) {
                 mi::mi_malloc(size).cast()
             } else {
                 mi::mi_malloc_aligned(size, align).cast()
             }
+        };
+        // no arena to be had: the C library's
+        if p.is_null() {
+            return unsafe { System.alloc(layout) };
         }
+        p
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -113,13 +130,17 @@ unsafe impl GlobalAlloc for Allocator {
         if !to_mimalloc(size, align) {
             return unsafe { System.alloc_zeroed(layout) };
         }
-        unsafe {
+        let p: *mut u8 = unsafe {
             if plain(size, align) {
                 mi::mi_zalloc(size).cast()
             } else {
                 mi::mi_zalloc_aligned(size, align).cast()
             }
+        };
+        if p.is_null() {
+            return unsafe { System.alloc_zeroed(layout) };
         }
+        p
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
@@ -135,26 +156,31 @@ unsafe impl GlobalAlloc for Allocator {
             return unsafe { System.realloc(p, layout, new_size) };
         }
         let align = layout.align();
-        if new_size > MI_MAX_SIZE {
-            // grown past what mimalloc is asked for: moved to the C library
-            // SAFETY (caller's): new_size is non-zero and fits a Layout
-            let new = unsafe { Layout::from_size_align_unchecked(new_size, align) };
-            let q = unsafe { System.alloc(new) };
-            if !q.is_null() {
-                unsafe {
-                    std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                    mi::mi_free(p.cast());
+        if new_size <= MI_MAX_SIZE {
+            let q: *mut u8 = unsafe {
+                if plain(new_size, align) {
+                    mi::mi_realloc(p.cast(), new_size).cast()
+                } else {
+                    mi::mi_realloc_aligned(p.cast(), new_size, align).cast()
                 }
+            };
+            if !q.is_null() {
+                return q;
             }
-            return q;
+            // mimalloc could not (the block is still there): below
         }
-        unsafe {
-            if plain(new_size, align) {
-                mi::mi_realloc(p.cast(), new_size).cast()
-            } else {
-                mi::mi_realloc_aligned(p.cast(), new_size, align).cast()
+        // grown past what mimalloc is asked for, or mimalloc had no room:
+        // moved to the C library
+        // SAFETY (caller's): new_size is non-zero and fits a Layout
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let q = unsafe { System.alloc(new) };
+        if !q.is_null() {
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                mi::mi_free(p.cast());
             }
         }
+        q
     }
 }
 
