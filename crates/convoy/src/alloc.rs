@@ -89,6 +89,29 @@ fn plain(size: usize, align: usize) -> bool {
 
 pub struct Allocator;
 
+/// A block from mimalloc (zeroed if asked), or null when it is not to be
+/// asked or has no arena to give from (then the C library's).
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: the layout's size is not zero.
+#[allow(unsafe_code)]
+unsafe fn mi_block(layout: Layout, zeroed: bool) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    if !to_mimalloc(size, align) {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: plain calls only where they give the alignment (`plain`)
+    unsafe {
+        match (plain(size, align), zeroed) {
+            (true, false) => mi::mi_malloc(size),
+            (true, true) => mi::mi_zalloc(size),
+            (false, false) => mi::mi_malloc_aligned(size, align),
+            (false, true) => mi::mi_zalloc_aligned(size, align),
+        }
+        .cast()
+    }
+}
+
 /// Whether `p` came from mimalloc (never, unless it was chosen).
 #[allow(unsafe_code)]
 fn from_mimalloc(p: *mut u8) -> bool {
@@ -107,40 +130,19 @@ fn from_mimalloc(p: *mut u8) -> bool {
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if !to_mimalloc(size, align) {
-            return unsafe { System.alloc(layout) };
+        let p = unsafe { mi_block(layout, false) };
+        if !p.is_null() {
+            return p;
         }
-        let p: *mut u8 = unsafe {
-            if plain(size, align) {
-                mi::mi_malloc(size).cast()
-            } else {
-                mi::mi_malloc_aligned(size, align).cast()
-            }
-        };
-        // no arena to be had: the C library's
-        if p.is_null() {
-            return unsafe { System.alloc(layout) };
-        }
-        p
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if !to_mimalloc(size, align) {
-            return unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { mi_block(layout, true) };
+        if !p.is_null() {
+            return p;
         }
-        let p: *mut u8 = unsafe {
-            if plain(size, align) {
-                mi::mi_zalloc(size).cast()
-            } else {
-                mi::mi_zalloc_aligned(size, align).cast()
-            }
-        };
-        if p.is_null() {
-            return unsafe { System.alloc_zeroed(layout) };
-        }
-        p
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
