@@ -1,5 +1,5 @@
 //! Set-wise writes of the report writer on PostgreSQL: one statement a
-//! set, whatever its size, with each column bound as one array and
+//! set (moves and their events together), whatever its size, with each column bound as one array and
 //! `UNNEST`ed. The statement's text never changes with the batch, so it is
 //! parsed and planned once per connection (a multi-row `VALUES` list is a
 //! new statement for every batch size, with ten parameters a row).
@@ -9,23 +9,26 @@ use convoy_store::{EventRecord, InstructionMove, StoreError};
 use super::db;
 use sqlx::{Postgres, Row, Transaction};
 
-/// Applies moves of distinct instructions, each only if the instruction
-/// is still in its `from` state and attempt; returns (id, deployment) of
-/// those that moved.
-pub(crate) async fn apply_moves(
-    tx: &mut Transaction<'_, Postgres>,
-    moves: &[&InstructionMove],
-    now: i64,
-) -> Result<Vec<(String, String)>, StoreError> {
-    const Q: &str = "UPDATE instructions SET state = m.mto, attempt = m.matt, \
+/// One round of the report writer: moves of distinct instructions, each
+/// only if the instruction is still in its `from` state and attempt, and
+/// an event for each that moved (inserted in the order given), in one
+/// statement. Returns the ids of those that moved.
+const ROUND: &str = "WITH m AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], \
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $12::text[]) \
+        WITH ORDINALITY AS m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt, mactor, k)), \
+    u AS (UPDATE instructions SET state = m.mto, attempt = m.matt, \
         go_live_at = COALESCE(m.mlive, instructions.go_live_at), \
         reported_digest = COALESCE(m.mdigest, instructions.reported_digest), \
         metrics = COALESCE(m.mmetrics, instructions.metrics), \
         output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = $11 \
-        FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
-        AS m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) \
-        WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
-        RETURNING instructions.id, instructions.deployment_id";
+        FROM m WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
+        RETURNING instructions.id, instructions.deployment_id), \
+    e AS (INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) \
+        SELECT u.deployment_id, m.mid, m.mfrom, m.mto, m.mactor, m.mnote, $11 FROM u JOIN m ON m.mid = u.id ORDER BY m.k) \
+    SELECT id FROM u";
+
+/// A round bound to its statement.
+fn round<'q>(moves: &'q [&InstructionMove], now: i64) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     let col = |f: fn(&InstructionMove) -> Option<&str>| moves.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
     let ids: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
     let to: Vec<&str> = moves.iter().map(|m| m.up.to.unwrap_or(m.from).as_str()).collect();
@@ -34,7 +37,8 @@ pub(crate) async fn apply_moves(
     let from: Vec<&str> = moves.iter().map(|m| m.from.as_str()).collect();
     let from_attempt: Vec<i64> = moves.iter().map(|m| i64::from(m.from_attempt)).collect();
     let notes: Vec<&str> = moves.iter().map(|m| m.up.note.as_str()).collect();
-    let rows = sqlx::query(Q)
+    let actors: Vec<&str> = moves.iter().map(|m| m.actor.as_str()).collect();
+    sqlx::query(ROUND)
         .bind(ids)
         .bind(to)
         .bind(attempt)
@@ -46,10 +50,30 @@ pub(crate) async fn apply_moves(
         .bind(from)
         .bind(from_attempt)
         .bind(now)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db)?;
-    rows.iter().map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?))).collect()
+        .bind(actors)
+}
+
+fn moved(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<String>, StoreError> {
+    rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
+}
+
+/// A round inside the caller's transaction (a batch of several rounds).
+pub(crate) async fn apply_round(
+    tx: &mut Transaction<'_, Postgres>,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    moved(round(moves, now).fetch_all(&mut **tx).await.map_err(db)?)
+}
+
+/// A batch of one round: its one statement is its own transaction (no
+/// BEGIN and COMMIT round trips).
+pub(crate) async fn apply_alone(
+    pool: &sqlx::PgPool,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    moved(round(moves, now).fetch_all(pool).await.map_err(db)?)
 }
 
 /// Appends events in the order given (their `seq` follows it).

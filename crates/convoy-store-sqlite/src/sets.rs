@@ -29,10 +29,51 @@ fn values(rows: usize, cols: usize) -> String {
     vec![one; rows].join(", ")
 }
 
+/// One round of the report writer: moves of distinct instructions, each
+/// only if the instruction is still in its `from` state and attempt, and
+/// an event for each that moved (inserted in the order given), inside the
+/// caller's transaction. Returns the ids of those that moved.
+pub(crate) async fn apply_round(
+    tx: &mut Transaction<'_, Sqlite>,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let moved: std::collections::HashMap<String, String> = apply_moves(tx, moves, now).await?.into_iter().collect();
+    let events: Vec<EventRecord> = moves
+        .iter()
+        .filter_map(|m| {
+            moved.get(&m.id).map(|dep| EventRecord {
+                seq: 0,
+                deployment_id: dep.clone(),
+                instruction_id: Some(m.id.clone()),
+                from_state: m.from.as_str().to_owned(),
+                to_state: m.up.to.unwrap_or(m.from).as_str().to_owned(),
+                actor: m.actor.clone(),
+                note: m.up.note.clone(),
+                at: now,
+            })
+        })
+        .collect();
+    insert_events(tx, &events).await?;
+    Ok(moved.into_keys().collect())
+}
+
+/// A batch of one round, in a transaction of its own.
+pub(crate) async fn apply_alone(
+    pool: &sqlx::SqlitePool,
+    moves: &[&InstructionMove],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    let moved = apply_round(&mut tx, moves, now).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(moved)
+}
+
 /// Applies moves of distinct instructions, each only if the instruction
 /// is still in its `from` state and attempt; returns (id, deployment) of
 /// those that moved.
-pub(crate) async fn apply_moves(
+async fn apply_moves(
     tx: &mut Transaction<'_, Sqlite>,
     moves: &[&InstructionMove],
     now: i64,

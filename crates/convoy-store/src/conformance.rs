@@ -109,7 +109,8 @@ async fn moves_as_sets(s: &dyn Store) {
             note: note.into(),
             ..Default::default()
         },
-        actor: "agent:x".into(),
+        // each move's own actor, so that a mix-up between rows shows
+        actor: format!("agent:{}", &id[id.len() - 1..]),
     };
     let plan = |p: &str| {
         vec![
@@ -163,13 +164,13 @@ async fn moves_as_sets(s: &dyn Store) {
             .into_iter()
             .map(|i| (i.state, i.attempt, i.reported_digest, i.metrics_json, i.note))
             .collect();
-        let events: Vec<(Option<String>, String, String, String)> = s
+        let events: Vec<(Option<String>, String, String, String, String)> = s
             .events(&d.id)
             .await
             .unwrap()
             .into_iter()
             .filter(|e| !e.from_state.is_empty())
-            .map(|e| (e.instruction_id.map(|i| i[p.len()..].to_owned()), e.from_state, e.to_state, e.note))
+            .map(|e| (e.instruction_id.map(|i| i[p.len()..].to_owned()), e.from_state, e.to_state, e.note, e.actor))
             .collect();
         // each instruction's events in the same order (across instructions
         // a set writes them round by round)
@@ -181,6 +182,35 @@ async fn moves_as_sets(s: &dyn Store) {
     }
     check("moved", &got[0].0, &vec![true, true, true, false, true, true, true, false]);
     check("a set moves as one by one", &got[0], &got[1]);
+
+    // a batch of one move per instruction: its events in the batch's order
+    let d = staging("d-order", 1);
+    let instrs: Vec<InstructionRecord> = ["x", "y", "z"]
+        .iter()
+        .map(|x| InstructionRecord {
+            deployment_id: d.id.clone(),
+            ..instruction(&format!("o-{x}"), &format!("t-o-{x}"), S::Created)
+        })
+        .collect();
+    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    let moves: Vec<InstructionMove> = ["o-z", "o-x", "o-nosuch", "o-y"]
+        .iter()
+        .map(|id| mv(id, S::Created, 0, S::Sent, &format!("sent {id}")))
+        .collect();
+    check("one round moved", s.transition_instructions(&moves, 310).await.unwrap(), vec![true, true, false, true]);
+    let events: Vec<(String, String, String)> = s
+        .events(&d.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.from_state.is_empty())
+        .map(|e| (e.instruction_id.unwrap_or_default(), e.note, e.actor))
+        .collect();
+    let want: Vec<(String, String, String)> = ["o-z", "o-x", "o-y"]
+        .iter()
+        .map(|id| (id.to_string(), format!("sent {id}"), format!("agent:{}", &id[id.len() - 1..])))
+        .collect();
+    check("one round's events, in order", events, want);
 }
 
 /// TUF metadata: versions written once, the newest or a given one read.

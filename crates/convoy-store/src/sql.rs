@@ -817,35 +817,28 @@ macro_rules! impl_sql_store {
                         rounds[*n].push(k);
                         *n += 1;
                     }
-                    let mut tx = self.pool.begin().await.map_err(db)?;
-                    // each backend splits a set as its statements need
-                    for round in rounds {
-                        let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
-                        let moved: ::std::collections::HashMap<String, String> = super::sets::apply_moves(&mut tx, &set, now).await?.into_iter().collect();
-                        let events: Vec<(usize, &String)> = round.iter().filter_map(|k| moved.get(&moves[*k].id).map(|d| (*k, d))).collect();
-                        if events.is_empty() {
-                            continue;
+                    let mut mark_moved = |round: &[usize], ids: Vec<String>| {
+                        let ids: ::std::collections::HashSet<String> = ids.into_iter().collect();
+                        for k in round {
+                            out[*k] = ids.contains(&moves[*k].id);
                         }
-                        let rows: Vec<EventRecord> = events
-                            .iter()
-                            .map(|(k, dep)| {
-                                let m = &moves[*k];
-                                out[*k] = true;
-                                EventRecord {
-                                    seq: 0,
-                                    deployment_id: (*dep).clone(),
-                                    instruction_id: Some(m.id.clone()),
-                                    from_state: m.from.as_str().to_owned(),
-                                    to_state: m.up.to.unwrap_or(m.from).as_str().to_owned(),
-                                    actor: m.actor.clone(),
-                                    note: m.up.note.clone(),
-                                    at: now,
-                                }
-                            })
-                            .collect();
-                        insert_events(&mut tx, &rows).await?;
+                    };
+                    // each backend splits a set as its statements need
+                    if let [round] = rounds.as_slice() {
+                        let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
+                        mark_moved(round, super::sets::apply_alone(&self.pool, &set, now).await?);
+                        return Ok(out);
+                    }
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    let mut moved = Vec::with_capacity(rounds.len());
+                    for round in &rounds {
+                        let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
+                        moved.push(super::sets::apply_round(&mut tx, &set, now).await?);
                     }
                     tx.commit().await.map_err(db)?;
+                    for (round, ids) in rounds.iter().zip(moved) {
+                        mark_moved(round, ids);
+                    }
                     Ok(out)
                 }
 
