@@ -12,6 +12,7 @@ use convoy_cli::output::Format;
 
 mod alloc;
 mod config;
+mod resident;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
@@ -884,6 +885,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     upstream: upstream.clone().or(file.upstream),
                 }),
             };
+            // start-up code is not kept mapped while the agent idles
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                loop {
+                    let bytes = resident::unmap_idle_code();
+                    tracing::debug!(bytes, "dropped the mappings of code pages not in use");
+                    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                }
+            });
             convoy_agent::run(convoy_agent::AgentConfig {
                 server: cli.server.clone().or(file.server).unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
                 token: cli.token.clone().or(file.token),
