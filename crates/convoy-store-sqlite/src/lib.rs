@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use convoy_store::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -25,7 +25,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_plans_provenance.sql")),
     (11, include_str!("../migrations/0011_instructions_page.sql")),
     (12, include_str!("../migrations/0012_events_actor_operators.sql")),
-    (13, include_str!("../migrations/0013_instructions_target.sql")),
 ];
 
 pub struct SqliteStore {
@@ -113,7 +112,7 @@ impl SqliteStore {
 /// How often the checkpointer copies committed WAL pages into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How often while writes come fast (the WAL held more than
-/// [`WAL_PAGES_BUSY`] pages at the last look).
+/// [`WAL_PAGES_BUSY`] pages at the last look, all of them copied).
 const CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
 const WAL_PAGES_BUSY: i64 = 1_024;
 /// WAL pages (4 KiB each) past which a checkpoint makes writers wait until
@@ -128,6 +127,9 @@ const WAL_PAGES_MAX: i64 = 4_096;
 /// WAL pages past which a committing writer checkpoints itself (SQLite's
 /// own automatic checkpoint), should the checkpointer not keep up.
 const WAL_PAGES_FALLBACK: i64 = 262_144;
+/// After a RESTART that could not finish (readers or the writer stayed
+/// longer than [`CHECKPOINT_WAIT`]), how long until the next is tried.
+const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest the checkpointer waits for readers or the writer.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(250);
 /// Bytes the WAL file is cut back to once it was copied whole.
@@ -142,6 +144,7 @@ impl Checkpointer {
         Self(tokio::spawn(async move {
             let mut conn: Option<sqlx::SqliteConnection> = None;
             let mut every = CHECKPOINT_EVERY;
+            let mut restart_after: Option<Instant> = None;
             loop {
                 tokio::time::sleep(every).await;
                 every = CHECKPOINT_EVERY;
@@ -159,10 +162,20 @@ impl Checkpointer {
                 match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *c).await {
                     Ok(row) => {
                         let pages = row.try_get::<i64, _>(1).unwrap_or(0);
-                        if pages > WAL_PAGES_MAX {
-                            let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *c).await;
+                        // all copied: no reader holds an older snapshot, so a
+                        // RESTART waits only for the writer's transaction
+                        // (a reader that holds one, a long export say, is
+                        // not waited for with the writer held up)
+                        let all = row.try_get::<i64, _>(2).unwrap_or(0) >= pages;
+                        if all && pages > WAL_PAGES_MAX && restart_after.is_none_or(|t| Instant::now() >= t) {
+                            let busy = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                                .fetch_one(&mut *c)
+                                .await
+                                .map_or(true, |r| r.try_get::<i64, _>(0).unwrap_or(1) != 0);
+                            // one that could not finish is not tried again soon
+                            restart_after = busy.then(|| Instant::now() + RESTART_BACKOFF);
                         }
-                        if pages > WAL_PAGES_BUSY {
+                        if all && pages > WAL_PAGES_BUSY {
                             every = CHECKPOINT_BUSY;
                         }
                     }
