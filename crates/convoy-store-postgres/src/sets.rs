@@ -1,6 +1,6 @@
 //! Set-wise writes of the report writer on PostgreSQL: one statement a
-//! set (moves and their events together), whatever its size, with each column bound as one array and
-//! `UNNEST`ed. The statement's text never changes with the batch, so it is
+//! set (moves and their events together), whatever its size, with each
+//! column bound as one array and `UNNEST`ed. The statement's text never changes with the batch, so it is
 //! parsed and planned once per connection (a multi-row `VALUES` list is a
 //! new statement for every batch size, with ten parameters a row).
 

@@ -120,9 +120,8 @@ const WAL_PAGES_BUSY: i64 = 1_024;
 /// that the next writer starts the WAL over. Under writes that never pause
 /// the WAL then stays well inside the file that `JOURNAL_SIZE_LIMIT` keeps:
 /// a write into it overwrites pages the system holds, where a WAL growing
-/// past its file makes every commit extend the file (measured: 16 MB and a
-/// look every 100 ms gave the report writer about 7% more reports a second
-/// than 256 MB and 500 ms, at 10% less CPU a report).
+/// past its file makes every commit extend the file (BENCHMARKS.md,
+/// "Control plane at scale", seventh session, has the measurement).
 const WAL_PAGES_MAX: i64 = 4_096;
 /// WAL pages past which a committing writer checkpoints itself (SQLite's
 /// own automatic checkpoint), should the checkpointer not keep up.
