@@ -52,20 +52,52 @@ struct Slot<T> {
     value: T,
 }
 
+/// What is held of one target: one map entry (one copy of its id) for its
+/// version and both kinds of work, since a fleet has one of each per
+/// target.
+#[derive(Default)]
+struct TargetEntry {
+    /// Bumped when the target's entries are dropped.
+    version: u64,
+    instructions: Option<Slot<Vec<InstructionRecord>>>,
+    checks: Option<Slot<Vec<CheckRecord>>>,
+}
+
+/// A token's hash (lowercase hex, as [`hash_token`] writes it) as bytes:
+/// the key of the token map, half the size of the text and held in the
+/// map's own table. Any other text is not cached.
+type TokenKey = [u8; 32];
+
+fn token_key(hash: &str) -> Option<TokenKey> {
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let text = hash.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0; 32];
+    for (k, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+        *k = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(key)
+}
+
 #[derive(Default)]
 struct Inner {
     /// Bumped by [`CachedStore::invalidate_all`]: older entries are void.
     epoch: u64,
     /// Bumped when every target's work entries are dropped (tokens kept).
     work_gen: u64,
-    /// Per target, bumped when its entries are dropped.
-    versions: HashMap<String, u64>,
-    /// Live tokens by hash (unknown ones are not kept: each costs a read).
-    tokens: HashMap<String, Slot<TokenRecord>>,
+    /// Per target: its version and its work.
+    targets: HashMap<Box<str>, TargetEntry>,
+    /// Live tokens by hash (unknown ones are not kept: each costs a read),
+    /// held with an empty `hash` (the key is the hash).
+    tokens: HashMap<TokenKey, Slot<TokenRecord>>,
     /// Bumped by every token write: a lookup that read before it is not kept.
     token_gen: u64,
-    instructions: HashMap<String, Slot<Vec<InstructionRecord>>>,
-    checks: HashMap<String, Slot<Vec<CheckRecord>>>,
     /// Which target an instruction belongs to (learnt from reads and writes).
     owners: HashMap<String, String>,
 }
@@ -75,6 +107,26 @@ impl Inner {
     /// entries, or of all work (both only grow).
     fn work_epoch(&self) -> u64 {
         self.epoch + self.work_gen
+    }
+
+    /// A target's version (0 when nothing is held of it).
+    fn version(&self, target: &str) -> u64 {
+        self.targets.get(target).map_or(0, |e| e.version)
+    }
+
+    /// A target's entry, made if missing. The map is bounded: when full it
+    /// is emptied first, and every read under way is voided (a target's
+    /// version starts again from 0, so only a new work epoch keeps a read
+    /// from before from being taken as current).
+    fn target_mut(&mut self, target: &str) -> &mut TargetEntry {
+        if !self.targets.contains_key(target) {
+            if self.targets.len() >= MAX_ENTRIES {
+                self.work_gen += 1;
+                self.targets.clear();
+            }
+            self.targets.insert(target.into(), TargetEntry::default());
+        }
+        self.targets.get_mut(target).expect("the entry was made above")
     }
 }
 
@@ -156,10 +208,8 @@ impl CachedStore {
         let mut c = self.cache.lock().expect("cache lock");
         c.epoch += 1;
         c.tokens.clear();
-        c.instructions.clear();
-        c.checks.clear();
+        c.targets.clear();
         c.owners.clear();
-        c.versions.clear();
     }
 
     /// Drops every target's work entries, keeping tokens (a
@@ -167,22 +217,14 @@ impl CachedStore {
     pub fn invalidate_work(&self) {
         let mut c = self.cache.lock().expect("cache lock");
         c.work_gen += 1;
-        c.instructions.clear();
-        c.checks.clear();
-        c.versions.clear();
+        c.targets.clear();
     }
 
     fn drop_target(c: &mut Inner, target: &str) {
-        if c.versions.len() >= MAX_ENTRIES {
-            // bounded: forgetting versions is safe once every entry is void
-            c.epoch += 1;
-            c.instructions.clear();
-            c.checks.clear();
-            c.versions.clear();
-        }
-        *c.versions.entry(target.to_owned()).or_default() += 1;
-        c.instructions.remove(target);
-        c.checks.remove(target);
+        let e = c.target_mut(target);
+        e.version += 1;
+        e.instructions = None;
+        e.checks = None;
     }
 
     fn drop_tokens(&self, kind: TokenKind, subject: &str) {
@@ -194,7 +236,9 @@ impl CachedStore {
     fn drop_token(&self, hash: &str) {
         let mut c = self.cache.lock().expect("cache lock");
         c.token_gen += 1;
-        c.tokens.remove(hash);
+        if let Some(key) = token_key(hash) {
+            c.tokens.remove(&key);
+        }
     }
 
     fn db(&self) -> &dyn Store {
@@ -253,21 +297,21 @@ impl<F: FnMut()> Drop for OnDrop<F> {
 /// Reads through a per-target map: a hit, or the database's answer kept
 /// unless the target's entries were dropped while it was being read.
 macro_rules! per_target {
-    ($self:ident, $map:ident, $target:ident, $read:expr) => {{
+    ($self:ident, $field:ident, $target:ident, $read:expr) => {{
         let (epoch, version) = {
             let c = $self.cache.lock().expect("cache lock");
-            if let Some(v) = $self.fresh(c.work_epoch(), c.$map.get($target)) {
+            let held = c.targets.get($target).and_then(|e| e.$field.as_ref());
+            if let Some(v) = $self.fresh(c.work_epoch(), held) {
                 return Ok(v);
             }
-            (c.work_epoch(), c.versions.get($target).copied().unwrap_or(0))
+            (c.work_epoch(), c.version($target))
         };
         let rows = $read.await?;
         let mut c = $self.cache.lock().expect("cache lock");
-        if c.work_epoch() == epoch && c.versions.get($target).copied().unwrap_or(0) == version {
-            if c.$map.len() >= MAX_ENTRIES {
-                c.$map.clear();
-            }
-            c.$map.insert($target.to_owned(), Slot { epoch, at: Instant::now(), value: rows.clone() });
+        if c.work_epoch() == epoch && c.version($target) == version {
+            // (should a full map be emptied for it, the entry's epoch is
+            // then past and it is never taken)
+            c.target_mut($target).$field = Some(Slot { epoch, at: Instant::now(), value: rows.clone() });
         }
         Ok(rows)
     }};
@@ -290,19 +334,21 @@ impl Store for CachedStore {
         let (epoch, generation) = {
             let c = self.cache.lock().expect("cache lock");
             let age = if self.notify.get().is_some() { TOKEN_AGE_SHARED } else { TOKEN_AGE };
-            let hit = c.tokens.get(hash).filter(|s| s.at.elapsed() < age);
+            let hit = token_key(hash).and_then(|k| c.tokens.get(&k)).filter(|s| s.at.elapsed() < age);
             if let Some(v) = self.fresh(c.epoch, hit) {
-                return Ok(Some(v));
+                return Ok(Some(TokenRecord { hash: hash.to_owned(), ..v }));
             }
             (c.epoch, c.token_gen)
         };
         let found = self.db().find_token(hash).await?;
         let mut c = self.cache.lock().expect("cache lock");
-        if let Some(t) = found.as_ref().filter(|_| c.epoch == epoch && c.token_gen == generation) {
+        let key = token_key(hash).filter(|_| c.epoch == epoch && c.token_gen == generation);
+        if let (Some(t), Some(key)) = (found.as_ref(), key) {
             if c.tokens.len() >= MAX_ENTRIES {
                 c.tokens.clear();
             }
-            c.tokens.insert(hash.to_owned(), Slot { epoch, at: Instant::now(), value: t.clone() });
+            let value = TokenRecord { hash: String::new(), ..t.clone() };
+            c.tokens.insert(key, Slot { epoch, at: Instant::now(), value });
         }
         Ok(found)
     }
@@ -449,7 +495,8 @@ impl Store for CachedStore {
             let (epoch, ok) = (c.work_epoch(), written.load(Ordering::Relaxed));
             for i in instructions {
                 // a read under way saw the rows before: it must not be kept
-                *c.versions.entry(i.target_id.clone()).or_default() += 1;
+                let e = c.target_mut(&i.target_id);
+                e.version += 1;
                 // a target whose pending work is held gets the new row
                 // added (no read after a big deployment); else it reads again
                 let add = ok
@@ -461,14 +508,11 @@ impl Store for CachedStore {
                             | InstructionState::Activating
                             | InstructionState::RollingBack
                     );
-                match c.instructions.get_mut(&i.target_id) {
+                match &mut e.instructions {
                     // a poll that read after the commit may hold it already
                     Some(slot) if add && slot.epoch == epoch && slot.value.iter().any(|x| x.id == i.id) => {}
                     Some(slot) if add && slot.epoch == epoch => slot.value.push(i.clone()),
-                    Some(_) => {
-                        c.instructions.remove(&i.target_id);
-                    }
-                    None => {}
+                    held => *held = None,
                 }
             }
             drop(c);
@@ -705,5 +749,20 @@ impl Store for CachedStore {
     }
     async fn state_counts(&self, online_since: i64) -> Result<StateCounts> {
         self.db().state_counts(online_since).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_keys_are_the_written_hash_only() {
+        let h = hash_token("s");
+        let k = token_key(&h).expect("a hash as written");
+        assert_eq!(k.iter().map(|b| format!("{b:02x}")).collect::<String>(), h);
+        for other in [h.to_uppercase(), h[1..].to_owned(), format!("+{}", &h[1..]), format!("{h}0"), "g".repeat(64)] {
+            assert_eq!(token_key(&other), None, "{other}");
+        }
     }
 }

@@ -211,6 +211,30 @@ async fn moves_as_sets(s: &dyn Store) {
         .map(|id| (id.to_string(), format!("sent {id}"), format!("agent:{}", &id[id.len() - 1..])))
         .collect();
     check("one round's events, in order", events, want);
+
+    // more rows than one statement holds (the backends write in chunks,
+    // padded to a few lengths): every move made, every event in order
+    let d = staging("d-many", 1);
+    let instrs: Vec<InstructionRecord> = (0..601)
+        .map(|k| InstructionRecord {
+            deployment_id: d.id.clone(),
+            ..instruction(&format!("m-{k:03}"), &format!("t-m-{k:03}"), S::Created)
+        })
+        .collect();
+    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    let moves: Vec<InstructionMove> =
+        instrs.iter().rev().map(|i| mv(&i.id, S::Created, 0, S::Sent, &format!("sent {}", i.id))).collect();
+    check("many moved", s.transition_instructions(&moves, 320).await.unwrap(), vec![true; 601]);
+    let (created, sent): (Vec<_>, Vec<_>) = s
+        .events(&d.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.instruction_id.is_some())
+        .partition(|e| e.from_state.is_empty());
+    let ids = |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.instruction_id.unwrap_or_default()).collect::<Vec<_>>();
+    check("many created, in order", ids(created), instrs.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
+    check("many sent, in order", ids(sent), moves.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
 }
 
 /// TUF metadata: versions written once, the newest or a given one read.
@@ -927,7 +951,7 @@ pub async fn cache(c: &CachedStore) {
     assert_eq!(c.pending_instructions(&t("held")).await.unwrap(), c.inner_pending(&t("held")).await);
     // a deployment-wide move drops work entries, not tokens
     let tok = TokenRecord {
-        hash: "h-cache".into(),
+        hash: hash_token("cache-secret"),
         kind: TokenKind::Agent,
         subject: t("held"),
         created_at: 1,
@@ -935,12 +959,27 @@ pub async fn cache(c: &CachedStore) {
         revoked_note: String::new(),
     };
     c.put_token(&tok).await.unwrap();
-    assert!(c.find_token("h-cache").await.unwrap().is_some());
+    assert_eq!(c.find_token(&tok.hash).await.unwrap().as_ref(), Some(&tok));
     let m = DeploymentMove::new(D::Staging, D::Staging, "move", "admin", 2);
     assert!(c.transition_deployment(&d.id, &m).await.unwrap());
     let calls = c.backend_calls();
-    assert!(c.find_token("h-cache").await.unwrap().is_some());
+    assert_eq!(c.find_token(&tok.hash).await.unwrap().as_ref(), Some(&tok), "held whole, hash included");
     assert_eq!(c.backend_calls(), calls, "tokens stay");
     c.pending_instructions(&t("held")).await.unwrap();
     assert_eq!(c.backend_calls(), calls + 1, "work is read again");
+    // a hash in any other spelling is the database's to answer, every time
+    let calls = c.backend_calls();
+    let upper = tok.hash.to_uppercase();
+    for _ in 0..2 {
+        assert_eq!(c.find_token(&upper).await.unwrap(), None);
+    }
+    assert_eq!(c.backend_calls(), calls + 2, "not cached");
+    // revoked at once despite the cache
+    let calls = c.backend_calls();
+    assert!(c.find_token(&tok.hash).await.unwrap().is_some());
+    assert_eq!(c.backend_calls(), calls);
+    let new = TokenRecord { hash: hash_token("cache-secret-2"), created_at: 3, ..tok.clone() };
+    c.rotate_token(&new, "rotated", &EventRecord::audit("user:admin", "rotate", String::new(), 3)).await.unwrap();
+    assert!(c.find_token(&tok.hash).await.unwrap().unwrap().revoked_at.is_some(), "revoked at once");
+    assert_eq!(c.find_token(&new.hash).await.unwrap().as_ref(), Some(&new));
 }
