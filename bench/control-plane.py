@@ -19,6 +19,8 @@ Environment (all optional):
   CP_UNTIL=polls   stop after the polls with no work (reports: after the
                    reports)
   CP_LOG=FILE      keep the server's log (CONVOY_LOG sets its filter)
+  CP_SMAPS=FILE    copy the server's /proc/PID/smaps at rest to FILE
+  CP_AT_REST="CMD" run CMD (a shell command; {pid} is the server's) at rest
 """
 
 import asyncio
@@ -577,6 +579,11 @@ async def run(exe, n, held_n, port, pid, tmp, backend, schema):
         agent.wait(timeout=30)
     await asyncio.sleep(2)
     line("server RSS at rest", f"{rss_kib(pid) / 1024:.0f} MiB", "<= 200 MB (100k)")
+    if os.environ.get("CP_SMAPS"):
+        with open(f"/proc/{pid}/smaps") as src, open(os.environ["CP_SMAPS"], "w") as dst:
+            dst.write(src.read())
+    if os.environ.get("CP_AT_REST"):
+        subprocess.run(os.environ["CP_AT_REST"].replace("{pid}", str(pid)), shell=True, timeout=120)
     if backend == "sqlite":
         size = sum(os.path.getsize(f"{tmp}/data/{f}") for f in os.listdir(f"{tmp}/data") if f.startswith("convoy.db"))
     else:

@@ -270,12 +270,21 @@ async fn release_free_memory() {
     .await;
 }
 
-/// Caps glibc's malloc arenas at two (by default up to eight per core),
-/// for a server process, before its threads start: the threads share fewer
-/// heaps, so what one burst frees is reused by the next instead of sitting
-/// in another thread's arena, and [`release_free_memory`] has less to do.
-pub fn limit_malloc_arenas() {
-    // an operator's MALLOC_ARENA_MAX stands
+/// Tunes glibc's malloc for a server process, before its threads start.
+///
+/// - Arenas are capped at two (by default up to eight per core): the
+///   threads share fewer heaps, so what one burst frees is reused by the
+///   next instead of sitting in another thread's arena, and
+///   [`release_free_memory`] has less to do.
+/// - Blocks of 128 KiB and more are always mapped on their own (glibc
+///   raises that threshold by default each time such a block is freed, up
+///   to 32 MiB). The blocks this concerns are few and big (the poll
+///   cache's tables as they grow, a deployment's instruction list), and
+///   each goes back to the system when freed instead of leaving a hole in
+///   a heap that SQLite's small blocks then fill and pin.
+///
+/// An operator's `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` stand.
+pub fn tune_c_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         #[allow(unsafe_code)]
@@ -283,6 +292,14 @@ pub fn limit_malloc_arenas() {
         // runtime's threads exist
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: as above
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         }
     }
 }

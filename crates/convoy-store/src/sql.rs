@@ -243,7 +243,10 @@ macro_rules! impl_sql_store {
             async fn insert_instrs(tx: &mut ::sqlx::Transaction<'_, <$row as ::sqlx::Row>::Database>, instructions: &[InstructionRecord], actor: &str, at: Option<i64>) -> Result<()> {
                 for part in instructions.chunks(500) {
                     let q = format!("INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at, wave, planned_at) VALUES {}", values(part.len(), 14));
-                    let mut query = ::sqlx::query(&q);
+                    // a full chunk's statement is kept prepared; a last,
+                    // shorter one is not (SQLite's prepared statements
+                    // cost memory per row, one per length would pile up)
+                    let mut query = ::sqlx::query(&q).persistent(part.len() == 500);
                     for i in part {
                         query = query
                             .bind(&i.id).bind(&i.deployment_id).bind(&i.target_id).bind(i.state.as_str()).bind(i.attempt as i64)

@@ -1121,7 +1121,7 @@ fn main() {
     let operator = !matches!(cli.cmd, Cmd::Server { .. } | Cmd::Agent { .. } | Cmd::Demo { .. });
     if matches!(cli.cmd, Cmd::Server { .. }) {
         alloc::use_mimalloc();
-        convoy_server::limit_malloc_arenas();
+        convoy_server::tune_c_malloc();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
     let code = match rt.block_on(run(cli)) {
