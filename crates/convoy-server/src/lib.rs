@@ -283,10 +283,17 @@ async fn release_free_memory() {
 ///   each goes back to the system when freed instead of leaving a hole in
 ///   a heap that SQLite's small blocks then fill and pin.
 ///
-/// An operator's `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` stand.
+/// An operator's `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` (or the same in
+/// `GLIBC_TUNABLES`) stand.
 pub fn tune_c_malloc() {
+    // the operator's setting, as a variable or a glibc tunable, stands
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    let set_by_operator = |var: &str, tunable: &str| {
+        std::env::var_os(var).is_some()
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains(&format!("glibc.malloc.{tunable}=")))
+    };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if !set_by_operator("MALLOC_ARENA_MAX", "arena_max") {
         #[allow(unsafe_code)]
         // SAFETY: mallopt takes two integers; it is called before the
         // runtime's threads exist
@@ -295,7 +302,7 @@ pub fn tune_c_malloc() {
         }
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+    if !set_by_operator("MALLOC_MMAP_THRESHOLD_", "mmap_threshold") {
         #[allow(unsafe_code)]
         // SAFETY: as above
         unsafe {

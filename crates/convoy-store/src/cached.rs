@@ -68,6 +68,29 @@ struct TargetEntry {
 /// map's own table. Any other text is not cached.
 type TokenKey = [u8; 32];
 
+/// A token as held: its record without the hash (the map's key is the
+/// hash), made whole again on a hit.
+#[derive(Clone)]
+struct CachedToken {
+    kind: TokenKind,
+    subject: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+    revoked_note: String,
+}
+
+impl CachedToken {
+    fn held(t: &TokenRecord) -> Self {
+        let TokenRecord { hash: _, kind, subject, created_at, revoked_at, revoked_note } = t.clone();
+        Self { kind, subject, created_at, revoked_at, revoked_note }
+    }
+
+    fn record(self, hash: &str) -> TokenRecord {
+        let Self { kind, subject, created_at, revoked_at, revoked_note } = self;
+        TokenRecord { hash: hash.to_owned(), kind, subject, created_at, revoked_at, revoked_note }
+    }
+}
+
 fn token_key(hash: &str) -> Option<TokenKey> {
     let nibble = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -93,9 +116,8 @@ struct Inner {
     work_gen: u64,
     /// Per target: its version and its work.
     targets: HashMap<Box<str>, TargetEntry>,
-    /// Live tokens by hash (unknown ones are not kept: each costs a read),
-    /// held with an empty `hash` (the key is the hash).
-    tokens: HashMap<TokenKey, Slot<TokenRecord>>,
+    /// Live tokens by hash (unknown ones are not kept: each costs a read).
+    tokens: HashMap<TokenKey, Slot<CachedToken>>,
     /// Bumped by every token write: a lookup that read before it is not kept.
     token_gen: u64,
     /// Which target an instruction belongs to (learnt from reads and writes).
@@ -336,7 +358,7 @@ impl Store for CachedStore {
             let age = if self.notify.get().is_some() { TOKEN_AGE_SHARED } else { TOKEN_AGE };
             let hit = token_key(hash).and_then(|k| c.tokens.get(&k)).filter(|s| s.at.elapsed() < age);
             if let Some(v) = self.fresh(c.epoch, hit) {
-                return Ok(Some(TokenRecord { hash: hash.to_owned(), ..v }));
+                return Ok(Some(v.record(hash)));
             }
             (c.epoch, c.token_gen)
         };
@@ -347,8 +369,7 @@ impl Store for CachedStore {
             if c.tokens.len() >= MAX_ENTRIES {
                 c.tokens.clear();
             }
-            let value = TokenRecord { hash: String::new(), ..t.clone() };
-            c.tokens.insert(key, Slot { epoch, at: Instant::now(), value });
+            c.tokens.insert(key, Slot { epoch, at: Instant::now(), value: CachedToken::held(t) });
         }
         Ok(found)
     }

@@ -212,19 +212,20 @@ async fn moves_as_sets(s: &dyn Store) {
         .collect();
     check("one round's events, in order", events, want);
 
-    // more rows than one statement holds (the backends write in chunks,
-    // padded to a few lengths): every move made, every event in order
+    // more rows than one statement holds (SQLite writes moves and events
+    // in chunks of 1,000, new instructions in chunks of 500): every move
+    // made, every event in order
     let d = staging("d-many", 1);
-    let instrs: Vec<InstructionRecord> = (0..601)
+    let instrs: Vec<InstructionRecord> = (0..1_201)
         .map(|k| InstructionRecord {
             deployment_id: d.id.clone(),
-            ..instruction(&format!("m-{k:03}"), &format!("t-m-{k:03}"), S::Created)
+            ..instruction(&format!("m-{k:04}"), &format!("t-m-{k:04}"), S::Created)
         })
         .collect();
     s.create_deployment(&d, &instrs, "admin").await.unwrap();
     let moves: Vec<InstructionMove> =
         instrs.iter().rev().map(|i| mv(&i.id, S::Created, 0, S::Sent, &format!("sent {}", i.id))).collect();
-    check("many moved", s.transition_instructions(&moves, 320).await.unwrap(), vec![true; 601]);
+    check("many moved", s.transition_instructions(&moves, 320).await.unwrap(), vec![true; 1_201]);
     let (created, sent): (Vec<_>, Vec<_>) = s
         .events(&d.id)
         .await
@@ -967,13 +968,14 @@ pub async fn cache(c: &CachedStore) {
     assert_eq!(c.backend_calls(), calls, "tokens stay");
     c.pending_instructions(&t("held")).await.unwrap();
     assert_eq!(c.backend_calls(), calls + 1, "work is read again");
-    // a hash in any other spelling is the database's to answer, every time
+    // a hash in any other spelling is not the cached token's (no such
+    // token), and is the database's to answer every time
     let calls = c.backend_calls();
     let upper = tok.hash.to_uppercase();
     for _ in 0..2 {
-        assert_eq!(c.find_token(&upper).await.unwrap(), None);
+        assert_eq!(c.find_token(&upper).await.unwrap(), None, "another spelling is another token");
     }
-    assert_eq!(c.backend_calls(), calls + 2, "not cached");
+    assert_eq!(c.backend_calls(), calls + 2, "read each time");
     // revoked at once despite the cache
     let calls = c.backend_calls();
     assert!(c.find_token(&tok.hash).await.unwrap().is_some());
