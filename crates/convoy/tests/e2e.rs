@@ -700,7 +700,13 @@ fn retry_takes_only_the_failed_targets_again() {
     // the outage is over: retry c only
     std::fs::remove_file(f.agent_root("c").join("simulate-outage")).unwrap();
     let out = f.cli(&["retry", &id, "--target", "c", "--reason", "outage fixed", "--wait", "--output", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let after = f.deployment(&id);
     assert_eq!(after["deployment"]["state"], "succeeded", "{after:#}");
     assert_eq!(instruction(&after, "c")["state"], "succeeded");
