@@ -81,8 +81,13 @@ struct CachedToken {
 
 impl CachedToken {
     fn held(t: &TokenRecord) -> Self {
-        let TokenRecord { hash: _, kind, subject, created_at, revoked_at, revoked_note } = t.clone();
-        Self { kind, subject, created_at, revoked_at, revoked_note }
+        Self {
+            kind: t.kind,
+            subject: t.subject.clone(),
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+            revoked_note: t.revoked_note.clone(),
+        }
     }
 
     fn record(self, hash: &str) -> TokenRecord {
@@ -92,19 +97,12 @@ impl CachedToken {
 }
 
 fn token_key(hash: &str) -> Option<TokenKey> {
-    let nibble = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    let text = hash.as_bytes();
-    if text.len() != 64 {
+    // `hex` reads uppercase too: that spelling is another token's text
+    if hash.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
     let mut key = [0; 32];
-    for (k, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
-        *k = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
+    hex::decode_to_slice(hash, &mut key).ok()?;
     Some(key)
 }
 
