@@ -7,6 +7,9 @@ use convoy_store::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Schema migrations, applied in order at start-up under an advisory lock.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
@@ -52,7 +55,26 @@ impl PgStore {
             admin.close().await;
             opts = opts.options([("search_path", schema)]);
         }
-        let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await.map_err(db)?;
+        // sqlx pings a connection as it goes back to the pool, and by
+        // default again as it is taken out: a round trip to PostgreSQL
+        // before every statement. One taken again soon after its release
+        // ping skips the second; one idle for longer is pinged first, so
+        // a connection the server dropped meanwhile is still replaced
+        // before use.
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
         let store = Self { read: pool.clone(), pool };
         store.migrate().await?;
         Ok(store)

@@ -73,11 +73,23 @@ impl SqliteStore {
         // One writing connection: SQLite has one writer anyway, and a single
         // one rules out lock upgrades between writers. Reads go to a small
         // read-only pool, opened after the writer has migrated the file.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(db)?;
+        // A connection to a local file does not go away, so neither pool
+        // pings a connection as it takes it out (sqlx's default: one more
+        // hand-over to the connection's thread and back per use).
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
+            .await
+            .map_err(db)?;
         let mut store = Self { read: pool.clone(), pool, _checkpoints: None };
         store.migrate().await?;
-        store.read =
-            SqlitePoolOptions::new().max_connections(4).connect_with(opts.clone().read_only(true)).await.map_err(db)?;
+        store.read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(opts.clone().read_only(true))
+            .await
+            .map_err(db)?;
         // a checkpoint that waits gives up soon, rather than holding the
         // write lock for the writers' 10 s
         store._checkpoints = Some(Checkpointer::start(opts.busy_timeout(CHECKPOINT_WAIT)));

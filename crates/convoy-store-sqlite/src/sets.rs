@@ -1,6 +1,8 @@
 //! Set-wise writes of the report writer on SQLite: multi-row `VALUES`
-//! lists, one UPDATE and one INSERT per thousand rows, inside the caller's
-//! transaction. The UPDATE's list is padded with rows of NULLs (which
+//! lists, one UPDATE and one INSERT per thousand rows. A batch of one
+//! round goes to the connection's thread as a single command, transaction
+//! included ([`apply_alone`]); rounds of a bigger batch run inside the
+//! caller's transaction. The UPDATE's list is padded with rows of NULLs (which
 //! match nothing) to one of a few lengths, so that the connection's cache
 //! of prepared statements holds them all instead of preparing a statement
 //! for each batch size; the events' INSERT is not (its rows must go in as
@@ -59,15 +61,105 @@ pub(crate) async fn apply_round(
 }
 
 /// A batch of one round, in a transaction of its own.
+///
+/// Up to [`ALONE`] moves go to the connection's thread as one command:
+/// `BEGIN IMMEDIATE`, the events' INSERT, the guarded UPDATE and `COMMIT`
+/// in one multi-statement query, so the batch costs one hand-over to that
+/// thread and back instead of one per statement and one more for the
+/// pool's check. Each hand-over waits for a core that the server's
+/// requests share: measured at 20k targets, a batch of 32 took 1.25 ms as
+/// BEGIN, UPDATE, INSERT and COMMIT, where this one command takes 0.86 ms. The INSERT runs first and selects the instructions under the
+/// same guard as the UPDATE: a round moves each instruction at most once
+/// and this connection is the only writer, so both see the same rows.
 pub(crate) async fn apply_alone(
     pool: &sqlx::SqlitePool,
     moves: &[&InstructionMove],
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let mut tx = pool.begin().await.map_err(db)?;
-    let moved = apply_round(&mut tx, moves, now).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(moved)
+    if moves.len() > ALONE {
+        let mut tx = pool.begin().await.map_err(db)?;
+        let moved = apply_round(&mut tx, moves, now).await?;
+        tx.commit().await.map_err(db)?;
+        return Ok(moved);
+    }
+    let rows = padded(moves.len());
+    let q = alone_sql(rows);
+    let mut query = sqlx::query(&q);
+    for m in moves {
+        query = query
+            .bind(&m.id)
+            .bind(m.from.as_str())
+            .bind(i64::from(m.from_attempt))
+            .bind(m.up.to.unwrap_or(m.from).as_str())
+            .bind(&m.actor)
+            .bind(&m.up.note);
+    }
+    for _ in moves.len()..rows {
+        for _ in 0..6 {
+            query = query.bind(None::<String>);
+        }
+    }
+    query = bind_moves(query.bind(now), moves, rows).bind(now);
+    let mut conn = Unsettled(Some(pool.acquire().await.map_err(db)?));
+    let result = query.fetch_all(&mut **conn.get()).await;
+    match result {
+        Ok(done) => {
+            conn.settled();
+            done.iter().map(|r| r.try_get("id").map_err(db)).collect()
+        }
+        Err(e) => {
+            // a statement failed: the transaction may still be open
+            if sqlx::query("ROLLBACK").execute(&mut **conn.get()).await.is_ok() {
+                conn.settled();
+            }
+            Err(db(e))
+        }
+    }
+}
+
+/// Most moves [`apply_alone`] sends as one command (16 parameters a row).
+const ALONE: usize = 1_000;
+
+/// `BEGIN IMMEDIATE`, the events of the moves that will land (in the order
+/// given: each row carries its position; 6 parameters a row, then the
+/// time), the guarded UPDATE, `COMMIT`. Parameters are bound in the order
+/// they appear across the statements.
+fn alone_sql(rows: usize) -> String {
+    let events: Vec<String> = (0..rows).map(|k| format!("(?, ?, ?, ?, ?, ?, {k})")).collect();
+    format!(
+        "BEGIN IMMEDIATE; \
+         WITH e(mid, mfrom, mfromatt, mto, mactor, mnote, k) AS (VALUES {}) \
+         INSERT INTO events (deployment_id, instruction_id, from_state, to_state, actor, note, at) \
+         SELECT i.deployment_id, e.mid, e.mfrom, e.mto, e.mactor, e.mnote, ? FROM e JOIN instructions i \
+         ON i.id = e.mid AND i.state = e.mfrom AND i.attempt = e.mfromatt ORDER BY e.k; \
+         {}; COMMIT",
+        events.join(", "),
+        update_sql(rows),
+    )
+}
+
+/// A pooled connection that may hold an open transaction: dropped before
+/// [`Unsettled::settled`] (an error whose ROLLBACK failed too, or a caller
+/// that gave up waiting), it is closed rather than pooled, which rolls the
+/// transaction back.
+struct Unsettled(Option<sqlx::pool::PoolConnection<Sqlite>>);
+
+impl Unsettled {
+    fn get(&mut self) -> &mut sqlx::pool::PoolConnection<Sqlite> {
+        self.0.as_mut().expect("connection held until dropped")
+    }
+
+    fn settled(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            c.close_on_drop();
+        }
+    }
 }
 
 /// Applies moves of distinct instructions, each only if the instruction
@@ -81,40 +173,53 @@ async fn apply_moves(
     let mut out = Vec::with_capacity(moves.len());
     // 10 parameters a row: far below SQLite's limit
     for part in moves.chunks(1_000) {
-        let q = format!(
-            "WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES {}) \
-             UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), \
-             reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), \
-             output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ? FROM m \
-             WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
-             RETURNING id, deployment_id",
-            values(padded(part.len()), 10)
-        );
-        let mut query = sqlx::query(&q);
-        for m in part {
-            let up = &m.up;
-            query = query
-                .bind(&m.id)
-                .bind(up.to.unwrap_or(m.from).as_str())
-                .bind(i64::from(up.attempt.unwrap_or(m.from_attempt)))
-                .bind(up.go_live_at)
-                .bind(&up.reported_digest)
-                .bind(&up.metrics_json)
-                .bind(&up.output)
-                .bind(&up.note)
-                .bind(m.from.as_str())
-                .bind(i64::from(m.from_attempt));
-        }
-        for _ in part.len()..padded(part.len()) {
-            for _ in 0..10 {
-                query = query.bind(None::<String>);
-            }
-        }
+        let q = update_sql(padded(part.len()));
+        let query = bind_moves(sqlx::query(&q), part, padded(part.len()));
         for r in query.bind(now).fetch_all(&mut **tx).await.map_err(db)? {
             out.push((r.try_get("id").map_err(db)?, r.try_get("deployment_id").map_err(db)?));
         }
     }
     Ok(out)
+}
+
+/// The guarded UPDATE of `rows` moves (10 parameters a row, then the time
+/// of the move), returning what moved.
+fn update_sql(rows: usize) -> String {
+    format!(
+        "WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES {}) \
+         UPDATE instructions SET state = m.mto, attempt = m.matt, go_live_at = COALESCE(m.mlive, instructions.go_live_at), \
+         reported_digest = COALESCE(m.mdigest, instructions.reported_digest), metrics = COALESCE(m.mmetrics, instructions.metrics), \
+         output = COALESCE(m.moutput, instructions.output), note = m.mnote, updated_at = ? FROM m \
+         WHERE instructions.id = m.mid AND instructions.state = m.mfrom AND instructions.attempt = m.mfromatt \
+         RETURNING id, deployment_id",
+        values(rows, 10)
+    )
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the UPDATE's rows: the moves, then rows of NULLs up to `rows`.
+fn bind_moves<'q>(mut query: Query<'q>, moves: &'q [&InstructionMove], rows: usize) -> Query<'q> {
+    for m in moves {
+        let up = &m.up;
+        query = query
+            .bind(&m.id)
+            .bind(up.to.unwrap_or(m.from).as_str())
+            .bind(i64::from(up.attempt.unwrap_or(m.from_attempt)))
+            .bind(up.go_live_at)
+            .bind(&up.reported_digest)
+            .bind(&up.metrics_json)
+            .bind(&up.output)
+            .bind(&up.note)
+            .bind(m.from.as_str())
+            .bind(i64::from(m.from_attempt));
+    }
+    for _ in moves.len()..rows {
+        for _ in 0..10 {
+            query = query.bind(None::<String>);
+        }
+    }
+    query
 }
 
 /// Appends events in the order given (their `seq` follows it).

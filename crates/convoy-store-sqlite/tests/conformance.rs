@@ -73,3 +73,23 @@ async fn the_checkpointer_copies_the_wal_beside_the_writer() {
     assert_eq!(on_disk, size, "the database file holds every committed page");
     assert_eq!(store.list_releases().await.unwrap().len(), 1);
 }
+
+/// A batch whose write fails part-way (a trigger refuses one move) is
+/// rolled back whole, and the writer's connection goes on writing.
+#[tokio::test]
+async fn a_failed_batch_changes_nothing() {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convoy.db");
+    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON instructions WHEN NEW.note = 'refused' \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    drop(c);
+    convoy_store::conformance::failed_batch(&store).await;
+}

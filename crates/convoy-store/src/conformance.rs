@@ -923,6 +923,80 @@ async fn workflow(s: &dyn Store) {
     check("keys removed with the user", s.user_keys(Some("alice")).await.unwrap(), vec![]);
 }
 
+/// A batch of report moves whose write fails part-way changes nothing,
+/// and the store writes again after it. The backend's own test makes its
+/// database refuse any move of an instruction to the note `refused` (a
+/// trigger) before it calls this.
+pub async fn failed_batch(s: &dyn Store) {
+    releases(s).await;
+    let d = staging("d-refuse", 1);
+    let instrs: Vec<InstructionRecord> = ["a", "b", "c"]
+        .iter()
+        .map(|x| InstructionRecord {
+            deployment_id: d.id.clone(),
+            ..instruction(&format!("r-{x}"), &format!("t-r-{x}"), S::Created)
+        })
+        .collect();
+    for i in &instrs {
+        let t = TargetRecord {
+            id: i.target_id.clone(),
+            hostname: i.target_id.clone(),
+            labels_json: "{}".into(),
+            inventory_json: "{}".into(),
+            enrolled_at: 1,
+            last_seen: 1,
+            warning: String::new(),
+        };
+        s.insert_target(&t).await.unwrap();
+    }
+    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    let mv = |id: &str, from: S, to: S, note: &str| InstructionMove {
+        id: id.into(),
+        from,
+        from_attempt: 0,
+        up: InstructionUpdate { to: Some(to), note: note.into(), ..Default::default() },
+        actor: "agent:t".into(),
+    };
+    let states = || async {
+        s.list_instructions(&d.id).await.unwrap().into_iter().map(|i| (i.id, i.state, i.note)).collect::<Vec<_>>()
+    };
+    let (before, events) = (states().await, s.events(&d.id).await.unwrap().len());
+    // one round (each instruction once), the refused move last and first
+    for batch in [
+        vec![mv("r-a", S::Created, S::Sent, "sent"), mv("r-b", S::Created, S::Sent, "refused")],
+        vec![mv("r-b", S::Created, S::Sent, "refused"), mv("r-a", S::Created, S::Sent, "sent")],
+        // two rounds (r-a twice): the refusal in the second
+        vec![
+            mv("r-a", S::Created, S::Sent, "sent"),
+            mv("r-c", S::Created, S::Sent, "sent"),
+            mv("r-a", S::Sent, S::Received, "refused"),
+        ],
+    ] {
+        assert!(s.transition_instructions(&batch, 300).await.is_err(), "the refusal fails the batch");
+        assert_eq!(states().await, before, "no move of the failed batch stays");
+        assert_eq!(s.events(&d.id).await.unwrap().len(), events, "nor any of its events");
+    }
+    // the writer is whole again: the same moves without the refusal land
+    let batch = [mv("r-a", S::Created, S::Sent, "sent"), mv("r-b", S::Created, S::Sent, "sent")];
+    assert_eq!(s.transition_instructions(&batch, 301).await.unwrap(), [true, true]);
+    assert_eq!(s.events(&d.id).await.unwrap().len(), events + 2);
+    let after = states().await;
+    assert_eq!(after.iter().map(|(_, st, _)| *st).collect::<Vec<_>>(), [S::Sent, S::Sent, S::Created]);
+    s.append_event(&EventRecord {
+        seq: 0,
+        deployment_id: d.id.clone(),
+        instruction_id: None,
+        from_state: String::new(),
+        to_state: String::new(),
+        actor: "admin".into(),
+        note: "after".into(),
+        at: 302,
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.events(&d.id).await.unwrap().last().unwrap().note, "after", "other writes go on too");
+}
+
 /// The poll cache in front of a backend: a new deployment's rows join the
 /// pending work it holds (no read afterwards), and what it holds for
 /// other targets is unchanged; a deployment-wide move drops work, not
