@@ -213,29 +213,46 @@ async fn moves_as_sets(s: &dyn Store) {
     check("one round's events, in order", events, want);
 
     // more rows than one statement holds (SQLite writes moves and events
-    // in chunks of 1,000, new instructions in chunks of 500): every move
-    // made, every event in order
-    let d = staging("d-many", 1);
-    let instrs: Vec<InstructionRecord> = (0..1_201)
-        .map(|k| InstructionRecord {
-            deployment_id: d.id.clone(),
-            ..instruction(&format!("m-{k:04}"), &format!("t-m-{k:04}"), S::Created)
-        })
-        .collect();
-    s.create_deployment(&d, &instrs, "admin").await.unwrap();
-    let moves: Vec<InstructionMove> =
-        instrs.iter().rev().map(|i| mv(&i.id, S::Created, 0, S::Sent, &format!("sent {}", i.id))).collect();
-    check("many moved", s.transition_instructions(&moves, 320).await.unwrap(), vec![true; 1_201]);
-    let (created, sent): (Vec<_>, Vec<_>) = s
-        .events(&d.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.instruction_id.is_some())
-        .partition(|e| e.from_state.is_empty());
-    let ids = |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.instruction_id.unwrap_or_default()).collect::<Vec<_>>();
-    check("many created, in order", ids(created), instrs.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
-    check("many sent, in order", ids(sent), moves.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+    // in chunks of 1,000, new instructions in chunks of 500), and one
+    // round of 1,000 and of 100 (SQLite sends those as one command, padded
+    // to 1,024 and 128 rows): every move made but the stale one, every
+    // event in order
+    for (n, p) in [(1_201, "m"), (1_000, "k"), (100, "h")] {
+        let d = staging(&format!("d-many-{p}"), 1);
+        let instrs: Vec<InstructionRecord> = (0..n)
+            .map(|k| InstructionRecord {
+                deployment_id: d.id.clone(),
+                ..instruction(&format!("{p}-{k:04}"), &format!("t-{p}-{k:04}"), S::Created)
+            })
+            .collect();
+        s.create_deployment(&d, &instrs, "admin").await.unwrap();
+        // the first instruction's move is stale (it is created, not received)
+        let moves: Vec<InstructionMove> = instrs
+            .iter()
+            .rev()
+            .map(|i| {
+                let from = if i.id == instrs[0].id { S::Received } else { S::Created };
+                mv(&i.id, from, 0, S::Sent, &format!("sent {}", i.id))
+            })
+            .collect();
+        let mut want = vec![true; n];
+        want[n - 1] = false;
+        check("many moved", s.transition_instructions(&moves, 320).await.unwrap(), want);
+        let (created, sent): (Vec<_>, Vec<_>) = s
+            .events(&d.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.instruction_id.is_some())
+            .partition(|e| e.from_state.is_empty());
+        let ids =
+            |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.instruction_id.unwrap_or_default()).collect::<Vec<_>>();
+        check("many created, in order", ids(created), instrs.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
+        check("many sent, in order", ids(sent), moves[..n - 1].iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+        let last = s.get_instruction(&moves[0].id).await.unwrap().unwrap();
+        check("a moved row", (last.state, last.note), (S::Sent, format!("sent {}", moves[0].id)));
+        check("the stale row", s.get_instruction(&instrs[0].id).await.unwrap().unwrap().state, S::Created);
+    }
 }
 
 /// TUF metadata: versions written once, the newest or a given one read.
