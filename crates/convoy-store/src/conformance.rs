@@ -134,19 +134,7 @@ async fn moves_as_sets(s: &dyn Store) {
                 ..instruction(&format!("{p}-{x}"), &format!("t-{p}-{x}"), S::Created)
             })
             .collect();
-        for i in &instrs {
-            let t = TargetRecord {
-                id: i.target_id.clone(),
-                hostname: i.target_id.clone(),
-                labels_json: "{}".into(),
-                inventory_json: "{}".into(),
-                enrolled_at: 1,
-                last_seen: 1,
-                warning: String::new(),
-            };
-            s.insert_target(&t).await.unwrap();
-        }
-        s.create_deployment(&d, &instrs, "admin").await.unwrap();
+        deploy_to_targets(s, &d, &instrs).await;
         let moves = plan(p);
         let moved = if one_by_one {
             let mut out = Vec::new();
@@ -940,6 +928,23 @@ async fn workflow(s: &dyn Store) {
     check("keys removed with the user", s.user_keys(Some("alice")).await.unwrap(), vec![]);
 }
 
+/// Enrols each instruction's target and creates the deployment.
+async fn deploy_to_targets(s: &dyn Store, d: &DeploymentRecord, instrs: &[InstructionRecord]) {
+    for i in instrs {
+        let t = TargetRecord {
+            id: i.target_id.clone(),
+            hostname: i.target_id.clone(),
+            labels_json: "{}".into(),
+            inventory_json: "{}".into(),
+            enrolled_at: 1,
+            last_seen: 1,
+            warning: String::new(),
+        };
+        s.insert_target(&t).await.unwrap();
+    }
+    s.create_deployment(d, instrs, "admin").await.unwrap();
+}
+
 /// A batch of report moves whose write fails part-way changes nothing,
 /// and the store writes again after it. The backend's own test makes its
 /// database refuse any move of an instruction to the note `refused` (a
@@ -954,19 +959,7 @@ pub async fn failed_batch(s: &dyn Store) {
             ..instruction(&format!("r-{x}"), &format!("t-r-{x}"), S::Created)
         })
         .collect();
-    for i in &instrs {
-        let t = TargetRecord {
-            id: i.target_id.clone(),
-            hostname: i.target_id.clone(),
-            labels_json: "{}".into(),
-            inventory_json: "{}".into(),
-            enrolled_at: 1,
-            last_seen: 1,
-            warning: String::new(),
-        };
-        s.insert_target(&t).await.unwrap();
-    }
-    s.create_deployment(&d, &instrs, "admin").await.unwrap();
+    deploy_to_targets(s, &d, &instrs).await;
     let mv = |id: &str, from: S, to: S, note: &str| InstructionMove {
         id: id.into(),
         from,
