@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_plans_provenance.sql")),
     (11, include_str!("../migrations/0011_instructions_page.sql")),
     (12, include_str!("../migrations/0012_events_actor_operators.sql")),
+    (13, include_str!("../migrations/0013_instructions_target.sql")),
 ];
 
 mod sets;
