@@ -359,12 +359,18 @@ pub async fn serve(
         stopping.send_replace(true);
     };
     let app = router(state);
-    match tls {
+    // the accept loop runs as a task on the runtime's threads, not on the
+    // thread that called (the process's main thread, which would be a
+    // third thread on two cores, and one that never gives back memory it
+    // freed while idle: `on_thread_park` runs on the runtime's own)
+    let accepting = match tls {
         Some(acceptor) => {
-            serve::serve(tls::TlsListener::new(listener, acceptor)?, app, shutdown).await.context("serving HTTPS")
+            let listener = tls::TlsListener::new(listener, acceptor)?;
+            tokio::spawn(async move { serve::serve(listener, app, shutdown).await.context("serving HTTPS") })
         }
-        None => serve::serve(listener, app, shutdown).await.context("serving HTTP"),
-    }
+        None => tokio::spawn(async move { serve::serve(listener, app, shutdown).await.context("serving HTTP") }),
+    };
+    accepting.await.context("the accept loop stopped")?
 }
 
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {

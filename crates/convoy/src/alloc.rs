@@ -24,20 +24,34 @@ static MIMALLOC: AtomicBool = AtomicBool::new(false);
 
 /// mimalloc's options as the server sets them: (`mi_option_t` as numbered
 /// in mimalloc.h, v2, the option named by the variable; value; the
-/// variable that overrides it). Memory is
-/// committed as it is used, not a whole arena at once, and what is freed
-/// goes back to the system at once (by default after 10 ms, 100 ms in
-/// arenas, and not on a thread's exit). With the `no_thp` build feature
-/// (mimalloc does not ask for transparent huge pages; a host whose THP
-/// setting is `always` still gives them) the server's resident memory
-/// follows what it holds: at rest after the benchmark's 20,000 targets 129 MiB, against
-/// 167 MiB with mimalloc's defaults and 137 MiB with glibc's allocator.
+/// variable that overrides it). Memory is committed as it is used, not a
+/// whole arena at once. What is freed goes back to the system after
+/// [`PURGE_DELAY_MS`] (mimalloc's default: 10 ms, 100 ms in arenas, and not
+/// on a thread's exit), or sooner when a runtime thread goes idle
+/// ([`collect_on_park`]): mimalloc itself purges only when the thread that
+/// freed the memory calls it again. With the `no_thp` build
+/// feature (mimalloc does not ask for transparent huge pages; a host whose
+/// THP setting is `always` still gives them) the server's resident memory
+/// follows what it holds.
 const OPTIONS: [(mi::mi_option_t, std::ffi::c_long, &str); 4] = [
     (4, 0, "MIMALLOC_ARENA_EAGER_COMMIT"),
     (12, 1, "MIMALLOC_ABANDONED_PAGE_PURGE"),
-    (15, 0, "MIMALLOC_PURGE_DELAY"),
+    (15, PURGE_DELAY_MS, "MIMALLOC_PURGE_DELAY"),
     (24, 1, "MIMALLOC_ARENA_PURGE_MULT"),
 ];
+
+/// How long freed memory stays committed before it goes back to the
+/// system. Memory freed while requests come is mostly taken again within
+/// this time: at 0 (returned at once), every page that empties is unmapped
+/// and faulted back in by the next request, and the unmapping interrupts
+/// the other core to flush its TLB (about a thousand `madvise` calls a
+/// second while reports came). Measured at 20k targets with 64 reporting
+/// connections (BENCHMARKS.md, tenth session): one build run at 100 ms
+/// and at 0, alternating, gave 21.4k/18.0k, 19.4k/16.3k, 18.7k/15.8k
+/// reports/s; with [`collect_on_park`], five runs each against the build
+/// before, median 20.2k against 19.0k (server CPU per report 57 against
+/// 59 µs).
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Options set whatever the environment says, because `from_mimalloc`
 /// depends on them (numbered as in mimalloc.h, v2: 17 disallow_os_alloc,
@@ -63,6 +77,42 @@ pub fn use_mimalloc() {
         unsafe { mi::mi_option_set(option, value) };
     }
     MIMALLOC.store(true, Ordering::SeqCst);
+}
+
+/// The least time between two collections by one runtime thread.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+thread_local! {
+    static COLLECTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// For the runtime's `on_thread_park`: as a thread goes idle, it gives
+/// back what it freed and has not yet returned to the system (all of it,
+/// the purge delay not waited out), at most every [`COLLECT_EVERY`]. An
+/// idle thread calls mimalloc no more, so without this what it freed last
+/// would stay committed for as long as the server is at rest (measured at
+/// 20k targets: 162–174 MiB at rest, against 114–120 MiB with no purge
+/// delay and 125 MiB with this). What a thread frees after its last
+/// collection and before it parks within [`COLLECT_EVERY`] of it stays
+/// committed until that thread next parks.
+#[allow(unsafe_code)]
+pub fn collect_on_park() {
+    if !MIMALLOC.load(Ordering::Relaxed) {
+        return;
+    }
+    let now = std::time::Instant::now();
+    if COLLECTED.get().is_some_and(|t| now.duration_since(t) < COLLECT_EVERY) {
+        return;
+    }
+    COLLECTED.set(Some(now));
+    // SAFETY: collects the calling thread's own heap (and mimalloc's
+    // shared arenas, under their lock); no block is touched. Twice: the
+    // first pass frees the pages found empty, which only schedules their
+    // purge; the second purges what is scheduled.
+    unsafe {
+        mi::mi_collect(true);
+        mi::mi_collect(true);
+    }
 }
 
 /// Alignment of every mimalloc block of at least this size

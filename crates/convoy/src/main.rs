@@ -1123,7 +1123,11 @@ fn main() {
         alloc::use_mimalloc();
         convoy_server::tune_c_malloc();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(alloc::collect_on_park)
+        .build()
+        .expect("starting the tokio runtime");
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

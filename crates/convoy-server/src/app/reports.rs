@@ -78,14 +78,16 @@ pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
     }
 }
 
-/// A batch's moves and which of them landed.
-type Written = (Vec<InstructionMove>, convoy_store::Result<Vec<bool>>);
+/// A batch's moves, which of them landed, and how long the write took
+/// (ms).
+type Written = (Vec<InstructionMove>, convoy_store::Result<Vec<bool>>, f64);
 
 /// Writes a batch's moves in one transaction.
 async fn write(st: &AppState, moves: Vec<InstructionMove>) -> Written {
+    let started = std::time::Instant::now();
     let written =
         if moves.is_empty() { Ok(Vec::new()) } else { st.store.transition_instructions(&moves, now_ms()).await };
-    (moves, written)
+    (moves, written, started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// What the writer last wrote of an instruction, so that the next report
@@ -342,7 +344,12 @@ async fn judge(
 /// After a batch's write: updates memory, answers each report, wakes the
 /// targets moved. Returns the reports to judge again from a read (only
 /// when judged with memory).
-fn finish(st: &AppState, j: Judged, (moves, written): Written, known: &mut HashMap<String, Known>) -> Vec<Queued> {
+fn finish(
+    st: &AppState,
+    j: Judged,
+    (moves, written, write_ms): Written,
+    known: &mut HashMap<String, Known>,
+) -> Vec<Queued> {
     let Judged { started, size, judge_ms, remembered, pending, seen, trust_known } = j;
     // what the writer remembers: the last move of each instruction that
     // landed; one that did not land is forgotten
@@ -425,6 +432,7 @@ fn finish(st: &AppState, j: Judged, (moves, written): Written, known: &mut HashM
         moves = moves.len(),
         retry = retry.len(),
         judge_ms,
+        write_ms,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "report batch"
     );
