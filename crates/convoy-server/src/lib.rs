@@ -370,7 +370,18 @@ pub async fn serve(
         }
         None => tokio::spawn(async move { serve::serve(listener, app, shutdown).await.context("serving HTTP") }),
     };
+    // dropping this future stops the loop, as when it ran here
+    let _stop = AbortOnDrop(accepting.abort_handle());
     accepting.await.context("the accept loop stopped")?
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {

@@ -93,3 +93,42 @@ async fn a_failed_batch_changes_nothing() {
     drop(c);
     convoy_store::conformance::failed_batch(&store).await;
 }
+
+/// A target's open instructions are looked up through the index on
+/// (target_id, done), so a target's finished history (an instruction for
+/// every deployment it was ever in) is never read for them; and `done`
+/// follows the state.
+#[tokio::test]
+async fn open_instructions_are_found_by_target_and_done() {
+    use sqlx::{ConnectOptions, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convoy.db");
+    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
+    convoy_store::conformance::run(&store).await;
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).connect().await.unwrap();
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT id FROM instructions WHERE target_id = ?1 AND done = FALSE \
+         AND state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back') ORDER BY updated_at, id",
+    )
+    .bind("t-1")
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>("detail"))
+    .collect();
+    assert!(
+        plan.iter().any(|d| d.contains("USING INDEX instructions_target_done (target_id=? AND done=?)")),
+        "{plan:?}"
+    );
+    let wrong: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM instructions WHERE done != (state IN ('succeeded', 'failed', 'rolled_back', 'canceled', 'superseded'))",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+    .get(0);
+    let all: i64 = sqlx::query("SELECT COUNT(*) FROM instructions").fetch_one(&mut c).await.unwrap().get(0);
+    assert!(all > 0, "the suite made instructions");
+    assert_eq!(wrong, 0, "done is true exactly for finished states");
+}

@@ -547,7 +547,7 @@ macro_rules! impl_sql_store {
                         tx.rollback().await.map_err(db)?;
                         return Ok(false);
                     }
-                    let busy: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE i.target_id = $1 AND ((d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'succeeded', 'superseded')) OR (d.state = 'halted' AND i.state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back')))")
+                    let busy: i64 = ::sqlx::query("SELECT COUNT(*) AS n FROM instructions i JOIN deployments d ON d.id = i.deployment_id WHERE i.target_id = $1 AND i.done = FALSE AND ((d.state IN ('staging', 'scheduled', 'activating', 'rolling_back') AND i.state NOT IN ('failed', 'canceled', 'rolled_back', 'succeeded', 'superseded')) OR (d.state = 'halted' AND i.state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back')))")
                         .bind(id).fetch_one(&mut *tx).await.map_err(db)?.try_get("n").map_err(db)?;
                     if busy > 0 {
                         tx.rollback().await.map_err(db)?;
@@ -667,7 +667,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn pending_instructions(&self, target_id: &str) -> Result<Vec<InstructionRecord>> {
-                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back') ORDER BY updated_at, id");
+                    let q = format!("SELECT {INSTR_COLS} FROM instructions WHERE target_id = $1 AND done = FALSE AND state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back') ORDER BY updated_at, id");
                     ::sqlx::query(&q).bind(target_id).fetch_all(&self.read).await.map_err(db)?.iter().map(instr).collect()
                 }
 

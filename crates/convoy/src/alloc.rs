@@ -28,8 +28,10 @@ static MIMALLOC: AtomicBool = AtomicBool::new(false);
 /// whole arena at once. What is freed goes back to the system after
 /// [`PURGE_DELAY_MS`] (mimalloc's default: 10 ms, 100 ms in arenas, and not
 /// on a thread's exit), or sooner when a runtime thread goes idle
-/// ([`collect_on_park`]): mimalloc itself purges only when the thread that
-/// freed the memory calls it again. With the `no_thp` build
+/// ([`collect_on_park`]): mimalloc itself purges a segment's free pages
+/// only when the thread that owns the segment calls it again. Threads
+/// outside the runtime (SQLite's connection threads, blocking tasks)
+/// never collect: what they free waits for their next allocation. With the `no_thp` build
 /// feature (mimalloc does not ask for transparent huge pages; a host whose
 /// THP setting is `always` still gives them) the server's resident memory
 /// follows what it holds.
@@ -105,8 +107,9 @@ pub fn collect_on_park() {
         return;
     }
     COLLECTED.set(Some(now));
-    // SAFETY: collects the calling thread's own heap (and mimalloc's
-    // shared arenas, under their lock); no block is touched. Twice: the
+    // SAFETY: collects the calling thread's own heap (and purges what
+    // mimalloc's shared arenas have scheduled, unless another thread is
+    // at it); no block is touched. Twice: the
     // first pass frees the pages found empty, which only schedules their
     // purge; the second purges what is scheduled.
     unsafe {
