@@ -51,14 +51,14 @@ async fn schema_1_databases_upgrade() {
 #[tokio::test]
 async fn the_checkpointer_copies_the_wal_beside_the_writer() {
     use convoy_store::Store;
-    use sqlx::{ConnectOptions, Row};
+    use sqlx::Row;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("convoy.db");
     let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
     convoy_store::conformance::run(&store).await;
     assert!(std::fs::metadata(dir.path().join("convoy.db-wal")).unwrap().len() > 0, "the suite wrote to the WAL");
     // a reader only: it never checkpoints while the store's connections live
-    let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).connect().await.unwrap();
+    let mut c = reader(&path).await;
     let pages = |r: sqlx::sqlite::SqliteRow| r.get::<i64, _>(0) as u64;
     let size = pages(sqlx::query("PRAGMA page_count").fetch_one(&mut c).await.unwrap())
         * pages(sqlx::query("PRAGMA page_size").fetch_one(&mut c).await.unwrap());
@@ -100,12 +100,12 @@ async fn a_failed_batch_changes_nothing() {
 /// follows the state.
 #[tokio::test]
 async fn open_instructions_are_found_by_target_and_done() {
-    use sqlx::{ConnectOptions, Row};
+    use sqlx::Row;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("convoy.db");
     let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
     convoy_store::conformance::run(&store).await;
-    let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true).connect().await.unwrap();
+    let mut c = reader(&path).await;
     let plan: Vec<String> = sqlx::query(
         "EXPLAIN QUERY PLAN SELECT id FROM instructions WHERE target_id = ?1 AND done = FALSE \
          AND state IN ('created', 'sent', 'received', 'staged', 'activating', 'rolling_back') ORDER BY updated_at, id",
@@ -131,4 +131,11 @@ async fn open_instructions_are_found_by_target_and_done() {
     let all: i64 = sqlx::query("SELECT COUNT(*) FROM instructions").fetch_one(&mut c).await.unwrap().get(0);
     assert!(all > 0, "the suite made instructions");
     assert_eq!(wrong, 0, "done is true exactly for finished states");
+}
+
+/// A read-only connection of its own to the database file (it never
+/// checkpoints while the store's connections live).
+async fn reader(path: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap()
 }
