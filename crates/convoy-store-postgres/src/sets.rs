@@ -4,9 +4,10 @@
 //! parsed and planned once per connection (a multi-row `VALUES` list is a
 //! new statement for every batch size, with ten parameters a row).
 
-use convoy_store::{EventRecord, InstructionMove, StoreError};
+use convoy_store::{EventRecord, InstructionMove, StoreError, WriterHold};
 
 use super::db;
+use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, Row, Transaction};
 
 /// One round of the report writer: moves of distinct instructions, each
@@ -71,13 +72,23 @@ pub(crate) async fn apply_round(
 }
 
 /// A batch of one round: its one statement is its own transaction (no
-/// BEGIN and COMMIT round trips).
+/// BEGIN and COMMIT round trips), on the connection `hold` keeps for the
+/// next batch (no ping as it would go back to the pool, none as it would
+/// be taken out). After an error the connection goes back to the pool,
+/// which checks it.
 pub(crate) async fn apply_alone(
     pool: &sqlx::PgPool,
+    hold: &mut WriterHold,
     moves: &[&InstructionMove],
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
-    moved(round(moves, now).fetch_all(pool).await.map_err(db)?)
+    let mut conn = match hold.take::<PoolConnection<Postgres>>() {
+        Some(c) => c,
+        None => pool.acquire().await.map_err(db)?,
+    };
+    let rows = round(moves, now).fetch_all(&mut *conn).await.map_err(db)?;
+    hold.keep(conn);
+    moved(rows)
 }
 
 /// Appends events in the order given (their `seq` follows it).

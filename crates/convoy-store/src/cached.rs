@@ -648,6 +648,15 @@ impl Store for CachedStore {
     }
 
     async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
+        self.transition_instructions_held(&mut crate::WriterHold::default(), moves, now).await
+    }
+
+    async fn transition_instructions_held(
+        &self,
+        hold: &mut crate::WriterHold,
+        moves: &[InstructionMove],
+        now: i64,
+    ) -> Result<Vec<bool>> {
         let mut owners = Vec::with_capacity(moves.len());
         for m in moves {
             owners.push(self.owner(&m.id).await?);
@@ -678,7 +687,7 @@ impl Store for CachedStore {
                 }
             }
         });
-        self.db().transition_instructions(moves, now).await
+        self.db().transition_instructions_held(hold, moves, now).await
     }
 
     async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()> {

@@ -970,7 +970,7 @@ pub async fn failed_batch(s: &dyn Store) {
     let states = || async {
         s.list_instructions(&d.id).await.unwrap().into_iter().map(|i| (i.id, i.state, i.note)).collect::<Vec<_>>()
     };
-    let (before, events) = (states().await, s.events(&d.id).await.unwrap().len());
+    let (before, mut events) = (states().await, s.events(&d.id).await.unwrap().len());
     // one round (each instruction once), the refused move last and first
     for batch in [
         vec![mv("r-a", S::Created, S::Sent, "sent"), mv("r-b", S::Created, S::Sent, "refused")],
@@ -985,10 +985,28 @@ pub async fn failed_batch(s: &dyn Store) {
         assert!(s.transition_instructions(&batch, 300).await.is_err(), "the refusal fails the batch");
         assert_eq!(states().await, before, "no move of the failed batch stays");
         assert_eq!(s.events(&d.id).await.unwrap().len(), events, "nor any of its events");
+        // the same on a held connection, which goes back to the pool
+        // (two rounds: r-c there and back)
+        let mut hold = crate::WriterHold::default();
+        let ok = [mv("r-c", S::Created, S::Sent, "sent"), mv("r-c", S::Sent, S::Created, "planned")];
+        assert_eq!(s.transition_instructions_held(&mut hold, &ok, 300).await.unwrap(), [true, true]);
+        assert!(hold.is_held(), "a batch that landed leaves its connection held");
+        events += 2;
+        assert!(s.transition_instructions_held(&mut hold, &batch, 300).await.is_err(), "held: refused");
+        assert!(!hold.is_held(), "a failed batch gives its connection back");
+        assert_eq!(states().await, before, "no move of the failed held batch stays");
+        assert_eq!(s.events(&d.id).await.unwrap().len(), events, "nor any of its events");
     }
-    // the writer is whole again: the same moves without the refusal land
-    let batch = [mv("r-a", S::Created, S::Sent, "sent"), mv("r-b", S::Created, S::Sent, "sent")];
-    assert_eq!(s.transition_instructions(&batch, 301).await.unwrap(), [true, true]);
+    // the writer is whole again: the same moves without the refusal land,
+    // two batches on one held connection
+    let mut hold = crate::WriterHold::default();
+    let batch = [mv("r-a", S::Created, S::Sent, "sent")];
+    assert_eq!(s.transition_instructions_held(&mut hold, &batch, 301).await.unwrap(), [true]);
+    let batch = [mv("r-b", S::Created, S::Sent, "sent")];
+    assert_eq!(s.transition_instructions_held(&mut hold, &batch, 301).await.unwrap(), [true]);
+    assert!(hold.is_held());
+    // given back, the store's other writers have it (SQLite: its only one)
+    hold.release();
     assert_eq!(s.events(&d.id).await.unwrap().len(), events + 2);
     let after = states().await;
     assert_eq!(after.iter().map(|(_, st, _)| *st).collect::<Vec<_>>(), [S::Sent, S::Sent, S::Created]);

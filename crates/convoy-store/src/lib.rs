@@ -42,6 +42,35 @@ pub fn pending_migrations(current: i64, all: &'static [(i64, &'static str)]) -> 
     Ok(&all[all.iter().take_while(|(v, _)| *v <= current).count()..])
 }
 
+/// A writing connection that a store lent to a run of report batches
+/// ([`Store::transition_instructions_held`]); empty until the first batch.
+/// Dropping it gives the connection back to its pool.
+#[derive(Default)]
+pub struct WriterHold(Option<Box<dyn std::any::Any + Send>>);
+
+impl WriterHold {
+    /// Gives the connection back, if one is held.
+    pub fn release(&mut self) {
+        self.0 = None;
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The held connection, taken out (for a backend): `None` if none is
+    /// held or it is of another type.
+    pub fn take<C: Send + 'static>(&mut self) -> Option<C> {
+        let held = self.0.take()?;
+        held.downcast::<C>().ok().map(|c| *c)
+    }
+
+    /// Keeps a connection for the next batch (for a backend).
+    pub fn keep<C: Send + 'static>(&mut self, conn: C) {
+        self.0 = Some(Box::new(conn));
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A name for logs: `sqlite` or `postgres`.
@@ -207,6 +236,23 @@ pub trait Store: Send + Sync + 'static {
     /// instruction moves several times); each is a compare-and-set like
     /// `transition_instruction`, in the order given. Returns which moved.
     async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>>;
+
+    /// [`Store::transition_instructions`] on a writing connection that
+    /// `hold` keeps for the next call, so that a run of batches skips the
+    /// pool's hand-over and check between them. The caller gives it back
+    /// (drops or [`WriterHold::release`]s it) as soon as no batch follows
+    /// at once, and within a bound: while it is held, the store's other
+    /// writers may wait for it (SQLite has one). A backend without
+    /// connections ignores it.
+    async fn transition_instructions_held(
+        &self,
+        hold: &mut WriterHold,
+        moves: &[InstructionMove],
+        now: i64,
+    ) -> Result<Vec<bool>> {
+        let _ = hold;
+        self.transition_instructions(moves, now).await
+    }
 
     /// Adds a user and its token at once; `Conflict` if the name is taken.
     async fn add_user(&self, u: &UserRecord, token: &TokenRecord) -> Result<()>;

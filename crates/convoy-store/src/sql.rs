@@ -803,6 +803,10 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn transition_instructions(&self, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
+                    self.transition_instructions_held(&mut $crate::WriterHold::default(), moves, now).await
+                }
+
+                async fn transition_instructions_held(&self, hold: &mut $crate::WriterHold, moves: &[InstructionMove], now: i64) -> Result<Vec<bool>> {
                     // as sets: one UPDATE and one INSERT of events per round,
                     // round k holding the k-th move of each instruction (so
                     // moves of one instruction apply in order, as one by one)
@@ -829,16 +833,23 @@ macro_rules! impl_sql_store {
                     // each backend splits a set as its statements need
                     if let [round] = rounds.as_slice() {
                         let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
-                        mark_moved(round, super::sets::apply_alone(&self.pool, &set, now).await?);
+                        mark_moved(round, super::sets::apply_alone(&self.pool, hold, &set, now).await?);
                         return Ok(out);
                     }
-                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    // a connection given back dirty (an error, or the caller
+                    // gave up waiting) goes back through the pool's check
+                    let mut conn = match hold.take::<::sqlx::pool::PoolConnection<_>>() {
+                        Some(c) => c,
+                        None => self.pool.acquire().await.map_err(db)?,
+                    };
+                    let mut tx = ::sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
                     let mut moved = Vec::with_capacity(rounds.len());
                     for round in &rounds {
                         let set: Vec<&InstructionMove> = round.iter().map(|k| &moves[*k]).collect();
                         moved.push(super::sets::apply_round(&mut tx, &set, now).await?);
                     }
                     tx.commit().await.map_err(db)?;
+                    hold.keep(conn);
                     for (round, ids) in rounds.iter().zip(moved) {
                         mark_moved(round, ids);
                     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use convoy_domain::{on_report, InstructionState, InstructionView, Outcome, ReportKind};
-use convoy_store::{DeploymentRecord, InstructionMove, InstructionUpdate};
+use convoy_store::{DeploymentRecord, InstructionMove, InstructionUpdate, WriterHold};
 use convoy_wire::{Report, ReportResponse};
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,31 +62,53 @@ pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
 
 /// The writer: takes what is queued, up to [`BATCH`] at a time (all that
 /// came while the last batch was written, so batches grow with the load).
+///
+/// While reports keep coming, the writer keeps the store's writing
+/// connection from one batch to the next (no hand-over to the pool and
+/// back between them). It gives it back as soon as the queue is empty,
+/// and after [`HOLD_MAX`] at most, so that the store's other writers
+/// (SQLite has one connection for them all) wait no longer than that and
+/// one batch.
 pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut known = HashMap::new();
+    let mut hold = WriterHold::default();
+    let mut held_since = std::time::Instant::now();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if !hold.is_held() {
+            held_since = std::time::Instant::now();
+        }
         let (judged, moves) = judge(&st, std::mem::take(&mut batch), &known, true).await;
-        let written = write(&st, moves).await;
+        let written = write(&st, &mut hold, moves).await;
         let again = finish(&st, judged, written, &mut known);
         if !again.is_empty() {
             // judged from memory that was behind: again, from reads
             let (judged, moves) = judge(&st, again, &known, false).await;
-            let written = write(&st, moves).await;
+            let written = write(&st, &mut hold, moves).await;
             finish(&st, judged, written, &mut known);
+        }
+        if rx.is_empty() || held_since.elapsed() >= HOLD_MAX {
+            hold.release();
         }
     }
 }
+
+/// Longest the writer keeps the store's writing connection through a run
+/// of batches before it lets the store's other writers have it.
+const HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A batch's moves, which of them landed, and how long the write took
 /// (ms).
 type Written = (Vec<InstructionMove>, convoy_store::Result<Vec<bool>>, f64);
 
 /// Writes a batch's moves in one transaction.
-async fn write(st: &AppState, moves: Vec<InstructionMove>) -> Written {
+async fn write(st: &AppState, hold: &mut WriterHold, moves: Vec<InstructionMove>) -> Written {
     let started = std::time::Instant::now();
-    let written =
-        if moves.is_empty() { Ok(Vec::new()) } else { st.store.transition_instructions(&moves, now_ms()).await };
+    let written = if moves.is_empty() {
+        Ok(Vec::new())
+    } else {
+        st.store.transition_instructions_held(hold, &moves, now_ms()).await
+    };
     (moves, written, started.elapsed().as_secs_f64() * 1e3)
 }
 
