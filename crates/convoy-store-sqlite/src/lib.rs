@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../migrations/0011_instructions_page.sql")),
     (12, include_str!("../migrations/0012_events_actor_operators.sql")),
     (13, include_str!("../migrations/0013_instructions_target.sql")),
+    (14, include_str!("../migrations/0014_instructions_done_kept.sql")),
 ];
 
 pub struct SqliteStore {
