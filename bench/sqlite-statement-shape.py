@@ -5,6 +5,10 @@ VALUES list, UPDATE ... FROM with RETURNING) against one UPDATE and one
 INSERT a move, in one transaction, on 20k instructions.
 Usage: sqlite-statement-shape.py sets|rows [BATCH]   (Python's sqlite3;
 PRAGMA="PRAGMA cache_size=-65536" adds a pragma; writes /tmp/exp/t.db)
+SCHEMA picks how a target's open instructions are indexed:
+  target   (target_id) alone (the default; migration 13's first form)
+  virtual  (target_id, done), done a virtual column of the state (migration 13)
+  kept     (target_id, done), done a column kept by triggers (migration 14)
 """
 import sqlite3, random, time, os, sys, statistics
 os.makedirs("/tmp/exp", exist_ok=True)
@@ -12,14 +16,25 @@ path="/tmp/exp/t.db"
 for f in (path, path+"-wal", path+"-shm"):
     if os.path.exists(f): os.remove(f)
 c=sqlite3.connect(path, isolation_level=None)
+WORKING="('created', 'sent', 'received', 'staged', 'activating', 'rolling_back')"
+SCHEMA=os.environ.get("SCHEMA","target")
+DONE={"target":"", "virtual":f", done INTEGER GENERATED ALWAYS AS (state NOT IN {WORKING}) VIRTUAL",
+      "kept":", done INTEGER NOT NULL DEFAULT 0"}[SCHEMA]
+INDEX={"target":"CREATE INDEX instructions_target ON instructions (target_id);"}.get(SCHEMA,
+      "CREATE INDEX instructions_target_done ON instructions (target_id, done);")
+if SCHEMA=="kept":
+    INDEX+=f"""
+CREATE TRIGGER instructions_done_on_update AFTER UPDATE OF state ON instructions
+    WHEN NEW.done IS NOT (NEW.state NOT IN {WORKING})
+BEGIN UPDATE instructions SET done = (NEW.state NOT IN {WORKING}) WHERE rowid = NEW.rowid; END;"""
 c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL"); c.execute("PRAGMA temp_store=memory"); c.execute(os.environ.get("PRAGMA","PRAGMA cache_size=-2000"))
 c.executescript("""
 CREATE TABLE deployments (id TEXT PRIMARY KEY);
 CREATE TABLE instructions (id TEXT PRIMARY KEY, deployment_id TEXT NOT NULL REFERENCES deployments (id), target_id TEXT NOT NULL,
  state TEXT NOT NULL, attempt INTEGER NOT NULL, previous_version TEXT, go_live_at INTEGER, reported_digest TEXT,
- metrics TEXT NOT NULL, output TEXT NOT NULL, note TEXT NOT NULL, updated_at INTEGER NOT NULL);
+ metrics TEXT NOT NULL, output TEXT NOT NULL, note TEXT NOT NULL, updated_at INTEGER NOT NULL""" + DONE + """);
 CREATE INDEX instructions_deployment_id ON instructions (deployment_id, id);
-CREATE INDEX instructions_target ON instructions (target_id);
+""" + INDEX + """
 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment_id TEXT NOT NULL, instruction_id TEXT, from_state TEXT NOT NULL,
  to_state TEXT NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX events_deployment ON events (deployment_id, seq);
@@ -31,7 +46,7 @@ dep="dep-"+os.urandom(8).hex()
 c.execute("INSERT INTO deployments VALUES (?)",(dep,))
 ids=[os.urandom(16).hex() for _ in range(N)]
 c.execute("BEGIN")
-c.executemany("INSERT INTO instructions VALUES (?,?,?,?,?,NULL,NULL,NULL,'{}','','created',0)",[(i,dep,"target-%06d"%k,"sent",1) for k,i in enumerate(ids)])
+c.executemany("INSERT INTO instructions (id, deployment_id, target_id, state, attempt, previous_version, go_live_at, reported_digest, metrics, output, note, updated_at) VALUES (?,?,?,?,?,NULL,NULL,NULL,'{}','','created',0)",[(i,dep,"target-%06d"%k,"sent",1) for k,i in enumerate(ids)])
 c.execute("COMMIT")
 state={i:"sent" for i in ids}
 nxt={"sent":"received","received":"staged","staged":"activating","activating":"succeeded"}
@@ -72,4 +87,4 @@ for b in range(600):
     cpu+=time.process_time()-t; wall+=time.perf_counter()-w
     for (i,_,_,t2,_,_) in mv: state[i]=t2
     if b%100==99: c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-print(sys.argv[1], BATCH, f"{cpu*1e6/tot:.1f} us cpu/move, {wall*1e6/tot:.1f} us wall/move")
+print(sys.argv[1], BATCH, SCHEMA, f"{cpu*1e6/tot:.1f} us cpu/move, {wall*1e6/tot:.1f} us wall/move")

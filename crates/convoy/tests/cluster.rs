@@ -136,6 +136,37 @@ fn a_request_over_nats_ends_like_one_over_http() {
     assert_eq!(f.json(&["deployments"]).as_array().unwrap().len(), before);
 }
 
+/// A PostgreSQL schema of the test's own, migrated, and dropped with the
+/// value (declared before the servers that use it, so dropped after them).
+struct Schema {
+    name: String,
+    /// `url` with the schema as its search path.
+    url: String,
+    rt: tokio::runtime::Runtime,
+    store: Option<convoy_store_postgres::PgStore>,
+}
+
+impl Schema {
+    fn new(url: &str, prefix: &str) -> Self {
+        let name = format!("{prefix}{:016x}", rand::random::<u64>());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let store = rt.block_on(convoy_store_postgres::PgStore::connect(url, Some(&name))).unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}options[search_path]={name}");
+        Schema { name, url, rt, store: Some(store) }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            if let Err(e) = self.rt.block_on(store.drop_schema(&self.name)) {
+                eprintln!("could not drop the test schema {}: {e}", self.name);
+            }
+        }
+    }
+}
+
 fn metric(port: u16, name: &str) -> u64 {
     let (_, body) = http(port, "GET", "/metrics", None, b"").unwrap();
     body.lines()
@@ -149,11 +180,8 @@ fn metric(port: u16, name: &str) -> u64 {
 #[ignore = "needs PostgreSQL (CONVOY_TEST_DATABASE_URL, else 127.0.0.1:5432): cargo test -- --include-ignored"]
 fn two_servers_on_one_postgres_one_scheduler() {
     let url = postgres_url();
-    let schema = format!("convoy_two_{:016x}", rand::random::<u64>());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db = format!("{url}{sep}options[search_path]={schema}");
+    let pg = Schema::new(&url, "convoy_two_");
+    let db = pg.url.clone();
     let mut one = Fleet::start_with(Some(db.clone()));
     let mut two = Fleet::start_with(Some(db));
     let leaders = || [metric(one.port, "convoy_scheduler_leader"), metric(two.port, "convoy_scheduler_leader")];
@@ -238,11 +266,8 @@ fn two_servers_share_wake_ups_through_redis_and_lose_nothing_when_it_restarts() 
     let url = postgres_url();
     let mut redis = Redis::start(free_port());
     let cache = format!("redis://127.0.0.1:{}", redis.port);
-    let schema = format!("convoy_bus_{:016x}", rand::random::<u64>());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db = format!("{url}{sep}options[search_path]={schema}");
+    let pg = Schema::new(&url, "convoy_bus_");
+    let db = pg.url.clone();
     let mut one = Fleet::start_on(db.clone(), &["--cache", &cache]);
     let mut two = Fleet::start_on(db, &["--cache", &cache]);
     let l = wait_until("one scheduler", Duration::from_secs(20), || {
@@ -349,11 +374,8 @@ fn two_servers_on_postgres_redis_and_an_object_store_serve_one_fleet() {
     let g = Garage::start();
     let redis = Redis::start(free_port());
     let cache = format!("redis://127.0.0.1:{}", redis.port);
-    let schema = format!("convoy_s3_{:016x}", rand::random::<u64>());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(convoy_store_postgres::PgStore::connect(&url, Some(&schema))).unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db = format!("{url}{sep}options[search_path]={schema}");
+    let pg = Schema::new(&url, "convoy_s3_");
+    let (schema, db) = (pg.name.clone(), pg.url.clone());
     let store = format!("s3://{}/{schema}", g.bucket);
     let args = ["--cache", &cache, "--store", &store, "--s3-endpoint", &g.endpoint, "--s3-region", "garage"];
     let one = Fleet::start_on_env(db.clone(), &args, &g.env());
