@@ -9,6 +9,7 @@ SCHEMA picks how a target's open instructions are indexed:
   target   (target_id) alone (the default; migration 13's first form)
   virtual  (target_id, done), done a virtual column of the state (migration 13)
   kept     (target_id, done), done a column kept by triggers (migration 14)
+EVENTS_BY_INSTRUCTION=0 leaves out the index events (instruction_id, seq).
 """
 import sqlite3, random, time, os, sys, statistics
 os.makedirs("/tmp/exp", exist_ok=True)
@@ -38,7 +39,7 @@ CREATE INDEX instructions_deployment_id ON instructions (deployment_id, id);
 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment_id TEXT NOT NULL, instruction_id TEXT, from_state TEXT NOT NULL,
  to_state TEXT NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX events_deployment ON events (deployment_id, seq);
-CREATE INDEX events_instruction ON events (instruction_id, seq);
+""" + ("" if os.environ.get("EVENTS_BY_INSTRUCTION") == "0" else "CREATE INDEX events_instruction ON events (instruction_id, seq);") + """
 CREATE INDEX events_actor ON events (actor, seq) WHERE actor NOT LIKE 'agent:%';
 """)
 N=20000
