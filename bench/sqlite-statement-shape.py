@@ -8,7 +8,9 @@ PRAGMA="PRAGMA cache_size=-65536" adds a pragma; writes /tmp/exp/t.db)
 SCHEMA picks how a target's open instructions are indexed:
   target   (target_id) alone (the default; migration 13's first form)
   virtual  (target_id, done), done a virtual column of the state (migration 13)
-  kept     (target_id, done), done a column kept by triggers (migration 14)
+  kept     (target_id, done), done a column kept by triggers (migration 14;
+           only its update trigger: the insert and guard triggers do not
+           fire on a report's move)
 EVENTS_BY_INSTRUCTION=0 leaves out the index events (instruction_id, seq).
 """
 import sqlite3, random, time, os, sys, statistics

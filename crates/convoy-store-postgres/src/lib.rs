@@ -106,8 +106,16 @@ impl PgStore {
     }
 
     /// Drops a schema made by [`PgStore::connect`] (test clean-up).
+    /// A session still holding a lock on it makes this fail after 10 s
+    /// rather than wait.
     pub async fn drop_schema(self, schema: &str) -> Result<(), StoreError> {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.pool).await.map_err(db)?;
+        if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Backend(format!("invalid schema name {schema:?}")));
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SET LOCAL lock_timeout = '10s'").execute(&mut *tx).await.map_err(db)?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
         self.pool.close().await;
         Ok(())
     }

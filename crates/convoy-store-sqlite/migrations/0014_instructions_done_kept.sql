@@ -6,7 +6,10 @@
 -- quarter of SQLite's time per move). A stored `done` is not assigned by
 -- the report writer's UPDATE; the triggers below change it only when an
 -- instruction leaves or re-enters the states an agent works on, for every
--- writer alike. The back-fill rewrites each finished instruction once.
+-- writer alike: an insert's `done` is set from its state, and an update
+-- that sets another value is refused. (RETURNING shows `done` as it was
+-- before these AFTER triggers ran.) The back-fill rewrites each finished
+-- instruction once.
 DROP INDEX instructions_target_done;
 ALTER TABLE instructions DROP COLUMN done;
 ALTER TABLE instructions ADD COLUMN done INTEGER NOT NULL DEFAULT 0;

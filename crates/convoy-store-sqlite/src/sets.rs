@@ -212,7 +212,8 @@ async fn apply_moves(
 }
 
 /// The guarded UPDATE of `rows` moves (10 parameters a row, then the time
-/// of the move), returning what moved.
+/// of the move), returning what moved. (Not `done`: triggers set it after
+/// the row is written, and RETURNING would show the value from before.)
 fn update_sql(rows: usize) -> String {
     format!(
         "WITH m(mid, mto, matt, mlive, mdigest, mmetrics, moutput, mnote, mfrom, mfromatt) AS (VALUES {}) \

@@ -657,9 +657,24 @@ impl Store for CachedStore {
         moves: &[InstructionMove],
         now: i64,
     ) -> Result<Vec<bool>> {
-        let mut owners = Vec::with_capacity(moves.len());
-        for m in moves {
-            owners.push(self.owner(&m.id).await?);
+        // owners not noted: one read for them all (a report writer may be
+        // holding the store's only writing connection meanwhile)
+        let mut owners: Vec<Option<String>> = {
+            let c = self.cache.lock().expect("cache lock");
+            moves.iter().map(|m| c.owners.get(&m.id).cloned()).collect()
+        };
+        let mut missing: Vec<String> =
+            moves.iter().zip(&owners).filter(|(_, o)| o.is_none()).map(|(m, _)| m.id.clone()).collect();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let found: HashMap<String, String> =
+                self.db().get_instructions(&missing).await?.into_iter().map(|i| (i.id, i.target_id)).collect();
+            for (m, o) in moves.iter().zip(owners.iter_mut()) {
+                if o.is_none() {
+                    *o = found.get(&m.id).cloned();
+                }
+            }
         }
         let _after = OnDrop(|| {
             if owners.iter().any(Option::is_none) {

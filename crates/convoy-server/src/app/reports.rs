@@ -66,9 +66,9 @@ pub fn delivered(st: &AppState, target: &str, instruction: &str, attempt: u32) {
 /// While reports keep coming, the writer keeps the store's writing
 /// connection from one batch to the next (no hand-over to the pool and
 /// back between them). It gives it back as soon as the queue is empty,
-/// and after [`HOLD_MAX`] at most, so that the store's other writers
-/// (SQLite has one connection for them all) wait no longer than that and
-/// one batch.
+/// and once it has held it for [`HOLD_MAX`] (looked at between writes),
+/// so that the store's other writers (SQLite has one connection for them
+/// all) wait no longer than that and one batch's judging and write.
 pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut known = HashMap::new();
@@ -83,6 +83,9 @@ pub async fn run(st: AppState, mut rx: mpsc::Receiver<Queued>) {
         let again = finish(&st, judged, written, &mut known);
         if !again.is_empty() {
             // judged from memory that was behind: again, from reads
+            if held_since.elapsed() >= HOLD_MAX {
+                hold.release();
+            }
             let (judged, moves) = judge(&st, again, &known, false).await;
             let written = write(&st, &mut hold, moves).await;
             finish(&st, judged, written, &mut known);
