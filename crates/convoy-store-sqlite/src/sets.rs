@@ -84,12 +84,12 @@ pub(crate) async fn apply_alone(
     moves: &[&InstructionMove],
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let held = hold.take::<PoolConnection<Sqlite>>();
+    let held = match hold.take::<PoolConnection<Sqlite>>() {
+        Some(c) => c,
+        None => pool.acquire().await.map_err(db)?,
+    };
     if moves.len() > ALONE {
-        let mut conn = match held {
-            Some(c) => c,
-            None => pool.acquire().await.map_err(db)?,
-        };
+        let mut conn = held;
         let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
         let moved = apply_round(&mut tx, moves, now).await?;
         tx.commit().await.map_err(db)?;
@@ -114,10 +114,6 @@ pub(crate) async fn apply_alone(
         }
     }
     query = bind_moves(query.bind(now), moves, rows).bind(now);
-    let held = match held {
-        Some(c) => c,
-        None => pool.acquire().await.map_err(db)?,
-    };
     let mut conn = Unsettled(Some(held));
     let result = query.fetch_all(&mut **conn.get()).await;
     match result {

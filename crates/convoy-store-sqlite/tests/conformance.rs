@@ -52,10 +52,7 @@ async fn schema_1_databases_upgrade() {
 async fn the_checkpointer_copies_the_wal_beside_the_writer() {
     use convoy_store::Store;
     use sqlx::Row;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("convoy.db");
-    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
-    convoy_store::conformance::run(&store).await;
+    let (dir, path, store) = after_the_suite().await;
     assert!(std::fs::metadata(dir.path().join("convoy.db-wal")).unwrap().len() > 0, "the suite wrote to the WAL");
     // a reader only: it never checkpoints while the store's connections live
     let mut c = reader(&path).await;
@@ -101,10 +98,7 @@ async fn a_failed_batch_changes_nothing() {
 #[tokio::test]
 async fn open_instructions_are_found_by_target_and_done() {
     use sqlx::Row;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("convoy.db");
-    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
-    convoy_store::conformance::run(&store).await;
+    let (_dir, path, _store) = after_the_suite().await;
     let mut c = reader(&path).await;
     let plan: Vec<String> = sqlx::query(
         "EXPLAIN QUERY PLAN SELECT id FROM instructions WHERE target_id = ?1 AND done = FALSE \
@@ -131,6 +125,16 @@ async fn open_instructions_are_found_by_target_and_done() {
     let all: i64 = sqlx::query("SELECT COUNT(*) FROM instructions").fetch_one(&mut c).await.unwrap().get(0);
     assert!(all > 0, "the suite made instructions");
     assert_eq!(wrong, 0, "done is true exactly for finished states");
+}
+
+/// A store in a directory of its own, after the whole conformance suite
+/// ran on it (the directory, the database file, the store).
+async fn after_the_suite() -> (tempfile::TempDir, std::path::PathBuf, convoy_store_sqlite::SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convoy.db");
+    let store = convoy_store_sqlite::SqliteStore::open(&path).await.unwrap();
+    convoy_store::conformance::run(&store).await;
+    (dir, path, store)
 }
 
 /// A read-only connection of its own to the database file (it never
